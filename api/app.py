@@ -1,0 +1,77 @@
+"""The FastAPI application: `uvicorn api.app:create_app --factory`."""
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import sqlalchemy.exc
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from starlette.exceptions import HTTPException
+
+from api import problems
+from api.middleware import BodyLimit, RequestContext
+from api.routes import audits, health
+from shared.config import Settings, get_settings
+from shared.db import create_engine, create_session_factory
+from shared.errors import AppError
+from shared.logging import configure_logging
+from shared.queue import create_redis
+
+API_PREFIX = "/api/v1"
+
+# Errors that mean "PostgreSQL is not there right now", never a bug of ours.
+DATABASE_DOWN = (
+    sqlalchemy.exc.OperationalError,
+    sqlalchemy.exc.InterfaceError,
+    sqlalchemy.exc.TimeoutError,
+    ConnectionError,
+    TimeoutError,
+)
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    app.state.engine = create_engine(settings)
+    app.state.session_factory = create_session_factory(app.state.engine)
+    app.state.redis = create_redis(settings)
+    try:
+        yield
+    finally:
+        await app.state.redis.aclose()
+        await app.state.engine.dispose()
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(AppError, problems.app_error)
+    app.add_exception_handler(RequestValidationError, problems.validation_error)
+    app.add_exception_handler(HTTPException, problems.http_error)
+    for error in DATABASE_DOWN:
+        app.add_exception_handler(error, problems.database_unavailable)
+    app.add_exception_handler(Exception, problems.internal_error)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    configure_logging(settings.log_level)
+    app = FastAPI(
+        title="auditq",
+        summary="Audit content against criteria with a language model, at scale.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.include_router(audits.router, prefix=API_PREFIX)
+    app.include_router(health.router, prefix=API_PREFIX)
+    _add_error_handlers(app)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=settings.cors_origins,
+        allow_methods=["*"],
+        allow_headers=["*"],
+        expose_headers=["Location", "X-Request-ID", "Idempotent-Replayed"],
+    )
+    app.add_middleware(RequestContext)
+    return app

@@ -1,0 +1,58 @@
+"""Request dependencies: the transaction of a request, and loading resources by id."""
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+from uuid import UUID
+
+from arq.connections import ArqRedis
+from fastapi import Depends, Request
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from shared.audits import service as audits
+from shared.audits.models import Audit
+from shared.config import Settings
+from shared.queue import discard_pending, send_pending
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_redis(request: Request) -> ArqRedis:
+    redis: ArqRedis = request.app.state.redis
+    return redis
+
+
+async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
+    """The request's transaction: committed when the route returns, then its jobs are sent.
+
+    `scope="function"` (below) runs this exit before the response is sent, so a
+    client that gets 202 can read its audit at once, and a failed commit is an
+    error response rather than a lie.
+    """
+    async with request.app.state.session_factory() as session:
+        try:
+            yield session
+            await session.commit()
+        except BaseException:
+            discard_pending(session)
+            raise
+    await send_pending(session, get_redis(request))
+
+
+def get_request_id(request: Request) -> str | None:
+    request_id: str | None = request.state.request_id
+    return request_id
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
+RequestId = Annotated[str | None, Depends(get_request_id)]
+
+
+async def get_audit_or_404(audit_id: UUID, session: SessionDep) -> Audit:
+    return await audits.get_or_raise(session, audit_id=audit_id)
+
+
+CurrentAudit = Annotated[Audit, Depends(get_audit_or_404)]

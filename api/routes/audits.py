@@ -1,0 +1,94 @@
+"""The audits API: submit, read, list, cancel and retry (DESIGN §4)."""
+
+from datetime import UTC, datetime
+from typing import Annotated
+from uuid import UUID
+
+from fastapi import APIRouter, Query, Response
+from pydantic import AfterValidator
+
+from api.deps import CurrentAudit, RequestId, SessionDep
+from api.openapi import problems
+from shared.audits import service as audits
+from shared.audits.exceptions import (
+    AuditNotCancellable,
+    AuditNotFound,
+    AuditNotRetryable,
+    RubricNotFound,
+)
+from shared.audits.schemas import AuditCreate, AuditDetail, AuditPage, AuditRead, AuditStatus
+from shared.audits.views import to_detail, to_read
+from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT, InvalidCursor
+
+router = APIRouter(prefix="/audits", tags=["audits"])
+
+
+def _assume_utc(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+Timestamp = Annotated[datetime, AfterValidator(_assume_utc)]
+
+
+def _location(response: Response, audit_id: UUID) -> None:
+    response.headers["Location"] = f"/api/v1/audits/{audit_id}"
+
+
+@router.post(
+    "", status_code=202, responses=problems(RubricNotFound, extra={413: ["payload_too_large"]})
+)
+async def create_audit(
+    body: AuditCreate, session: SessionDep, request_id: RequestId, response: Response
+) -> AuditRead:
+    """Record an audit and queue it; poll `Location` for its progress."""
+    criteria = await audits.resolve_criteria(session, data=body)
+    audit = await audits.create(session, data=body, criteria=criteria, request_id=request_id)
+    _location(response, audit.id)
+    return to_read(audit)
+
+
+@router.get("/{audit_id}", responses=problems(AuditNotFound))
+async def get_audit(audit: CurrentAudit) -> AuditDetail:
+    """One audit, with its content, result or error."""
+    return to_detail(audit)
+
+
+@router.get("", responses=problems(InvalidCursor))
+async def list_audits(
+    session: SessionDep,
+    status: Annotated[
+        list[AuditStatus] | None, Query(description="Repeat to match several.")
+    ] = None,
+    batch_id: UUID | None = None,
+    rubric: Annotated[str | None, Query(max_length=64)] = None,
+    created_after: Timestamp | None = None,
+    created_before: Timestamp | None = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
+    cursor: Annotated[str | None, Query(max_length=512)] = None,
+) -> AuditPage:
+    """Audits, newest first; follow `next_cursor` for the next page."""
+    filters = audits.AuditFilters(
+        status=status or (),
+        batch_id=batch_id,
+        rubric=rubric,
+        created_after=created_after,
+        created_before=created_before,
+    )
+    rows, next_cursor = await audits.list_page(session, filters=filters, limit=limit, cursor=cursor)
+    return AuditPage(items=[to_read(row) for row in rows], next_cursor=next_cursor)
+
+
+@router.post("/{audit_id}/cancel", responses=problems(AuditNotFound, AuditNotCancellable))
+async def cancel_audit(audit_id: UUID, session: SessionDep) -> AuditRead:
+    """Cancel a queued or running audit (a running model call is aborted, best effort)."""
+    return to_read(await audits.cancel(session, audit_id=audit_id))
+
+
+@router.post(
+    "/{audit_id}/retry", status_code=202, responses=problems(AuditNotFound, AuditNotRetryable)
+)
+async def retry_audit(audit_id: UUID, session: SessionDep, response: Response) -> AuditRead:
+    """Queue a failed or cancelled audit again."""
+    audit = await audits.retry(session, audit_id=audit_id)
+    _location(response, audit.id)
+    return to_read(audit)

@@ -1,0 +1,22 @@
+from shared.errors import AppError, Conflict, NotFound
+
+
+class AuditNotFound(NotFound):
+    code = "audit_not_found"
+    title = "Audit not found"
+
+
+class AuditNotCancellable(Conflict):
+    code = "audit_not_cancellable"
+    title = "Audit cannot be cancelled"
+
+
+class AuditNotRetryable(Conflict):
+    code = "audit_not_retryable"
+    title = "Audit cannot be retried"
+
+
+class RubricNotFound(AppError):
+    status = 422
+    code = "rubric_not_found"
+    title = "Rubric not found"

@@ -1,0 +1,93 @@
+"""The `audit` table (DESIGN §2)."""
+
+from datetime import datetime
+from typing import Any
+from uuid import UUID, uuid4
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlmodel import Field, SQLModel
+
+from shared.db import metadata  # noqa: F401  (naming convention must be set first)
+
+STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+
+
+def _timestamp(*, nullable: bool = True) -> Any:
+    return Field(default=None, sa_type=sa.DateTime(timezone=True), nullable=nullable)
+
+
+def _text(*, nullable: bool = True, default: Any = None) -> Any:
+    return Field(default=default, sa_type=sa.Text, nullable=nullable)
+
+
+def _jsonb(*, nullable: bool = False) -> Any:
+    return Field(default=None, sa_type=JSONB, nullable=nullable)
+
+
+class Audit(SQLModel, table=True):
+    __tablename__ = "audit"
+    __table_args__ = (
+        sa.CheckConstraint(f"status IN {STATUSES!r}", name="status"),
+        sa.CheckConstraint("attempts >= 0", name="attempts"),
+        sa.Index("ix_audit_created", sa.text("created_at DESC"), sa.text("id DESC")),
+        sa.Index(
+            "ix_audit_status_created", "status", sa.text("created_at DESC"), sa.text("id DESC")
+        ),
+        sa.Index(
+            "ix_audit_batch_created", "batch_id", sa.text("created_at DESC"), sa.text("id DESC")
+        ),
+        sa.Index(
+            "ix_audit_rubric_created",
+            "rubric_name",
+            sa.text("created_at DESC"),
+            sa.text("id DESC"),
+        ),
+        sa.Index(
+            "ix_audit_unfinished",
+            "status",
+            "lease_until",
+            postgresql_where=sa.text("status IN ('queued', 'running')"),
+        ),
+        sa.Index(
+            "uq_audit_idempotency_key",
+            "idempotency_key",
+            unique=True,
+            postgresql_where=sa.text("idempotency_key IS NOT NULL"),
+        ),
+    )
+
+    id: UUID = Field(default_factory=uuid4, primary_key=True)
+    status: str = _text(nullable=False, default="queued")
+    subject: str = _text(nullable=False)
+    content: str = _text(nullable=False)
+    criteria: list[dict[str, Any]] = _jsonb()
+    rubric_name: str | None = _text()
+    rubric_version: int | None = None
+    model: str = _text(nullable=False)
+    metadata_: dict[str, Any] = Field(
+        default_factory=dict, sa_column=sa.Column("metadata", JSONB, nullable=False)
+    )
+    pass_threshold: float = 70.0
+    batch_id: UUID | None = None
+    attempts: int = 0
+    attempt_limit: int
+    result: dict[str, Any] | None = _jsonb(nullable=True)
+    error_code: str | None = _text()
+    error_message: str | None = _text()
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    prompt_version: str | None = _text()
+    provider_request_id: str | None = _text()
+    request_id: str | None = _text()
+    idempotency_key: str | None = _text()
+    request_hash: str | None = _text()
+    lease_until: datetime | None = _timestamp()
+    created_at: datetime = Field(
+        sa_type=sa.DateTime(timezone=True), sa_column_kwargs={"server_default": sa.func.now()}
+    )
+    updated_at: datetime = Field(
+        sa_type=sa.DateTime(timezone=True), sa_column_kwargs={"server_default": sa.func.now()}
+    )
+    started_at: datetime | None = _timestamp()
+    finished_at: datetime | None = _timestamp()

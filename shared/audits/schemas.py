@@ -1,0 +1,170 @@
+"""Request and response bodies of the audits API (DESIGN §4)."""
+
+import json
+from collections import Counter
+from datetime import datetime
+from typing import Annotated, Any, Literal, Self
+from uuid import UUID
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from shared.config import get_settings
+from shared.text import json_size, reject_nul
+
+AuditStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+TERMINAL_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
+Verdict = Literal["pass", "partial", "fail", "not_applicable"]
+
+CRITERION_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+MAX_CRITERIA = 50
+MAX_METADATA_BYTES = 16 * 1024
+
+NoNul = AfterValidator(reject_nul)
+
+
+def _within_content_limit(value: str) -> str:
+    limit = get_settings().max_content_chars
+    if len(value) > limit:
+        raise ValueError(
+            f"must be at most {limit} characters (MAX_CONTENT_CHARS), got {len(value)}"
+        )
+    return value
+
+
+def _small_json_object(value: dict[str, Any]) -> dict[str, Any]:
+    size = json_size(value)
+    if size > MAX_METADATA_BYTES:
+        raise ValueError(f"must be at most {MAX_METADATA_BYTES} bytes as JSON, got {size}")
+    if "\\u0000" in json.dumps(value):
+        raise ValueError("must not contain NUL (\\u0000) characters")
+    return value
+
+
+Content = Annotated[str, Field(min_length=1), NoNul, AfterValidator(_within_content_limit)]
+Metadata = Annotated[dict[str, Any], AfterValidator(_small_json_object)]
+
+
+class Criterion(BaseModel):
+    """One thing the content is judged against."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: Annotated[str, Field(pattern=CRITERION_ID_PATTERN, examples=["claims_substantiated"])]
+    description: Annotated[str, Field(min_length=1, max_length=2000), NoNul]
+    weight: Annotated[float, Field(gt=0, le=100)] = 1.0
+
+
+def _unique_ids(criteria: list[Criterion]) -> list[Criterion]:
+    duplicates = [id_ for id_, n in Counter(c.id for c in criteria).items() if n > 1]
+    if duplicates:
+        raise ValueError(f"criterion ids must be unique; repeated: {', '.join(sorted(duplicates))}")
+    return criteria
+
+
+CriteriaList = Annotated[
+    list[Criterion],
+    Field(min_length=1, max_length=MAX_CRITERIA),
+    AfterValidator(_unique_ids),
+]
+
+
+class AuditCreate(BaseModel):
+    """What a client sends to start one audit."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    subject: Annotated[str, Field(min_length=1, max_length=200), NoNul]
+    content: Content
+    criteria: CriteriaList | None = None
+    rubric: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    rubric_version: Annotated[int, Field(ge=1)] | None = None
+    model: str | None = None
+    metadata: Metadata = Field(default_factory=dict)
+    pass_threshold: Annotated[float, Field(ge=0, le=100)] = 70.0
+
+    @field_validator("model")
+    @classmethod
+    def model_is_allowed(cls, value: str | None) -> str | None:
+        allowed = get_settings().models
+        if value is not None and value not in allowed:
+            raise ValueError(f"must be one of ALLOWED_MODELS: {', '.join(allowed)}")
+        return value
+
+    @model_validator(mode="after")
+    def criteria_xor_rubric(self) -> Self:
+        if (self.criteria is None) == (self.rubric is None):
+            raise ValueError("give exactly one of `criteria` or `rubric`")
+        if self.rubric_version is not None and self.rubric is None:
+            raise ValueError("`rubric_version` needs `rubric`")
+        return self
+
+
+class Finding(BaseModel):
+    """The model's judgement of the content against one criterion."""
+
+    criterion_id: str
+    verdict: Verdict
+    score: Annotated[float, Field(ge=0, le=100)]
+    rationale: str
+    evidence: list[str]
+
+
+class AuditResult(BaseModel):
+    """The outcome of a succeeded audit; `score` and `verdict` are computed by auditq."""
+
+    score: float | None = Field(
+        description="Weighted mean of the applicable findings' scores; null when none applies."
+    )
+    verdict: Literal["pass", "fail"]
+    pass_threshold: float
+    summary: str
+    findings: list[Finding]
+    dropped_quotes: int = Field(
+        default=0, description="Evidence quotes the model gave that are not in the content."
+    )
+
+
+class AuditError(BaseModel):
+    code: str
+    message: str
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class AuditRead(BaseModel):
+    """An audit as clients see it in lists (without its content)."""
+
+    id: UUID
+    status: AuditStatus
+    subject: str
+    model: str
+    criteria: list[Criterion]
+    rubric: str | None
+    rubric_version: int | None
+    metadata: dict[str, Any]
+    batch_id: UUID | None
+    attempts: int
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    result: AuditResult | None
+    error: AuditError | None
+    usage: Usage | None
+
+
+class AuditDetail(AuditRead):
+    """One audit, with the content it judged."""
+
+    content: str
+
+
+class AuditPage(BaseModel):
+    items: list[AuditRead]
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` for the next page; null at the end."
+    )

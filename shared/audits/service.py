@@ -1,0 +1,227 @@
+"""What clients can do with audits. Functions take the session first and never commit."""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID, uuid4
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
+
+from shared.audits.exceptions import (
+    AuditNotCancellable,
+    AuditNotFound,
+    AuditNotRetryable,
+    RubricNotFound,
+)
+from shared.audits.models import Audit
+from shared.audits.schemas import TERMINAL_STATUSES, AuditCreate, AuditStatus, Criterion
+from shared.config import get_settings
+from shared.pagination import encode_cursor, keyset_page
+from shared.queue import defer_abort, defer_run
+
+UNFINISHED: tuple[AuditStatus, ...] = ("queued", "running")
+RETRYABLE: tuple[AuditStatus, ...] = ("failed", "cancelled")
+
+
+@dataclass(frozen=True)
+class AuditFilters:
+    status: Sequence[AuditStatus] = ()
+    batch_id: UUID | None = None
+    rubric: str | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+
+
+@dataclass(frozen=True)
+class ResolvedCriteria:
+    """The criteria snapshot an audit runs with, and the rubric it came from, if any."""
+
+    criteria: list[Criterion]
+    rubric_name: str | None = None
+    rubric_version: int | None = None
+
+
+def new_row(
+    data: AuditCreate,
+    *,
+    criteria: ResolvedCriteria,
+    batch_id: UUID | None = None,
+    request_id: str | None = None,
+    idempotency_key: str | None = None,
+    request_hash: str | None = None,
+) -> dict[str, Any]:
+    """The column values of a new queued audit, for single and multi-row inserts."""
+    settings = get_settings()
+    return {
+        "id": uuid4(),
+        "status": "queued",
+        "subject": data.subject,
+        "content": data.content,
+        "criteria": [c.model_dump() for c in criteria.criteria],
+        "rubric_name": criteria.rubric_name,
+        "rubric_version": criteria.rubric_version,
+        "model": data.model or settings.openai_model,
+        "metadata": data.metadata,
+        "pass_threshold": data.pass_threshold,
+        "batch_id": batch_id,
+        "attempts": 0,
+        "attempt_limit": settings.max_attempts,
+        "request_id": request_id,
+        "idempotency_key": idempotency_key,
+        "request_hash": request_hash,
+    }
+
+
+async def create(
+    session: AsyncSession,
+    *,
+    data: AuditCreate,
+    criteria: ResolvedCriteria,
+    request_id: str | None = None,
+    idempotency_key: str | None = None,
+    request_hash: str | None = None,
+) -> Audit:
+    """Record a queued audit; its job is sent once the transaction commits."""
+    row = new_row(
+        data,
+        criteria=criteria,
+        request_id=request_id,
+        idempotency_key=idempotency_key,
+        request_hash=request_hash,
+    )
+    audit: Audit = (await session.execute(_insert_returning(row))).scalar_one()
+    defer_run(session, audit.id)
+    return audit
+
+
+def _insert_returning(row: dict[str, Any]) -> sa.Executable:
+    return sa.insert(Audit).values(_to_columns(row)).returning(Audit)
+
+
+def _to_columns(row: dict[str, Any]) -> dict[str, Any]:
+    """`metadata` is reserved on declarative models, so the attribute is `metadata_`."""
+    return {("metadata_" if key == "metadata" else key): value for key, value in row.items()}
+
+
+async def get(session: AsyncSession, *, audit_id: UUID) -> Audit | None:
+    """One audit by id, or None."""
+    return await session.get(Audit, audit_id)
+
+
+async def get_or_raise(session: AsyncSession, *, audit_id: UUID) -> Audit:
+    audit = await get(session, audit_id=audit_id)
+    if audit is None:
+        raise AuditNotFound(f"No audit has id {audit_id}.")
+    return audit
+
+
+async def list_page(
+    session: AsyncSession, *, filters: AuditFilters, limit: int, cursor: str | None
+) -> tuple[list[Audit], str | None]:
+    """A page of audits, newest first, and the cursor of the next page (None at the end)."""
+    stmt = keyset_page(
+        _filtered(sa.select(Audit), filters),
+        created_at=col(Audit.created_at),
+        row_id=col(Audit.id),
+        limit=limit,
+        cursor=cursor,
+    )
+    rows = list((await session.execute(stmt)).scalars())
+    if len(rows) <= limit:
+        return rows, None
+    last = rows[limit - 1]
+    return rows[:limit], encode_cursor(last.created_at, last.id)
+
+
+def _filtered(stmt: sa.Select[Any], filters: AuditFilters) -> sa.Select[Any]:
+    conditions = [
+        col(Audit.status).in_(filters.status) if filters.status else None,
+        col(Audit.batch_id) == filters.batch_id if filters.batch_id else None,
+        col(Audit.rubric_name) == filters.rubric if filters.rubric else None,
+        col(Audit.created_at) > filters.created_after if filters.created_after else None,
+        col(Audit.created_at) < filters.created_before if filters.created_before else None,
+    ]
+    return stmt.where(*(c for c in conditions if c is not None))
+
+
+async def cancel(session: AsyncSession, *, audit_id: UUID) -> Audit:
+    """Cancel a queued or running audit; a running job is aborted after commit."""
+    audit = await _transition(
+        session,
+        audit_id=audit_id,
+        allowed=UNFINISHED,
+        values={"status": "cancelled", "finished_at": sa.func.now(), "lease_until": None},
+    )
+    if audit is None:
+        current = await get_or_raise(session, audit_id=audit_id)
+        raise AuditNotCancellable(
+            f"Audit {audit_id} is already {current.status}; only queued or running audits "
+            "can be cancelled.",
+            status=current.status,
+        )
+    defer_abort(session, audit.id)
+    return audit
+
+
+async def retry(session: AsyncSession, *, audit_id: UUID) -> Audit:
+    """Queue a failed or cancelled audit again, with a fresh budget of attempts.
+
+    `attempts` keeps counting (it fences late writes of earlier runs); the budget
+    moves instead: the audit may now run `MAX_ATTEMPTS` more times.
+    """
+    audit = await _transition(
+        session,
+        audit_id=audit_id,
+        allowed=RETRYABLE,
+        values={
+            "status": "queued",
+            "attempt_limit": col(Audit.attempts) + get_settings().max_attempts,
+            "result": None,
+            "error_code": None,
+            "error_message": None,
+            "started_at": None,
+            "finished_at": None,
+            "lease_until": None,
+        },
+    )
+    if audit is None:
+        current = await get_or_raise(session, audit_id=audit_id)
+        raise AuditNotRetryable(
+            f"Audit {audit_id} is {current.status}; only failed or cancelled audits can be "
+            "retried.",
+            status=current.status,
+        )
+    defer_run(session, audit.id)
+    return audit
+
+
+async def _transition(
+    session: AsyncSession,
+    *,
+    audit_id: UUID,
+    allowed: Sequence[str],
+    values: dict[str, Any],
+) -> Audit | None:
+    """One conditional UPDATE: the audit moves only if it is in an allowed status."""
+    stmt = (
+        sa.update(Audit)
+        .where(col(Audit.id) == audit_id, col(Audit.status).in_(allowed))
+        .values(**values, updated_at=sa.func.now())
+        .returning(Audit)
+        .execution_options(populate_existing=True)
+    )
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+def is_terminal(audit: Audit) -> bool:
+    return audit.status in TERMINAL_STATUSES
+
+
+async def resolve_criteria(session: AsyncSession, *, data: AuditCreate) -> ResolvedCriteria:
+    """The criteria an audit will run with: inline ones, or a snapshot of a rubric's."""
+    if data.criteria is not None:
+        return ResolvedCriteria(criteria=list(data.criteria))
+    raise RubricNotFound(f"No rubric is named {data.rubric!r}.", rubric=data.rubric)

@@ -1,0 +1,188 @@
+"""Errors of a model call, sorted into what a later attempt may fix and what it cannot.
+
+Every failure of a model call leaves `shared.llm` as a `ModelError`: a stable snake_case
+`code` that ends up in `audit.error_code`, a human-readable `message`, `transient` (the
+worker retries transient errors with backoff, fails the audit at once on permanent ones)
+and `retry_after`, the provider's `Retry-After` in seconds.
+
+Messages are written here, never copied from the provider: a provider's error text can
+echo the request (the content) or part of the API key, and `message` is shown to clients.
+The SDK exception stays available as `__cause__` for operators.
+"""
+
+import email.utils
+import math
+import re
+import time
+from collections.abc import Mapping
+
+import openai
+
+__all__ = ["InvalidModelOutput", "ModelError", "classify", "reply_error", "retry_after_seconds"]
+
+
+class ModelError(Exception):
+    """A model call that failed; `transient` says whether a later attempt may succeed."""
+
+    def __init__(
+        self, code: str, message: str, *, transient: bool, retry_after: float | None = None
+    ) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.transient = transient
+        self.retry_after = retry_after
+
+
+class InvalidModelOutput(ModelError):
+    """The model answered, but not with what the reply schema and the criteria demand."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__("invalid_model_output", f"the model's reply was invalid: {reason}", transient=False)
+        self.reason = reason
+
+
+def classify(exc: Exception) -> ModelError:
+    """The `ModelError` an exception raised by the openai SDK stands for."""
+    if isinstance(exc, ModelError):
+        return exc
+    if isinstance(exc, openai.APITimeoutError):  # before APIConnectionError, its base class
+        return ModelError(
+            "model_timeout", "the model did not answer within OPENAI_TIMEOUT_S", transient=True
+        )
+    if isinstance(exc, openai.APIConnectionError):
+        return ModelError("model_unavailable", "could not reach the model provider", transient=True)
+    if isinstance(exc, openai.APIStatusError):
+        return _from_status_error(exc)
+    if isinstance(exc, openai.APIResponseValidationError):
+        return ModelError(
+            "model_server_error", "the provider answered with a malformed response", transient=True
+        )
+    if isinstance(exc, openai.LengthFinishReasonError):
+        return _reply_errors["length"]()
+    if isinstance(exc, openai.ContentFilterFinishReasonError):
+        return _reply_errors["content_filter"]()
+    # Anything else is a bug or a misconfiguration on our side: retrying will not help.
+    return ModelError(
+        "model_client_error", f"the model call failed with {type(exc).__name__}", transient=False
+    )
+
+
+def reply_error(*, finish_reason: str, refusal: str | None) -> ModelError | None:
+    """The permanent error a completed reply stands for, or None when it can be used."""
+    if refusal:
+        # The refusal text is left out: it may quote the content.
+        return ModelError("model_refused", "the model refused to audit the content", transient=False)
+    make_error = _reply_errors.get(finish_reason)
+    return make_error() if make_error else None
+
+
+def _output_truncated() -> ModelError:
+    return ModelError(
+        "output_truncated",
+        "the reply hit the model's output token limit before it was complete",
+        transient=False,
+    )
+
+
+def _content_filtered() -> ModelError:
+    return ModelError(
+        "content_filtered", "the provider's content filter blocked the reply", transient=False
+    )
+
+
+_reply_errors = {"length": _output_truncated, "content_filter": _content_filtered}
+
+# status -> (code, message, transient). 408 and 409 are retried, as the SDK itself would.
+_STATUS_ERRORS: dict[int, tuple[str, str, bool]] = {
+    400: ("model_bad_request", "the provider rejected the request as invalid", False),
+    401: ("model_auth_failed", "the provider rejected the API key (OPENAI_API_KEY)", False),
+    403: ("model_permission_denied", "the API key may not use this model or endpoint", False),
+    404: ("model_not_found", "the provider does not know this model or endpoint", False),
+    408: ("model_timeout", "the provider timed out", True),
+    409: ("model_unavailable", "the provider reported a conflict; try again", True),
+    422: ("model_bad_request", "the provider could not process the request", False),
+    429: ("model_rate_limited", "the provider's rate limit was reached", True),
+    503: ("model_unavailable", "the provider is overloaded or unavailable", True),
+}
+_SERVER_ERROR = ("model_server_error", "the provider failed with a server error", True)
+_CLIENT_ERROR = ("model_bad_request", "the provider refused the request", False)
+
+# OpenAI says `context_length_exceeded` in `code`; vLLM, llama.cpp and others only in the text.
+_CONTEXT_LENGTH = re.compile(
+    r"context[ _-]?(length|window)|maximum context|too many tokens|prompt is too long", re.I
+)
+_IDENTIFIER = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+
+
+def _from_status_error(exc: openai.APIStatusError) -> ModelError:
+    code, message, transient = _status_meaning(exc)
+    return ModelError(
+        code,
+        f"{message} ({_provider_details(exc)})",
+        transient=transient,
+        retry_after=retry_after_seconds(exc.response.headers),
+    )
+
+
+def _status_meaning(exc: openai.APIStatusError) -> tuple[str, str, bool]:
+    status = exc.status_code
+    if status == 400 and _is_context_length(exc):
+        return ("context_length_exceeded", "the content is too long for the model", False)
+    if status == 429 and exc.code == "insufficient_quota":
+        # OpenAI's 429 for an exhausted budget: waiting does not refill it.
+        return ("model_quota_exceeded", "the provider account has no quota left", False)
+    if status in _STATUS_ERRORS:
+        return _STATUS_ERRORS[status]
+    return _SERVER_ERROR if status >= 500 else _CLIENT_ERROR
+
+
+def _is_context_length(exc: openai.APIStatusError) -> bool:
+    return exc.code == "context_length_exceeded" or bool(_CONTEXT_LENGTH.search(exc.message))
+
+
+def _provider_details(exc: openai.APIStatusError) -> str:
+    """HTTP status, provider error code and request id: enough to trace, nothing echoed."""
+    details = [f"HTTP {exc.status_code}"]
+    if exc.code and _IDENTIFIER.match(exc.code):
+        details.append(f"provider code {exc.code}")
+    if exc.request_id and _IDENTIFIER.match(exc.request_id):
+        details.append(f"request id {exc.request_id}")
+    return ", ".join(details)
+
+
+def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
+    """Seconds the provider asks us to wait: `retry-after-ms`, or `Retry-After` (seconds or date).
+
+    `headers` must look names up case-insensitively, as httpx's do.
+    """
+    milliseconds = _non_negative_float(headers.get("retry-after-ms"))
+    if milliseconds is not None:
+        return milliseconds / 1000
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    seconds = _non_negative_float(value)
+    return seconds if seconds is not None else _seconds_until_http_date(value)
+
+
+def _non_negative_float(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) and number >= 0 else None
+
+
+def _seconds_until_http_date(value: str) -> float | None:
+    parsed = email.utils.parsedate_tz(value)
+    if parsed is None:
+        return None
+    try:
+        moment = email.utils.mktime_tz(parsed)
+    except (OverflowError, ValueError):
+        return None
+    # A date already past means "now", not "no advice".
+    return max(0.0, moment - time.time())

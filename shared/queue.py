@@ -1,0 +1,131 @@
+"""The arq queue: the Redis pool, and jobs sent only after their rows committed.
+
+Services never talk to Redis. They note what must happen once the transaction
+commits (`defer_run`, `defer_abort`); the owner of the transaction calls
+`send_pending` after its commit, so a job never names a row that does not exist
+yet. If Redis is unreachable then, nothing is lost: the row is the source of
+truth and the worker's reconciler enqueues every queued audit that has no job.
+"""
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from uuid import UUID
+
+import structlog
+from arq.connections import ArqRedis, RedisSettings
+from arq.constants import abort_jobs_ss, expires_extra_ms, job_key_prefix
+from arq.jobs import serialize_job
+from arq.utils import timestamp_ms
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError, RedisError, TimeoutError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from shared.config import Settings
+
+log = structlog.get_logger(__name__)
+
+RUN_AUDIT = "run_audit"
+_PENDING = "auditq.pending_jobs"
+
+
+def _retry() -> Retry:
+    """Ride out a Redis restart: a few quick reconnects before giving up."""
+    return Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3)
+
+
+def create_redis(settings: Settings) -> ArqRedis:
+    """An arq client for `REDIS_URL` (`redis://`, `rediss://` or `unix://`).
+
+    It connects lazily, so an API started while Redis is down still serves.
+    """
+    redis: ArqRedis = ArqRedis.from_url(
+        settings.redis_url,
+        retry=_retry(),
+        retry_on_error=[ConnectionError, TimeoutError],
+        socket_connect_timeout=2,
+        socket_timeout=5,
+        health_check_interval=15,
+    )
+    redis.default_queue_name = settings.queue_name
+    return redis
+
+
+def redis_settings(settings: Settings) -> RedisSettings:
+    """The same connection, described the way arq's worker wants it."""
+    conf = RedisSettings.from_dsn(settings.redis_url)
+    conf.retry = _retry()
+    conf.retry_on_error = [ConnectionError, TimeoutError]
+    conf.conn_timeout = 2
+    return conf
+
+
+def audit_job_id(audit_id: UUID) -> str:
+    return f"audit:{audit_id}"
+
+
+@dataclass
+class PendingJobs:
+    run: list[UUID] = field(default_factory=list)
+    abort: list[UUID] = field(default_factory=list)
+
+
+def _pending(session: AsyncSession) -> PendingJobs:
+    pending: PendingJobs = session.info.setdefault(_PENDING, PendingJobs())
+    return pending
+
+
+def defer_run(session: AsyncSession, audit_id: UUID) -> None:
+    """Enqueue `run_audit` for this audit once the session's transaction commits."""
+    _pending(session).run.append(audit_id)
+
+
+def defer_abort(session: AsyncSession, audit_id: UUID) -> None:
+    """Abort this audit's running job once the session's transaction commits."""
+    _pending(session).abort.append(audit_id)
+
+
+def discard_pending(session: AsyncSession) -> None:
+    session.info.pop(_PENDING, None)
+
+
+async def send_pending(session: AsyncSession, redis: ArqRedis) -> None:
+    """Send what the committed transaction deferred; a Redis outage is logged, not raised."""
+    pending: PendingJobs | None = session.info.pop(_PENDING, None)
+    if pending is None:
+        return
+    try:
+        await enqueue_runs(redis, pending.run)
+        await abort_runs(redis, pending.abort)
+    except (RedisError, OSError) as exc:
+        log.warning(
+            "enqueue_failed",
+            audit_ids=[str(i) for i in pending.run + pending.abort],
+            error=type(exc).__name__,
+            note="the reconciler will enqueue queued audits once Redis is back",
+        )
+
+
+async def enqueue_runs(redis: ArqRedis, audit_ids: Iterable[UUID]) -> None:
+    """Enqueue `run_audit` jobs in one round trip, skipping audits that have a job.
+
+    arq's `enqueue_job` costs a WATCH round trip per job; a batch of 1,000 wants
+    one pipeline. SET NX on the job key gives the same deduplication by job id.
+    """
+    now_ms = timestamp_ms()
+    async with redis.pipeline(transaction=True) as pipe:
+        for audit_id in audit_ids:
+            job_id = audit_job_id(audit_id)
+            job = serialize_job(RUN_AUDIT, (str(audit_id),), {}, None, now_ms)
+            # A retried audit must not inherit the abort mark of its cancelled run.
+            pipe.zrem(abort_jobs_ss, job_id)
+            pipe.set(job_key_prefix + job_id, job, px=expires_extra_ms, nx=True)
+            pipe.zadd(redis.default_queue_name, {job_id: now_ms}, nx=True)
+        await pipe.execute()
+
+
+async def abort_runs(redis: ArqRedis, audit_ids: Iterable[UUID]) -> None:
+    """Ask workers to cancel these audits' jobs (arq `allow_abort_jobs`)."""
+    marks = {audit_job_id(audit_id): timestamp_ms() for audit_id in audit_ids}
+    if marks:
+        await redis.zadd(abort_jobs_ss, marks)
