@@ -40,5 +40,12 @@ def configure_logging(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # Their own handlers would print plain text beside the JSON lines.
+    for name in ("arq", "uvicorn", "uvicorn.error"):
+        logging.getLogger(name).handlers.clear()
+        logging.getLogger(name).propagate = True
+    # One line per HTTP call to the model repeats the job's own events.
+    for name in ("httpx", "httpx2", "openai"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     # uvicorn's access log would repeat the API's own `request` event.
     logging.getLogger("uvicorn.access").disabled = True

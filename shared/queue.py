@@ -7,7 +7,8 @@ yet. If Redis is unreachable then, nothing is lost: the row is the source of
 truth and the worker's reconciler enqueues every queued audit that has no job.
 """
 
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from uuid import UUID
 
@@ -22,6 +23,7 @@ from redis.exceptions import ConnectionError, RedisError, TimeoutError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.config import Settings
+from shared.db import SessionFactory, session_scope
 
 log = structlog.get_logger(__name__)
 
@@ -129,3 +131,20 @@ async def abort_runs(redis: ArqRedis, audit_ids: Iterable[UUID]) -> None:
     marks = {audit_job_id(audit_id): timestamp_ms() for audit_id in audit_ids}
     if marks:
         await redis.zadd(abort_jobs_ss, marks)
+
+
+async def missing_jobs(redis: ArqRedis, audit_ids: list[UUID]) -> list[UUID]:
+    """The audits among these that have no job in Redis (lost to a flush or a failed enqueue)."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for audit_id in audit_ids:
+            pipe.exists(job_key_prefix + audit_job_id(audit_id))
+        exists = await pipe.execute()
+    return [audit_id for audit_id, found in zip(audit_ids, exists, strict=True) if not found]
+
+
+@asynccontextmanager
+async def transaction(factory: SessionFactory, redis: ArqRedis) -> AsyncIterator[AsyncSession]:
+    """A session scope that sends the jobs it deferred once it has committed."""
+    async with session_scope(factory) as session:
+        yield session
+    await send_pending(session, redis)

@@ -38,43 +38,9 @@ class InvalidModelOutput(ModelError):
     """The model answered, but not with what the reply schema and the criteria demand."""
 
     def __init__(self, reason: str) -> None:
-        super().__init__("invalid_model_output", f"the model's reply was invalid: {reason}", transient=False)
+        message = f"the model's reply was invalid: {reason}"
+        super().__init__("invalid_model_output", message, transient=False)
         self.reason = reason
-
-
-def classify(exc: Exception) -> ModelError:
-    """The `ModelError` an exception raised by the openai SDK stands for."""
-    if isinstance(exc, ModelError):
-        return exc
-    if isinstance(exc, openai.APITimeoutError):  # before APIConnectionError, its base class
-        return ModelError(
-            "model_timeout", "the model did not answer within OPENAI_TIMEOUT_S", transient=True
-        )
-    if isinstance(exc, openai.APIConnectionError):
-        return ModelError("model_unavailable", "could not reach the model provider", transient=True)
-    if isinstance(exc, openai.APIStatusError):
-        return _from_status_error(exc)
-    if isinstance(exc, openai.APIResponseValidationError):
-        return ModelError(
-            "model_server_error", "the provider answered with a malformed response", transient=True
-        )
-    if isinstance(exc, openai.LengthFinishReasonError):
-        return _reply_errors["length"]()
-    if isinstance(exc, openai.ContentFilterFinishReasonError):
-        return _reply_errors["content_filter"]()
-    # Anything else is a bug or a misconfiguration on our side: retrying will not help.
-    return ModelError(
-        "model_client_error", f"the model call failed with {type(exc).__name__}", transient=False
-    )
-
-
-def reply_error(*, finish_reason: str, refusal: str | None) -> ModelError | None:
-    """The permanent error a completed reply stands for, or None when it can be used."""
-    if refusal:
-        # The refusal text is left out: it may quote the content.
-        return ModelError("model_refused", "the model refused to audit the content", transient=False)
-    make_error = _reply_errors.get(finish_reason)
-    return make_error() if make_error else None
 
 
 def _output_truncated() -> ModelError:
@@ -91,7 +57,7 @@ def _content_filtered() -> ModelError:
     )
 
 
-_reply_errors = {"length": _output_truncated, "content_filter": _content_filtered}
+_FINISH_REASON_ERRORS = {"length": _output_truncated, "content_filter": _content_filtered}
 
 # status -> (code, message, transient). 408 and 409 are retried, as the SDK itself would.
 _STATUS_ERRORS: dict[int, tuple[str, str, bool]] = {
@@ -113,6 +79,43 @@ _CONTEXT_LENGTH = re.compile(
     r"context[ _-]?(length|window)|maximum context|too many tokens|prompt is too long", re.I
 )
 _IDENTIFIER = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+
+
+def classify(exc: Exception) -> ModelError:
+    """The `ModelError` an exception raised by the openai SDK stands for."""
+    if isinstance(exc, ModelError):
+        return exc
+    if isinstance(exc, openai.APITimeoutError):  # before APIConnectionError, its base class
+        return ModelError(
+            "model_timeout", "the model did not answer within OPENAI_TIMEOUT_S", transient=True
+        )
+    if isinstance(exc, openai.APIConnectionError):
+        return ModelError("model_unavailable", "could not reach the model provider", transient=True)
+    if isinstance(exc, openai.APIStatusError):
+        return _from_status_error(exc)
+    if isinstance(exc, openai.APIResponseValidationError):
+        return ModelError(
+            "model_server_error", "the provider answered with a malformed response", transient=True
+        )
+    if isinstance(exc, openai.LengthFinishReasonError):
+        return _FINISH_REASON_ERRORS["length"]()
+    if isinstance(exc, openai.ContentFilterFinishReasonError):
+        return _FINISH_REASON_ERRORS["content_filter"]()
+    # Anything else is a bug or a misconfiguration on our side: retrying will not help.
+    return ModelError(
+        "model_client_error", f"the model call failed with {type(exc).__name__}", transient=False
+    )
+
+
+def reply_error(*, finish_reason: str, refusal: str | None) -> ModelError | None:
+    """The permanent error a completed reply stands for, or None when it can be used."""
+    if refusal:
+        # The refusal text is left out: it may quote the content.
+        return ModelError(
+            "model_refused", "the model refused to audit the content", transient=False
+        )
+    make_error = _FINISH_REASON_ERRORS.get(finish_reason)
+    return make_error() if make_error else None
 
 
 def _from_status_error(exc: openai.APIStatusError) -> ModelError:

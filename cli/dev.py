@@ -1,0 +1,372 @@
+"""`auditq dev` and `auditq migrate`: the whole stack on one machine, with no set-up.
+
+Where `DATABASE_URL` / `REDIS_URL` are unset (in the environment and in `.env`),
+the embedded PostgreSQL and Redis are started under `.auditq/`; where
+`OPENAI_API_KEY` is unset, the bundled simulator stands in for the model.
+"""
+
+import importlib.util
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import ExitStack, contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from dotenv import dotenv_values
+from rich.console import Console
+from rich.panel import Panel
+from rich.text import Text
+
+if TYPE_CHECKING:
+    from cli.embedded import EmbeddedServer
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+EMBEDDED_ROOT = Path(".auditq")
+SIMULATOR_API_KEY = "sk-auditq-simulator"
+WORKER_SETTINGS = "worker.settings.WorkerSettings"
+
+_READY_TIMEOUT_S = 60.0
+_STOP_TIMEOUT_S = 10.0
+_COLOURS = ("cyan", "magenta", "green", "blue", "yellow")
+
+console = Console(highlight=False)
+
+
+class StopRequested(Exception):
+    """SIGINT or SIGTERM arrived: stop everything and exit 0."""
+
+
+class ChildExited(Exception):
+    """A process of the stack died (or never became ready): stop the rest, exit non-zero."""
+
+
+class DevError(Exception):
+    """The stack cannot be started as asked."""
+
+
+@dataclass(frozen=True)
+class DevOptions:
+    api_only: bool
+    host: str
+    port: int
+    workers: int
+
+
+def command(
+    api_only: Annotated[bool, typer.Option("--api-only", help="Start no arq worker.")] = False,
+    host: Annotated[str, typer.Option(help="Interface the API listens on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port the API listens on.")] = 8000,
+    workers: Annotated[int, typer.Option(min=1, help="Number of arq worker processes.")] = 1,
+) -> None:
+    """Run the API, a worker and, without OPENAI_API_KEY, the model simulator."""
+    options = DevOptions(api_only=api_only, host=host, port=port, workers=workers)
+    raise typer.Exit(run_dev(options))
+
+
+def migrate_command() -> None:
+    """Apply the migrations; on the embedded PostgreSQL when DATABASE_URL is unset."""
+    raise typer.Exit(run_migrate())
+
+
+def run_dev(options: DevOptions) -> int:
+    """Run the stack until a signal (exit 0) or until one of its processes dies (exit 1)."""
+    with _reported_failures() as failed, _stop_on_signals() as stack:
+        env = _environment()
+        env.update(_embedded_urls(stack, env, redis=True, stop_reused=True))
+        _migrate(env)
+        _run_stack(stack.enter_context(Supervisor()), env, options)
+    return 1 if failed else 0
+
+
+def run_migrate() -> int:
+    """`alembic upgrade head`; an embedded server it had to start is stopped again."""
+    with _reported_failures() as failed, _stop_on_signals() as stack:
+        env = _environment()
+        env.update(_embedded_urls(stack, env, redis=False, stop_reused=False))
+        _migrate(env)
+    return 1 if failed else 0
+
+
+def _run_stack(supervisor: "Supervisor", env: dict[str, str], options: DevOptions) -> None:
+    _require_module("api.app", "the API (api/app.py) does not exist yet")
+    if not options.api_only:
+        _require_module("worker.settings", "worker/settings.py does not exist yet: use --api-only")
+    if not env.get("OPENAI_API_KEY"):
+        env.update(_start_simulator(supervisor, env))
+    api = supervisor.spawn("api", _uvicorn_args(options), {**env, "PORT": str(options.port)})
+    if not options.api_only:
+        for number in range(1, options.workers + 1):
+            supervisor.spawn(f"worker.{number}", _module_args("arq", WORKER_SETTINGS), env)
+    supervisor.wait_for_port(api, _reachable(options.host), options.port)
+    _print_ready(options, env)
+    supervisor.watch()
+
+
+def _uvicorn_args(options: DevOptions) -> list[str]:
+    return _module_args(
+        "uvicorn", "api.app:create_app", "--factory", "--host", options.host,
+        "--port", str(options.port),
+    )  # fmt: skip
+
+
+def _module_args(module: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", module, *args]
+
+
+def _environment() -> dict[str, str]:
+    """The children's environment: this one, with `.env` filling what it leaves unset."""
+    env = dict(os.environ)
+    for name, value in dotenv_values(".env").items():
+        if value and not env.get(name):
+            env[name] = value
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def _embedded_urls(
+    stack: ExitStack, env: Mapping[str, str], *, redis: bool, stop_reused: bool
+) -> dict[str, str]:
+    """Start the embedded servers the environment does not replace; return their URLs.
+
+    `stop_reused`: also stop, on the way out, a server that was already running.
+    """
+    wanted = {"DATABASE_URL": not env.get("DATABASE_URL")}
+    wanted["REDIS_URL"] = redis and not env.get("REDIS_URL")
+    if not any(wanted.values()):
+        return {}
+    servers = _embedded_servers(EMBEDDED_ROOT)
+    urls = {
+        name: _start_server(stack, servers[name], stop_reused=stop_reused)
+        for name, needed in wanted.items()
+        if needed
+    }
+    _say(f"embedded services under {EMBEDDED_ROOT.resolve()}:", "bold")
+    for name, url in urls.items():
+        _say(f"  {name}={url}")
+    return urls
+
+
+def _embedded_servers(root: Path) -> dict[str, "EmbeddedServer"]:
+    try:
+        from cli.embedded import EmbeddedPostgres, EmbeddedRedis
+    except ImportError as exc:
+        raise DevError(
+            f"DATABASE_URL / REDIS_URL are unset and the embedded servers are missing ({exc}):"
+            " install them with `uv sync --all-extras`, or set both variables"
+        ) from exc
+    return {"DATABASE_URL": EmbeddedPostgres(root), "REDIS_URL": EmbeddedRedis(root)}
+
+
+def _start_server(stack: ExitStack, server: "EmbeddedServer", *, stop_reused: bool) -> str:
+    if stop_reused or server.pid() is None:
+        stack.callback(server.stop)
+    try:
+        return server.start()
+    except RuntimeError as exc:
+        raise DevError(f"an embedded server did not start: {exc}") from exc
+
+
+def _migrate(env: Mapping[str, str]) -> None:
+    if not (PROJECT_ROOT / "alembic.ini").exists():
+        raise DevError(f"no alembic.ini in {PROJECT_ROOT}: run auditq from a source checkout")
+    _say("alembic upgrade head", "bold")
+    subprocess.run(
+        _module_args("alembic", "upgrade", "head"), cwd=PROJECT_ROOT, env=env, check=True
+    )
+
+
+def _start_simulator(supervisor: "Supervisor", env: Mapping[str, str]) -> dict[str, str]:
+    """Start `auditq simulator` on a free port; return the variables that point at it."""
+    port = _free_port()
+    args = _module_args("cli.main", "simulator", "--host", "127.0.0.1", "--port", str(port))
+    supervisor.wait_for_port(supervisor.spawn("simulator", args, env), "127.0.0.1", port)
+    base_url = f"http://127.0.0.1:{port}/v1"
+    _print_simulator_warning(base_url)
+    return {"OPENAI_BASE_URL": base_url, "OPENAI_API_KEY": SIMULATOR_API_KEY}
+
+
+def _print_simulator_warning(base_url: str) -> None:
+    message = (
+        f"OPENAI_API_KEY is not set: the worker asks the bundled SIMULATOR at {base_url}.\n"
+        "Every audit result is SYNTHETIC, not the judgement of a language model.\n"
+        "Set OPENAI_API_KEY (and OPENAI_BASE_URL for another provider) for real audits."
+    )
+    console.print(Panel(message, title="SIMULATED MODEL", style="bold black on yellow"))
+
+
+def _print_ready(options: DevOptions, env: Mapping[str, str]) -> None:
+    base = f"http://{_reachable(options.host)}:{options.port}"
+    lines = [f"API   {base}/api/v1", f"docs  {base}/docs"]
+    if env.get("OPENAI_API_KEY") == SIMULATOR_API_KEY:
+        lines.append(f"model SIMULATOR at {env['OPENAI_BASE_URL']}: results are synthetic")
+    lines.append("Ctrl-C stops everything")
+    console.print(Panel("\n".join(lines), title="auditq dev is up", style="bold green"))
+
+
+def _require_module(name: str, message: str) -> None:
+    if importlib.util.find_spec(name) is None:
+        raise DevError(message)
+
+
+def _reachable(host: str) -> str:
+    """The address a local client uses to reach a server bound to `host`."""
+    return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@contextmanager
+def _stop_on_signals() -> Iterator[ExitStack]:
+    """An exit stack whose body the first SIGINT or SIGTERM interrupts (`StopRequested`).
+
+    Its unwinding is never interrupted: once it starts, signals are ignored, so the
+    children and the servers are always stopped.
+    """
+    unwinding = threading.Event()
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        if not unwinding.is_set():
+            unwinding.set()
+            raise StopRequested(signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with ExitStack() as stack:
+            try:
+                yield stack
+            finally:
+                unwinding.set()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+@contextmanager
+def _reported_failures() -> Iterator[list[BaseException]]:
+    """Report how the run ended; a stop request is a clean end, anything listed is not."""
+    failed: list[BaseException] = []
+    try:
+        yield failed
+    except StopRequested as stop:
+        _say(f"{stop}: stopped", "bold")
+    except (ChildExited, DevError) as exc:
+        _say(str(exc), "bold red")
+        failed.append(exc)
+    except subprocess.CalledProcessError as exc:
+        _say(f"{' '.join(map(str, exc.cmd))} failed (exit {exc.returncode})", "bold red")
+        failed.append(exc)
+
+
+def _say(message: str, style: str = "") -> None:
+    console.print(Text(message, style=style))
+
+
+@dataclass
+class Child:
+    name: str
+    process: "subprocess.Popen[str]"
+    output: threading.Thread
+
+
+class Supervisor:
+    """Child processes in their own sessions, their output prefixed with their name.
+
+    Signals reach the children only through `stop_all`, so the stack stops in order.
+    """
+
+    def __init__(self) -> None:
+        self.children: list[Child] = []
+
+    def __enter__(self) -> "Supervisor":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop_all()
+
+    def spawn(self, name: str, args: list[str], env: Mapping[str, str]) -> Child:
+        process = subprocess.Popen(
+            args,
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            bufsize=1,
+            start_new_session=True,
+        )
+        colour = _COLOURS[len(self.children) % len(_COLOURS)]
+        output = threading.Thread(target=_relay, args=(name, colour, process), daemon=True)
+        child = Child(name, process, output)
+        self.children.append(child)
+        output.start()
+        return child
+
+    def watch(self) -> None:
+        """Block until a child exits, then raise `ChildExited`."""
+        while True:
+            self._raise_if_one_exited()
+            time.sleep(0.2)
+
+    def wait_for_port(self, child: Child, host: str, port: int) -> None:
+        """Block until `child` accepts connections on `host:port`."""
+        deadline = time.monotonic() + _READY_TIMEOUT_S
+        while not _accepts_connections(host, port):
+            self._raise_if_one_exited()
+            if time.monotonic() > deadline:
+                raise ChildExited(f"{child.name} did not listen on {host}:{port} in time")
+            time.sleep(0.1)
+
+    def stop_all(self) -> None:
+        """SIGTERM every running child; SIGKILL what is left after a grace period."""
+        self._signal_running(signal.SIGTERM)
+        deadline = time.monotonic() + _STOP_TIMEOUT_S
+        for child in self.children:
+            with suppress(subprocess.TimeoutExpired):
+                child.process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        self._signal_running(signal.SIGKILL)
+        for child in self.children:
+            child.process.wait()
+            child.output.join(timeout=1)
+
+    def _signal_running(self, sig: signal.Signals) -> None:
+        for child in self.children:
+            # Only a child not reaped yet: a reaped child's pid may belong to another process.
+            if child.process.returncode is None:
+                with suppress(ProcessLookupError, PermissionError):
+                    os.killpg(child.process.pid, sig)  # its group: what it started goes too
+
+    def _raise_if_one_exited(self) -> None:
+        for child in self.children:
+            code = child.process.poll()
+            if code is not None:
+                raise ChildExited(f"{child.name} exited with code {code}: stopping the rest")
+
+
+def _relay(name: str, colour: str, process: "subprocess.Popen[str]") -> None:
+    assert process.stdout is not None
+    prefix = Text(f"{name:<9}| ", style=colour)
+    for line in process.stdout:
+        console.print(prefix + Text(line.rstrip("\n")), soft_wrap=True)
+
+
+def _accepts_connections(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False

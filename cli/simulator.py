@@ -1,0 +1,459 @@
+"""The bundled OpenAI-compatible model simulator: synthetic audits and faults on demand.
+
+It answers `POST /v1/chat/completions` the way a model asked by `shared.llm` would: it reads
+the criterion ids from the reply schema and the content from the data message, and returns
+findings that are deterministic for a given request (seeded by a hash of its body) and
+quote the content for evidence. Faults are injected at random (`fault_rate`, drawn
+uniformly from `faults`) or scripted by tests through `/_control/script`.
+
+Everything is async and in memory, so one process serves hundreds of concurrent requests;
+only the last `record_limit` request bodies are kept.
+"""
+
+import asyncio
+import hashlib
+import json
+import random
+import time
+import uuid
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal, TypeVar, cast, get_args
+
+import typer
+import uvicorn
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict
+
+from shared.llm.prompt import VERDICTS, AuditData, find_audit_data
+
+FaultKind = Literal[
+    "429",
+    "500",
+    "503",
+    "400",
+    "401",
+    "403",
+    "404",
+    "context_length",
+    "hang",
+    "malformed",
+    "refusal",
+    "truncated",
+    "wrong_ids",
+    "content_filter",
+]
+ScriptStep = Literal["ok"] | FaultKind
+FAULT_KINDS: tuple[str, ...] = get_args(FaultKind)
+DEFAULT_FAULTS: tuple[FaultKind, ...] = (
+    "429",
+    "500",
+    "hang",
+    "malformed",
+    "refusal",
+    "truncated",
+    "wrong_ids",
+    "content_filter",
+)
+MODEL_ID = "auditq-simulator"
+UNKNOWN_CRITERION_ID = "sim_unknown_criterion"
+_MAX_QUOTE_CHARS = 200
+_T = TypeVar("_T")
+
+# kind -> (HTTP status, OpenAI error code, message)
+_STATUS_FAULTS: dict[str, tuple[int, str | None, str]] = {
+    "429": (429, "rate_limit_exceeded", "Rate limit reached for requests (simulated)."),
+    "500": (500, None, "The server had an error while processing your request (simulated)."),
+    "503": (503, None, "The engine is currently overloaded (simulated)."),
+    "400": (400, None, "Invalid request (simulated)."),
+    "401": (401, "invalid_api_key", "Incorrect API key provided (simulated)."),
+    "403": (403, None, "You are not allowed to use this model (simulated)."),
+    "404": (404, "model_not_found", "The model does not exist (simulated)."),
+    "context_length": (
+        400,
+        "context_length_exceeded",
+        "This model's maximum context length is 8192 tokens (simulated).",
+    ),
+}
+_VERDICT_WEIGHTS = (5, 3, 2, 1)
+_SCORE_RANGES = {"pass": (75, 100), "partial": (40, 74), "fail": (0, 39), "not_applicable": (0, 0)}
+_VERDICT_PHRASES = {
+    "pass": "meets",
+    "partial": "partly meets",
+    "fail": "does not meet",
+    "not_applicable": "is not concerned by",
+}
+
+
+@dataclass(frozen=True)
+class SimulatorConfig:
+    """How the simulator behaves; latencies in milliseconds, `hang_s` bounds a hang."""
+
+    latency_min_ms: float = 0.0
+    latency_max_ms: float = 0.0
+    fault_rate: float = 0.0
+    faults: tuple[FaultKind, ...] = DEFAULT_FAULTS
+    retry_after_s: int = 1
+    hang_s: float = 600.0
+    record_limit: int = 1000
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.latency_min_ms <= self.latency_max_ms:
+            raise ValueError("latency must be 0 <= latency_min_ms <= latency_max_ms")
+        if not 0 <= self.fault_rate <= 1:
+            raise ValueError("fault_rate must be between 0 and 1")
+        if self.fault_rate > 0 and not self.faults:
+            raise ValueError("a fault_rate above 0 needs at least one fault kind")
+        unknown = sorted(set(self.faults) - set(FAULT_KINDS))
+        if unknown:
+            raise ValueError(f"unknown fault kinds: {', '.join(unknown)}")
+
+
+class SimulatorState:
+    """What the simulator remembers between requests: script, recorded bodies, counters."""
+
+    def __init__(self, config: SimulatorConfig) -> None:
+        self.config = config
+        self.script: deque[ScriptStep] = deque()
+        self.received: deque[Any] = deque(maxlen=config.record_limit)
+        self.outcomes: Counter[str] = Counter()
+        self._random = random.Random(config.seed)
+
+    def next_outcome(self) -> ScriptStep:
+        """The scripted step if any is left, else a random fault at `fault_rate`, else ok."""
+        if self.script:
+            return self.script.popleft()
+        if self._random.random() < self.config.fault_rate:
+            return self._random.choice(self.config.faults)
+        return "ok"
+
+    def latency_s(self) -> float:
+        config = self.config
+        return self._random.uniform(config.latency_min_ms, config.latency_max_ms) / 1000
+
+    def reset(self) -> None:
+        self.script.clear()
+        self.received.clear()
+        self.outcomes.clear()
+
+
+class Script(BaseModel):
+    """Body of `POST /_control/script`: what the next requests get, in order."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    faults: list[ScriptStep]
+
+
+def create_app(config: SimulatorConfig) -> FastAPI:
+    """The simulator as an ASGI app."""
+    app = FastAPI(title="auditq model simulator (synthetic results)")
+    app.state.simulator = SimulatorState(config)
+    app.add_api_route("/v1/chat/completions", chat_completions, methods=["POST"])
+    app.add_api_route("/v1/models", list_models, methods=["GET"])
+    app.add_api_route("/health", health, methods=["GET"])
+    app.add_api_route("/_control/script", set_script, methods=["POST"])
+    app.add_api_route("/_control/requests", recorded_requests, methods=["GET"])
+    app.add_api_route("/_control/stats", stats, methods=["GET"])
+    app.add_api_route("/_control/reset", reset, methods=["POST"], status_code=204)
+    return app
+
+
+def _state(request: Request) -> SimulatorState:
+    state: SimulatorState = request.app.state.simulator
+    return state
+
+
+async def chat_completions(request: Request) -> Response:
+    """An audit reply, or the fault this request was chosen for."""
+    state = _state(request)
+    try:
+        body = await request.json()
+    except ValueError:
+        return _error_response(400, "invalid_request_error", "The body is not valid JSON.")
+    state.received.append(body)
+    outcome = state.next_outcome()
+    state.outcomes[outcome] += 1
+    if outcome == "hang":
+        return await _hang(request, state.config.hang_s)
+    await asyncio.sleep(state.latency_s())
+    if outcome in _STATUS_FAULTS:
+        return _status_fault(outcome, retry_after_s=state.config.retry_after_s)
+    audit = _audit_request(body)
+    if audit is None:
+        message = "Expected auditq's data message and a json_schema response_format."
+        return _error_response(400, "invalid_request_error", message)
+    return _completion_response(body, audit, outcome)
+
+
+async def list_models() -> dict[str, Any]:
+    """Any model name is accepted; this one is listed so clients that check find one."""
+    model = {"id": MODEL_ID, "object": "model", "created": 0, "owned_by": "auditq"}
+    return {"object": "list", "data": [model]}
+
+
+async def health() -> dict[str, str]:
+    return {"status": "ok", "results": "synthetic"}
+
+
+async def set_script(script: Script, request: Request) -> dict[str, int]:
+    """Replace the script: the next requests get these outcomes before random faults apply."""
+    state = _state(request)
+    state.script.clear()
+    state.script.extend(script.faults)
+    return {"queued": len(state.script)}
+
+
+async def recorded_requests(request: Request) -> dict[str, list[Any]]:
+    return {"requests": list(_state(request).received)}
+
+
+async def stats(request: Request) -> dict[str, Any]:
+    outcomes = _state(request).outcomes
+    return {"requests": outcomes.total(), "outcomes": dict(outcomes)}
+
+
+async def reset(request: Request) -> None:
+    _state(request).reset()
+
+
+async def _hang(request: Request, seconds: float) -> Response:
+    """Answer nothing until the client gives up (or `seconds` pass), as a stuck model does."""
+    try:
+        async with asyncio.timeout(seconds):
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+    except TimeoutError:
+        pass
+    return _error_response(504, None, "The simulated model hung.")
+
+
+def _status_fault(kind: str, *, retry_after_s: int) -> Response:
+    status, code, message = _STATUS_FAULTS[kind]
+    response = _error_response(status, code, message)
+    if status == 429:
+        response.headers["retry-after"] = str(retry_after_s)
+    return response
+
+
+def _error_response(status: int, code: str | None, message: str) -> JSONResponse:
+    error = {"message": message, "type": "simulated_error", "param": None, "code": code}
+    return JSONResponse({"error": error}, status_code=status, headers=_request_id_header())
+
+
+def _request_id_header() -> dict[str, str]:
+    return {"x-request-id": f"sim-{uuid.uuid4()}"}
+
+
+@dataclass(frozen=True)
+class _AuditRequest:
+    data: AuditData
+    criterion_ids: list[str]
+    seed: bytes
+
+
+def _audit_request(body: Any) -> _AuditRequest | None:
+    """What the request asks to audit, or None when it is not an auditq request."""
+    if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
+        return None
+    data = find_audit_data(body["messages"])
+    ids = _schema_criterion_ids(body)
+    if data is None or ids is None:
+        return None
+    # Same request, same answer: the seed is a hash of the whole body, keys sorted.
+    seed = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).digest()
+    return _AuditRequest(data=data, criterion_ids=ids, seed=seed)
+
+
+def _schema_criterion_ids(body: dict[str, Any]) -> list[str] | None:
+    path = ("response_format", "json_schema", "schema", "properties", "findings", "items")
+    node: Any = body
+    for key in (*path, "properties", "criterion_id", "enum"):
+        node = node.get(key) if isinstance(node, dict) else None
+    if not isinstance(node, list) or not all(isinstance(i, str) for i in node):
+        return None
+    return node
+
+
+def _completion_response(body: dict[str, Any], audit: _AuditRequest, outcome: str) -> Response:
+    answer = synthetic_answer(audit.data, audit.criterion_ids, seed=audit.seed)
+    message, finish_reason = _reply_message(answer, outcome)
+    completion = {
+        "id": f"chatcmpl-sim-{uuid.uuid4().hex}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": str(body.get("model", MODEL_ID)),
+        "system_fingerprint": "auditq-simulator",
+        "choices": [
+            {"index": 0, "message": message, "finish_reason": finish_reason, "logprobs": None}
+        ],
+        "usage": _usage(body, message),
+    }
+    return JSONResponse(completion, headers=_request_id_header())
+
+
+def _reply_message(answer: dict[str, Any], outcome: str) -> tuple[dict[str, Any], str]:
+    """The assistant message and finish reason for a reply that reached the client."""
+    text = json.dumps(answer, ensure_ascii=False)
+    content: str | None = text
+    refusal: str | None = None
+    finish_reason = "stop"
+    if outcome == "malformed":
+        content = "Here are the findings: " + text[: len(text) // 2]
+    elif outcome == "truncated":
+        content, finish_reason = text[: len(text) // 2], "length"
+    elif outcome == "refusal":
+        content, refusal = None, "I'm sorry, but I can't help with that request."
+    elif outcome == "content_filter":
+        content, finish_reason = None, "content_filter"
+    elif outcome == "wrong_ids":
+        content = json.dumps(_with_unknown_id(answer), ensure_ascii=False)
+    message = {"role": "assistant", "content": content, "refusal": refusal}
+    return message, finish_reason
+
+
+def _with_unknown_id(answer: dict[str, Any]) -> dict[str, Any]:
+    """The answer with its last criterion id replaced: one id missing, one unknown."""
+    findings = [
+        *answer["findings"][:-1],
+        {**answer["findings"][-1], "criterion_id": UNKNOWN_CRITERION_ID},
+    ]
+    return {**answer, "findings": findings}
+
+
+def _usage(body: dict[str, Any], message: dict[str, Any]) -> dict[str, int]:
+    """Tokens estimated at four characters each, as a rule of thumb for English text."""
+    prompt = _estimate_tokens(json.dumps(body.get("messages", []), ensure_ascii=False))
+    completion = _estimate_tokens(message["content"] or message["refusal"] or "")
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+
+
+def _estimate_tokens(text: str) -> int:
+    return max(1, -(-len(text) // 4))
+
+
+def synthetic_answer(data: AuditData, criterion_ids: list[str], *, seed: bytes) -> dict[str, Any]:
+    """A reply that follows the reply schema, the same for the same seed."""
+    rng = random.Random(seed)
+    findings = [
+        _synthetic_finding(rng, criterion_id, data.content) for criterion_id in criterion_ids
+    ]
+    verdicts = Counter(f["verdict"] for f in findings)
+    tally = ", ".join(f"{n} {verdict}" for verdict, n in sorted(verdicts.items()))
+    summary = (
+        f"Simulated audit of {data.subject!r} against {len(findings)} criteria ({tally}). "
+        "These results are synthetic, produced by the auditq simulator, not by a model."
+    )
+    return {"findings": findings, "summary": summary}
+
+
+def _synthetic_finding(rng: random.Random, criterion_id: str, content: str) -> dict[str, Any]:
+    verdict = rng.choices(VERDICTS, weights=_VERDICT_WEIGHTS)[0]
+    low, high = _SCORE_RANGES[verdict]
+    quote_count = 0 if verdict == "not_applicable" else rng.randint(1, 2)
+    quotes = [_quote(rng, content) for _ in range(quote_count)]
+    return {
+        "criterion_id": criterion_id,
+        "verdict": verdict,
+        "score": rng.randint(low, high),
+        "rationale": f"Simulated judgement: the content {_VERDICT_PHRASES[verdict]} "
+        f"criterion {criterion_id!r}.",
+        "evidence": [quote for quote in quotes if quote],
+    }
+
+
+def _quote(rng: random.Random, content: str) -> str:
+    """A passage of a few words of the content, cut at spaces where there are some."""
+    if not content:
+        return ""
+    start = content.rfind(" ", 0, rng.randrange(len(content))) + 1
+    end = content.find(" ", start + rng.randint(20, 80))
+    if end < 0 or end - start > _MAX_QUOTE_CHARS:
+        end = min(start + _MAX_QUOTE_CHARS, len(content))
+    return content[start:end].strip()
+
+
+def parse_latency(value: str) -> tuple[float, float]:
+    """`"200"` -> (200, 200); `"100..500"` -> (100, 500), milliseconds."""
+    low, _, high = value.partition("..")
+    try:
+        bounds = (float(low), float(high or low))
+    except ValueError:
+        raise ValueError(f"expected '200' or '100..500', got {value!r}") from None
+    if not 0 <= bounds[0] <= bounds[1]:
+        raise ValueError(f"expected 0 <= low <= high, got {value!r}")
+    return bounds
+
+
+def command(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8100,
+    latency_ms: Annotated[
+        str,
+        typer.Option(help="Delay before each answer, ms: fixed ('200') or a range ('100..500')."),
+    ] = "0",
+    fault_rate: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Share of requests that get a random fault.")
+    ] = 0.0,
+    faults: Annotated[
+        str,
+        typer.Option(help=f"Comma-separated fault kinds to draw from: {', '.join(FAULT_KINDS)}."),
+    ] = ",".join(DEFAULT_FAULTS),
+    retry_after_s: Annotated[
+        int, typer.Option(min=0, help="Retry-After (seconds) sent with simulated 429s.")
+    ] = 1,
+    seed: Annotated[int | None, typer.Option(help="Seed of the fault and latency draws.")] = None,
+) -> None:
+    """Run the bundled OpenAI-compatible model simulator. Its results are synthetic."""
+    latency_min_ms, latency_max_ms = _parse_option(parse_latency, latency_ms, "--latency-ms")
+    config = SimulatorConfig(
+        latency_min_ms=latency_min_ms,
+        latency_max_ms=latency_max_ms,
+        fault_rate=fault_rate,
+        faults=_parse_option(parse_fault_kinds, faults, "--faults"),
+        retry_after_s=retry_after_s,
+        seed=seed,
+    )
+    _print_banner(host, port, config)
+    # No access log: at benchmark rates it costs more than the simulated model does.
+    uvicorn.run(create_app(config), host=host, port=port, access_log=False)
+
+
+def _parse_option(parse: Callable[[str], _T], value: str, option: str) -> _T:
+    try:
+        return parse(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint=option) from None
+
+
+def parse_fault_kinds(value: str) -> tuple[FaultKind, ...]:
+    """`"429, hang"` -> ("429", "hang"); unknown kinds are refused."""
+    kinds = [kind.strip() for kind in value.split(",") if kind.strip()]
+    unknown = [kind for kind in kinds if kind not in FAULT_KINDS]
+    if unknown:
+        raise ValueError(f"unknown fault kinds: {', '.join(unknown)}")
+    return tuple(cast(FaultKind, kind) for kind in kinds)
+
+
+def _print_banner(host: str, port: int, config: SimulatorConfig) -> None:
+    rule = "=" * 64
+    lines = [
+        rule,
+        "  SIMULATOR — results are synthetic, no language model is called",
+        f"  OPENAI_BASE_URL=http://{host}:{port}/v1",
+        f"  latency {config.latency_min_ms:g}..{config.latency_max_ms:g} ms, "
+        f"fault rate {config.fault_rate:g} ({', '.join(config.faults) or 'none'})",
+        rule,
+    ]
+    typer.secho("\n".join(lines), fg=typer.colors.YELLOW, bold=True, err=True)
+
+
+if __name__ == "__main__":
+    typer.run(command)

@@ -1,0 +1,16 @@
+"""Every model call of auditq: the client, the prompt, reply validation and error routing."""
+
+from shared.llm.client import audit_content, create_client
+from shared.llm.errors import InvalidModelOutput, ModelError, classify
+from shared.llm.prompt import PROMPT_VERSION
+from shared.llm.schemas import ModelOutcome
+
+__all__ = [
+    "PROMPT_VERSION",
+    "InvalidModelOutput",
+    "ModelError",
+    "ModelOutcome",
+    "audit_content",
+    "classify",
+    "create_client",
+]

@@ -1,0 +1,175 @@
+"""The model's reply, how it is checked, and what a successful model call returns.
+
+Decisions taken here:
+- Findings may come back in any order; they are returned in the criteria's order.
+  DESIGN asks for every criterion id exactly once and nothing else; the order is ours
+  to impose, and a second paid call to fix it would buy nothing.
+- Keys the schema does not name are ignored rather than rejected: they change nothing
+  we store. Missing keys, wrong types (no string for a number) and scores outside 0-100
+  make the reply invalid.
+- An evidence quote is kept when it appears in the content once runs of whitespace are
+  collapsed on both sides (models re-flow line breaks and indentation); case and every
+  other character must match. A kept quote is stored as the exact span of the content it
+  matched, so evidence is always a literal substring of the content. Quotes that do not
+  match, empty ones included, are dropped and counted.
+"""
+
+import bisect
+import json
+import re
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Annotated, NoReturn
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from shared.audits.schemas import Criterion, Finding, Verdict
+from shared.llm.errors import InvalidModelOutput
+
+_MAX_ECHOED_ID = 64
+_WHITESPACE_RUN = re.compile(r"\s+")
+_NON_WHITESPACE_RUN = re.compile(r"\S+")
+
+
+class ReplyFinding(BaseModel):
+    """One finding as the reply schema describes it."""
+
+    model_config = ConfigDict(strict=True, allow_inf_nan=False)
+
+    criterion_id: str
+    verdict: Verdict
+    score: Annotated[float, Field(ge=0, le=100)]
+    rationale: str
+    evidence: list[str]
+
+
+class Reply(BaseModel):
+    """The whole reply as the reply schema describes it."""
+
+    model_config = ConfigDict(strict=True)
+
+    findings: list[ReplyFinding]
+    summary: str
+
+
+@dataclass(frozen=True)
+class ModelOutcome:
+    """A validated answer of the model, with what it cost and where it came from."""
+
+    findings: list[Finding]
+    summary: str
+    dropped_quotes: int
+    prompt_tokens: int
+    completion_tokens: int
+    request_id: str | None
+    prompt_version: str
+
+
+def validate_reply(
+    raw: str, *, criteria: Sequence[Criterion], content: str
+) -> tuple[list[Finding], str, int]:
+    """Findings in the criteria's order, the summary, and how many quotes were dropped.
+
+    Raises `InvalidModelOutput` saying what is wrong when the reply cannot be used.
+    """
+    reply = _parse_reply(raw)
+    by_id = _findings_by_id(reply.findings, [c.id for c in criteria])
+    quotes = QuoteFinder(content)
+    checked = [_keep_present_quotes(by_id[criterion.id], quotes) for criterion in criteria]
+    return [finding for finding, _ in checked], reply.summary, sum(n for _, n in checked)
+
+
+def _keep_present_quotes(finding: ReplyFinding, quotes: "QuoteFinder") -> tuple[Finding, int]:
+    evidence, dropped = quotes.keep_present(finding.evidence)
+    kept = Finding(
+        criterion_id=finding.criterion_id,
+        verdict=finding.verdict,
+        score=finding.score,
+        rationale=finding.rationale,
+        evidence=evidence,
+    )
+    return kept, dropped
+
+
+def _parse_reply(raw: str) -> Reply:
+    try:
+        document = json.loads(raw, parse_constant=_reject_constant)
+    except ValueError as exc:
+        raise InvalidModelOutput(f"not JSON ({exc})") from None
+    try:
+        return Reply.model_validate(document)
+    except ValidationError as exc:
+        raise InvalidModelOutput(f"wrong shape ({_describe(exc)})") from None
+
+
+def _reject_constant(name: str) -> NoReturn:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _describe(exc: ValidationError) -> str:
+    """Where and what, without the offending values: they may quote the content."""
+    problems = [
+        f"{'.'.join(str(part) for part in error['loc']) or 'reply'}: {error['msg']}"
+        for error in exc.errors(include_url=False, include_input=False)
+    ]
+    return "; ".join(problems[:5]) + ("; …" if len(problems) > 5 else "")
+
+
+def _findings_by_id(findings: list[ReplyFinding], expected: list[str]) -> dict[str, ReplyFinding]:
+    counts = Counter(f.criterion_id for f in findings)
+    problems = [
+        _listed("unknown criterion ids", [i for i in counts if i not in expected]),
+        _listed("repeated criterion ids", [i for i in expected if counts[i] > 1]),
+        _listed("missing criterion ids", [i for i in expected if i not in counts]),
+    ]
+    if any(problems):
+        raise InvalidModelOutput("; ".join(p for p in problems if p))
+    return {f.criterion_id: f for f in findings}
+
+
+def _listed(label: str, ids: list[str]) -> str:
+    if not ids:
+        return ""
+    return f"{label}: " + ", ".join(repr(i[:_MAX_ECHOED_ID]) for i in ids)
+
+
+class QuoteFinder:
+    """Finds quotes in a text, ignoring differences in whitespace."""
+
+    def __init__(self, text: str) -> None:
+        self._text = text
+        words = list(_NON_WHITESPACE_RUN.finditer(text))
+        # The text with each whitespace run turned into one space, and for each word
+        # where it starts there and in the original, to map a match back.
+        self._normalised = " ".join(word.group() for word in words)
+        self._starts: list[int] = []
+        self._origins: list[int] = []
+        position = 0
+        for word in words:
+            self._starts.append(position)
+            self._origins.append(word.start())
+            position += len(word.group()) + 1
+
+    def find(self, quote: str) -> str | None:
+        """The span of the text the quote matches, or None when it is not in the text."""
+        needle = _normalise(quote)
+        at = self._normalised.find(needle) if needle else -1
+        if at < 0:
+            return None
+        return self._text[self._original(at) : self._original(at + len(needle) - 1) + 1]
+
+    def keep_present(self, quotes: list[str]) -> tuple[list[str], int]:
+        """The quotes found in the text (as found there), and how many were not."""
+        found = [span for span in map(self.find, quotes) if span is not None]
+        return found, len(quotes) - len(found)
+
+    def _original(self, position: int) -> int:
+        # `position` is never on a separator space: a normalised quote starts and ends
+        # with a non-space character, so it falls inside a word.
+        word = bisect.bisect_right(self._starts, position) - 1
+        return self._origins[word] + position - self._starts[word]
+
+
+def _normalise(text: str) -> str:
+    return _WHITESPACE_RUN.sub(" ", text).strip()

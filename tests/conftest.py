@@ -1,0 +1,149 @@
+"""Real PostgreSQL and Redis for every test.
+
+`TEST_DATABASE_URL` / `TEST_REDIS_URL` name servers to use (CI points them at the
+machine's own); without them the embedded servers of `auditq dev` are started
+under `.auditq/test`. The suite creates its own database on that server,
+migrates it once with the real `alembic upgrade head`, and empties the tables
+and the Redis database before each test. Each test gets its own queue name.
+"""
+
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from uuid import uuid4
+
+import asyncpg
+import pytest
+from arq.connections import ArqRedis
+from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
+from httpx import ASGITransport, AsyncClient
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+
+from shared.config import Settings, get_settings
+from shared.db import SessionFactory, create_engine, create_session_factory
+from shared.queue import create_redis
+
+ROOT = Path(__file__).resolve().parents[1]
+TEST_DATABASE = "auditq_test"
+
+# pytest_plugins = ["tests.fixtures.simulator"]
+
+
+def _server_urls() -> tuple[str, str]:
+    database_url = os.environ.get("TEST_DATABASE_URL")
+    redis_url = os.environ.get("TEST_REDIS_URL")
+    if database_url and redis_url:
+        return database_url, redis_url
+    from cli.embedded import EmbeddedServices
+
+    embedded_db, embedded_redis = EmbeddedServices(ROOT / ".auditq" / "test").start()
+    return database_url or embedded_db, redis_url or embedded_redis
+
+
+def _asyncpg_dsn(url: str) -> str:
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+async def _recreate_database(server_url: str) -> str:
+    """Drop and create the test database; returns its SQLAlchemy URL."""
+    connection = await asyncpg.connect(_asyncpg_dsn(server_url))
+    try:
+        await connection.execute(f"DROP DATABASE IF EXISTS {TEST_DATABASE} WITH (FORCE)")
+        await connection.execute(f"CREATE DATABASE {TEST_DATABASE}")
+    finally:
+        await connection.close()
+    url = make_url(Settings(database_url=server_url).database_url).set(database=TEST_DATABASE)
+    return url.render_as_string(hide_password=False)
+
+
+def migrate(database_url: str, *args: str) -> None:
+    """Run the real `alembic` command against the test database."""
+    subprocess.run(
+        [sys.executable, "-m", "alembic", *args],
+        cwd=ROOT,
+        env={**os.environ, "DATABASE_URL": database_url},
+        check=True,
+        capture_output=True,
+    )
+
+
+@pytest.fixture(scope="session")
+async def database_url() -> str:
+    server_url, redis_url = _server_urls()
+    url = await _recreate_database(server_url)
+    migrate(url, "upgrade", "head")
+    os.environ.update(DATABASE_URL=url, REDIS_URL=redis_url)
+    get_settings.cache_clear()
+    return url
+
+
+@pytest.fixture(scope="session")
+def redis_url(database_url: str) -> str:
+    return os.environ["REDIS_URL"]
+
+
+@pytest.fixture
+def settings(database_url: str, redis_url: str, clean: None) -> Settings:
+    """This test's settings: the test servers, and a queue of its own."""
+    return Settings(
+        database_url=database_url,
+        redis_url=redis_url,
+        queue_name=f"auditq:test:{uuid4().hex[:8]}",
+    )
+
+
+@pytest.fixture(scope="session")
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(Settings(database_url=database_url), pool_size=5)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def session_factory(engine: AsyncEngine) -> SessionFactory:
+    return create_session_factory(engine)
+
+
+@pytest.fixture
+async def clean(engine: AsyncEngine, redis_url: str) -> None:
+    """Empty the tables and the test Redis database before the test."""
+    async with engine.begin() as connection:
+        await connection.exec_driver_sql("TRUNCATE audit CASCADE")
+    redis = create_redis(Settings(redis_url=redis_url))
+    try:
+        await redis.flushdb()
+    finally:
+        await redis.aclose()
+
+
+@pytest.fixture
+async def session(session_factory: SessionFactory, clean: None) -> AsyncIterator[AsyncSession]:
+    async with session_factory() as session:
+        yield session
+
+
+@pytest.fixture
+async def redis(settings: Settings) -> AsyncIterator[ArqRedis]:
+    redis = create_redis(settings)
+    yield redis
+    await redis.aclose()
+
+
+@pytest.fixture
+async def app(settings: Settings) -> AsyncIterator[FastAPI]:
+    from api.app import create_app
+
+    app = create_app(settings)
+    async with LifespanManager(app):
+        yield app
+
+
+@pytest.fixture
+async def client(app: FastAPI) -> AsyncIterator[AsyncClient]:
+    transport = ASGITransport(app=app)
+    async with AsyncClient(transport=transport, base_url="http://test/api/v1") as client:
+        yield client

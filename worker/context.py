@@ -1,0 +1,41 @@
+"""What a worker process builds once and its jobs share (`ctx`)."""
+
+from typing import Any, TypedDict
+
+from arq.connections import ArqRedis
+from openai import AsyncOpenAI
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from shared.config import Settings, get_settings
+from shared.db import SessionFactory, create_engine, create_session_factory
+from shared.llm.client import create_client
+from shared.logging import configure_logging
+from worker.timing import JobTiming
+
+
+class JobContext(TypedDict):
+    """arq's `ctx` as auditq's jobs use it (arq adds `job_id`, `job_try`, … per job)."""
+
+    settings: Settings
+    engine: AsyncEngine
+    session_factory: SessionFactory
+    llm: AsyncOpenAI
+    timing: JobTiming
+    redis: ArqRedis
+    job_try: int
+
+
+async def startup(ctx: dict[str, Any]) -> None:
+    settings: Settings = ctx.setdefault("settings", get_settings())
+    configure_logging(settings.log_level)
+    # One pooled connection per concurrent job would idle through the model calls;
+    # a job holds a connection only for its short claim and finish statements.
+    ctx["engine"] = create_engine(settings, pool_size=max(5, settings.worker_concurrency // 5))
+    ctx["session_factory"] = create_session_factory(ctx["engine"])
+    ctx["llm"] = create_client(settings)
+    ctx["timing"] = JobTiming.from_settings(settings)
+
+
+async def shutdown(ctx: dict[str, Any]) -> None:
+    await ctx["llm"].close()
+    await ctx["engine"].dispose()

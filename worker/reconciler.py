@@ -1,0 +1,44 @@
+"""The reconciler: what makes a Redis restart, a failed enqueue or a killed worker lose nothing.
+
+PostgreSQL is the source of truth. Every run, under arq's `unique` cron lock:
+1. running audits whose lease expired go back to `queued` (and are enqueued), or
+   to `failed` (`worker_lost`) when that was their last attempt;
+2. queued audits untouched for `ORPHAN_AGE` that have no job in Redis are enqueued.
+   The age leaves the API time to enqueue after its commit.
+"""
+
+from datetime import timedelta
+from typing import Any
+
+import structlog
+
+from shared.audits import lifecycle
+from shared.db import session_scope
+from shared.queue import enqueue_runs, missing_jobs, transaction
+from worker.context import JobContext
+
+log = structlog.get_logger("worker.reconciler")
+
+ORPHAN_AGE = timedelta(seconds=10)
+SCAN_LIMIT = 2000
+
+
+async def reconcile(ctx: JobContext) -> dict[str, Any]:
+    async with transaction(ctx["session_factory"], ctx["redis"]) as session:
+        requeued, failed = await lifecycle.recover_expired_leases(session)
+    async with session_scope(ctx["session_factory"]) as session:
+        queued = await lifecycle.queued_before(session, age=ORPHAN_AGE, limit=SCAN_LIMIT)
+    orphans = await missing_jobs(ctx["redis"], queued)
+    await enqueue_runs(ctx["redis"], orphans)
+    counts = {
+        "leases_requeued": len(requeued),
+        "leases_failed": len(failed),
+        "orphans": len(orphans),
+    }
+    if any(counts.values()):
+        log.warning(
+            "reconciled",
+            **counts,
+            audit_ids=[str(i) for i in [*requeued, *failed, *orphans][:50]],
+        )
+    return counts

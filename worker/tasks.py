@@ -1,0 +1,142 @@
+"""`run_audit`: claim → ask the model → validate → finish, fenced (DESIGN §3, §5)."""
+
+import asyncio
+from typing import Any
+from uuid import UUID
+
+import structlog
+from arq import Retry
+
+from shared.audits import lifecycle
+from shared.audits.models import Audit
+from shared.audits.schemas import Criterion
+from shared.audits.scoring import build_result
+from shared.db import session_scope
+from shared.llm.client import audit_content
+from shared.llm.errors import ModelError
+from shared.llm.schemas import ModelOutcome
+from worker.backoff import retry_delay
+from worker.context import JobContext
+
+log = structlog.get_logger("worker.run_audit")
+
+INTERRUPTED = "attempt_interrupted"
+
+
+async def run_audit(ctx: JobContext, audit_id: str) -> None:
+    """Run one attempt of an audit; a duplicate or stale job exits quietly."""
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(audit_id=audit_id, job_try=ctx["job_try"])
+    audit = await _claim(ctx, UUID(audit_id))
+    if audit is None:
+        log.info(
+            "job_skipped", reason="audit is not claimable (duplicate job, finished or cancelled)"
+        )
+        return
+    structlog.contextvars.bind_contextvars(request_id=audit.request_id, attempt=audit.attempts)
+    log.info("audit_started", model=audit.model, criteria=len(audit.criteria))
+    try:
+        outcome = await _ask_model(ctx, audit)
+    except ModelError as error:
+        await _on_model_error(ctx, audit, error)
+    except asyncio.CancelledError:
+        await asyncio.shield(_on_interrupted(ctx, audit))
+        raise
+    else:
+        await _on_success(ctx, audit, outcome)
+
+
+async def _claim(ctx: JobContext, audit_id: UUID) -> Audit | None:
+    async with session_scope(ctx["session_factory"]) as session:
+        return await lifecycle.claim(session, audit_id=audit_id, lease=ctx["timing"].lease)
+
+
+async def _ask_model(ctx: JobContext, audit: Audit) -> ModelOutcome:
+    return await audit_content(
+        ctx["llm"],
+        model=audit.model,
+        subject=audit.subject,
+        content=audit.content,
+        criteria=_criteria(audit),
+    )
+
+
+def _criteria(audit: Audit) -> list[Criterion]:
+    return [Criterion.model_validate(c) for c in audit.criteria]
+
+
+async def _on_success(ctx: JobContext, audit: Audit, outcome: ModelOutcome) -> None:
+    result = build_result(
+        findings=outcome.findings,
+        criteria=_criteria(audit),
+        summary=outcome.summary,
+        pass_threshold=audit.pass_threshold,
+        dropped_quotes=outcome.dropped_quotes,
+    )
+    async with session_scope(ctx["session_factory"]) as session:
+        written = await lifecycle.succeed(
+            session,
+            audit_id=audit.id,
+            attempt=audit.attempts,
+            result=result,
+            prompt_tokens=outcome.prompt_tokens,
+            completion_tokens=outcome.completion_tokens,
+            prompt_version=outcome.prompt_version,
+            provider_request_id=outcome.request_id,
+        )
+    _log_finish(
+        written,
+        "audit_succeeded",
+        score=result.score,
+        verdict=result.verdict,
+        dropped_quotes=outcome.dropped_quotes,
+        prompt_tokens=outcome.prompt_tokens,
+        completion_tokens=outcome.completion_tokens,
+        provider_request_id=outcome.request_id,
+    )
+
+
+async def _on_model_error(ctx: JobContext, audit: Audit, error: ModelError) -> None:
+    if not error.transient:
+        async with session_scope(ctx["session_factory"]) as session:
+            written = await lifecycle.fail(
+                session,
+                audit_id=audit.id,
+                attempt=audit.attempts,
+                code=error.code,
+                message=error.message,
+            )
+        _log_finish(written, "audit_failed", error_code=error.code, permanent=True)
+        return
+    status = await _requeue_or_fail(ctx, audit, code=error.code, message=error.message)
+    if status == "queued":
+        delay = retry_delay(audit.attempts, retry_after=error.retry_after)
+        log.warning("audit_retry_scheduled", error_code=error.code, retry_in_s=round(delay, 2))
+        raise Retry(defer=delay)
+    _log_finish(status is not None, "audit_failed", error_code=error.code, attempts_exhausted=True)
+
+
+async def _on_interrupted(ctx: JobContext, audit: Audit) -> None:
+    """Cancelled by shutdown, arq's timeout or an abort: give the attempt back at once.
+
+    A cancelled audit is no longer `running`, so the fenced write leaves it alone.
+    """
+    message = "the attempt was interrupted (worker shutdown or job timeout)"
+    status = await _requeue_or_fail(ctx, audit, code=INTERRUPTED, message=message)
+    log.warning("audit_interrupted", new_status=status)
+
+
+async def _requeue_or_fail(ctx: JobContext, audit: Audit, *, code: str, message: str) -> str | None:
+    async with session_scope(ctx["session_factory"]) as session:
+        return await lifecycle.requeue_or_fail(
+            session, audit_id=audit.id, attempt=audit.attempts, code=code, message=message
+        )
+
+
+def _log_finish(written: bool, event: str, **fields: Any) -> None:
+    if written:
+        log.info(event, **fields)
+    else:
+        log.info(
+            "finish_discarded", would_have_been=event, reason="attempt no longer owns the audit"
+        )
