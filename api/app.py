@@ -11,7 +11,7 @@ from starlette.exceptions import HTTPException
 
 from api import problems
 from api.middleware import BodyLimit, RequestContext
-from api.routes import audits, health
+from api.routes import audits, batches, health, rubrics
 from shared.config import Settings, get_settings
 from shared.db import create_engine, create_session_factory
 from shared.errors import AppError
@@ -62,7 +62,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
-    app.include_router(audits.router, prefix=API_PREFIX)
+    for router in (audits.router, batches.router, rubrics.router):
+        app.include_router(router, prefix=API_PREFIX)
     app.include_router(health.router, prefix=API_PREFIX)
     _add_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)

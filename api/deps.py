@@ -1,16 +1,19 @@
 """Request dependencies: the transaction of a request, and loading resources by id."""
 
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Any
 from uuid import UUID
 
 from arq.connections import ArqRedis
-from fastapi import Depends, Request
+from fastapi import Depends, Header, Request, Response
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.audits import service as audits
 from shared.audits.models import Audit
+from shared.batches import service as batches
+from shared.batches.models import Batch
 from shared.config import Settings
+from shared.idempotency import MAX_KEY_LENGTH, Created
 from shared.queue import discard_pending, send_pending
 
 
@@ -49,6 +52,22 @@ def get_request_id(request: Request) -> str | None:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
 RequestId = Annotated[str | None, Depends(get_request_id)]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=MAX_KEY_LENGTH,
+        description="Repeat a request safely: the same key and body return the first result.",
+    ),
+]
+
+
+def mark_created(response: Response, created: Created[Any], *, location: str) -> None:
+    """`Location` of the resource, and whether it came from an earlier request."""
+    response.headers["Location"] = location
+    if created.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
 
 
 async def get_audit_or_404(audit_id: UUID, session: SessionDep) -> Audit:
@@ -56,3 +75,10 @@ async def get_audit_or_404(audit_id: UUID, session: SessionDep) -> Audit:
 
 
 CurrentAudit = Annotated[Audit, Depends(get_audit_or_404)]
+
+
+async def get_batch_or_404(batch_id: UUID, session: SessionDep) -> Batch:
+    return await batches.get_or_raise(session, batch_id=batch_id)
+
+
+CurrentBatch = Annotated[Batch, Depends(get_batch_or_404)]

@@ -272,7 +272,7 @@ def _reported_failures() -> Iterator[list[BaseException]]:
 
 
 def _say(message: str, style: str = "") -> None:
-    console.print(Text(message, style=style))
+    console.print(Text(message, style=style), soft_wrap=True)
 
 
 @dataclass

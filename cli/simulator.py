@@ -273,7 +273,7 @@ def _schema_criterion_ids(body: dict[str, Any]) -> list[str] | None:
     node: Any = body
     for key in (*path, "properties", "criterion_id", "enum"):
         node = node.get(key) if isinstance(node, dict) else None
-    if not isinstance(node, list) or not all(isinstance(i, str) for i in node):
+    if not isinstance(node, list) or not node or not all(isinstance(i, str) for i in node):
         return None
     return node
 

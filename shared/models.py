@@ -1,5 +1,7 @@
 """Every table, imported in one place for Alembic and the tests."""
 
 from shared.audits.models import Audit
+from shared.batches.models import Batch
+from shared.rubrics.models import Rubric
 
-__all__ = ["Audit"]
+__all__ = ["Audit", "Batch", "Rubric"]

@@ -1,6 +1,6 @@
 """Keyset pagination on `(created_at DESC, id DESC)` with opaque cursors.
 
-A cursor is the last row's keyset plus a short checksum, base64url-encoded:
+A cursor is the last row's key plus a short checksum, base64url-encoded:
 clients must treat it as opaque, and one that was altered is refused (422)
 instead of silently starting somewhere else. Walking every page returns every
 row exactly once, even while rows are inserted, because each page starts
@@ -10,6 +10,7 @@ strictly after the previous page's last row.
 import base64
 import binascii
 import hashlib
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 from uuid import UUID
@@ -23,6 +24,7 @@ DEFAULT_LIMIT = 20
 MAX_LIMIT = 50
 
 S = TypeVar("S", bound=Select[Any])
+R = TypeVar("R")
 
 
 class InvalidCursor(InvalidRequest):
@@ -34,27 +36,64 @@ def _checksum(payload: str) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
-def encode_cursor(created_at: datetime, row_id: UUID) -> str:
-    payload = f"{created_at.isoformat()}|{row_id}"
+def _encode(*parts: str) -> str:
+    payload = "|".join(parts)
     token = f"{payload}|{_checksum(payload)}"
     return base64.urlsafe_b64encode(token.encode()).decode().rstrip("=")
 
 
+def _decode(cursor: str, *, parts: int) -> list[str]:
+    """The parts of a cursor this API issued; ValueError for anything else."""
+    token = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    *values, checksum = token.split("|")
+    if len(values) != parts or checksum != _checksum("|".join(values)):
+        raise ValueError("not an issued cursor")
+    return values
+
+
+def _invalid(exc: Exception) -> InvalidCursor:
+    error = InvalidCursor(
+        "`cursor` is not one this API issued; pass `next_cursor` from the previous page "
+        "unchanged, or omit it to start from the first page"
+    )
+    error.__cause__ = exc
+    return error
+
+
+def encode_cursor(created_at: datetime, row_id: UUID) -> str:
+    return _encode(created_at.isoformat(), str(row_id))
+
+
 def decode_cursor(cursor: str) -> tuple[datetime, UUID]:
     try:
-        token = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        created, row_id, checksum = token.split("|")
-        if checksum != _checksum(f"{created}|{row_id}"):
-            raise ValueError("checksum mismatch")
+        created, row_id = _decode(cursor, parts=2)
         moment = datetime.fromisoformat(created)
         if moment.tzinfo is None:
             raise ValueError("naive timestamp")
         return moment, UUID(row_id)
     except (ValueError, UnicodeDecodeError, binascii.Error) as exc:
-        raise InvalidCursor(
-            "`cursor` is not one this API issued; pass `next_cursor` from the previous page "
-            "unchanged, or omit it to start from the newest"
-        ) from exc
+        raise _invalid(exc) from exc
+
+
+def encode_name_cursor(name: str) -> str:
+    return _encode(name)
+
+
+def decode_name_cursor(cursor: str) -> str:
+    try:
+        (name,) = _decode(cursor, parts=1)
+    except (ValueError, UnicodeDecodeError, binascii.Error) as exc:
+        raise _invalid(exc) from exc
+    return name
+
+
+def split_page(
+    rows: Sequence[R], *, limit: int, cursor_of: Callable[[R], str]
+) -> tuple[list[R], str | None]:
+    """A page of `limit` rows out of `limit + 1` fetched, and the cursor of the next one."""
+    if len(rows) <= limit:
+        return list(rows), None
+    return list(rows[:limit]), cursor_of(rows[limit - 1])
 
 
 def keyset_page(stmt: S, *, created_at: Any, row_id: Any, limit: int, cursor: str | None) -> S:

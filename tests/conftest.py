@@ -28,9 +28,10 @@ from shared.db import SessionFactory, create_engine, create_session_factory
 from shared.queue import create_redis
 
 ROOT = Path(__file__).resolve().parents[1]
-TEST_DATABASE = "auditq_test"
+# One database per test run, so that runs side by side do not empty each other's tables.
+TEST_DATABASE = f"auditq_test_{os.getpid()}"
 
-# pytest_plugins = ["tests.fixtures.simulator"]
+pytest_plugins = ["tests.fixtures.simulator"]
 
 
 def _server_urls() -> tuple[str, str]:
@@ -48,14 +49,16 @@ def _asyncpg_dsn(url: str) -> str:
     return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
-async def _recreate_database(server_url: str) -> str:
-    """Drop and create the test database; returns its SQLAlchemy URL."""
+async def _administer(server_url: str, *statements: str) -> None:
     connection = await asyncpg.connect(_asyncpg_dsn(server_url))
     try:
-        await connection.execute(f"DROP DATABASE IF EXISTS {TEST_DATABASE} WITH (FORCE)")
-        await connection.execute(f"CREATE DATABASE {TEST_DATABASE}")
+        for statement in statements:
+            await connection.execute(statement)
     finally:
         await connection.close()
+
+
+def _test_database_url(server_url: str) -> str:
     url = make_url(Settings(database_url=server_url).database_url).set(database=TEST_DATABASE)
     return url.render_as_string(hide_password=False)
 
@@ -72,13 +75,19 @@ def migrate(database_url: str, *args: str) -> None:
 
 
 @pytest.fixture(scope="session")
-async def database_url() -> str:
+async def database_url() -> AsyncIterator[str]:
     server_url, redis_url = _server_urls()
-    url = await _recreate_database(server_url)
+    await _administer(
+        server_url,
+        f"DROP DATABASE IF EXISTS {TEST_DATABASE} WITH (FORCE)",
+        f"CREATE DATABASE {TEST_DATABASE}",
+    )
+    url = _test_database_url(server_url)
     migrate(url, "upgrade", "head")
     os.environ.update(DATABASE_URL=url, REDIS_URL=redis_url)
     get_settings.cache_clear()
-    return url
+    yield url
+    await _administer(server_url, f"DROP DATABASE IF EXISTS {TEST_DATABASE} WITH (FORCE)")
 
 
 @pytest.fixture(scope="session")
@@ -110,14 +119,13 @@ def session_factory(engine: AsyncEngine) -> SessionFactory:
 
 @pytest.fixture
 async def clean(engine: AsyncEngine, redis_url: str) -> None:
-    """Empty the tables and the test Redis database before the test."""
+    """Empty the tables before the test.
+
+    Redis is not flushed: each test has its own queue name and every job id
+    names a fresh audit, so tests cannot see each other's jobs.
+    """
     async with engine.begin() as connection:
         await connection.exec_driver_sql("TRUNCATE audit CASCADE")
-    redis = create_redis(Settings(redis_url=redis_url))
-    try:
-        await redis.flushdb()
-    finally:
-        await redis.aclose()
 
 
 @pytest.fixture

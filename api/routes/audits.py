@@ -7,18 +7,19 @@ from uuid import UUID
 from fastapi import APIRouter, Query, Response
 from pydantic import AfterValidator
 
-from api.deps import CurrentAudit, RequestId, SessionDep
+from api.deps import CurrentAudit, IdempotencyKey, RequestId, SessionDep, mark_created
 from api.openapi import problems
 from shared.audits import service as audits
 from shared.audits.exceptions import (
     AuditNotCancellable,
     AuditNotFound,
     AuditNotRetryable,
-    RubricNotFound,
 )
 from shared.audits.schemas import AuditCreate, AuditDetail, AuditPage, AuditRead, AuditStatus
 from shared.audits.views import to_detail, to_read
+from shared.idempotency import IdempotencyKeyMismatch
 from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT, InvalidCursor
+from shared.rubrics.exceptions import UnknownRubric
 
 router = APIRouter(prefix="/audits", tags=["audits"])
 
@@ -35,16 +36,27 @@ def _location(response: Response, audit_id: UUID) -> None:
 
 
 @router.post(
-    "", status_code=202, responses=problems(RubricNotFound, extra={413: ["payload_too_large"]})
+    "",
+    status_code=202,
+    responses=problems(UnknownRubric, IdempotencyKeyMismatch, extra={413: ["payload_too_large"]}),
 )
 async def create_audit(
-    body: AuditCreate, session: SessionDep, request_id: RequestId, response: Response
+    body: AuditCreate,
+    session: SessionDep,
+    request_id: RequestId,
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
 ) -> AuditRead:
-    """Record an audit and queue it; poll `Location` for its progress."""
-    criteria = await audits.resolve_criteria(session, data=body)
-    audit = await audits.create(session, data=body, criteria=criteria, request_id=request_id)
-    _location(response, audit.id)
-    return to_read(audit)
+    """Record an audit and queue it; poll `Location` for its progress.
+
+    With an `Idempotency-Key` seen before, the audit it created is returned
+    (header `Idempotent-Replayed: true`) and nothing new is queued.
+    """
+    created = await audits.create(
+        session, data=body, request_id=request_id, idempotency_key=idempotency_key
+    )
+    mark_created(response, created, location=f"/api/v1/audits/{created.resource.id}")
+    return to_read(created.resource)
 
 
 @router.get("/{audit_id}", responses=problems(AuditNotFound))

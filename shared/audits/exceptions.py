@@ -1,4 +1,4 @@
-from shared.errors import AppError, Conflict, NotFound
+from shared.errors import Conflict, NotFound
 
 
 class AuditNotFound(NotFound):
@@ -14,9 +14,3 @@ class AuditNotCancellable(Conflict):
 class AuditNotRetryable(Conflict):
     code = "audit_not_retryable"
     title = "Audit cannot be retried"
-
-
-class RubricNotFound(AppError):
-    status = 422
-    code = "rubric_not_found"
-    title = "Rubric not found"

@@ -37,6 +37,7 @@ class Audit(SQLModel, table=True):
         sa.Index(
             "ix_audit_batch_created", "batch_id", sa.text("created_at DESC"), sa.text("id DESC")
         ),
+        sa.Index("ix_audit_batch_index", "batch_id", "batch_index"),
         sa.Index(
             "ix_audit_rubric_created",
             "rubric_name",
@@ -69,7 +70,8 @@ class Audit(SQLModel, table=True):
         default_factory=dict, sa_column=sa.Column("metadata", JSONB, nullable=False)
     )
     pass_threshold: float = 70.0
-    batch_id: UUID | None = None
+    batch_id: UUID | None = Field(default=None, foreign_key="batch.id")
+    batch_index: int | None = None
     attempts: int = 0
     attempt_limit: int
     result: dict[str, Any] | None = _jsonb(nullable=True)

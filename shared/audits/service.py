@@ -7,6 +7,7 @@ from typing import Any
 from uuid import UUID, uuid4
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
@@ -14,13 +15,15 @@ from shared.audits.exceptions import (
     AuditNotCancellable,
     AuditNotFound,
     AuditNotRetryable,
-    RubricNotFound,
 )
 from shared.audits.models import Audit
 from shared.audits.schemas import TERMINAL_STATUSES, AuditCreate, AuditStatus, Criterion
 from shared.config import get_settings
-from shared.pagination import encode_cursor, keyset_page
+from shared.idempotency import Created, replay, request_hash
+from shared.pagination import encode_cursor, keyset_page, split_page
 from shared.queue import defer_abort, defer_run
+from shared.rubrics import service as rubrics
+from shared.rubrics.exceptions import UnknownRubric
 
 UNFINISHED: tuple[AuditStatus, ...] = ("queued", "running")
 RETRYABLE: tuple[AuditStatus, ...] = ("failed", "cancelled")
@@ -49,6 +52,7 @@ def new_row(
     *,
     criteria: ResolvedCriteria,
     batch_id: UUID | None = None,
+    batch_index: int | None = None,
     request_id: str | None = None,
     idempotency_key: str | None = None,
     request_hash: str | None = None,
@@ -67,6 +71,7 @@ def new_row(
         "metadata": data.metadata,
         "pass_threshold": data.pass_threshold,
         "batch_id": batch_id,
+        "batch_index": batch_index,
         "attempts": 0,
         "attempt_limit": settings.max_attempts,
         "request_id": request_id,
@@ -79,26 +84,55 @@ async def create(
     session: AsyncSession,
     *,
     data: AuditCreate,
-    criteria: ResolvedCriteria,
     request_id: str | None = None,
     idempotency_key: str | None = None,
-    request_hash: str | None = None,
-) -> Audit:
-    """Record a queued audit; its job is sent once the transaction commits."""
+) -> Created[Audit]:
+    """Record a queued audit (its job is sent once the transaction commits).
+
+    With an `idempotency_key` already used, the earlier audit is returned instead.
+    """
+    digest = request_hash(data)
+    if idempotency_key is not None and (earlier := await _by_key(session, idempotency_key)):
+        return replay(
+            earlier, stored_hash=earlier.request_hash, new_hash=digest, key=idempotency_key
+        )
     row = new_row(
         data,
-        criteria=criteria,
+        criteria=await resolve_criteria(session, data=data),
         request_id=request_id,
         idempotency_key=idempotency_key,
-        request_hash=request_hash,
+        request_hash=digest,
     )
-    audit: Audit = (await session.execute(_insert_returning(row))).scalar_one()
+    audit: Audit | None = (
+        await session.execute(_insert_unless_key_taken(row))
+    ).scalar_one_or_none()
+    if audit is None:  # a concurrent request with the same key won the insert
+        assert idempotency_key is not None
+        earlier = await _by_key(session, idempotency_key)
+        assert earlier is not None
+        return replay(
+            earlier, stored_hash=earlier.request_hash, new_hash=digest, key=idempotency_key
+        )
     defer_run(session, audit.id)
+    return Created(audit)
+
+
+async def _by_key(session: AsyncSession, key: str) -> Audit | None:
+    stmt = sa.select(Audit).where(col(Audit.idempotency_key) == key)
+    audit: Audit | None = (await session.execute(stmt)).scalar_one_or_none()
     return audit
 
 
-def _insert_returning(row: dict[str, Any]) -> sa.Executable:
-    return sa.insert(Audit).values(_to_columns(row)).returning(Audit)
+def _insert_unless_key_taken(row: dict[str, Any]) -> sa.Executable:
+    return (
+        pg_insert(Audit)
+        .values(_to_columns(row))
+        .on_conflict_do_nothing(
+            index_elements=["idempotency_key"],
+            index_where=col(Audit.idempotency_key).is_not(None),
+        )
+        .returning(Audit)
+    )
 
 
 def _to_columns(row: dict[str, Any]) -> dict[str, Any]:
@@ -130,10 +164,7 @@ async def list_page(
         cursor=cursor,
     )
     rows = list((await session.execute(stmt)).scalars())
-    if len(rows) <= limit:
-        return rows, None
-    last = rows[limit - 1]
-    return rows[:limit], encode_cursor(last.created_at, last.id)
+    return split_page(rows, limit=limit, cursor_of=lambda a: encode_cursor(a.created_at, a.id))
 
 
 def _filtered(stmt: sa.Select[Any], filters: AuditFilters) -> sa.Select[Any]:
@@ -160,7 +191,7 @@ async def cancel(session: AsyncSession, *, audit_id: UUID) -> Audit:
         raise AuditNotCancellable(
             f"Audit {audit_id} is already {current.status}; only queued or running audits "
             "can be cancelled.",
-            status=current.status,
+            audit_status=current.status,
         )
     defer_abort(session, audit.id)
     return audit
@@ -192,7 +223,7 @@ async def retry(session: AsyncSession, *, audit_id: UUID) -> Audit:
         raise AuditNotRetryable(
             f"Audit {audit_id} is {current.status}; only failed or cancelled audits can be "
             "retried.",
-            status=current.status,
+            audit_status=current.status,
         )
     defer_run(session, audit.id)
     return audit
@@ -220,8 +251,40 @@ def is_terminal(audit: Audit) -> bool:
     return audit.status in TERMINAL_STATUSES
 
 
-async def resolve_criteria(session: AsyncSession, *, data: AuditCreate) -> ResolvedCriteria:
-    """The criteria an audit will run with: inline ones, or a snapshot of a rubric's."""
+RubricCache = dict[tuple[str, int | None], ResolvedCriteria]
+
+
+async def resolve_criteria(
+    session: AsyncSession, *, data: AuditCreate, cache: RubricCache | None = None
+) -> ResolvedCriteria:
+    """The criteria an audit will run with: inline ones, or a snapshot of a rubric's.
+
+    A batch passes a `cache`, so each rubric it names is read once, not per item.
+    """
     if data.criteria is not None:
         return ResolvedCriteria(criteria=list(data.criteria))
-    raise RubricNotFound(f"No rubric is named {data.rubric!r}.", rubric=data.rubric)
+    assert data.rubric is not None  # AuditCreate demands one of the two
+    cache = {} if cache is None else cache
+    wanted = (data.rubric, data.rubric_version)
+    if wanted not in cache:
+        cache[wanted] = await _rubric_criteria(session, *wanted)
+    return cache[wanted]
+
+
+async def _rubric_criteria(
+    session: AsyncSession, name: str, version: int | None
+) -> ResolvedCriteria:
+    rubric = await rubrics.get(session, name=name, version=version)
+    if rubric is None:
+        raise UnknownRubric(_unknown_rubric(name, version), rubric=name)
+    return ResolvedCriteria(
+        criteria=[Criterion.model_validate(c) for c in rubric.criteria],
+        rubric_name=rubric.name,
+        rubric_version=rubric.version,
+    )
+
+
+def _unknown_rubric(name: str, version: int | None) -> str:
+    if version is None:
+        return f"No rubric is named {name!r}; publish it with POST /rubrics first."
+    return f"Rubric {name!r} has no version {version}."

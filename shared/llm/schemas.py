@@ -14,7 +14,6 @@ Decisions taken here:
   match, empty ones included, are dropped and counted.
 """
 
-import bisect
 import json
 import re
 from collections import Counter
@@ -28,8 +27,6 @@ from shared.audits.schemas import Criterion, Finding, Verdict
 from shared.llm.errors import InvalidModelOutput
 
 _MAX_ECHOED_ID = 64
-_WHITESPACE_RUN = re.compile(r"\s+")
-_NON_WHITESPACE_RUN = re.compile(r"\S+")
 
 
 class ReplyFinding(BaseModel):
@@ -75,13 +72,14 @@ def validate_reply(
     """
     reply = _parse_reply(raw)
     by_id = _findings_by_id(reply.findings, [c.id for c in criteria])
-    quotes = QuoteFinder(content)
-    checked = [_keep_present_quotes(by_id[criterion.id], quotes) for criterion in criteria]
+    checked = [_keep_present_quotes(by_id[criterion.id], content) for criterion in criteria]
     return [finding for finding, _ in checked], reply.summary, sum(n for _, n in checked)
 
 
-def _keep_present_quotes(finding: ReplyFinding, quotes: "QuoteFinder") -> tuple[Finding, int]:
-    evidence, dropped = quotes.keep_present(finding.evidence)
+def _keep_present_quotes(finding: ReplyFinding, content: str) -> tuple[Finding, int]:
+    """The finding with only the quotes found in the content, and how many were dropped."""
+    found = [find_quote(content, quote) for quote in finding.evidence]
+    evidence = [span for span in found if span is not None]
     kept = Finding(
         criterion_id=finding.criterion_id,
         verdict=finding.verdict,
@@ -89,7 +87,7 @@ def _keep_present_quotes(finding: ReplyFinding, quotes: "QuoteFinder") -> tuple[
         rationale=finding.rationale,
         evidence=evidence,
     )
-    return kept, dropped
+    return kept, len(found) - len(evidence)
 
 
 def _parse_reply(raw: str) -> Reply:
@@ -134,42 +132,14 @@ def _listed(label: str, ids: list[str]) -> str:
     return f"{label}: " + ", ".join(repr(i[:_MAX_ECHOED_ID]) for i in ids)
 
 
-class QuoteFinder:
-    """Finds quotes in a text, ignoring differences in whitespace."""
-
-    def __init__(self, text: str) -> None:
-        self._text = text
-        words = list(_NON_WHITESPACE_RUN.finditer(text))
-        # The text with each whitespace run turned into one space, and for each word
-        # where it starts there and in the original, to map a match back.
-        self._normalised = " ".join(word.group() for word in words)
-        self._starts: list[int] = []
-        self._origins: list[int] = []
-        position = 0
-        for word in words:
-            self._starts.append(position)
-            self._origins.append(word.start())
-            position += len(word.group()) + 1
-
-    def find(self, quote: str) -> str | None:
-        """The span of the text the quote matches, or None when it is not in the text."""
-        needle = _normalise(quote)
-        at = self._normalised.find(needle) if needle else -1
-        if at < 0:
-            return None
-        return self._text[self._original(at) : self._original(at + len(needle) - 1) + 1]
-
-    def keep_present(self, quotes: list[str]) -> tuple[list[str], int]:
-        """The quotes found in the text (as found there), and how many were not."""
-        found = [span for span in map(self.find, quotes) if span is not None]
-        return found, len(quotes) - len(found)
-
-    def _original(self, position: int) -> int:
-        # `position` is never on a separator space: a normalised quote starts and ends
-        # with a non-space character, so it falls inside a word.
-        word = bisect.bisect_right(self._starts, position) - 1
-        return self._origins[word] + position - self._starts[word]
-
-
-def _normalise(text: str) -> str:
-    return _WHITESPACE_RUN.sub(" ", text).strip()
+def find_quote(text: str, quote: str) -> str | None:
+    """The span of `text` the quote matches, whitespace runs aside; None when it is not there."""
+    words = quote.split()
+    if not words:
+        return None
+    exact = quote.strip()
+    if exact in text:
+        return exact
+    # Words in order, separated by any whitespace: finds re-flowed quotes in one C-level scan.
+    match = re.search(r"\s+".join(map(re.escape, words)), text)
+    return match.group() if match else None

@@ -1,0 +1,93 @@
+"""The batches API: submit up to 1,000 audits at once, follow them, fetch the results."""
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+from uuid import UUID
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import StreamingResponse
+
+from api.deps import CurrentBatch, IdempotencyKey, RequestId, SessionDep, mark_created
+from api.openapi import problems
+from shared.batches import service as batches
+from shared.batches.exceptions import BatchNotFound
+from shared.batches.schemas import BatchCreate, BatchPage, BatchRead
+from shared.batches.views import result_line, to_read
+from shared.db import SessionFactory
+from shared.idempotency import IdempotencyKeyMismatch
+from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT, InvalidCursor
+from shared.rubrics.exceptions import UnknownRubric
+
+router = APIRouter(prefix="/batches", tags=["batches"])
+
+NDJSON = "application/x-ndjson"
+
+
+@router.post(
+    "",
+    status_code=202,
+    responses=problems(UnknownRubric, IdempotencyKeyMismatch, extra={413: ["payload_too_large"]}),
+)
+async def create_batch(
+    body: BatchCreate,
+    session: SessionDep,
+    request_id: RequestId,
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
+) -> BatchRead:
+    """Record 1 to 1,000 audits in one transaction, all or nothing, and queue them.
+
+    One invalid item rejects the whole batch; the problem's `errors[].loc` names
+    the item's index and field, e.g. `["body", "audits", 517, "content"]`.
+    """
+    created = await batches.create(
+        session, data=body, idempotency_key=idempotency_key, request_id=request_id
+    )
+    mark_created(response, created, location=f"/api/v1/batches/{created.resource.batch.id}")
+    return to_read(created.resource)
+
+
+@router.get("/{batch_id}", responses=problems(BatchNotFound))
+async def get_batch(batch: CurrentBatch, session: SessionDep) -> BatchRead:
+    """A batch with its audits counted by status."""
+    return to_read(await batches.summarize(session, batch))
+
+
+@router.get("", responses=problems(InvalidCursor))
+async def list_batches(
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
+    cursor: Annotated[str | None, Query(max_length=512)] = None,
+) -> BatchPage:
+    """Batches, newest first; follow `next_cursor` for the next page."""
+    rows, next_cursor = await batches.list_page(session, limit=limit, cursor=cursor)
+    return BatchPage(items=[to_read(row) for row in rows], next_cursor=next_cursor)
+
+
+@router.post("/{batch_id}/cancel", responses=problems(BatchNotFound))
+async def cancel_batch(batch: CurrentBatch, session: SessionDep) -> BatchRead:
+    """Cancel every audit of the batch that is still queued or running."""
+    return to_read(await batches.cancel(session, batch=batch))
+
+
+@router.get(
+    "/{batch_id}/results",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": "One JSON object per line and audit: `id`, `subject`, `metadata`, "
+            "`status`, `result`, `error`, `usage`; oldest first.",
+            "content": {NDJSON: {"schema": {"type": "string"}}},
+        },
+        **problems(BatchNotFound),
+    },
+)
+async def batch_results(batch: CurrentBatch, request: Request) -> StreamingResponse:
+    """Stream the batch's audits as NDJSON, without loading the batch into memory."""
+    factory = request.app.state.session_factory
+    return StreamingResponse(_lines(factory, batch.id), media_type=NDJSON)
+
+
+async def _lines(factory: SessionFactory, batch_id: UUID) -> AsyncIterator[bytes]:
+    async for rows in batches.iter_results(factory, batch_id=batch_id):
+        yield b"".join(result_line(row) for row in rows)

@@ -1,0 +1,37 @@
+"""The `batch` table. Its counts, status and finish time are derived from its audits."""
+
+from datetime import datetime
+from typing import Any
+from uuid import UUID, uuid4
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlmodel import Field, SQLModel
+
+from shared.db import metadata  # noqa: F401  (naming convention must be set first)
+
+
+class Batch(SQLModel, table=True):
+    __tablename__ = "batch"
+    __table_args__ = (
+        sa.Index("ix_batch_created", sa.text("created_at DESC"), sa.text("id DESC")),
+        sa.Index(
+            "uq_batch_idempotency_key",
+            "idempotency_key",
+            unique=True,
+            postgresql_where=sa.text("idempotency_key IS NOT NULL"),
+        ),
+    )
+
+    id: UUID = Field(default_factory=uuid4, primary_key=True)
+    name: str | None = Field(default=None, sa_type=sa.Text)
+    metadata_: dict[str, Any] = Field(
+        default_factory=dict, sa_column=sa.Column("metadata", JSONB, nullable=False)
+    )
+    idempotency_key: str | None = Field(default=None, sa_type=sa.Text)
+    request_hash: str | None = Field(default=None, sa_type=sa.Text)
+    request_id: str | None = Field(default=None, sa_type=sa.Text)
+    created_at: datetime = Field(
+        sa_type=sa.DateTime(timezone=True), sa_column_kwargs={"server_default": sa.func.now()}
+    )
+    cancelled_at: datetime | None = Field(default=None, sa_type=sa.DateTime(timezone=True))

@@ -1,0 +1,49 @@
+"""Idempotency-Key semantics shared by POST /audits and POST /batches (DESIGN §4).
+
+The key is stored with the resource under a unique index, so two concurrent
+requests with one key cannot both create: the loser's insert does nothing and
+it answers with the winner's resource. "The same body" means the same request
+once parsed: key order, spacing and spelled-out defaults do not matter.
+"""
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from pydantic import BaseModel
+
+from shared.errors import AppError
+
+T = TypeVar("T")
+
+MAX_KEY_LENGTH = 255
+
+
+class IdempotencyKeyMismatch(AppError):
+    status = 422
+    code = "idempotency_key_mismatch"
+    title = "Idempotency key reused with a different body"
+
+
+@dataclass(frozen=True)
+class Created(Generic[T]):
+    """A created resource, or the one an earlier request with the same key created."""
+
+    resource: T
+    replayed: bool = False
+
+
+def request_hash(body: BaseModel) -> str:
+    canonical = json.dumps(body.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def replay(resource: T, *, stored_hash: str | None, new_hash: str, key: str) -> Created[T]:
+    """The earlier resource for a repeated key, if the body is the same."""
+    if stored_hash != new_hash:
+        raise IdempotencyKeyMismatch(
+            f"Idempotency-Key {key!r} was first used with a different body; send that same "
+            "body to get its result again, or use a new key for a new request."
+        )
+    return Created(resource, replayed=True)

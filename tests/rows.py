@@ -1,0 +1,82 @@
+"""Audit rows in any state, written straight to PostgreSQL as a worker or time would leave them.
+
+The API only ever creates queued audits; lifecycle and reconciler tests need running ones
+with live or expired leases, exhausted ones and finished ones.
+"""
+
+from datetime import timedelta
+from typing import Any
+from uuid import UUID, uuid4
+
+import sqlalchemy as sa
+from sqlmodel import col
+
+from shared.audits.models import Audit
+from shared.db import SessionFactory, session_scope
+
+CONTENT = "Our toothbrush is 100% biodegradable and carbon neutral."
+CRITERIA = [
+    {"id": "claims_substantiated", "description": "Claims are backed by sources.", "weight": 1.0},
+    {"id": "no_vague_terms", "description": "No vague green terms.", "weight": 2.0},
+]
+
+
+def audit_values(**overrides: Any) -> dict[str, Any]:
+    """The columns of a queued audit with two criteria; `overrides` replace any of them."""
+    return {
+        "id": uuid4(),
+        "status": "queued",
+        "subject": "Product page: bamboo toothbrush",
+        "content": CONTENT,
+        "criteria": CRITERIA,
+        "model": "gpt-4o-mini",
+        "metadata_": {},
+        "attempts": 0,
+        "attempt_limit": 5,
+        **overrides,
+    }
+
+
+def ago(seconds: float) -> Any:
+    """A timestamp `seconds` before the database's `now()` (in the future when negative)."""
+    return sa.func.now() - timedelta(seconds=seconds)
+
+
+async def insert_audit(factory: SessionFactory, **overrides: Any) -> UUID:
+    values = audit_values(**overrides)
+    async with session_scope(factory) as session:
+        await session.execute(sa.insert(Audit).values(values))
+    audit_id: UUID = values["id"]
+    return audit_id
+
+
+async def running_audit(
+    factory: SessionFactory, *, attempts: int = 1, lease_s: float = 60, **overrides: Any
+) -> UUID:
+    """An audit in its `attempts`-th attempt whose lease ends in `lease_s` (past when < 0)."""
+    return await insert_audit(
+        factory,
+        status="running",
+        attempts=attempts,
+        lease_until=ago(-lease_s),
+        started_at=ago(5),
+        **overrides,
+    )
+
+
+async def load_audit(factory: SessionFactory, audit_id: UUID | str) -> Audit:
+    async with factory() as session:
+        audit = await session.get(Audit, UUID(str(audit_id)))
+    assert audit is not None, f"no audit {audit_id}"
+    return audit
+
+
+async def update_audit(factory: SessionFactory, audit_id: UUID | str, **values: Any) -> None:
+    async with session_scope(factory) as session:
+        stmt = sa.update(Audit).where(col(Audit.id) == UUID(str(audit_id))).values(**values)
+        await session.execute(stmt)
+
+
+async def expire_lease(factory: SessionFactory, audit_id: UUID | str) -> None:
+    """Make a running audit look abandoned: its lease ended a second ago."""
+    await update_audit(factory, audit_id, lease_until=ago(1))

@@ -1,0 +1,340 @@
+"""The worker's transitions of an audit: claim, fenced finishes, lease recovery (DESIGN §3)."""
+
+from datetime import datetime, timedelta
+from typing import Any
+from uuid import UUID, uuid4
+
+import pytest
+import sqlalchemy as sa
+from arq.connections import ArqRedis
+from arq.constants import job_key_prefix
+
+from shared.audits import lifecycle
+from shared.audits import service as audits
+from shared.audits.models import Audit
+from shared.audits.schemas import AuditResult
+from shared.config import Settings
+from shared.db import SessionFactory, session_scope
+from shared.queue import audit_job_id, transaction
+from tests.rows import ago, expire_lease, insert_audit, load_audit, running_audit
+
+pytestmark = pytest.mark.usefixtures("clean")
+
+LEASE = timedelta(seconds=30)
+RESULT = AuditResult(score=80.0, verdict="pass", pass_threshold=70.0, summary="Fine.", findings=[])
+
+
+def snapshot(audit: Audit) -> dict[str, Any]:
+    return audit.model_dump()
+
+
+async def db_now(factory: SessionFactory) -> datetime:
+    async with factory() as session:
+        now: datetime = (await session.execute(sa.select(sa.func.now()))).scalar_one()
+    return now
+
+
+async def claim(factory: SessionFactory, audit_id: UUID) -> Audit | None:
+    async with session_scope(factory) as session:
+        return await lifecycle.claim(session, audit_id=audit_id, lease=LEASE)
+
+
+async def succeed(factory: SessionFactory, audit_id: UUID, *, attempt: int) -> bool:
+    async with session_scope(factory) as session:
+        return await lifecycle.succeed(
+            session,
+            audit_id=audit_id,
+            attempt=attempt,
+            result=RESULT,
+            prompt_tokens=120,
+            completion_tokens=30,
+            prompt_version="v-test",
+            provider_request_id="req-1",
+        )
+
+
+async def fail(factory: SessionFactory, audit_id: UUID, *, attempt: int) -> bool:
+    async with session_scope(factory) as session:
+        return await lifecycle.fail(
+            session, audit_id=audit_id, attempt=attempt, code="model_refused", message="no"
+        )
+
+
+async def requeue_or_fail(factory: SessionFactory, audit_id: UUID, *, attempt: int) -> str | None:
+    async with session_scope(factory) as session:
+        return await lifecycle.requeue_or_fail(
+            session,
+            audit_id=audit_id,
+            attempt=attempt,
+            code="model_server_error",
+            message="the provider failed",
+        )
+
+
+# claim
+
+
+async def test_claim_starts_the_first_attempt_of_a_queued_audit(
+    session_factory: SessionFactory,
+) -> None:
+    audit_id = await insert_audit(session_factory)
+
+    claimed = await claim(session_factory, audit_id)
+
+    assert claimed is not None
+    assert claimed.id == audit_id
+    assert (claimed.status, claimed.attempts) == ("running", 1)
+    assert claimed.started_at is not None
+    assert claimed.lease_until is not None
+    assert claimed.lease_until - claimed.started_at == LEASE
+    assert snapshot(await load_audit(session_factory, audit_id)) == snapshot(claimed)
+
+
+async def test_claim_takes_over_a_running_audit_whose_lease_expired(
+    session_factory: SessionFactory,
+) -> None:
+    audit_id = await running_audit(session_factory, attempts=2, lease_s=-1)
+    before = await load_audit(session_factory, audit_id)
+
+    claimed = await claim(session_factory, audit_id)
+
+    assert claimed is not None
+    assert (claimed.status, claimed.attempts) == ("running", 3)
+    assert claimed.started_at == before.started_at  # the audit started with its first attempt
+    assert claimed.lease_until is not None
+    assert claimed.lease_until > await db_now(session_factory)
+
+
+async def test_claim_leaves_a_running_audit_with_a_live_lease_alone(
+    session_factory: SessionFactory,
+) -> None:
+    audit_id = await running_audit(session_factory, attempts=1, lease_s=60)
+    before = await load_audit(session_factory, audit_id)
+
+    assert await claim(session_factory, audit_id) is None
+    assert snapshot(await load_audit(session_factory, audit_id)) == snapshot(before)
+
+
+@pytest.mark.parametrize("status", ["succeeded", "failed", "cancelled"])
+async def test_claim_never_reopens_a_finished_audit(
+    session_factory: SessionFactory, status: str
+) -> None:
+    # Even an expired lease left behind does not make a finished audit claimable.
+    audit_id = await insert_audit(
+        session_factory, status=status, attempts=1, lease_until=ago(60), finished_at=ago(30)
+    )
+    before = await load_audit(session_factory, audit_id)
+
+    assert await claim(session_factory, audit_id) is None
+    assert snapshot(await load_audit(session_factory, audit_id)) == snapshot(before)
+
+
+@pytest.mark.parametrize(
+    ("status", "lease_s"), [("queued", None), ("running", -1)], ids=["queued", "expired-lease"]
+)
+async def test_claim_refuses_an_audit_whose_attempts_are_used_up(
+    session_factory: SessionFactory, status: str, lease_s: float | None
+) -> None:
+    lease_until = None if lease_s is None else ago(-lease_s)
+    audit_id = await insert_audit(
+        session_factory, status=status, attempts=3, attempt_limit=3, lease_until=lease_until
+    )
+    before = await load_audit(session_factory, audit_id)
+
+    assert await claim(session_factory, audit_id) is None
+    assert snapshot(await load_audit(session_factory, audit_id)) == snapshot(before)
+
+
+async def test_claim_of_an_unknown_audit_is_none(session_factory: SessionFactory) -> None:
+    assert await claim(session_factory, uuid4()) is None
+
+
+async def test_only_one_of_two_claims_wins(session_factory: SessionFactory) -> None:
+    audit_id = await insert_audit(session_factory)
+
+    first = await claim(session_factory, audit_id)
+    second = await claim(session_factory, audit_id)
+
+    assert first is not None
+    assert second is None
+    assert (await load_audit(session_factory, audit_id)).attempts == 1
+
+
+# fenced finishes
+
+
+async def test_succeed_records_the_result_usage_and_provenance(
+    session_factory: SessionFactory,
+) -> None:
+    audit_id = await insert_audit(session_factory)
+    claimed = await claim(session_factory, audit_id)
+    assert claimed is not None
+
+    assert await succeed(session_factory, audit_id, attempt=claimed.attempts) is True
+
+    audit = await load_audit(session_factory, audit_id)
+    assert audit.status == "succeeded"
+    assert audit.result == RESULT.model_dump(mode="json")
+    assert (audit.prompt_tokens, audit.completion_tokens) == (120, 30)
+    assert (audit.prompt_version, audit.provider_request_id) == ("v-test", "req-1")
+    assert (audit.error_code, audit.error_message, audit.lease_until) == (None, None, None)
+    assert audit.finished_at is not None
+    assert audit.started_at is not None
+    assert audit.finished_at >= audit.started_at
+
+
+async def test_a_zombies_late_succeed_changes_nothing(session_factory: SessionFactory) -> None:
+    audit_id = await insert_audit(session_factory)
+    zombie = await claim(session_factory, audit_id)
+    assert zombie is not None
+    await expire_lease(session_factory, audit_id)
+    successor = await claim(session_factory, audit_id)
+    assert successor is not None
+    assert successor.attempts == 2
+    assert await fail(session_factory, audit_id, attempt=successor.attempts) is True
+    after_successor = await load_audit(session_factory, audit_id)
+
+    assert await succeed(session_factory, audit_id, attempt=zombie.attempts) is False
+    assert await fail(session_factory, audit_id, attempt=zombie.attempts) is False
+    assert await requeue_or_fail(session_factory, audit_id, attempt=zombie.attempts) is None
+
+    assert snapshot(await load_audit(session_factory, audit_id)) == snapshot(after_successor)
+
+
+async def test_an_earlier_attempt_cannot_finish_while_a_later_one_runs(
+    session_factory: SessionFactory,
+) -> None:
+    audit_id = await running_audit(session_factory, attempts=2)
+    before = await load_audit(session_factory, audit_id)
+
+    assert await succeed(session_factory, audit_id, attempt=1) is False
+    assert snapshot(await load_audit(session_factory, audit_id)) == snapshot(before)
+
+
+async def test_a_run_cancelled_meanwhile_cannot_succeed(session_factory: SessionFactory) -> None:
+    audit_id = await insert_audit(session_factory)
+    claimed = await claim(session_factory, audit_id)
+    assert claimed is not None
+    async with session_scope(session_factory) as session:
+        await audits.cancel(session, audit_id=audit_id)
+    cancelled = await load_audit(session_factory, audit_id)
+
+    assert await succeed(session_factory, audit_id, attempt=claimed.attempts) is False
+
+    audit = await load_audit(session_factory, audit_id)
+    assert audit.status == "cancelled"
+    assert audit.result is None
+    assert snapshot(audit) == snapshot(cancelled)
+
+
+async def test_fail_ends_the_audit_with_its_code(session_factory: SessionFactory) -> None:
+    audit_id = await running_audit(session_factory, attempts=1)
+
+    assert await fail(session_factory, audit_id, attempt=1) is True
+
+    audit = await load_audit(session_factory, audit_id)
+    assert (audit.status, audit.error_code, audit.error_message) == (
+        "failed",
+        "model_refused",
+        "no",
+    )
+    assert audit.finished_at is not None
+    assert audit.lease_until is None
+    assert audit.result is None
+
+
+# requeue_or_fail
+
+
+async def test_a_transient_error_below_the_limit_requeues(session_factory: SessionFactory) -> None:
+    audit_id = await running_audit(session_factory, attempts=2, attempt_limit=3)
+
+    assert await requeue_or_fail(session_factory, audit_id, attempt=2) == "queued"
+
+    audit = await load_audit(session_factory, audit_id)
+    assert (audit.status, audit.attempts) == ("queued", 2)  # the attempt stays counted
+    assert (audit.error_code, audit.error_message, audit.finished_at) == (None, None, None)
+    assert audit.lease_until is None
+    # And it can be claimed again, for its last attempt.
+    claimed = await claim(session_factory, audit_id)
+    assert claimed is not None
+    assert claimed.attempts == 3
+
+
+async def test_a_transient_error_on_the_last_attempt_fails_with_its_code(
+    session_factory: SessionFactory,
+) -> None:
+    audit_id = await running_audit(session_factory, attempts=3, attempt_limit=3)
+
+    assert await requeue_or_fail(session_factory, audit_id, attempt=3) == "failed"
+
+    audit = await load_audit(session_factory, audit_id)
+    assert (audit.status, audit.attempts) == ("failed", 3)
+    assert (audit.error_code, audit.error_message) == ("model_server_error", "the provider failed")
+    assert audit.finished_at is not None
+    assert audit.lease_until is None
+
+
+# recover_expired_leases
+
+
+async def test_expired_leases_are_requeued_and_enqueued_or_failed_on_the_last_attempt(
+    session_factory: SessionFactory, redis: ArqRedis, settings: Settings
+) -> None:
+    retryable = await running_audit(session_factory, attempts=1, attempt_limit=3, lease_s=-1)
+    last = await running_audit(session_factory, attempts=3, attempt_limit=3, lease_s=-1)
+    live = await running_audit(session_factory, attempts=1, lease_s=60)
+    queued = await insert_audit(session_factory)
+    live_before = await load_audit(session_factory, live)
+
+    async with transaction(session_factory, redis) as session:
+        requeued, failed = await lifecycle.recover_expired_leases(session)
+
+    assert (requeued, failed) == ([retryable], [last])
+    audit = await load_audit(session_factory, retryable)
+    assert (audit.status, audit.attempts, audit.lease_until) == ("queued", 1, None)
+    assert audit.error_code is None
+    audit = await load_audit(session_factory, last)
+    assert (audit.status, audit.error_code) == ("failed", lifecycle.WORKER_LOST)
+    assert audit.error_message
+    assert audit.finished_at is not None
+    assert snapshot(await load_audit(session_factory, live)) == snapshot(live_before)
+    assert (await load_audit(session_factory, queued)).status == "queued"
+    # Only the re-queued audit got a job, sent after the commit.
+    jobs = await redis.zrange(settings.queue_name, 0, -1)
+    assert jobs == [audit_job_id(retryable).encode()]
+    assert await redis.exists(job_key_prefix + audit_job_id(last)) == 0
+
+
+async def test_recovering_twice_changes_nothing_the_second_time(
+    session_factory: SessionFactory,
+) -> None:
+    await running_audit(session_factory, attempts=1, lease_s=-1)
+    async with session_scope(session_factory) as session:
+        first = await lifecycle.recover_expired_leases(session)
+    async with session_scope(session_factory) as session:
+        second = await lifecycle.recover_expired_leases(session)
+
+    assert len(first[0]) == 1
+    assert second == ([], [])
+
+
+# queued_before
+
+
+async def test_queued_before_lists_old_queued_audits_oldest_first(
+    session_factory: SessionFactory,
+) -> None:
+    oldest = await insert_audit(session_factory, updated_at=ago(300))
+    older = await insert_audit(session_factory, updated_at=ago(120))
+    await insert_audit(session_factory, updated_at=ago(5))  # too young
+    await running_audit(session_factory, updated_at=ago(300))
+    await insert_audit(session_factory, status="failed", updated_at=ago(300))
+    await insert_audit(session_factory, status="cancelled", updated_at=ago(300))
+
+    async with session_scope(session_factory) as session:
+        found = await lifecycle.queued_before(session, age=timedelta(seconds=60), limit=10)
+        first_only = await lifecycle.queued_before(session, age=timedelta(seconds=60), limit=1)
+
+    assert found == [oldest, older]
+    assert first_only == [oldest]

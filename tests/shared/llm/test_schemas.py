@@ -1,0 +1,227 @@
+import json
+from typing import Any
+
+import pytest
+
+from shared.audits.schemas import Criterion
+from shared.llm.errors import InvalidModelOutput
+from shared.llm.schemas import find_quote, validate_reply
+
+CRITERIA = [
+    Criterion(id="claims", description="Claims are substantiated."),
+    Criterion(id="shipping", description="Shipping terms are clear."),
+    Criterion(id="tone", description="The tone is neutral."),
+]
+CONTENT = "Our shoes are made from\n   100% recycled   plastic.\tShipping is free in the EU."
+
+
+def finding(criterion_id: str, **overrides: Any) -> dict[str, Any]:
+    return {
+        "criterion_id": criterion_id,
+        "verdict": "pass",
+        "score": 80,
+        "rationale": "Looks fine.",
+        "evidence": [],
+        **overrides,
+    }
+
+
+def reply(*findings: dict[str, Any], summary: str = "All good.") -> str:
+    return json.dumps({"findings": list(findings), "summary": summary})
+
+
+def all_findings() -> list[dict[str, Any]]:
+    return [finding(c.id) for c in CRITERIA]
+
+
+def invalid(raw: str) -> str:
+    with pytest.raises(InvalidModelOutput) as caught:
+        validate_reply(raw, criteria=CRITERIA, content=CONTENT)
+    assert caught.value.code == "invalid_model_output"
+    assert caught.value.transient is False
+    return caught.value.message
+
+
+def test_a_valid_reply_becomes_findings_and_summary() -> None:
+    raw = reply(
+        finding("claims", verdict="partial", score=55.5, evidence=["100% recycled"]),
+        finding("shipping", verdict="fail", score=0),
+        finding("tone", verdict="not_applicable", score=0),
+        summary="Mostly fine.",
+    )
+
+    findings, summary, dropped = validate_reply(raw, criteria=CRITERIA, content=CONTENT)
+
+    assert summary == "Mostly fine."
+    assert dropped == 0
+    assert [(f.criterion_id, f.verdict, f.score) for f in findings] == [
+        ("claims", "partial", 55.5),
+        ("shipping", "fail", 0),
+        ("tone", "not_applicable", 0),
+    ]
+    assert findings[0].evidence == ["100% recycled"]
+
+
+def test_shuffled_findings_come_back_in_the_criteria_order() -> None:
+    raw = reply(finding("tone"), finding("claims"), finding("shipping"))
+
+    findings, _, _ = validate_reply(raw, criteria=CRITERIA, content=CONTENT)
+
+    assert [f.criterion_id for f in findings] == ["claims", "shipping", "tone"]
+
+
+def test_unknown_keys_are_ignored() -> None:
+    raw = json.dumps(
+        {"findings": [{**f, "confidence": 0.9} for f in all_findings()], "summary": "s", "x": 1}
+    )
+
+    findings, _, _ = validate_reply(raw, criteria=CRITERIA, content=CONTENT)
+
+    assert len(findings) == 3
+
+
+@pytest.mark.parametrize("raw", ["", "Here you go: {", '{"findings": [], "summary": "s"', "null x"])
+def test_text_that_is_not_json_is_invalid(raw: str) -> None:
+    assert "not JSON" in invalid(raw)
+
+
+def test_nan_is_not_a_json_number() -> None:
+    raw = reply(finding("claims"), finding("shipping"), finding("tone")).replace(
+        '"score": 80', '"score": NaN', 1
+    )
+
+    assert "not JSON" in invalid(raw)
+
+
+@pytest.mark.parametrize(
+    ("raw", "where"),
+    [
+        (json.dumps([]), "reply"),
+        (json.dumps({"findings": []}), "summary"),
+        (json.dumps({"findings": "none", "summary": "s"}), "findings"),
+        (
+            reply(finding("claims", score="80"), finding("shipping"), finding("tone")),
+            "findings.0.score",
+        ),
+        (
+            reply(finding("claims", verdict="ok"), finding("shipping"), finding("tone")),
+            "findings.0.verdict",
+        ),
+        (
+            reply(finding("claims", evidence="quote"), finding("shipping"), finding("tone")),
+            "findings.0.evidence",
+        ),
+        (
+            reply(finding("claims"), {"criterion_id": "shipping"}, finding("tone")),
+            "findings.1.verdict",
+        ),
+    ],
+)
+def test_a_reply_of_the_wrong_shape_is_invalid(raw: str, where: str) -> None:
+    message = invalid(raw)
+
+    assert "wrong shape" in message
+    assert where in message
+
+
+@pytest.mark.parametrize("score", [-0.5, 100.01, 1000])
+def test_a_score_out_of_range_is_invalid(score: float) -> None:
+    message = invalid(reply(finding("claims"), finding("shipping", score=score), finding("tone")))
+
+    assert "findings.1.score" in message
+
+
+def test_scores_at_the_bounds_are_valid() -> None:
+    raw = reply(
+        finding("claims", score=0), finding("shipping", score=100), finding("tone", score=100.0)
+    )
+
+    findings, _, _ = validate_reply(raw, criteria=CRITERIA, content=CONTENT)
+
+    assert [f.score for f in findings] == [0, 100, 100]
+
+
+def test_the_offending_value_is_not_echoed() -> None:
+    secret = "a sentence of the confidential content"
+
+    message = invalid(
+        reply(finding("claims", verdict=secret), finding("shipping"), finding("tone"))
+    )
+
+    assert secret not in message
+
+
+def test_a_missing_criterion_is_invalid() -> None:
+    message = invalid(reply(finding("claims"), finding("tone")))
+
+    assert message.endswith("missing criterion ids: 'shipping'")
+
+
+def test_a_repeated_criterion_is_invalid() -> None:
+    message = invalid(
+        reply(finding("claims"), finding("shipping"), finding("tone"), finding("claims"))
+    )
+
+    assert message.endswith("repeated criterion ids: 'claims'")
+
+
+def test_an_unknown_criterion_is_invalid() -> None:
+    message = invalid(
+        reply(finding("claims"), finding("shipping"), finding("tone"), finding("price"))
+    )
+
+    assert message.endswith("unknown criterion ids: 'price'")
+
+
+def test_every_id_problem_is_reported_at_once() -> None:
+    message = invalid(reply(finding("claims"), finding("claims"), finding("price")))
+
+    assert "unknown criterion ids: 'price'" in message
+    assert "repeated criterion ids: 'claims'" in message
+    assert "missing criterion ids: 'shipping', 'tone'" in message
+
+
+def test_quotes_not_in_the_content_are_dropped_and_counted() -> None:
+    raw = reply(
+        finding("claims", evidence=["100% recycled", "made from bamboo", "", "OUR SHOES"]),
+        finding("shipping", evidence=["Shipping is free", "ships worldwide"]),
+        finding("tone"),
+    )
+
+    findings, _, dropped = validate_reply(raw, criteria=CRITERIA, content=CONTENT)
+
+    assert findings[0].evidence == ["100% recycled"]
+    assert findings[1].evidence == ["Shipping is free"]
+    assert dropped == 4
+
+
+def test_a_quote_with_different_whitespace_is_kept_as_the_content_has_it() -> None:
+    raw = reply(
+        finding("claims", evidence=["  made from 100% recycled plastic. Shipping "]),
+        *all_findings()[1:],
+    )
+
+    findings, _, dropped = validate_reply(raw, criteria=CRITERIA, content=CONTENT)
+
+    assert dropped == 0
+    assert findings[0].evidence == ["made from\n   100% recycled   plastic.\tShipping"]
+    assert findings[0].evidence[0] in CONTENT
+
+
+@pytest.mark.parametrize(
+    ("text", "quote", "span"),
+    [
+        ("abc", "abc", "abc"),
+        ("  a\n\nb  c ", "a b", "a\n\nb"),
+        ("one two three", "wo thr", "wo thr"),
+        ("x\u00a0y z", "x y", "x\u00a0y"),
+        ("repeat, repeat", "repeat", "repeat"),
+    ],
+)
+def test_find_quote_returns_the_matching_span(text: str, quote: str, span: str) -> None:
+    assert find_quote(text, quote) == span
+
+
+@pytest.mark.parametrize("quote", ["", "   ", "abd", "a  b  c d"])
+def test_find_quote_misses(quote: str) -> None:
+    assert find_quote("abc a b c", quote) is None
