@@ -79,6 +79,8 @@ async def validation_error(_: Request, exc: Exception) -> JSONResponse:
 
 
 _HTTP_CODES = {
+    # FastAPI's answer to a body it cannot decode at all (e.g. JSON that is not UTF-8).
+    400: ("bad_request", "Bad request"),
     404: ("not_found", "Not found"),
     405: ("method_not_allowed", "Method not allowed"),
     413: ("payload_too_large", "Payload too large"),

@@ -15,7 +15,14 @@ from shared.audits.exceptions import (
     AuditNotFound,
     AuditNotRetryable,
 )
-from shared.audits.schemas import AuditCreate, AuditDetail, AuditPage, AuditRead, AuditStatus
+from shared.audits.schemas import (
+    AuditCreate,
+    AuditDetail,
+    AuditPage,
+    AuditRead,
+    AuditStatus,
+    NoNul,
+)
 from shared.audits.views import to_detail, to_read
 from shared.idempotency import IdempotencyKeyMismatch
 from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT, InvalidCursor
@@ -24,11 +31,17 @@ from shared.rubrics.exceptions import UnknownRubric
 router = APIRouter(prefix="/audits", tags=["audits"])
 
 
-def _assume_utc(moment: datetime) -> datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+def _as_utc(moment: datetime) -> datetime:
+    """A naive time is taken as UTC; an aware one near year 1 or 9999 may have no UTC twin."""
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError as exc:
+        raise ValueError("is outside the supported range once converted to UTC") from exc
 
 
-Timestamp = Annotated[datetime, AfterValidator(_assume_utc)]
+Timestamp = Annotated[datetime, AfterValidator(_as_utc)]
 
 
 def _location(response: Response, audit_id: UUID) -> None:
@@ -72,7 +85,7 @@ async def list_audits(
         list[AuditStatus] | None, Query(description="Repeat to match several.")
     ] = None,
     batch_id: UUID | None = None,
-    rubric: Annotated[str | None, Query(max_length=64)] = None,
+    rubric: Annotated[Annotated[str, NoNul] | None, Query(max_length=64)] = None,
     created_after: Timestamp | None = None,
     created_before: Timestamp | None = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,

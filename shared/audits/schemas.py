@@ -1,7 +1,8 @@
 """Request and response bodies of the audits API (DESIGN §4)."""
 
-import json
+import math
 from collections import Counter
+from collections.abc import Iterator
 from datetime import datetime
 from typing import Annotated, Any, Literal, Self
 from uuid import UUID
@@ -18,6 +19,9 @@ Verdict = Literal["pass", "partial", "fail", "not_applicable"]
 CRITERION_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 MAX_CRITERIA = 50
 MAX_METADATA_BYTES = 16 * 1024
+MAX_METADATA_DEPTH = 32
+# `rubric.version` is an `integer` column; a larger number is no version at all.
+MAX_RUBRIC_VERSION = 2**31 - 1
 
 NoNul = AfterValidator(reject_nul)
 
@@ -31,12 +35,39 @@ def _within_content_limit(value: str) -> str:
     return value
 
 
+def _keys_and_leaves(value: Any, *, depth: int = 1) -> Iterator[Any]:
+    """Every key and leaf of a JSON value, refusing nesting that would exhaust the stack.
+
+    The depth is checked before recursing, so a hostile document cannot reach
+    the recursion limits of the serializers that handle it later.
+    """
+    if isinstance(value, dict | list) and depth > MAX_METADATA_DEPTH:
+        raise ValueError(f"must be nested at most {MAX_METADATA_DEPTH} levels deep")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield key
+            yield from _keys_and_leaves(item, depth=depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _keys_and_leaves(item, depth=depth + 1)
+    else:
+        yield value
+
+
+def _storable_leaf(value: Any) -> None:
+    """`jsonb` holds neither NUL nor the NaN and Infinity that Python's JSON parser lets in."""
+    if isinstance(value, str):
+        reject_nul(value)
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("numbers must be finite (NaN and Infinity are not JSON)")
+
+
 def _small_json_object(value: dict[str, Any]) -> dict[str, Any]:
+    for leaf in _keys_and_leaves(value):
+        _storable_leaf(leaf)
     size = json_size(value)
     if size > MAX_METADATA_BYTES:
         raise ValueError(f"must be at most {MAX_METADATA_BYTES} bytes as JSON, got {size}")
-    if "\\u0000" in json.dumps(value):
-        raise ValueError("must not contain NUL (\\u0000) characters")
     return value
 
 
@@ -76,8 +107,8 @@ class AuditCreate(BaseModel):
     subject: Annotated[str, Field(min_length=1, max_length=200), NoNul]
     content: Content
     criteria: CriteriaList | None = None
-    rubric: Annotated[str, Field(min_length=1, max_length=64)] | None = None
-    rubric_version: Annotated[int, Field(ge=1)] | None = None
+    rubric: Annotated[str, Field(min_length=1, max_length=64), NoNul] | None = None
+    rubric_version: Annotated[int, Field(ge=1, le=MAX_RUBRIC_VERSION)] | None = None
     model: str | None = None
     metadata: Metadata = Field(default_factory=dict)
     pass_threshold: Annotated[float, Field(ge=0, le=100)] = 70.0

@@ -38,7 +38,7 @@ def create_client(settings: Settings) -> AsyncOpenAI:
         api_key=settings.openai_api_key or PLACEHOLDER_API_KEY,
         base_url=settings.openai_base_url,
         timeout=settings.openai_timeout_s,
-        max_retries=2,
+        max_retries=0,
     )
 
 

@@ -1,0 +1,150 @@
+"""Fixtures of the worker tests: settings pointing at the simulator, real arq workers, a real ctx.
+
+Jobs run through a real `arq.Worker` built from `worker_options` (what `arq
+worker.settings.WorkerSettings` runs), in burst mode, or by calling `run_audit` directly
+with the `ctx` that `worker.context.startup` builds.
+"""
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any, TypeVar, cast
+
+import pytest
+from arq import Worker
+from arq.connections import ArqRedis
+from httpx import AsyncClient
+
+from shared.config import Settings, get_settings
+from tests.factories import audit_request
+from tests.fixtures.simulator import SimulatorHandle
+from worker.context import JobContext, shutdown, startup
+from worker.settings import worker_options
+
+# Generous for a simulator that answers in milliseconds; a hang test sets a short one.
+MODEL_TIMEOUT_S = 5.0
+WORKER_DEADLINE_S = 30.0
+
+T = TypeVar("T")
+RunWorker = Callable[..., Awaitable[Worker]]
+
+
+@pytest.fixture
+def worker_settings(settings: Settings, sim: SimulatorHandle) -> Settings:
+    """The test's settings (its own queue), with the model served by the simulator."""
+    return settings.model_copy(
+        update={"openai_base_url": sim.base_url, "openai_timeout_s": MODEL_TIMEOUT_S}
+    )
+
+
+def build_worker(settings: Settings, **overrides: Any) -> Worker:
+    options = {
+        **worker_options(settings),
+        "burst": True,
+        "poll_delay": 0,
+        "handle_signals": False,
+        **overrides,
+    }
+    return Worker(**options)
+
+
+@pytest.fixture
+def run_worker(worker_settings: Settings) -> RunWorker:
+    """Run a burst worker until its queue is empty; `settings=` overrides the test's."""
+
+    async def run(settings: Settings | None = None, **overrides: Any) -> Worker:
+        worker = build_worker(settings or worker_settings, **overrides)
+        try:
+            await asyncio.wait_for(worker.main(), WORKER_DEADLINE_S)
+        finally:
+            await worker.close()
+        return worker
+
+    return run
+
+
+@pytest.fixture
+async def worker_ctx(
+    worker_settings: Settings, redis: ArqRedis, capsys: pytest.CaptureFixture[str]
+) -> AsyncIterator[JobContext]:
+    """The `ctx` a worker process builds, as arq would pass it to a job's first try.
+
+    It depends on `capsys` so that the JSON log lines of the jobs can be read back.
+    """
+    ctx: dict[str, Any] = {"settings": worker_settings, "redis": redis, "job_try": 1}
+    await startup(ctx)
+    yield cast(JobContext, ctx)
+    await shutdown(ctx)
+
+
+@pytest.fixture
+def retry_delays(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, float | None]]:
+    """Deferred retries come back at once; the (attempt, retry_after) asked for are kept."""
+    asked: list[tuple[int, float | None]] = []
+
+    def no_delay(attempt: int, *, retry_after: float | None = None) -> float:
+        asked.append((attempt, retry_after))
+        return 0.0
+
+    monkeypatch.setattr("worker.tasks.retry_delay", no_delay)
+    return asked
+
+
+@pytest.fixture
+def max_attempts(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[int], None]]:
+    """Set `MAX_ATTEMPTS` for audits submitted afterwards (the API reads it from the env)."""
+
+    def set_limit(limit: int) -> None:
+        monkeypatch.setenv("MAX_ATTEMPTS", str(limit))
+        get_settings.cache_clear()
+
+    yield set_limit
+    get_settings.cache_clear()
+
+
+async def submit(client: AsyncClient, **overrides: Any) -> dict[str, Any]:
+    response = await client.post("/audits", json=audit_request(**overrides))
+    assert response.status_code == 202, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def fetch(client: AsyncClient, audit_id: str) -> dict[str, Any]:
+    response = await client.get(f"/audits/{audit_id}")
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[T]],
+    until: Callable[[T], bool],
+    *,
+    timeout: float = 10.0,
+    interval: float = 0.02,
+) -> T:
+    """Poll `probe` until `until(value)` holds, and return that value; fail at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await probe()
+        if until(value):
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still not there after {timeout}s: {value!r}")
+        await asyncio.sleep(interval)
+
+
+async def model_called(sim: SimulatorHandle, times: int = 1, *, timeout: float = 10.0) -> None:
+    """Wait until the simulator has received `times` requests (a call is in flight or done)."""
+
+    async def requests() -> int:
+        return int(sim.stats()["requests"])
+
+    await eventually(requests, lambda n: n >= times, timeout=timeout)
+
+
+def log_events(capsys: pytest.CaptureFixture[str]) -> list[dict[str, Any]]:
+    """The JSON log lines written since the last call."""
+    lines = capsys.readouterr().out.splitlines()
+    return [json.loads(line) for line in lines if line.startswith("{")]
