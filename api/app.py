@@ -11,6 +11,7 @@ from starlette.exceptions import HTTPException
 
 from api import problems
 from api.middleware import BodyLimit, RequestContext
+from api.openapi import document_problems_as_sent
 from api.routes import audits, batches, health, rubrics
 from shared.config import Settings, get_settings
 from shared.db import create_engine, create_session_factory
@@ -66,6 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router, prefix=API_PREFIX)
     app.include_router(health.router, prefix=API_PREFIX)
     _add_error_handlers(app)
+    document_problems_as_sent(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(
         CORSMiddleware,

@@ -1,7 +1,10 @@
 """Error responses as the OpenAPI document shows them."""
 
 from collections import defaultdict
+from collections.abc import Iterator
 from typing import Any
+
+from fastapi import FastAPI
 
 from api.problems import MEDIA_TYPE, Problem
 from shared.errors import AppError
@@ -31,3 +34,29 @@ def _problem(status: int, codes: list[str]) -> dict[str, Any]:
         "description": "Problem detail; `code` is one of: " + ", ".join(f"`{c}`" for c in codes),
         "content": {MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}},
     }
+
+
+def document_problems_as_sent(app: FastAPI) -> None:
+    """List problem responses under `application/problem+json` only.
+
+    FastAPI also files a response `model` under the route's own media type,
+    `application/json`, which would tell client generators to expect problems
+    as something they are never sent as.
+    """
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        document = build()
+        for response in _responses(document):
+            content = response.get("content", {})
+            if MEDIA_TYPE in content:
+                content.pop("application/json", None)
+        return document
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _responses(document: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    for operations in document.get("paths", {}).values():
+        for operation in operations.values():
+            yield from operation.get("responses", {}).values()

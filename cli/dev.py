@@ -35,7 +35,7 @@ SIMULATOR_API_KEY = "sk-auditq-simulator"
 WORKER_SETTINGS = "worker.settings.WorkerSettings"
 
 _READY_TIMEOUT_S = 60.0
-_STOP_TIMEOUT_S = 10.0
+_STOP_TIMEOUT_S = 30.0  # the worker gives running audits 25 s to finish on SIGTERM
 _COLOURS = ("cyan", "magenta", "green", "blue", "yellow")
 
 console = Console(highlight=False)

@@ -19,7 +19,7 @@ import subprocess
 import time
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import NamedTuple, Protocol
 
@@ -279,9 +279,7 @@ def _process_running(pid: int | None, executable: Path) -> psutil.Process | None
         return None
     try:
         process = psutil.Process(pid)
-        if process.status() == psutil.STATUS_ZOMBIE:
-            return None
-        same = Path(process.exe()).resolve() == executable.resolve()
+        same = _alive(process) and Path(process.exe()).resolve() == executable.resolve()
     except psutil.Error:
         return None
     return process if same else None
@@ -291,11 +289,25 @@ def _terminate(process: psutil.Process | None, sig: signal.Signals) -> None:
     """Ask `process` to exit with `sig`; kill it if it has not after a while."""
     if process is None:
         return
-    try:
+    with suppress(psutil.NoSuchProcess):
         process.send_signal(sig)
-        process.wait(_STOP_TIMEOUT_S)
+        if not _exited(process, _STOP_TIMEOUT_S):
+            process.kill()
+            _exited(process, _STOP_TIMEOUT_S)
+
+
+def _exited(process: psutil.Process, timeout: float) -> bool:
+    # Not `process.wait()`: the server is not our child, and whoever reaps it may be slow.
+    deadline = time.monotonic() + timeout
+    while _alive(process):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def _alive(process: psutil.Process) -> bool:
+    try:
+        return bool(process.status() != psutil.STATUS_ZOMBIE)
     except psutil.NoSuchProcess:
-        return
-    except psutil.TimeoutExpired:
-        process.kill()
-        process.wait(_STOP_TIMEOUT_S)
+        return False

@@ -3,6 +3,7 @@
 import typer
 
 from cli import dev, simulator
+from cli.commands import audits, batches, rubrics
 
 app = typer.Typer(
     name="auditq",
@@ -14,6 +15,10 @@ app = typer.Typer(
 app.command("dev")(dev.command)
 app.command("migrate")(dev.migrate_command)
 app.command("simulator")(simulator.command)
+app.command("submit")(audits.submit)
+app.add_typer(batches.app, name="batch")
+app.add_typer(audits.app, name="audit")
+app.add_typer(rubrics.app, name="rubric")
 
 if __name__ == "__main__":
     app()

@@ -125,7 +125,7 @@ async def clean(engine: AsyncEngine, redis_url: str) -> None:
     names a fresh audit, so tests cannot see each other's jobs.
     """
     async with engine.begin() as connection:
-        await connection.exec_driver_sql("TRUNCATE audit CASCADE")
+        await connection.exec_driver_sql("TRUNCATE audit, batch, rubric CASCADE")
 
 
 @pytest.fixture

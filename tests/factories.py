@@ -11,6 +11,11 @@ def criterion(id_: str = "claims_substantiated", **overrides: Any) -> dict[str, 
     }
 
 
+def _overridden(body: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """`body` with `overrides` applied; an override of None drops the field."""
+    return {key: value for key, value in {**body, **overrides}.items() if value is not None}
+
+
 def audit_request(**overrides: Any) -> dict[str, Any]:
     """A valid `POST /audits` body; `overrides` replace (or, with None, drop) fields."""
     body: dict[str, Any] = {
@@ -19,5 +24,24 @@ def audit_request(**overrides: Any) -> dict[str, Any]:
         "criteria": [criterion(), criterion("no_vague_terms", weight=2)],
         "metadata": {"sku": "TB-01"},
     }
-    body.update(overrides)
-    return {key: value for key, value in body.items() if value is not None}
+    return _overridden(body, overrides)
+
+
+def batch_request(size: int = 3, **overrides: Any) -> dict[str, Any]:
+    """A valid `POST /batches` body of `size` audits, subjects `Page 0`, `Page 1`, …"""
+    body: dict[str, Any] = {
+        "name": "nightly catalogue",
+        "metadata": {"run": "2026-11-30"},
+        "audits": [audit_request(subject=f"Page {index}") for index in range(size)],
+    }
+    return _overridden(body, overrides)
+
+
+def rubric_request(name: str = "green_claims", **overrides: Any) -> dict[str, Any]:
+    """A valid `POST /rubrics` body; `overrides` replace (or, with None, drop) fields."""
+    body: dict[str, Any] = {
+        "name": name,
+        "description": "Environmental claims on product pages.",
+        "criteria": [criterion(), criterion("no_vague_terms", weight=2)],
+    }
+    return _overridden(body, overrides)

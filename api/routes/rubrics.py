@@ -6,6 +6,7 @@ from fastapi import APIRouter, Query, Response
 
 from api.deps import SessionDep
 from api.openapi import problems
+from shared.audits.schemas import MAX_RUBRIC_VERSION
 from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT, InvalidCursor
 from shared.rubrics import service as rubrics
 from shared.rubrics.exceptions import RubricNotFound
@@ -42,7 +43,9 @@ async def list_rubrics(
 async def get_rubric(
     name: RubricName,
     session: SessionDep,
-    version: Annotated[int | None, Query(ge=1, description="Default: the latest.")] = None,
+    version: Annotated[
+        int | None, Query(ge=1, le=MAX_RUBRIC_VERSION, description="Default: the latest.")
+    ] = None,
 ) -> RubricRead:
     """A rubric's latest version, or the one asked for."""
     rubric = await rubrics.get(session, name=name, version=version)

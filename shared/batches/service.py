@@ -203,7 +203,10 @@ async def list_page(
 
 
 async def cancel(session: AsyncSession, *, batch: Batch) -> BatchSummary:
-    """Cancel every audit of the batch that has not ended; running jobs are aborted."""
+    """Cancel every audit of the batch that has not ended; running jobs are aborted.
+
+    A batch whose audits had all ended is left as it was: it completed, nothing was cancelled.
+    """
     stmt = (
         sa.update(Audit)
         .where(col(Audit.batch_id) == batch.id, col(Audit.status).in_(UNFINISHED))
@@ -215,16 +218,24 @@ async def cancel(session: AsyncSession, *, batch: Batch) -> BatchSummary:
         )
         .returning(col(Audit.id))
     )
-    for audit_id in (await session.execute(stmt)).scalars():
+    cancelled = list((await session.execute(stmt)).scalars())
+    for audit_id in cancelled:
         defer_abort(session, audit_id)
-    stamped = (
+    if cancelled:
+        batch = await _stamp_cancelled(session, batch)
+    return await summarize(session, batch)
+
+
+async def _stamp_cancelled(session: AsyncSession, batch: Batch) -> Batch:
+    stmt = (
         sa.update(Batch)
         .where(col(Batch.id) == batch.id)
         .values(cancelled_at=sa.func.coalesce(col(Batch.cancelled_at), sa.func.now()))
         .returning(Batch)
         .execution_options(populate_existing=True)
     )
-    return await summarize(session, (await session.execute(stamped)).scalar_one())
+    stamped: Batch = (await session.execute(stmt)).scalar_one()
+    return stamped
 
 
 RESULT_COLUMNS = (

@@ -47,4 +47,6 @@ def result_line(row: Any) -> bytes:
         "error": error,
         "usage": usage,
     }
-    return json.dumps(line, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+    # ASCII-only: raw U+2028, U+0085… would split the line for readers that use
+    # `str.splitlines()` (requests' and httpx's `iter_lines` among them).
+    return json.dumps(line, separators=(",", ":")).encode() + b"\n"

@@ -1,7 +1,5 @@
 """Named, versioned criteria sets. Functions take the session first and never commit."""
 
-from typing import Any
-
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
@@ -50,13 +48,18 @@ async def list_latest(
     session: AsyncSession, *, limit: int, cursor: str | None
 ) -> tuple[list[Rubric], str | None]:
     """The latest version of each rubric, by name."""
-    stmt: sa.Select[Any] = (
-        sa.select(Rubric)
-        .distinct(col(Rubric.name))
-        .order_by(col(Rubric.name), col(Rubric.version).desc())
+    latest = (
+        sa.select(col(Rubric.name), sa.func.max(col(Rubric.version)))
+        .group_by(col(Rubric.name))
+        .order_by(col(Rubric.name))
         .limit(limit + 1)
     )
     if cursor is not None:
-        stmt = stmt.where(col(Rubric.name) > decode_name_cursor(cursor))
+        latest = latest.where(col(Rubric.name) > decode_name_cursor(cursor))
+    stmt = (
+        sa.select(Rubric)
+        .where(sa.tuple_(col(Rubric.name), col(Rubric.version)).in_(latest))
+        .order_by(col(Rubric.name))
+    )
     rows = list((await session.execute(stmt)).scalars())
     return split_page(rows, limit=limit, cursor_of=lambda r: encode_name_cursor(r.name))

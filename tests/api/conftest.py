@@ -1,19 +1,21 @@
-"""Fixtures of the API tests: apps with settings of their own, and what was stored."""
+"""Fixtures of the API tests: apps whose settings differ from the test's, and their traces."""
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from functools import partial
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
 from arq.connections import ArqRedis
 from asgi_lifespan import LifespanManager
 from httpx import ASGITransport, AsyncClient
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.config import Settings
+from tests.api.checks import assert_nothing_written
 
 ClientFactory = Callable[..., AbstractAsyncContextManager[AsyncClient]]
+NothingWritten = Callable[[], Awaitable[None]]
 
 
 @asynccontextmanager
@@ -29,7 +31,7 @@ async def _client_for(settings: Settings) -> AsyncIterator[AsyncClient]:
 
 @pytest.fixture
 def client_with(settings: Settings) -> ClientFactory:
-    """A client of an app whose settings differ from the test's in `overrides`."""
+    """`async with client_with(**overrides) as client`: an app with these settings changed."""
 
     def build(**overrides: Any) -> AbstractAsyncContextManager[AsyncClient]:
         return _client_for(settings.model_copy(update=overrides))
@@ -37,42 +39,7 @@ def client_with(settings: Settings) -> ClientFactory:
     return build
 
 
-class Stored:
-    """What the API left behind: audit rows in PostgreSQL, jobs in Redis."""
-
-    def __init__(self, engine: AsyncEngine, redis: ArqRedis, settings: Settings) -> None:
-        self.engine = engine
-        self.redis = redis
-        self.settings = settings
-
-    async def audit_count(self) -> int:
-        async with self.engine.connect() as connection:
-            count = await connection.scalar(sa.text("SELECT count(*) FROM audit"))
-        return int(count or 0)
-
-    async def audit_row(self, audit_id: str) -> dict[str, Any]:
-        async with self.engine.connect() as connection:
-            result = await connection.execute(
-                sa.text("SELECT * FROM audit WHERE id = :id"),
-                {"id": audit_id},
-            )
-            return dict(result.mappings().one())
-
-    async def queued_job_ids(self) -> list[str]:
-        """Jobs in this test's queue: Redis may be shared, the queue name is not."""
-        members = await self.redis.zrange(self.settings.queue_name, 0, -1)
-        return sorted(member.decode() for member in members)
-
-    async def assert_nothing(self) -> None:
-        """No audit row and no job: a refused request wrote nothing anywhere.
-
-        Every enqueue writes the job key and the queue entry in one MULTI, so an
-        empty queue means no job was sent.
-        """
-        assert await self.audit_count() == 0
-        assert await self.queued_job_ids() == []
-
-
 @pytest.fixture
-def stored(engine: AsyncEngine, redis: ArqRedis, settings: Settings) -> Stored:
-    return Stored(engine, redis, settings)
+def nothing_written(engine: AsyncEngine, redis: ArqRedis, settings: Settings) -> NothingWritten:
+    """`await nothing_written()`: no row in any table and no job in the test's queue."""
+    return partial(assert_nothing_written, engine, redis, settings)

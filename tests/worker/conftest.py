@@ -6,8 +6,9 @@ with the `ctx` that `worker.context.startup` builds.
 """
 
 import asyncio
-import json
+import logging
 import time
+import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, TypeVar, cast
 
@@ -49,6 +50,13 @@ def build_worker(settings: Settings, **overrides: Any) -> Worker:
     return Worker(**options)
 
 
+async def close_worker(worker: Worker) -> None:
+    # arq 0.28 closes its pool with redis-py's deprecated `close()`.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Call to deprecated close", DeprecationWarning)
+        await worker.close()
+
+
 @pytest.fixture
 def run_worker(worker_settings: Settings) -> RunWorker:
     """Run a burst worker until its queue is empty; `settings=` overrides the test's."""
@@ -58,20 +66,15 @@ def run_worker(worker_settings: Settings) -> RunWorker:
         try:
             await asyncio.wait_for(worker.main(), WORKER_DEADLINE_S)
         finally:
-            await worker.close()
+            await close_worker(worker)
         return worker
 
     return run
 
 
 @pytest.fixture
-async def worker_ctx(
-    worker_settings: Settings, redis: ArqRedis, capsys: pytest.CaptureFixture[str]
-) -> AsyncIterator[JobContext]:
-    """The `ctx` a worker process builds, as arq would pass it to a job's first try.
-
-    It depends on `capsys` so that the JSON log lines of the jobs can be read back.
-    """
+async def worker_ctx(worker_settings: Settings, redis: ArqRedis) -> AsyncIterator[JobContext]:
+    """The `ctx` a worker process builds, as arq would pass it to a job's first try."""
     ctx: dict[str, Any] = {"settings": worker_settings, "redis": redis, "job_try": 1}
     await startup(ctx)
     yield cast(JobContext, ctx)
@@ -121,7 +124,7 @@ async def eventually(
     probe: Callable[[], Awaitable[T]],
     until: Callable[[T], bool],
     *,
-    timeout: float = 10.0,
+    timeout: float = 10.0,  # noqa: ASYNC109 (a deadline for the whole polling, not one call)
     interval: float = 0.02,
 ) -> T:
     """Poll `probe` until `until(value)` holds, and return that value; fail at the deadline."""
@@ -135,16 +138,39 @@ async def eventually(
         await asyncio.sleep(interval)
 
 
-async def model_called(sim: SimulatorHandle, times: int = 1, *, timeout: float = 10.0) -> None:
+async def model_called(sim: SimulatorHandle, times: int = 1, *, within: float = 10.0) -> None:
     """Wait until the simulator has received `times` requests (a call is in flight or done)."""
 
     async def requests() -> int:
         return int(sim.stats()["requests"])
 
-    await eventually(requests, lambda n: n >= times, timeout=timeout)
+    await eventually(requests, lambda n: n >= times, timeout=within)
 
 
-def log_events(capsys: pytest.CaptureFixture[str]) -> list[dict[str, Any]]:
-    """The JSON log lines written since the last call."""
-    lines = capsys.readouterr().out.splitlines()
-    return [json.loads(line) for line in lines if line.startswith("{")]
+class LogEvents(logging.Handler):
+    """The structlog events logged through the root logger, as dicts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.events: list[dict[str, Any]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if isinstance(record.msg, dict):
+            self.events.append(record.msg)
+
+    def of(self, audit_id: str) -> list[str]:
+        """The names of the events logged about one audit, in order."""
+        return [e["event"] for e in self.events if e.get("audit_id") == audit_id]
+
+    def clear(self) -> None:
+        self.events.clear()
+
+
+@pytest.fixture
+def job_logs(worker_ctx: JobContext) -> Iterator[LogEvents]:
+    """The events of jobs run with `worker_ctx` (whose startup configured logging)."""
+    handler = LogEvents()
+    root = logging.getLogger()
+    root.addHandler(handler)
+    yield handler
+    root.removeHandler(handler)

@@ -29,10 +29,10 @@ from tests.factories import audit_request
 from tests.fixtures.simulator import RETRY_AFTER_S, SimulatorHandle
 from tests.rows import expire_lease, load_audit
 from tests.worker.conftest import (
+    LogEvents,
     RunWorker,
     eventually,
     fetch,
-    log_events,
     model_called,
     submit,
 )
@@ -273,10 +273,9 @@ async def test_the_same_job_run_twice_at_once_runs_the_audit_once(
     client: AsyncClient,
     sim: SimulatorHandle,
     worker_ctx: JobContext,
-    capsys: pytest.CaptureFixture[str],
+    job_logs: LogEvents,
 ) -> None:
     submitted = await submit(client)
-    log_events(capsys)
 
     await asyncio.gather(
         run_audit(worker_ctx, submitted["id"]), run_audit(worker_ctx, submitted["id"])
@@ -285,7 +284,7 @@ async def test_the_same_job_run_twice_at_once_runs_the_audit_once(
     audit = await fetch(client, submitted["id"])
     assert (audit["status"], audit["attempts"]) == ("succeeded", 1)
     assert sim.stats()["requests"] == 1
-    events = [e["event"] for e in log_events(capsys) if e.get("audit_id") == submitted["id"]]
+    events = job_logs.of(submitted["id"])
     assert events.count("audit_succeeded") == 1
     assert events.count("job_skipped") == 1
 
@@ -294,19 +293,19 @@ async def test_the_same_job_run_again_later_changes_nothing(
     client: AsyncClient,
     sim: SimulatorHandle,
     worker_ctx: JobContext,
-    capsys: pytest.CaptureFixture[str],
+    job_logs: LogEvents,
 ) -> None:
     submitted = await submit(client)
     await run_audit(worker_ctx, submitted["id"])
     first = await fetch(client, submitted["id"])
-    log_events(capsys)
+    job_logs.clear()
 
     await run_audit(worker_ctx, submitted["id"])
 
     assert await fetch(client, submitted["id"]) == first
     assert first["status"] == "succeeded"
     assert sim.stats()["requests"] == 1
-    assert [e["event"] for e in log_events(capsys)] == ["job_skipped"]
+    assert job_logs.of(submitted["id"]) == ["job_skipped"]
 
 
 class Gate:
@@ -344,7 +343,7 @@ async def test_a_zombies_late_finish_is_discarded(
     worker_ctx: JobContext,
     session_factory: SessionFactory,
     monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    job_logs: LogEvents,
 ) -> None:
     gate = Gate(monkeypatch)
     submitted = await submit(client)
@@ -354,16 +353,16 @@ async def test_a_zombies_late_finish_is_discarded(
     await run_audit(worker_ctx, submitted["id"])
     finished = await fetch(client, submitted["id"])
     assert (finished["status"], finished["attempts"]) == ("succeeded", 2)
-    log_events(capsys)
+    job_logs.clear()
 
     gate.open()
     await zombie
 
     assert await fetch(client, submitted["id"]) == finished
     assert sim.stats()["requests"] == 2  # the zombie did ask; its answer was thrown away
-    events = log_events(capsys)
-    assert [e["event"] for e in events] == ["finish_discarded"]
-    assert events[0]["attempt"] == 1
+    assert job_logs.of(submitted["id"]) == ["finish_discarded"]
+    discarded = [e for e in job_logs.events if e["event"] == "finish_discarded"]
+    assert [(e["attempt"], e["would_have_been"]) for e in discarded] == [(1, "audit_succeeded")]
 
 
 async def test_a_cancel_that_arrives_during_the_model_call_wins(
@@ -432,3 +431,47 @@ async def test_a_queued_audit_cancelled_before_its_job_starts_never_runs(
     audit = await fetch(client, submitted["id"])
     assert (audit["status"], audit["attempts"]) == ("cancelled", 0)
     assert sim.stats()["requests"] == 0
+
+
+# Retried by a client
+
+
+async def test_a_failed_audit_retried_by_the_client_gets_a_fresh_budget(
+    client: AsyncClient,
+    sim: SimulatorHandle,
+    run_worker: RunWorker,
+    retry_delays: list[tuple[int, float | None]],
+    max_attempts: Callable[[int], None],
+) -> None:
+    max_attempts(2)
+    sim.script(["500", "500", "500", "ok"])
+    submitted = await submit(client)
+    await run_worker()
+    failed = await fetch(client, submitted["id"])
+    assert (failed["status"], failed["attempts"]) == ("failed", 2)
+
+    response = await client.post(f"/audits/{submitted['id']}/retry")
+    assert response.status_code == 202, response.text
+    await run_worker()
+
+    audit = await fetch(client, submitted["id"])
+    assert (audit["status"], audit["attempts"]) == ("succeeded", 4)
+    assert audit["error"] is None
+    assert parse_time(audit["started_at"]) > parse_time(failed["finished_at"])
+
+
+async def test_a_cancelled_audit_retried_at_once_is_not_aborted_by_the_old_mark(
+    client: AsyncClient, sim: SimulatorHandle, run_worker: RunWorker
+) -> None:
+    # The cancel marks the job for abortion; the retry finds that same job still queued.
+    submitted = await submit(client)
+    cancel = await client.post(f"/audits/{submitted['id']}/cancel")
+    assert cancel.status_code == 200, cancel.text
+    retry = await client.post(f"/audits/{submitted['id']}/retry")
+    assert retry.status_code == 202, retry.text
+
+    await run_worker()
+
+    audit = await fetch(client, submitted["id"])
+    assert (audit["status"], audit["attempts"]) == ("succeeded", 1)
+    assert sim.stats()["requests"] == 1

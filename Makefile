@@ -1,0 +1,46 @@
+# auditq: every target works on a fresh clone with only python3 (>= 3.11) installed.
+# PostgreSQL and Redis are optional: without DATABASE_URL / REDIS_URL (TEST_DATABASE_URL /
+# TEST_REDIS_URL for the tests) embedded servers are started under .auditq/.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+# `uv` when it is on the PATH, else the copy `make install` puts in $(PYTHON)'s site-packages.
+UV = $(shell command -v uv 2>/dev/null || echo "$(PYTHON) -m uv")
+RUN = $(UV) run --no-sync
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install run test test-faults lint format migrate
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+install: ## Install uv if missing, then the locked dependencies (with the embedded servers)
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+		|| { echo "auditq needs $(PYTHON) >= 3.11" >&2; exit 1; }
+	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m uv --version >/dev/null 2>&1 \
+		|| PIP_BREAK_SYSTEM_PACKAGES=1 $(PYTHON) -m pip install --quiet uv \
+		|| PIP_BREAK_SYSTEM_PACKAGES=1 $(PYTHON) -m pip install --quiet --user uv
+	$(UV) sync --all-extras --frozen
+
+run: install ## The whole stack: embedded services, migrations, API, worker, simulator
+	$(RUN) auditq dev
+
+test: install ## The whole test suite
+	$(RUN) pytest $(PYTEST_ARGS)
+
+test-faults: install ## Fault-injection and multi-process tests (pytest -m slow)
+	@# pytest exits 5 when nothing is collected: no slow test yet is not a failure.
+	$(RUN) pytest -m slow $(PYTEST_ARGS) || [ $$? -eq 5 ]
+
+lint: install ## ruff (lint and format) and mypy, as CI runs them
+	$(RUN) ruff check .
+	$(RUN) ruff format --check .
+	$(RUN) mypy
+
+format: install ## Fix what ruff can fix, then format
+	$(RUN) ruff check --fix .
+	$(RUN) ruff format .
+
+migrate: install ## alembic upgrade head (on the embedded PostgreSQL when DATABASE_URL is unset)
+	$(RUN) auditq migrate

@@ -1,0 +1,46 @@
+"""`python -m bench [NAME ...] [--quick] [--results PATH]`: run benchmarks, write RESULTS.md."""
+
+import argparse
+import shlex
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from bench import batch, peer, polling, reads, submit, worker
+from bench.common import Run, find_servers, server_versions
+from bench.results import RESULTS, Section, write
+
+BENCHMARKS: dict[str, Callable[[Run], list[Section]]] = {
+    "submit": submit.run,
+    "batch": batch.run,
+    "worker": worker.run,
+    "peer": peer.run,
+    "reads": reads.run,
+    "polling": polling.run,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("names", nargs="*", choices=[*BENCHMARKS, []], metavar="NAME")
+    parser.add_argument("--quick", action="store_true", help="tiny inputs: checks it runs")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="file to write")
+    args = parser.parse_args(argv)
+    names = args.names or list(BENCHMARKS)
+    servers = find_servers()
+    run = Run(servers=servers, quick=args.quick)
+    command = "python -m bench " + shlex.join(sys.argv[1:] if argv is None else argv)
+    started = time.monotonic()
+    for name in names:
+        print(f"bench: {name}…", flush=True)
+        begun = time.monotonic()
+        sections = BENCHMARKS[name](run)
+        print(f"bench: {name} done in {time.monotonic() - begun:.0f} s", flush=True)
+        write(args.results, sections, command=command.strip(), environment=server_versions(run))
+    print(f"bench: all done in {time.monotonic() - started:.0f} s; see {args.results}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,162 @@
+"""A thin httpx wrapper for the auditq API: JSON in and out, problems raised as `ApiProblem`."""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+from cli.errors import CliError
+
+DEFAULT_API_URL = "http://127.0.0.1:8000"
+API_PREFIX = "/api/v1"
+TIMEOUT = httpx.Timeout(30.0, connect=5.0)
+
+
+@dataclass(frozen=True)
+class Issue:
+    """One entry of a problem's `errors`: where (`loc`) and what (`msg`)."""
+
+    loc: tuple[str | int, ...]
+    msg: str
+
+
+class ApiProblem(CliError):
+    """The API refused a request; shown as `code: detail`, from its problem details."""
+
+    def __init__(self, *, status: int, code: str, detail: str, errors: list[Issue]) -> None:
+        super().__init__(f"{code}: {detail}", details=[_describe(issue) for issue in errors])
+        self.status = status
+        self.code = code
+        self.detail = detail
+        self.errors = errors
+
+    @property
+    def transient(self) -> bool:
+        """Worth asking again later: the API is overloaded or its database is away."""
+        return self.status == 429 or self.status >= 500
+
+
+class ApiUnreachable(CliError):
+    """Nothing answers at the API's address."""
+
+    def __init__(self, api_url: str) -> None:
+        super().__init__(f"cannot reach the auditq API at {api_url} — is `make run` running?")
+
+
+@dataclass(frozen=True)
+class Reply:
+    body: dict[str, Any]
+    replayed: bool = False  # an earlier request with the same Idempotency-Key created it
+
+
+class ApiClient:
+    """The auditq API at `api_url` (its /api/v1 prefix is added here)."""
+
+    def __init__(self, api_url: str, *, transport: httpx.BaseTransport | None = None) -> None:
+        self.api_url = api_url.rstrip("/")
+        if not self.api_url.startswith(("http://", "https://")):
+            raise CliError(f"--api-url must be an http:// or https:// URL, got {api_url!r}")
+        self._http = httpx.Client(
+            base_url=self.api_url + API_PREFIX,
+            timeout=TIMEOUT,
+            transport=transport,
+            headers={"User-Agent": "auditq-cli"},
+        )
+
+    def __enter__(self) -> "ApiClient":
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def get(self, path: str, **params: Any) -> dict[str, Any]:
+        with self._transport_errors():
+            response = self._http.get(path, params=params or None)
+        return self._reply(response).body
+
+    def post(self, path: str, body: Any, *, idempotency_key: str | None = None) -> Reply:
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
+        with self._transport_errors():
+            response = self._http.post(path, json=body, headers=headers)
+        return self._reply(response)
+
+    @contextmanager
+    def stream(self, path: str) -> Iterator[Iterator[bytes]]:
+        """The response body of a GET, as it arrives, never held in memory as a whole."""
+        with self._transport_errors(), self._http.stream("GET", path) as response:
+            if response.is_error:
+                response.read()
+                raise problem_of(response)
+            yield response.iter_bytes()
+
+    @contextmanager
+    def _transport_errors(self) -> Iterator[None]:
+        try:
+            yield
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            raise ApiUnreachable(self.api_url) from exc
+        except httpx.TransportError as exc:
+            raise CliError(
+                f"the auditq API at {self.api_url} stopped answering: {type(exc).__name__} {exc}"
+            ) from exc
+
+    def _reply(self, response: httpx.Response) -> Reply:
+        if response.is_error:
+            raise problem_of(response)
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            raise CliError(
+                f"{self.api_url} answered {response.request.url.path} with something other than "
+                "a JSON object: is it the auditq API?"
+            )
+        replayed = response.headers.get("Idempotent-Replayed") == "true"
+        return Reply(body=body, replayed=replayed)
+
+
+def problem_of(response: httpx.Response) -> ApiProblem:
+    """The problem details of an error response, or what can be said without them."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("code"), str):
+        return ApiProblem(
+            status=response.status_code,
+            code=body["code"],
+            detail=str(body.get("detail", "")),
+            errors=_issues(body.get("errors")),
+        )
+    return ApiProblem(
+        status=response.status_code,
+        code=f"http_{response.status_code}",
+        detail=response.reason_phrase or "the API answered with an error",
+        errors=[],
+    )
+
+
+def _issues(errors: Any) -> list[Issue]:
+    if not isinstance(errors, list):
+        return []
+    return [
+        Issue(loc=tuple(error.get("loc") or ()), msg=str(error.get("msg", "")))
+        for error in errors
+        if isinstance(error, dict)
+    ]
+
+
+def _describe(issue: Issue) -> str:
+    return f"{'.'.join(str(part) for part in issue.loc)}: {issue.msg}"

@@ -1,0 +1,1 @@
+"""The client commands: they talk to the auditq API over HTTP."""

@@ -1,0 +1,136 @@
+"""`auditq submit FILE` and `auditq audit get ID`: one audit at a time."""
+
+from pathlib import Path
+from typing import Annotated, Any
+from uuid import UUID
+
+import typer
+
+from cli import output
+from cli.api_client import DEFAULT_API_URL, ApiClient
+from cli.commands.options import (
+    DEFAULT_POLL_INTERVAL,
+    ApiUrl,
+    JsonOutput,
+    PollInterval,
+    Wait,
+)
+from cli.errors import EXIT_OK, exit_code, reports_errors
+from cli.input_files import read_criteria, read_text
+from cli.progress import wait_for_audit
+
+app = typer.Typer(help="Read audits.", no_args_is_help=True)
+
+UNSUCCESSFUL = ("failed", "cancelled")
+
+ContentFile = Annotated[
+    Path, typer.Argument(exists=True, dir_okay=False, help="The content to audit (UTF-8 text).")
+]
+CriteriaFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--criteria", exists=True, dir_okay=False, help="A JSON list of {id, description, weight?}."
+    ),
+]
+RubricName = Annotated[str | None, typer.Option("--rubric", help="A published rubric's name.")]
+RubricVersion = Annotated[
+    int | None, typer.Option("--rubric-version", min=1, help="Default: the rubric's latest.")
+]
+Subject = Annotated[str | None, typer.Option(help="What the content is; default: FILE's name.")]
+Model = Annotated[str | None, typer.Option(help="A model of the API's ALLOWED_MODELS.")]
+
+
+@reports_errors
+def submit(
+    file: ContentFile,
+    criteria: CriteriaFile = None,
+    rubric: RubricName = None,
+    rubric_version: RubricVersion = None,
+    subject: Subject = None,
+    model: Model = None,
+    wait: Wait = False,
+    poll_interval: PollInterval = DEFAULT_POLL_INTERVAL,
+    api_url: ApiUrl = DEFAULT_API_URL,
+    json_output: JsonOutput = False,
+) -> None:
+    """Audit the text of FILE against --criteria or a published --rubric."""
+    _check_criteria_options(criteria, rubric, rubric_version)
+    _submit(
+        _request(file, criteria, rubric, rubric_version, subject=subject, model=model),
+        wait=wait,
+        poll_interval=poll_interval,
+        api_url=api_url,
+        json_output=json_output,
+    )
+
+
+def _check_criteria_options(
+    criteria: Path | None, rubric: str | None, rubric_version: int | None
+) -> None:
+    if (criteria is None) == (rubric is None):
+        raise typer.BadParameter(
+            "give exactly one of --criteria FILE or --rubric NAME",
+            param_hint="'--criteria' / '--rubric'",
+        )
+    if rubric_version is not None and rubric is None:
+        raise typer.BadParameter("needs --rubric", param_hint="'--rubric-version'")
+
+
+def _request(
+    file: Path,
+    criteria: Path | None,
+    rubric: str | None,
+    rubric_version: int | None,
+    *,
+    subject: str | None,
+    model: str | None,
+) -> dict[str, Any]:
+    """The POST /audits body; `None` options are left to the API's defaults."""
+    body: dict[str, Any] = {
+        "subject": subject or file.name,
+        "content": read_text(file),
+        "criteria": read_criteria(criteria) if criteria else None,
+        "rubric": rubric,
+        "rubric_version": rubric_version,
+        "model": model,
+    }
+    return {key: value for key, value in body.items() if value is not None}
+
+
+def _submit(
+    body: dict[str, Any], *, wait: bool, poll_interval: float, api_url: str, json_output: bool
+) -> None:
+    with ApiClient(api_url) as api:
+        audit = api.post("/audits", body).body
+        output.say(f"audit {audit['id']} {audit['status']}")
+        if wait:
+            audit = wait_for_audit(api, audit["id"], interval=poll_interval)
+        else:
+            output.say(f"follow it with: auditq audit get {audit['id']}", "dim")
+    _print(audit, json_output=json_output)
+    raise typer.Exit(_exit_code(audit) if wait else EXIT_OK)
+
+
+@app.command("get")
+@reports_errors
+def get(
+    audit_id: Annotated[UUID, typer.Argument(help="The audit's id.")],
+    api_url: ApiUrl = DEFAULT_API_URL,
+    json_output: JsonOutput = False,
+) -> None:
+    """Show one audit, with its result or error; exit 1 if it failed or was cancelled."""
+    with ApiClient(api_url) as api:
+        audit = api.get(f"/audits/{audit_id}")
+    _print(audit, json_output=json_output)
+    raise typer.Exit(_exit_code(audit))
+
+
+def _print(audit: dict[str, Any], *, json_output: bool) -> None:
+    if json_output:
+        output.print_json(audit)
+    else:
+        output.show(output.audit_view(audit))
+
+
+def _exit_code(audit: dict[str, Any]) -> int:
+    return exit_code(unsuccessful=int(audit["status"] in UNSUCCESSFUL))

@@ -1,0 +1,168 @@
+"""`auditq batch submit|status|results`: many audits at once, for people and schedulers."""
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, BinaryIO
+from uuid import UUID
+
+import typer
+
+from cli import output
+from cli.api_client import DEFAULT_API_URL, ApiClient, ApiProblem, Reply
+from cli.batch_file import Chunk, read_lines, split
+from cli.commands.options import (
+    DEFAULT_POLL_INTERVAL,
+    ApiUrl,
+    JsonOutput,
+    PollInterval,
+    Wait,
+)
+from cli.errors import EXIT_OK, CliError, exit_code, reports_errors
+from cli.progress import copy_lines, wait_for_batches
+
+app = typer.Typer(help="Submit batches of audits and collect their results.", no_args_is_help=True)
+
+BatchId = Annotated[UUID, typer.Argument(help="The batch's id.")]
+AuditsFile = Annotated[
+    Path,
+    typer.Argument(
+        exists=True,
+        dir_okay=False,
+        help="JSON lines, each a POST /audits body; blank lines are skipped.",
+    ),
+]
+Rubric = Annotated[
+    str | None,
+    typer.Option(help="The rubric of the lines that give neither `criteria` nor `rubric`."),
+]
+Name = Annotated[
+    str | None,
+    typer.Option(help="The batches' name; a new name also submits the same file again."),
+]
+OutputFile = Annotated[
+    Path | None,
+    typer.Option("--output", "-o", dir_okay=False, help="Write to this file, not stdout."),
+]
+
+
+@app.command("submit")
+@reports_errors
+def submit(
+    file: AuditsFile,
+    rubric: Rubric = None,
+    name: Name = None,
+    wait: Wait = False,
+    poll_interval: PollInterval = DEFAULT_POLL_INTERVAL,
+    api_url: ApiUrl = DEFAULT_API_URL,
+    json_output: JsonOutput = False,
+) -> None:
+    """Submit one audit per line of FILE, in batches of up to 1,000.
+
+    Every line is checked first: a malformed one submits nothing. Running the
+    command again on the same file submits nothing twice.
+    """
+    chunks = split(read_lines(file, rubric=rubric), name=name)
+    with ApiClient(api_url) as api:
+        batches = _submit_chunks(api, chunks)
+        if wait:
+            batches = wait_for_batches(
+                api, [batch["id"] for batch in batches], interval=poll_interval
+            )
+    _print_batches(batches, json_output=json_output, title="Finished" if wait else "Submitted")
+    if not wait:
+        ids = " ".join(batch["id"] for batch in batches)
+        output.say(f"follow them with: auditq batch status {ids}", "dim")
+    raise typer.Exit(_exit_code(batches) if wait else EXIT_OK)
+
+
+def _submit_chunks(api: ApiClient, chunks: list[Chunk]) -> list[dict[str, Any]]:
+    accepted: list[dict[str, Any]] = []
+    for chunk in chunks:
+        where = chunk.label(count=len(chunks))
+        try:
+            reply = api.post("/batches", chunk.body(), idempotency_key=chunk.idempotency_key())
+        except CliError as error:
+            raise _not_submitted(error, where=where, chunk=chunk, accepted=accepted) from None
+        output.say(f"{where}: {len(chunk.lines)} audits {_outcome(reply)}")
+        accepted.append(reply.body)
+    return accepted
+
+
+def _outcome(reply: Reply) -> str:
+    if reply.replayed:
+        return f"already submitted as {reply.body['id']} (nothing new sent)"
+    return f"accepted as {reply.body['id']}"
+
+
+def _not_submitted(
+    error: CliError, *, where: str, chunk: Chunk, accepted: list[dict[str, Any]]
+) -> CliError:
+    """The error, naming the file's lines and what the batches before it already sent."""
+    details = chunk.issues_in_file(error) if isinstance(error, ApiProblem) else error.details
+    if accepted:
+        ids = ", ".join(batch["id"] for batch in accepted)
+        details = [
+            *details,
+            f"the batches before it were accepted ({ids}); "
+            "running the command again does not submit them twice",
+        ]
+    return CliError(f"{where} was not submitted: {error.message}", details=details)
+
+
+@app.command("status")
+@reports_errors
+def status(
+    batch_id: BatchId, api_url: ApiUrl = DEFAULT_API_URL, json_output: JsonOutput = False
+) -> None:
+    """Show a batch, its audits counted by status; exit 1 if any failed or was cancelled."""
+    with ApiClient(api_url) as api:
+        batch = api.get(f"/batches/{batch_id}")
+    _print_batches([batch], json_output=json_output, title="Batch")
+    raise typer.Exit(_exit_code([batch]))
+
+
+@app.command("results")
+@reports_errors
+def results(
+    batch_id: BatchId,
+    out: OutputFile = None,
+    api_url: ApiUrl = DEFAULT_API_URL,
+    json_output: Annotated[bool, typer.Option("--json", help="Results are always NDJSON.")] = False,
+) -> None:
+    """Stream the batch's results, one JSON object per audit and line (NDJSON)."""
+    with ApiClient(api_url) as api:
+        total = api.get(f"/batches/{batch_id}")["counts"]["total"]
+        with api.stream(f"/batches/{batch_id}/results") as chunks, _sink(out) as sink:
+            # A progress bar would garble NDJSON shown on the same terminal.
+            show_progress = out is not None or not sys.stdout.isatty()
+            lines = copy_lines(chunks, sink, total=total, show_progress=show_progress)
+    output.say(f"{lines} audit result(s) written to {out or 'stdout'}")
+
+
+@contextmanager
+def _sink(path: Path | None) -> Iterator[BinaryIO]:
+    """stdout, or `path`, which appears only once complete (a half download is no result)."""
+    if path is None:
+        yield sys.stdout.buffer
+        return
+    partial = path.with_name(path.name + ".part")
+    try:
+        with partial.open("wb") as file:
+            yield file
+        partial.replace(path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def _print_batches(batches: list[dict[str, Any]], *, json_output: bool, title: str) -> None:
+    if json_output:
+        output.print_json({"batches": batches})
+    else:
+        output.show(output.batches_table(batches, title=title))
+
+
+def _exit_code(batches: list[dict[str, Any]]) -> int:
+    totals = output.total_counts(batches)
+    return exit_code(unsuccessful=totals["failed"] + totals["cancelled"])

@@ -1,0 +1,26 @@
+"""Options every client command shares."""
+
+from typing import Annotated
+
+import typer
+
+ApiUrl = Annotated[
+    str,
+    typer.Option(
+        "--api-url",
+        envvar="AUDITQ_API_URL",
+        help="Where the auditq API runs (the /api/v1 prefix is added).",
+    ),
+]
+JsonOutput = Annotated[
+    bool, typer.Option("--json", help="Print JSON (one document) instead of tables.")
+]
+Wait = Annotated[
+    bool,
+    typer.Option("--wait", help="Poll until every audit has ended; exit 1 if any failed."),
+]
+PollInterval = Annotated[
+    float, typer.Option("--poll-interval", min=0.01, help="Seconds between polls with --wait.")
+]
+
+DEFAULT_POLL_INTERVAL = 1.0

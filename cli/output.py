@@ -1,0 +1,168 @@
+"""How the client commands show things: rich tables for people, JSON for programs.
+
+Data goes to stdout; progress, status and error messages go to stderr, so that
+`auditq … --json | jq` and `auditq batch results ID > out.jsonl` stay clean.
+"""
+
+import json
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from rich.console import Console, Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+stdout = Console(highlight=False)
+stderr = Console(stderr=True, highlight=False)
+
+STATUS_STYLES = {
+    "queued": "cyan",
+    "running": "blue",
+    "succeeded": "green",
+    "failed": "red",
+    "cancelled": "yellow",
+    "completed": "green",
+}
+VERDICT_STYLES = {"pass": "green", "partial": "yellow", "fail": "red", "not_applicable": "dim"}
+COUNTED = ("queued", "running", "succeeded", "failed", "cancelled")
+
+
+def say(message: str, style: str = "") -> None:
+    """A status message, on stderr."""
+    stderr.print(Text(message, style=style), soft_wrap=True)
+
+
+def error(message: str, details: Sequence[str] = ()) -> None:
+    stderr.print(Text("error: ", style="bold red") + Text(message), soft_wrap=True)
+    for detail in details:
+        stderr.print(Text(f"  {detail}"), soft_wrap=True)
+
+
+def print_json(value: Any) -> None:
+    """One JSON document on stdout, whatever the terminal."""
+    sys.stdout.write(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+
+
+def show(renderable: RenderableType) -> None:
+    stdout.print(renderable)
+
+
+def styled(value: str, styles: Mapping[str, str]) -> Text:
+    return Text(value, style=styles.get(value, ""))
+
+
+def score_text(score: float | None) -> str:
+    return "—" if score is None else f"{score:.1f}"
+
+
+def audit_view(audit: Mapping[str, Any]) -> RenderableType:
+    """An audit: what it judged, its status and, once done, its result or error."""
+    facts = Table.grid(padding=(0, 2))
+    facts.add_column(style="bold")
+    facts.add_column()
+    facts.add_row("audit", Text(audit["id"]))
+    facts.add_row("status", _status_line(audit))
+    facts.add_row("subject", Text(audit["subject"]))
+    facts.add_row("criteria", Text(_criteria_source(audit)))
+    facts.add_row("model", Text(audit["model"]))
+    if audit.get("batch_id"):
+        facts.add_row("batch", Text(audit["batch_id"]))
+    result, failure = audit.get("result"), audit.get("error")
+    if failure:
+        facts.add_row("error", Text(f"{failure['code']}: {failure['message']}", style="red"))
+    if not result:
+        return facts
+    facts.add_row("score", _verdict_line(result))
+    facts.add_row("summary", Text(result["summary"]))
+    return Group(facts, findings_table(result["findings"]))
+
+
+def _status_line(audit: Mapping[str, Any]) -> Text:
+    line = styled(audit["status"], STATUS_STYLES)
+    line.append(f"  (attempts {audit['attempts']})", style="dim")
+    return line
+
+
+def _criteria_source(audit: Mapping[str, Any]) -> str:
+    count = len(audit["criteria"])
+    if audit.get("rubric"):
+        return f"rubric {audit['rubric']} v{audit['rubric_version']} ({count} criteria)"
+    return f"{count} inline criteria"
+
+
+def _verdict_line(result: Mapping[str, Any]) -> Text:
+    line = Text(f"{score_text(result['score'])}  ")
+    verdict = result["verdict"]
+    line.append(verdict.upper(), style=f"bold {VERDICT_STYLES[verdict]}")
+    line.append(f"  (pass threshold {result['pass_threshold']:g})", style="dim")
+    return line
+
+
+def findings_table(findings: Iterable[Mapping[str, Any]]) -> Table:
+    table = Table(title="Findings", title_justify="left", expand=True)
+    table.add_column("criterion", no_wrap=True)
+    table.add_column("verdict", no_wrap=True)
+    table.add_column("score", justify="right", no_wrap=True)
+    table.add_column("rationale and evidence", ratio=1)
+    for finding in findings:
+        explanation = Text(finding["rationale"])
+        for quote in finding["evidence"]:
+            explanation.append(f"\n“{quote}”", style="dim italic")
+        table.add_row(
+            finding["criterion_id"],
+            styled(finding["verdict"], VERDICT_STYLES),
+            score_text(finding["score"]),
+            explanation,
+        )
+    return table
+
+
+def batches_table(batches: Sequence[Mapping[str, Any]], *, title: str) -> Table:
+    """Batches with their audits counted by status, and a total row when there are several."""
+    named = any(batch["name"] for batch in batches)
+    table = Table(title=title, title_justify="left")
+    table.add_column("batch", no_wrap=True, min_width=36)
+    if named:
+        table.add_column("name")
+    table.add_column("status", no_wrap=True)
+    table.add_column("audits")
+    for batch in batches:
+        name = [batch["name"] or ""] if named else []
+        state = styled(batch["status"], STATUS_STYLES)
+        table.add_row(batch["id"], *name, state, counts_text(batch["counts"]))
+    if len(batches) > 1:
+        table.add_section()
+        table.add_row("all", *([""] if named else []), "", counts_text(total_counts(batches)))
+    return table
+
+
+def counts_text(counts: Mapping[str, int]) -> Text:
+    """`997/1000 done · 995 succeeded · 2 failed`: the statuses that have audits."""
+    done = counts["succeeded"] + counts["failed"] + counts["cancelled"]
+    text = Text(f"{done}/{counts['total']} done")
+    for status in COUNTED:
+        if counts[status]:
+            text.append(" · ")
+            text.append(f"{counts[status]} {status}", style=STATUS_STYLES[status])
+    return text
+
+
+def total_counts(batches: Iterable[Mapping[str, Any]]) -> dict[str, int]:
+    totals = dict.fromkeys((*COUNTED, "total"), 0)
+    for batch in batches:
+        for status in totals:
+            totals[status] += batch["counts"][status]
+    return totals
+
+
+def rubric_view(rubric: Mapping[str, Any]) -> RenderableType:
+    heading = Text(f"{rubric['name']} version {rubric['version']}", style="bold")
+    table = Table(title=rubric["description"] or None, title_justify="left", expand=True)
+    table.add_column("criterion", no_wrap=True)
+    table.add_column("weight", justify="right", no_wrap=True)
+    table.add_column("description", ratio=1)
+    for criterion in rubric["criteria"]:
+        table.add_row(criterion["id"], f"{criterion['weight']:g}", criterion["description"])
+    return Group(heading, table)

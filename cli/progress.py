@@ -1,0 +1,163 @@
+"""Waiting for audits and batches to end, and downloading results, with progress on stderr."""
+
+import functools
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any, BinaryIO, TypeVar
+
+import typer
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    SpinnerColumn,
+    Task,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
+
+from cli import output
+from cli.api_client import ApiClient, ApiProblem, ApiUnreachable
+
+T = TypeVar("T")
+
+TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+# How long a wait rides out an API that restarts or whose database blinks.
+PATIENCE_S = 60.0
+EXIT_INTERRUPTED = 130
+
+
+class Patience:
+    """Polls that survive a restarting API (connection refused, 429, 5xx) for a while."""
+
+    def __init__(self, seconds: float = PATIENCE_S) -> None:
+        self.seconds = seconds
+        self._failing_since: float | None = None
+
+    def poll(self, fetch: Callable[[], T]) -> T | None:
+        """`fetch()`, or None after a transient failure; the failure itself once patience ends."""
+        try:
+            value = fetch()
+        except (ApiUnreachable, ApiProblem) as exc:
+            if isinstance(exc, ApiProblem) and not exc.transient:
+                raise
+            now = time.monotonic()
+            if self._failing_since is None:
+                self._failing_since = now
+                output.say(f"{exc.message} (retrying for {self.seconds:.0f}s)", "yellow")
+            if now - self._failing_since > self.seconds:
+                raise
+            return None
+        self._failing_since = None
+        return value
+
+
+@contextmanager
+def _interruptible(follow_with: str) -> Iterator[None]:
+    """Ctrl-C stops the waiting, not the audits: say how to follow them, exit 130."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        output.say(f"stopped waiting; the audits carry on: `{follow_with}`", "yellow")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+
+
+def wait_for_audit(api: ApiClient, audit_id: str, *, interval: float) -> dict[str, Any]:
+    """Poll the audit until it ends, with a spinner; return it as it ended."""
+    patience = Patience()
+    fetch = functools.partial(api.get, f"/audits/{audit_id}")
+    with _interruptible(f"auditq audit get {audit_id}"), output.stderr.status("queued") as spinner:
+        while True:
+            audit = patience.poll(fetch)
+            if audit is not None:
+                if audit["status"] in TERMINAL:
+                    return audit
+                spinner.update(f"{audit['status']} (attempts {audit['attempts']})")
+            time.sleep(interval)
+
+
+class RateColumn(ProgressColumn):
+    """Audits finished per second."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text("-/s" if speed is None else f"{speed:.1f}/s", style="progress.data.speed")
+
+
+def _batch_progress() -> Progress:
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        RateColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        console=output.stderr,
+    )
+
+
+def wait_for_batches(
+    api: ApiClient, batch_ids: list[str], *, interval: float
+) -> list[dict[str, Any]]:
+    """Poll the batches until none is running, with one progress bar over all their audits."""
+    latest: dict[str, dict[str, Any]] = {}
+    patience = Patience()
+    follow_with = "auditq batch status " + " ".join(batch_ids)
+    with _interruptible(follow_with), _batch_progress() as progress:
+        task = progress.add_task("waiting", total=None)
+        while True:
+            for batch_id in batch_ids:
+                if latest.get(batch_id, {}).get("status", "running") == "running":
+                    batch = patience.poll(functools.partial(api.get, f"/batches/{batch_id}"))
+                    latest[batch_id] = batch or latest.get(batch_id, {})
+            batches = [latest[batch_id] for batch_id in batch_ids]
+            if all(batches):
+                _show(progress, task, output.total_counts(batches))
+                if all(batch["status"] != "running" for batch in batches):
+                    return batches
+            time.sleep(interval)
+
+
+def _show(progress: Progress, task: TaskID, totals: Mapping[str, int]) -> None:
+    done = totals["succeeded"] + totals["failed"] + totals["cancelled"]
+    progress.update(task, total=totals["total"], completed=done, description=_describe(totals))
+
+
+def _describe(totals: Mapping[str, int]) -> str:
+    parts = [
+        f"[{output.STATUS_STYLES[status]}]{totals[status]} {status}[/]"
+        for status in output.COUNTED
+        if totals[status] or status in ("succeeded", "failed")
+    ]
+    return " · ".join(parts)
+
+
+def copy_lines(
+    chunks: Iterator[bytes], sink: BinaryIO, *, total: int | None, show_progress: bool = True
+) -> int:
+    """Write the NDJSON `chunks` as they come; return the number of lines written."""
+    lines = 0
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("results"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        console=output.stderr,
+        transient=True,
+        disable=not show_progress,
+    ) as progress:
+        task = progress.add_task("results", total=total)
+        for chunk in chunks:
+            sink.write(chunk)
+            count = chunk.count(b"\n")
+            lines += count
+            progress.advance(task, count)
+    sink.flush()
+    return lines

@@ -1,0 +1,313 @@
+"""The audits service: create, read, list, cancel and retry, against real PostgreSQL and Redis."""
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from uuid import UUID, uuid4
+
+import pytest
+import sqlalchemy as sa
+from arq.connections import ArqRedis
+from arq.constants import abort_jobs_ss, job_key_prefix
+
+from shared.audits import service as audits
+from shared.audits.exceptions import AuditNotCancellable, AuditNotFound, AuditNotRetryable
+from shared.audits.schemas import AuditCreate, AuditStatus
+from shared.config import Settings, get_settings
+from shared.db import SessionFactory
+from shared.queue import audit_job_id, discard_pending, send_pending, transaction
+from tests.factories import audit_request
+from tests.rows import insert_audit, load_audit
+
+pytestmark = pytest.mark.usefixtures("clean")
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def request(**overrides: Any) -> AuditCreate:
+    return AuditCreate.model_validate(audit_request(**overrides))
+
+
+async def queued(redis: ArqRedis, settings: Settings) -> set[str]:
+    return {member.decode() for member in await redis.zrange(settings.queue_name, 0, -1)}
+
+
+async def has_job(redis: ArqRedis, audit_id: UUID) -> bool:
+    return bool(await redis.exists(job_key_prefix + audit_job_id(audit_id)))
+
+
+# create
+
+
+async def test_create_records_a_queued_audit_and_sends_its_job_after_commit(
+    session_factory: SessionFactory, redis: ArqRedis, settings: Settings
+) -> None:
+    async with transaction(session_factory, redis) as session:
+        created = await audits.create(session, data=request(), request_id="req-1")
+        audit = created.resource
+        # Deferred, not sent: a worker must never get the id of an uncommitted row.
+        assert await queued(redis, settings) == set()
+
+    assert not created.replayed
+    assert await queued(redis, settings) == {audit_job_id(audit.id)}
+    stored = await load_audit(session_factory, audit.id)
+    assert (stored.status, stored.attempts, stored.attempt_limit) == ("queued", 0, 5)
+    assert stored.request_id == "req-1"
+    assert stored.model == "gpt-4o-mini"
+    assert [c["id"] for c in stored.criteria] == ["claims_substantiated", "no_vague_terms"]
+    assert stored.metadata_ == {"sku": "TB-01"}
+
+
+async def test_create_rolled_back_sends_nothing(
+    session_factory: SessionFactory, redis: ArqRedis, settings: Settings
+) -> None:
+    async with session_factory() as session:
+        audit_id = (await audits.create(session, data=request())).resource.id
+        await session.rollback()
+        discard_pending(session)  # what the request dependency does on error
+        await send_pending(session, redis)
+
+    assert await queued(redis, settings) == set()
+    assert not await has_job(redis, audit_id)
+    async with session_factory() as session:
+        assert await audits.get(session, audit_id=audit_id) is None
+
+
+async def test_create_budgets_max_attempts(
+    session_factory: SessionFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MAX_ATTEMPTS", "3")
+    get_settings.cache_clear()
+    try:
+        async with session_factory() as session:
+            audit = (await audits.create(session, data=request())).resource
+            await session.commit()
+    finally:
+        monkeypatch.delenv("MAX_ATTEMPTS")
+        get_settings.cache_clear()
+
+    assert (await load_audit(session_factory, audit.id)).attempt_limit == 3
+
+
+# get
+
+
+async def test_get_or_raise(session_factory: SessionFactory) -> None:
+    audit_id = await insert_audit(session_factory)
+    unknown = uuid4()
+
+    async with session_factory() as session:
+        assert (await audits.get_or_raise(session, audit_id=audit_id)).id == audit_id
+        assert await audits.get(session, audit_id=unknown) is None
+        with pytest.raises(AuditNotFound, match=str(unknown)):
+            await audits.get_or_raise(session, audit_id=unknown)
+
+
+# cancel
+
+
+@pytest.mark.parametrize("status", ["queued", "running"])
+async def test_cancel_an_unfinished_audit_and_abort_its_job_after_commit(
+    session_factory: SessionFactory, redis: ArqRedis, status: str
+) -> None:
+    audit_id = await insert_audit(session_factory, status=status, lease_until=T0)
+
+    async with transaction(session_factory, redis) as session:
+        audit = await audits.cancel(session, audit_id=audit_id)
+        assert await redis.zscore(abort_jobs_ss, audit_job_id(audit_id)) is None
+
+    assert await redis.zscore(abort_jobs_ss, audit_job_id(audit_id)) is not None
+    stored = await load_audit(session_factory, audit_id)
+    assert (audit.status, stored.status) == ("cancelled", "cancelled")
+    assert stored.finished_at is not None
+    assert stored.lease_until is None
+
+
+@pytest.mark.parametrize("status", ["succeeded", "failed", "cancelled"])
+async def test_cancel_a_finished_audit_changes_nothing(
+    session_factory: SessionFactory, status: str
+) -> None:
+    audit_id = await insert_audit(session_factory, status=status, finished_at=T0)
+
+    async with session_factory() as session:
+        with pytest.raises(AuditNotCancellable, match=f"already {status}") as raised:
+            await audits.cancel(session, audit_id=audit_id)
+
+    assert raised.value.extra == {"audit_status": status}
+    stored = await load_audit(session_factory, audit_id)
+    assert (stored.status, stored.finished_at) == (status, T0)
+
+
+async def test_cancel_an_unknown_audit(session_factory: SessionFactory) -> None:
+    async with session_factory() as session:
+        with pytest.raises(AuditNotFound):
+            await audits.cancel(session, audit_id=uuid4())
+
+
+# retry
+
+
+FAILED_AFTER_FIVE = {
+    "status": "failed",
+    "attempts": 5,
+    "attempt_limit": 5,
+    "error_code": "rate_limited",
+    "error_message": "429",
+    "result": None,
+    "started_at": T0,
+    "finished_at": T0 + timedelta(seconds=9),
+}
+
+
+@pytest.mark.parametrize("status", ["failed", "cancelled"])
+async def test_retry_requeues_with_a_fresh_budget_and_keeps_attempts(
+    session_factory: SessionFactory, redis: ArqRedis, settings: Settings, status: str
+) -> None:
+    audit_id = await insert_audit(session_factory, **{**FAILED_AFTER_FIVE, "status": status})
+
+    async with transaction(session_factory, redis) as session:
+        audit = await audits.retry(session, audit_id=audit_id)
+        assert await queued(redis, settings) == set()
+
+    assert await queued(redis, settings) == {audit_job_id(audit_id)}
+    stored = await load_audit(session_factory, audit_id)
+    assert audit.status == stored.status == "queued"
+    # `attempts` fences late writes of earlier runs, so it keeps counting; the budget moves.
+    assert (stored.attempts, stored.attempt_limit) == (5, 5 + settings.max_attempts)
+    assert (stored.error_code, stored.error_message, stored.result) == (None, None, None)
+    assert (stored.started_at, stored.finished_at, stored.lease_until) == (None, None, None)
+
+
+async def test_retry_moves_the_budget_by_max_attempts(
+    session_factory: SessionFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    audit_id = await insert_audit(session_factory, **{**FAILED_AFTER_FIVE, "attempts": 7})
+    monkeypatch.setenv("MAX_ATTEMPTS", "2")
+    get_settings.cache_clear()
+    try:
+        async with session_factory() as session:
+            await audits.retry(session, audit_id=audit_id)
+            await session.commit()
+    finally:
+        monkeypatch.delenv("MAX_ATTEMPTS")
+        get_settings.cache_clear()
+
+    stored = await load_audit(session_factory, audit_id)
+    assert (stored.attempts, stored.attempt_limit) == (7, 9)
+
+
+@pytest.mark.parametrize("status", ["queued", "running", "succeeded"])
+async def test_retry_of_an_audit_that_did_not_fail_changes_nothing(
+    session_factory: SessionFactory, redis: ArqRedis, settings: Settings, status: str
+) -> None:
+    audit_id = await insert_audit(session_factory, status=status, attempts=1)
+
+    async with transaction(session_factory, redis) as session:
+        with pytest.raises(AuditNotRetryable, match=f"is {status}") as raised:
+            await audits.retry(session, audit_id=audit_id)
+
+    assert raised.value.extra == {"audit_status": status}
+    assert await queued(redis, settings) == set()
+    stored = await load_audit(session_factory, audit_id)
+    assert (stored.status, stored.attempts, stored.attempt_limit) == (status, 1, 5)
+
+
+async def test_retry_twice_is_refused_the_second_time(session_factory: SessionFactory) -> None:
+    audit_id = await insert_audit(session_factory, **FAILED_AFTER_FIVE)
+
+    async with session_factory() as session:
+        await audits.retry(session, audit_id=audit_id)
+        with pytest.raises(AuditNotRetryable, match="is queued"):
+            await audits.retry(session, audit_id=audit_id)
+
+
+async def test_retry_an_unknown_audit(session_factory: SessionFactory) -> None:
+    async with session_factory() as session:
+        with pytest.raises(AuditNotFound):
+            await audits.retry(session, audit_id=uuid4())
+
+
+# list_page
+
+
+BATCH = uuid4()
+
+
+@pytest.fixture
+async def listed(session_factory: SessionFactory) -> list[UUID]:
+    """Six audits, newest last, spread over statuses, a batch, a rubric and time."""
+    async with session_factory() as session:
+        await session.execute(
+            sa.text("INSERT INTO batch (id, metadata) VALUES (:id, '{}')"), {"id": BATCH}
+        )
+        await session.commit()
+    shapes: list[tuple[AuditStatus, UUID | None, str | None]] = [
+        ("queued", None, None),
+        ("failed", BATCH, "green_claims"),
+        ("succeeded", BATCH, None),
+        ("cancelled", None, "green_claims"),
+        ("failed", None, None),
+        ("running", BATCH, "green_claims"),
+    ]
+    return [
+        await insert_audit(
+            session_factory,
+            status=status,
+            batch_id=batch_id,
+            rubric_name=rubric,
+            rubric_version=1 if rubric else None,
+            created_at=T0 + timedelta(minutes=index),
+        )
+        for index, (status, batch_id, rubric) in enumerate(shapes)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("filters", "expected"),
+    [
+        (audits.AuditFilters(), [5, 4, 3, 2, 1, 0]),
+        (audits.AuditFilters(status=["failed"]), [4, 1]),
+        (audits.AuditFilters(status=["failed", "queued", "running"]), [5, 4, 1, 0]),
+        (audits.AuditFilters(batch_id=BATCH), [5, 2, 1]),
+        (audits.AuditFilters(rubric="green_claims"), [5, 3, 1]),
+        (audits.AuditFilters(created_after=T0 + timedelta(minutes=2)), [5, 4, 3]),
+        (audits.AuditFilters(created_before=T0 + timedelta(minutes=2)), [1, 0]),
+        (
+            audits.AuditFilters(
+                status=["failed", "running"],
+                batch_id=BATCH,
+                rubric="green_claims",
+                created_after=T0,
+                created_before=T0 + timedelta(minutes=5),
+            ),
+            [1],
+        ),
+        (audits.AuditFilters(batch_id=uuid4()), []),
+    ],
+)
+async def test_list_filters(
+    session_factory: SessionFactory,
+    listed: list[UUID],
+    filters: audits.AuditFilters,
+    expected: list[int],
+) -> None:
+    async with session_factory() as session:
+        rows, cursor = await audits.list_page(session, filters=filters, limit=50, cursor=None)
+
+    assert [row.id for row in rows] == [listed[index] for index in expected]
+    assert cursor is None
+
+
+async def test_list_pages_with_the_cursor(
+    session_factory: SessionFactory, listed: list[UUID]
+) -> None:
+    filters = audits.AuditFilters(status=["failed", "queued", "running"])
+    pages: list[list[UUID]] = []
+    cursor: str | None = None
+    async with session_factory() as session:
+        while True:
+            rows, cursor = await audits.list_page(session, filters=filters, limit=3, cursor=cursor)
+            pages.append([row.id for row in rows])
+            if cursor is None:
+                break
+
+    assert pages == [[listed[5], listed[4], listed[1]], [listed[0]]]

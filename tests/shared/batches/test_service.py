@@ -1,0 +1,179 @@
+"""The batches service against real PostgreSQL and Redis, without the HTTP layer."""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+from uuid import UUID
+
+import sqlalchemy as sa
+from arq.connections import ArqRedis
+from arq.constants import abort_jobs_ss, job_key_prefix
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlmodel import col
+
+from shared.audits.models import Audit
+from shared.batches import service as batches
+from shared.batches.schemas import BatchCounts, BatchCreate
+from shared.config import Settings
+from shared.db import SessionFactory
+from shared.queue import send_pending
+from tests.factories import batch_request
+
+
+def batch_of(size: int) -> BatchCreate:
+    return BatchCreate.model_validate(batch_request(size))
+
+
+@contextmanager
+def statements(engine: AsyncEngine) -> Iterator[list[str]]:
+    """The SQL statements sent through `engine` inside the block."""
+    sent: list[str] = []
+
+    def record(*args: Any) -> None:
+        sent.append(args[2])  # (conn, cursor, statement, parameters, context, executemany)
+
+    event.listen(engine.sync_engine, "before_cursor_execute", record)
+    try:
+        yield sent
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", record)
+
+
+async def create(session: AsyncSession, size: int) -> batches.BatchSummary:
+    created = await batches.create(session, data=batch_of(size), request_id="req-1")
+    await session.commit()
+    assert not created.replayed
+    return created.resource
+
+
+async def audits_of(session: AsyncSession, batch_id: UUID) -> list[Audit]:
+    stmt = sa.select(Audit).where(col(Audit.batch_id) == batch_id).order_by(col(Audit.batch_index))
+    return list((await session.execute(stmt)).scalars())
+
+
+async def test_create_inserts_every_audit_in_one_statement(
+    session: AsyncSession, engine: AsyncEngine
+) -> None:
+    with statements(engine) as sent:
+        summary = await create(session, 250)
+
+    audit_inserts = [sql for sql in sent if sql.lstrip().upper().startswith("INSERT INTO AUDIT")]
+    assert len(audit_inserts) == 1
+    assert summary.counts == BatchCounts(queued=250, total=250)
+    stored = await audits_of(session, summary.batch.id)
+    assert [a.batch_index for a in stored] == list(range(250))
+    assert [a.subject for a in stored] == [f"Page {i}" for i in range(250)]
+    assert {(a.status, a.request_id, a.attempts) for a in stored} == {("queued", "req-1", 0)}
+
+
+async def test_create_defers_the_jobs_until_the_caller_sends_them(
+    session: AsyncSession, redis: ArqRedis, settings: Settings
+) -> None:
+    created = await batches.create(session, data=batch_of(5))
+    await session.commit()
+
+    assert await redis.zcard(settings.queue_name) == 0  # services never talk to Redis
+    await send_pending(session, redis)
+
+    stored = await audits_of(session, created.resource.batch.id)
+    job_ids = [f"audit:{a.id}" for a in stored]
+    queued = await redis.zrange(settings.queue_name, 0, -1)
+    assert sorted(member.decode() for member in queued) == sorted(job_ids)
+    assert await redis.exists(*(job_key_prefix + job_id for job_id in job_ids)) == 5
+
+
+async def test_create_with_a_used_key_returns_the_first_batch_and_queues_nothing(
+    session: AsyncSession, redis: ArqRedis, settings: Settings
+) -> None:
+    first = await batches.create(session, data=batch_of(2), idempotency_key="nightly-1")
+    await session.commit()
+    await send_pending(session, redis)
+    await redis.delete(settings.queue_name)
+
+    again = await batches.create(session, data=batch_of(2), idempotency_key="nightly-1")
+    await session.commit()
+    await send_pending(session, redis)
+
+    assert again.replayed
+    assert again.resource.batch.id == first.resource.batch.id
+    assert again.resource.counts == BatchCounts(queued=2, total=2)
+    assert await redis.zcard(settings.queue_name) == 0
+
+
+async def test_summaries_of_several_batches_come_from_one_grouped_query(
+    session: AsyncSession, engine: AsyncEngine
+) -> None:
+    sizes = [1, 2, 3]
+    created = [await create(session, size) for size in sizes]
+    first = (await audits_of(session, created[1].batch.id))[0]
+    await session.execute(
+        sa.update(Audit)
+        .where(col(Audit.id) == first.id)
+        .values(status="succeeded", prompt_tokens=10, completion_tokens=5)
+    )
+    await session.commit()
+
+    with statements(engine) as sent:
+        page, next_cursor = await batches.list_page(session, limit=10, cursor=None)
+
+    assert len(sent) == 2  # the page of batches, then the counts of all of them
+    assert next_cursor is None
+    assert [summary.batch.id for summary in page] == [c.batch.id for c in reversed(created)]
+    assert [summary.counts for summary in page] == [
+        BatchCounts(queued=3, total=3),
+        BatchCounts(queued=1, succeeded=1, total=2),
+        BatchCounts(queued=1, total=1),
+    ]
+    assert [(s.prompt_tokens, s.completion_tokens) for s in page] == [(0, 0), (10, 5), (0, 0)]
+    assert {summary.status for summary in page} == {"running"}
+
+
+async def test_cancel_aborts_only_the_audits_that_had_not_ended(
+    session: AsyncSession, redis: ArqRedis
+) -> None:
+    summary = await create(session, 3)
+    done, *unfinished = await audits_of(session, summary.batch.id)
+    await session.execute(sa.update(Audit).where(col(Audit.id) == done.id).values(status="failed"))
+    await session.commit()
+
+    cancelled = await batches.cancel(session, batch=summary.batch)
+    await session.commit()
+    await send_pending(session, redis)
+
+    assert cancelled.counts == BatchCounts(failed=1, cancelled=2, total=3)
+    assert cancelled.status == "cancelled"
+    assert cancelled.batch.cancelled_at is not None
+    for audit in unfinished:
+        assert await redis.zscore(abort_jobs_ss, f"audit:{audit.id}") is not None
+    assert await redis.zscore(abort_jobs_ss, f"audit:{done.id}") is None
+
+
+async def test_iter_results_reads_in_chunks_in_submission_order(
+    session: AsyncSession, session_factory: SessionFactory
+) -> None:
+    summary = await create(session, 10)
+    await create(session, 4)  # another batch, not to be mixed in
+
+    chunks = [
+        chunk
+        async for chunk in batches.iter_results(session_factory, batch_id=summary.batch.id, chunk=3)
+    ]
+
+    assert [len(chunk) for chunk in chunks] == [3, 3, 3, 1]
+    rows = [row for chunk in chunks for row in chunk]
+    assert [row.batch_index for row in rows] == list(range(10))
+    assert [row.subject for row in rows] == [f"Page {i}" for i in range(10)]
+
+
+async def test_iter_results_ends_without_an_empty_chunk(
+    session: AsyncSession, session_factory: SessionFactory
+) -> None:
+    summary = await create(session, 6)
+
+    chunks = [
+        chunk
+        async for chunk in batches.iter_results(session_factory, batch_id=summary.batch.id, chunk=3)
+    ]
+
+    assert [len(chunk) for chunk in chunks] == [3, 3]
