@@ -4,14 +4,15 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import sqlalchemy.exc
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.exceptions import HTTPException
 
 from api import problems
+from api.auth import Unauthorized, require_api_key
 from api.middleware import BodyLimit, RequestContext
-from api.openapi import document_problems_as_sent
+from api.openapi import document_problems_as_sent, problem_of
 from api.routes import audits, batches, health, rubrics
 from shared.config import Settings, get_settings
 from shared.db import create_engine, create_session_factory
@@ -64,7 +65,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     for router in (audits.router, batches.router, rubrics.router):
-        app.include_router(router, prefix=API_PREFIX)
+        app.include_router(
+            router,
+            prefix=API_PREFIX,
+            dependencies=[Depends(require_api_key)],
+            responses=problem_of(Unauthorized) if settings.api_keys else None,
+        )
     app.include_router(health.router, prefix=API_PREFIX)
     _add_error_handlers(app)
     document_problems_as_sent(app)

@@ -28,6 +28,11 @@ def problems(
     return {status: _problem(status, names) for status, names in sorted(codes.items())}
 
 
+def problem_of(error: type[AppError]) -> dict[int | str, dict[str, Any]]:
+    """`responses=` for one error alone, e.g. on a whole router."""
+    return {error.status: _problem(error.status, [error.code])}
+
+
 def _problem(status: int, codes: list[str]) -> dict[str, Any]:
     return {
         "model": Problem,

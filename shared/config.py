@@ -35,10 +35,15 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
 
     cors_origins: CommaList = Field(default_factory=lambda: ["*"])
+    # Empty: every endpoint is public. Set: Bearer keys for all but /health and the docs.
+    api_keys: CommaList = Field(default_factory=list)
+    # Finished audits older than this many days are deleted; unset keeps them forever.
+    retention_days: int | None = Field(default=None, ge=1)
+
     log_level: str = "INFO"
     port: int = 8000
 
-    @field_validator("allowed_models", "cors_origins", mode="before")
+    @field_validator("allowed_models", "cors_origins", "api_keys", mode="before")
     @classmethod
     def split_commas(cls, value: object) -> object:
         if isinstance(value, str):

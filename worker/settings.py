@@ -12,10 +12,12 @@ from shared.config import Settings, get_settings
 from shared.queue import RUN_AUDIT, redis_settings
 from worker.context import shutdown, startup
 from worker.reconciler import reconcile
+from worker.retention import purge_expired
 from worker.tasks import run_audit
 from worker.timing import JobTiming
 
 RECONCILE_SECONDS = {0, 15, 30, 45}
+RETENTION_MINUTE = 7  # hourly, off the top of the hour
 # arq counts every run of a job id, duplicates and deferred retries included;
 # the audit's own `attempts` is the real budget, so arq's cap only stops a loop.
 ARQ_MAX_TRIES_FACTOR = 3
@@ -33,7 +35,8 @@ def worker_options(settings: Settings) -> dict[str, Any]:
             )
         ],
         "cron_jobs": [
-            cron(reconcile, second=RECONCILE_SECONDS, unique=True, run_at_startup=True)  # type: ignore[arg-type]
+            cron(reconcile, second=RECONCILE_SECONDS, unique=True, run_at_startup=True),  # type: ignore[arg-type]
+            cron(purge_expired, minute=RETENTION_MINUTE, second=0, unique=True),  # type: ignore[arg-type]
         ],
         "on_startup": startup,
         "on_shutdown": shutdown,

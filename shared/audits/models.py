@@ -51,6 +51,11 @@ class Audit(SQLModel, table=True):
             postgresql_where=sa.text("status IN ('queued', 'running')"),
         ),
         sa.Index(
+            "ix_audit_finished",
+            "finished_at",
+            postgresql_where=sa.text("status IN ('succeeded', 'failed', 'cancelled')"),
+        ),
+        sa.Index(
             "uq_audit_idempotency_key",
             "idempotency_key",
             unique=True,
