@@ -108,10 +108,16 @@ async def database_unavailable(_: Request, exc: Exception) -> JSONResponse:
     return response
 
 
-async def internal_error(_: Request, exc: Exception) -> JSONResponse:
-    return problem_response(
+async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+    response = problem_response(
         status=500,
         code="internal_error",
         title="Internal error",
         detail="Something went wrong on our side; the request id in X-Request-ID helps trace it.",
     )
+    # Starlette sends this from its outermost middleware, past RequestContext, which
+    # therefore cannot add the header the detail points to.
+    request_id = getattr(request.state, "request_id", None)
+    if request_id is not None:
+        response.headers["X-Request-ID"] = request_id
+    return response

@@ -344,14 +344,18 @@ def auditq_env(database_url: str, redis_url: str, queue_name: str, **extra: str)
 
 
 def start_api(
-    stack_: Stack, env: dict[str, str], *, name: str = "api", app: str = "api.app:create_app"
+    stack_: Stack,
+    env: dict[str, str],
+    *,
+    name: str = "api",
+    app: str = "api.app:create_app",
+    health: str = "/api/v1/health/live",
 ) -> str:
     """uvicorn, one worker process, as the Procfile's `web`; returns its base URL."""
     port = free_port()
     argv = [sys.executable, "-m", "uvicorn", app, "--factory", "--host", "127.0.0.1"]
     argv += ["--port", str(port), "--workers", "1", "--no-access-log", "--log-level", "warning"]
     base = f"http://127.0.0.1:{port}"
-    health = "/api/v1/health/live" if app == "api.app:create_app" else "/health"
     stack_.start(name, argv, env=env, ready=http_ok(base + health))
     return base
 

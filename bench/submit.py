@@ -76,6 +76,7 @@ def run(run_: Run) -> list[Section]:
                 auditq_env(db, redis_url, queues["baseline"]),
                 name="baseline",
                 app="bench.baselines.submit_app:create_app",
+                health="/health",
             ),
         }
         meters = {"auditq": CpuMeter(procs, "api"), "baseline": CpuMeter(procs, "baseline")}

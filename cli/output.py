@@ -76,6 +76,8 @@ def audit_view(audit: Mapping[str, Any]) -> RenderableType:
         return facts
     facts.add_row("score", _verdict_line(result))
     facts.add_row("summary", Text(result["summary"]))
+    if audit.get("usage"):
+        facts.add_row("tokens", Text(f"{audit['usage']['total_tokens']:,}"))
     return Group(facts, findings_table(result["findings"]))
 
 

@@ -1,5 +1,6 @@
 """`auditq batch submit|status|results`: many audits at once, for people and schedulers."""
 
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -145,7 +146,8 @@ def results(
 def _sink(path: Path | None) -> Iterator[BinaryIO]:
     """stdout, or `path`, which appears only once complete (a half download is no result)."""
     if path is None:
-        yield sys.stdout.buffer
+        with _stdout_sink() as stdout:
+            yield stdout
         return
     partial = path.with_name(path.name + ".part")
     try:
@@ -154,6 +156,16 @@ def _sink(path: Path | None) -> Iterator[BinaryIO]:
         partial.replace(path)
     finally:
         partial.unlink(missing_ok=True)
+
+
+@contextmanager
+def _stdout_sink() -> Iterator[BinaryIO]:
+    try:
+        yield sys.stdout.buffer
+    except BrokenPipeError:
+        # The reader went away (`… | head`): stop quietly, as Unix tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise typer.Exit(EXIT_OK) from None
 
 
 def _print_batches(batches: list[dict[str, Any]], *, json_output: bool, title: str) -> None:

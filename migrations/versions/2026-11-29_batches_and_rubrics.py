@@ -55,9 +55,7 @@ def upgrade() -> None:
     )
     op.add_column("audit", sa.Column("batch_index", sa.Integer(), nullable=True))
     op.create_index("ix_audit_batch_index", "audit", ["batch_id", "batch_index"])
-    op.create_foreign_key(
-        op.f("fk_audit_batch_id_batch"), "audit", "batch", ["batch_id"], ["id"]
-    )
+    op.create_foreign_key(op.f("fk_audit_batch_id_batch"), "audit", "batch", ["batch_id"], ["id"])
 
 
 def downgrade() -> None:
