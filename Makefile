@@ -26,8 +26,8 @@ install: ## Install uv if missing, then the locked dependencies (with the embedd
 run: install ## The whole stack: embedded services, migrations, API, worker, simulator
 	$(RUN) auditq dev
 
-test: install ## The whole test suite
-	$(RUN) pytest $(PYTEST_ARGS)
+test: install ## The test suite, less the slow fault-injection runs (see test-faults)
+	$(RUN) pytest -m "not slow" $(PYTEST_ARGS)
 
 test-faults: install ## Fault-injection and multi-process tests (pytest -m slow)
 	@# pytest exits 5 when nothing is collected: no slow test yet is not a failure.

@@ -17,7 +17,9 @@ from shared.idempotency import MAX_KEY_LENGTH, Created
 from shared.queue import discard_pending, send_pending
 
 
-def get_settings(request: Request) -> Settings:
+# The dependencies below that do no I/O are `async def` all the same: FastAPI runs a
+# plain `def` dependency in its thread pool, a thread hop on every request.
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
@@ -44,7 +46,7 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
     await send_pending(session, get_redis(request))
 
 
-def get_request_id(request: Request) -> str | None:
+async def get_request_id(request: Request) -> str | None:
     request_id: str | None = request.state.request_id
     return request_id
 

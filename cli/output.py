@@ -140,6 +140,22 @@ def batches_table(batches: Sequence[Mapping[str, Any]], *, title: str) -> Table:
     return table
 
 
+def failures_table(audits: Sequence[Mapping[str, Any]], *, total: int) -> Table:
+    """Audits that failed or were cancelled, with their error."""
+    shown = f"the first {len(audits)} of {total}" if total > len(audits) else f"{total}"
+    table = Table(title=f"Not succeeded ({shown})", title_justify="left")
+    table.add_column("audit", no_wrap=True, min_width=36)
+    table.add_column("subject")
+    table.add_column("status", no_wrap=True)
+    table.add_column("error")
+    for audit in audits:
+        failure = audit.get("error") or {}
+        reason = f"{failure['code']}: {failure['message']}" if failure else ""
+        state = styled(audit["status"], STATUS_STYLES)
+        table.add_row(audit["id"], Text(audit["subject"]), state, Text(reason))
+    return table
+
+
 def counts_text(counts: Mapping[str, int]) -> Text:
     """`997/1000 done · 995 succeeded · 2 failed`: the statuses that have audits."""
     done = counts["succeeded"] + counts["failed"] + counts["cancelled"]

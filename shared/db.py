@@ -4,10 +4,13 @@ Transactions are owned by the caller of the service layer: the API's request
 dependency or the worker's `session_scope`. Services never commit.
 """
 
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
-from sqlalchemy import MetaData
+from sqlalchemy import MetaData, event
+from sqlalchemy.exc import InvalidatePoolError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -32,16 +35,54 @@ metadata.naming_convention = NAMING_CONVENTION
 SessionFactory = async_sessionmaker[AsyncSession]
 
 
-def create_engine(settings: Settings, *, pool_size: int = 10) -> AsyncEngine:
-    """One engine per process; `pool_pre_ping` survives a PostgreSQL restart."""
-    return create_async_engine(
+# A pooled connection idle for longer than this is pinged before it is used again.
+PING_AFTER_IDLE_S = 1.0
+_CHECKED_IN_AT = "auditq.checked_in_at"
+
+
+def create_engine(settings: Settings, *, pool_size: int = 20) -> AsyncEngine:
+    """One engine per process, keeping up to `pool_size` connections open.
+
+    No overflow: at peak load, overflow connections are opened and closed again
+    request after request, each a new PostgreSQL backend. Requests beyond the
+    pool wait for a connection (`pool_timeout`).
+    """
+    engine = create_async_engine(
         settings.database_url,
         pool_size=pool_size,
-        max_overflow=pool_size,
-        pool_pre_ping=True,
+        max_overflow=0,
         pool_timeout=10,
         connect_args={"timeout": 5, "command_timeout": 30},
     )
+    _ping_idle_connections(engine)
+    return engine
+
+
+def _ping_idle_connections(engine: AsyncEngine) -> None:
+    """`pool_pre_ping`, for connections that sat idle: survives a PostgreSQL restart.
+
+    asyncpg's ping is three round trips (BEGIN, a query, ROLLBACK); on every
+    checkout it cost a quarter of a request's CPU. A connection used within the
+    last second needs none: a restart takes longer than that, and a connection
+    that breaks anyway invalidates the whole pool on its first error.
+    """
+    dialect = engine.sync_engine.dialect
+
+    def note_checkin(dbapi_connection: Any, record: Any) -> None:
+        record.info[_CHECKED_IN_AT] = time.monotonic()
+
+    def ping_if_idle(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        checked_in_at = record.info.get(_CHECKED_IN_AT)
+        if checked_in_at is None or time.monotonic() - checked_in_at < PING_AFTER_IDLE_S:
+            return
+        try:
+            dialect.do_ping(dbapi_connection)
+        except Exception as exc:
+            # Like a failed pre-ping: reconnect, and drop every older connection too.
+            raise InvalidatePoolError() from exc
+
+    event.listen(engine.sync_engine, "checkin", note_checkin)
+    event.listen(engine.sync_engine, "checkout", ping_if_idle)
 
 
 def create_session_factory(engine: AsyncEngine) -> SessionFactory:

@@ -11,7 +11,7 @@ import base64
 import binascii
 import hashlib
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 from uuid import UUID
 
@@ -70,8 +70,10 @@ def decode_cursor(cursor: str) -> tuple[datetime, UUID]:
         moment = datetime.fromisoformat(created)
         if moment.tzinfo is None:
             raise ValueError("naive timestamp")
-        return moment, UUID(row_id)
-    except (ValueError, UnicodeDecodeError, binascii.Error) as exc:
+        # Issued cursors are in UTC already; a forged one near year 1 or 9999 may have
+        # no UTC twin, which would otherwise only surface in the driver as a 500.
+        return moment.astimezone(UTC), UUID(row_id)
+    except (ValueError, OverflowError, UnicodeDecodeError, binascii.Error) as exc:
         raise _invalid(exc) from exc
 
 

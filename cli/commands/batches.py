@@ -25,6 +25,9 @@ from cli.progress import copy_lines, wait_for_batches
 
 app = typer.Typer(help="Submit batches of audits and collect their results.", no_args_is_help=True)
 
+UNSUCCESSFUL = ["failed", "cancelled"]
+FAILURES_SHOWN = 10
+
 BatchId = Annotated[UUID, typer.Argument(help="The batch's id.")]
 AuditsFile = Annotated[
     Path,
@@ -71,7 +74,9 @@ def submit(
             batches = wait_for_batches(
                 api, [batch["id"] for batch in batches], interval=poll_interval
             )
-    _print_batches(batches, json_output=json_output, title="Finished" if wait else "Submitted")
+        _print_batches(
+            api, batches, json_output=json_output, title="Finished" if wait else "Submitted"
+        )
     if not wait:
         ids = " ".join(batch["id"] for batch in batches)
         output.say(f"follow them with: auditq batch status {ids}", "dim")
@@ -120,7 +125,7 @@ def status(
     """Show a batch, its audits counted by status; exit 1 if any failed or was cancelled."""
     with ApiClient(api_url) as api:
         batch = api.get(f"/batches/{batch_id}")
-    _print_batches([batch], json_output=json_output, title="Batch")
+        _print_batches(api, [batch], json_output=json_output, title="Batch")
     raise typer.Exit(_exit_code([batch]))
 
 
@@ -168,13 +173,32 @@ def _stdout_sink() -> Iterator[BinaryIO]:
         raise typer.Exit(EXIT_OK) from None
 
 
-def _print_batches(batches: list[dict[str, Any]], *, json_output: bool, title: str) -> None:
+def _print_batches(
+    api: ApiClient, batches: list[dict[str, Any]], *, json_output: bool, title: str
+) -> None:
+    """The batches; for people, also the first audits that did not succeed, and why."""
     if json_output:
         output.print_json({"batches": batches})
-    else:
-        output.show(output.batches_table(batches, title=title))
+        return
+    output.show(output.batches_table(batches, title=title))
+    failures = _first_failures(api, batches)
+    if failures:
+        output.show(output.failures_table(failures, total=_unsuccessful(batches)))
+
+
+def _first_failures(api: ApiClient, batches: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = []
+    for batch in batches:
+        if len(found) < FAILURES_SHOWN and _unsuccessful([batch]):
+            params = {"batch_id": batch["id"], "status": UNSUCCESSFUL, "limit": FAILURES_SHOWN}
+            found.extend(api.get("/audits", **params)["items"])
+    return found[:FAILURES_SHOWN]
+
+
+def _unsuccessful(batches: list[dict[str, Any]]) -> int:
+    totals = output.total_counts(batches)
+    return totals["failed"] + totals["cancelled"]
 
 
 def _exit_code(batches: list[dict[str, Any]]) -> int:
-    totals = output.total_counts(batches)
-    return exit_code(unsuccessful=totals["failed"] + totals["cancelled"])
+    return exit_code(unsuccessful=_unsuccessful(batches))

@@ -9,7 +9,8 @@ ApiUrl = Annotated[
     typer.Option(
         "--api-url",
         envvar="AUDITQ_API_URL",
-        help="Where the auditq API runs (the /api/v1 prefix is added).",
+        help="Where the auditq API runs (the /api/v1 prefix is added). "
+        "An API with API_KEYS wants one of them in AUDITQ_API_KEY.",
     ),
 ]
 JsonOutput = Annotated[

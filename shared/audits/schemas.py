@@ -82,7 +82,7 @@ class Criterion(BaseModel):
 
     id: Annotated[str, Field(pattern=CRITERION_ID_PATTERN, examples=["claims_substantiated"])]
     description: Annotated[str, Field(min_length=1, max_length=2000), NoNul]
-    weight: Annotated[float, Field(gt=0, le=100)] = 1.0
+    weight: Annotated[float, Field(gt=0, le=100, allow_inf_nan=False)] = 1.0
 
 
 def _unique_ids(criteria: list[Criterion]) -> list[Criterion]:
@@ -111,7 +111,8 @@ class AuditCreate(BaseModel):
     rubric_version: Annotated[int, Field(ge=1, le=MAX_RUBRIC_VERSION)] | None = None
     model: str | None = None
     metadata: Metadata = Field(default_factory=dict)
-    pass_threshold: Annotated[float, Field(ge=0, le=100)] = 70.0
+    # Python's JSON parser lets NaN in; refused by name rather than as "not <= 100".
+    pass_threshold: Annotated[float, Field(ge=0, le=100, allow_inf_nan=False)] = 70.0
 
     @field_validator("model")
     @classmethod

@@ -8,11 +8,11 @@ import sqlalchemy as sa
 from arq.connections import ArqRedis
 from arq.constants import abort_jobs_ss, job_key_prefix
 from httpx import AsyncClient
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.config import Settings
 from shared.db import SessionFactory
-from tests.api.checks import assert_nothing_written, assert_problem, queued_jobs
+from tests.api.checks import assert_problem, queued_jobs
+from tests.api.conftest import NothingWritten
 from tests.api.support import assert_job_queued, submit
 from tests.factories import audit_request, criterion
 from tests.rows import load_audit, update_audit
@@ -140,12 +140,7 @@ async def test_get_shows_the_error_of_a_failed_audit(
     [("GET", "/audits/{id}"), ("POST", "/audits/{id}/cancel"), ("POST", "/audits/{id}/retry")],
 )
 async def test_unknown_audit_is_404_audit_not_found(
-    client: AsyncClient,
-    engine: AsyncEngine,
-    redis: ArqRedis,
-    settings: Settings,
-    method: str,
-    path: str,
+    client: AsyncClient, nothing_written: NothingWritten, method: str, path: str
 ) -> None:
     unknown = uuid4()
 
@@ -153,7 +148,7 @@ async def test_unknown_audit_is_404_audit_not_found(
 
     body = assert_problem(response, 404, "audit_not_found")
     assert str(unknown) in body["detail"]
-    await assert_nothing_written(engine, redis, settings)
+    await nothing_written()
 
 
 # GET /audits

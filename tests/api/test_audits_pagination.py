@@ -100,7 +100,7 @@ async def walk(
     cursor: str | None = None
     while True:
         page_params = [*params, ("limit", str(PAGE)), *([("cursor", cursor)] if cursor else [])]
-        response = await client.get("/audits", params=page_params)
+        response = await client.get("/audits", params=tuple(page_params))
         assert response.status_code == 200, response.text
         page = response.json()
         seen += [UUID(item["id"]) for item in page["items"]]

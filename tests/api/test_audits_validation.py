@@ -3,18 +3,22 @@
 import base64
 import json
 from collections.abc import AsyncIterator
+from datetime import datetime, timedelta, timezone
 from typing import Any
+from uuid import uuid4
 
 import pytest
 from arq.connections import ArqRedis
 from httpx import AsyncClient, Response
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shared.config import Settings, get_settings
+from shared.config import Settings
 from shared.db import SessionFactory
+from shared.pagination import encode_cursor
 from tests.api.checks import assert_problem, queued_jobs, row_counts
 from tests.api.conftest import ClientFactory, NothingWritten
 from tests.api.support import submit
+from tests.environment import environment
 from tests.factories import audit_request, criterion
 from tests.rows import load_audit
 
@@ -248,7 +252,13 @@ NOT_JSON = [
         "NaN weight",
         raw(audit_request(), '"weight": 2', '"weight": NaN'),
         "body.criteria.1.weight",
-        "",
+        "finite number",
+    ),
+    case(
+        "Infinity threshold",
+        raw(audit_request(pass_threshold=1), '"pass_threshold": 1', '"pass_threshold": Infinity'),
+        "body.pass_threshold",
+        "finite number",
     ),
 ]
 
@@ -349,18 +359,12 @@ async def test_unknown_rubric_is_refused(
 
 
 async def test_allowed_models_are_the_settings(
-    client_with: ClientFactory, engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+    client_with: ClientFactory, engine: AsyncEngine
 ) -> None:
-    # Request schemas read the process's settings (the environment), not the app's.
-    monkeypatch.setenv("ALLOWED_MODELS", "llama-3.1-8b,qwen2.5-7b")
-    get_settings.cache_clear()
-    try:
+    with environment(ALLOWED_MODELS="llama-3.1-8b,qwen2.5-7b"):
         async with client_with(allowed_models=["llama-3.1-8b", "qwen2.5-7b"]) as client:
             accepted = await client.post("/audits", json=audit_request(model="qwen2.5-7b"))
             refused = await client.post("/audits", json=audit_request(model="gpt-4o-mini"))
-    finally:
-        monkeypatch.delenv("ALLOWED_MODELS")
-        get_settings.cache_clear()
 
     assert accepted.status_code == 202, accepted.text
     assert accepted.json()["model"] == "qwen2.5-7b"
@@ -512,6 +516,23 @@ async def test_garbage_cursor_is_422_invalid_cursor(client: AsyncClient, cursor:
 
     body = assert_problem(response, 422, "invalid_cursor")
     assert "next_cursor" in body["detail"]
+
+
+@pytest.mark.parametrize(
+    "moment",
+    [
+        datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=1))),
+        datetime(9999, 12, 31, 23, tzinfo=timezone(timedelta(hours=-2))),
+    ],
+    ids=["before year 1 in UTC", "after year 9999 in UTC"],
+)
+async def test_forged_cursor_outside_the_calendar_is_422(
+    client: AsyncClient, moment: datetime
+) -> None:
+    """Its checksum is right (it is not a secret), but the keyset cannot be queried."""
+    response = await client.get("/audits", params={"cursor": encode_cursor(moment, uuid4())})
+
+    assert_problem(response, 422, "invalid_cursor")
 
 
 async def test_tampered_cursor_is_422_invalid_cursor(client: AsyncClient, real_cursor: str) -> None:

@@ -32,12 +32,8 @@ def resource(request: pytest.FixtureRequest) -> tuple[str, dict[str, Any], int]:
     return path, copy.deepcopy(body), audits
 
 
-def with_key(key: str | bytes) -> dict[str, str | bytes]:
-    return {"Idempotency-Key": key}
-
-
 async def post(client: AsyncClient, path: str, body: Any, key: str | bytes) -> Response:
-    return await client.post(path, json=body, headers=with_key(key))
+    return await client.post(path, json=body, headers={"Idempotency-Key": key})
 
 
 def reversed_keys(value: Any) -> Any:

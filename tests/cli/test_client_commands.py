@@ -17,7 +17,7 @@ import threading
 import time
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import suppress
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,12 @@ Auditq = Callable[..., Awaitable[Result]]
 
 @pytest.fixture
 def api_url(settings: Settings) -> Iterator[str]:
+    with serving(settings) as url:
+        yield url
+
+
+@contextmanager
+def serving(settings: Settings) -> Iterator[str]:
     """The API of `create_app(settings)`, served by uvicorn on a free loopback port."""
     from api.app import create_app
 
@@ -96,10 +102,7 @@ async def worker(settings: Settings, sim: SimulatorHandle) -> AsyncIterator[Work
     task = asyncio.create_task(worker.main())
     try:
         # Its start-up configures logging: done before a command swaps sys.stdout.
-        while "engine" not in worker.ctx:
-            if task.done():
-                task.result()
-            await asyncio.sleep(0.01)
+        await asyncio.wait_for(_started(worker, task), _STARTUP_TIMEOUT_S)
         yield worker
     finally:
         task.cancel()
@@ -109,6 +112,13 @@ async def worker(settings: Settings, sim: SimulatorHandle) -> AsyncIterator[Work
             # arq closes its pool with redis-py's deprecated `close()`.
             warnings.filterwarnings("ignore", "Call to deprecated close", DeprecationWarning)
             await worker.close()
+
+
+async def _started(worker: Worker, task: "asyncio.Task[None]") -> None:
+    while "engine" not in worker.ctx:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.01)
 
 
 async def audit_count(engine: AsyncEngine) -> int:
@@ -386,6 +396,19 @@ def test_the_installed_command_reads_the_api_url_from_the_environment(tmp_path: 
     assert done.stdout == ""
 
 
+def test_the_api_key_comes_from_the_environment(settings: Settings) -> None:
+    runner = CliRunner()
+    with serving(settings.model_copy(update={"api_keys": ["k-123"]})) as url:
+        args = ["rubric", "push", str(RUBRIC_FILE), "--api-url", url]
+        refused = runner.invoke(app, args)
+        accepted = runner.invoke(app, args, env={"AUDITQ_API_KEY": "k-123"})
+
+    assert refused.exit_code == 2
+    assert "unauthorized: " in refused.stderr
+    assert "set AUDITQ_API_KEY" in refused.stderr
+    assert accepted.exit_code == 0, accepted.stderr
+
+
 def _closed_port_url() -> str:
     with socket.create_server(("127.0.0.1", 0)) as sock:
         port = sock.getsockname()[1]
@@ -439,7 +462,9 @@ async def test_a_batch_with_a_failed_audit_exits_1(
     [batch] = json.loads(result.stdout)["batches"]
     assert batch["status"] == "completed"
     assert (batch["counts"]["succeeded"], batch["counts"]["failed"]) == (2, 1)
-    assert (await auditq("batch", "status", batch["id"])).exit_code == 1
+    status = await auditq("batch", "status", batch["id"])
+    assert status.exit_code == 1
+    assert "model_refused" in status.stdout
 
 
 async def test_submit_wait_of_a_failed_audit_exits_1(

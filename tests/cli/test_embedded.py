@@ -2,6 +2,8 @@
 
 import os
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +14,17 @@ from arq.connections import RedisSettings, create_pool
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from cli.embedded import EmbeddedServices, EmbeddedUrls
+from cli.embedded import EmbeddedRedis, EmbeddedServices, EmbeddedUrls
+
+# Another process using the embedded Redis until its stdin closes.
+OTHER_USER = """
+import sys
+from pathlib import Path
+from cli.embedded import EmbeddedRedis
+with EmbeddedRedis(Path(sys.argv[1])).running():
+    print("ready", flush=True)
+    sys.stdin.read()
+"""
 
 
 @pytest.fixture(scope="module")
@@ -98,3 +110,24 @@ def _gone(pid: int) -> bool:
         return bool(psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)
     except psutil.NoSuchProcess:
         return True
+
+
+def test_running_stops_the_server_only_when_its_last_user_leaves(tmp_path: Path) -> None:
+    server = EmbeddedRedis(tmp_path)
+    other = subprocess.Popen(
+        [sys.executable, "-c", OTHER_USER, str(tmp_path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert other.stdout is not None
+    assert other.stdout.readline() == "ready\n"
+
+    with server.running():
+        pass
+    still_running = server.pid()
+    other.communicate("", timeout=30)
+
+    assert still_running is not None
+    assert _gone(still_running)
+    assert server.pid() is None

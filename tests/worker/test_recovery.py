@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from sqlmodel import col
 from shared.audits.models import Audit
 from shared.audits.schemas import TERMINAL_STATUSES
 from shared.config import Settings
-from shared.db import SessionFactory
+from shared.db import SessionFactory, session_scope
 from shared.queue import audit_job_id
 from tests.fixtures.simulator import SimulatorHandle
 from tests.rows import load_audit
@@ -38,6 +39,7 @@ from tests.worker.conftest import (
     model_called,
     submit,
 )
+from worker.reconciler import ORPHAN_AGE
 from worker.timing import JobTiming
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -119,6 +121,7 @@ def workers(settings: Settings, tmp_path: Path) -> Iterator[Workers]:
 
 
 def _free_port() -> int:
+    """A port free a moment ago: another process could take it first, which nothing here does."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
@@ -195,6 +198,16 @@ async def count_by_status(factory: SessionFactory) -> dict[str, int]:
     return dict(rows)  # type: ignore[arg-type]
 
 
+async def age_queued_audits(factory: SessionFactory, *, by: timedelta) -> None:
+    async with session_scope(factory) as session:
+        stmt = (
+            sa.update(Audit)
+            .where(col(Audit.status) == "queued")
+            .values(updated_at=col(Audit.updated_at) - by)
+        )
+        await session.execute(stmt)
+
+
 def snapshot(audit: Audit) -> dict[str, Any]:
     return audit.model_dump()
 
@@ -212,12 +225,13 @@ async def test_a_worker_killed_mid_job_is_replaced_and_the_audit_succeeds_once(
     first = workers.start(base_url=sim.base_url, timeout_s=KILL_TIMEOUT_S)
     await model_called(sim, within=30)
 
+    # The replacement starts meanwhile: arq's in-progress key keeps it off the job for now.
+    second = workers.start(base_url=sim.base_url, timeout_s=KILL_TIMEOUT_S)
     first.signal(signal.SIGKILL)
     assert await first.exit_code(within=10) == -signal.SIGKILL
     # It died holding the audit: still running, in its first attempt, under its lease.
     assert await audit_status(session_factory, submitted["id"]) == ("running", 1)
 
-    second = workers.start(base_url=sim.base_url, timeout_s=KILL_TIMEOUT_S)
     timing = JobTiming.from_settings(
         settings.model_copy(update={"openai_timeout_s": KILL_TIMEOUT_S})
     )
@@ -298,8 +312,10 @@ async def test_audits_survive_a_redis_flush_while_a_worker_runs(
 
     await eventually(counts, lambda c: c.get("running") == 2, timeout=30)
     await redis.flushdb()  # the running jobs, the queued ones and the cron's locks: all gone
+    # As if ORPHAN_AGE had passed, so the next run of the cron (every 15 s) finds them.
+    await age_queued_audits(session_factory, by=ORPHAN_AGE)
 
-    # The running audits finish on their own; the reconciler cron finds the queued ones.
+    # The running audits finish on their own; the reconciler cron enqueues the others.
     await eventually(counts, lambda c: c.get("succeeded") == 4, timeout=45)
 
     for audit in submitted:

@@ -40,6 +40,7 @@ from worker.context import JobContext
 from worker.tasks import run_audit
 
 HANG_TIMEOUT_S = 1.0
+ABORT_WAIT_S = 10.0
 WEIGHTS = {c["id"]: c.get("weight", 1.0) for c in audit_request()["criteria"]}
 
 
@@ -397,14 +398,16 @@ async def test_cancel_aborts_the_running_job_and_the_audit_stays_cancelled(
     sim.script(["hang", "ok"])
     submitted = await submit(client)
     audit_id = submitted["id"]
-    worker_run = asyncio.create_task(run_worker())
+    # Unaborted, the hanging call would hold the job for ABORT_WAIT_S and more.
+    patient = worker_settings.model_copy(update={"openai_timeout_s": 2 * ABORT_WAIT_S})
+    worker_run = asyncio.create_task(run_worker(patient))
     await model_called(sim)
     running = await fetch(client, audit_id)
     assert running["status"] == "running"
 
     response = await client.post(f"/audits/{audit_id}/cancel")
     assert response.status_code == 200, response.text
-    await asyncio.wait_for(worker_run, 10)  # the abort ended the hanging call at once
+    await asyncio.wait_for(worker_run, ABORT_WAIT_S)  # the abort ended the hanging call
 
     cancelled = await fetch(client, audit_id)
     assert cancelled["status"] == "cancelled"

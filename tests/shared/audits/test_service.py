@@ -12,9 +12,10 @@ from arq.constants import abort_jobs_ss, job_key_prefix
 from shared.audits import service as audits
 from shared.audits.exceptions import AuditNotCancellable, AuditNotFound, AuditNotRetryable
 from shared.audits.schemas import AuditCreate, AuditStatus
-from shared.config import Settings, get_settings
+from shared.config import Settings
 from shared.db import SessionFactory
 from shared.queue import audit_job_id, discard_pending, send_pending, transaction
+from tests.environment import environment
 from tests.factories import audit_request
 from tests.rows import insert_audit, load_audit
 
@@ -72,18 +73,11 @@ async def test_create_rolled_back_sends_nothing(
         assert await audits.get(session, audit_id=audit_id) is None
 
 
-async def test_create_budgets_max_attempts(
-    session_factory: SessionFactory, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("MAX_ATTEMPTS", "3")
-    get_settings.cache_clear()
-    try:
+async def test_create_budgets_max_attempts(session_factory: SessionFactory) -> None:
+    with environment(MAX_ATTEMPTS="3"):
         async with session_factory() as session:
             audit = (await audits.create(session, data=request())).resource
             await session.commit()
-    finally:
-        monkeypatch.delenv("MAX_ATTEMPTS")
-        get_settings.cache_clear()
 
     assert (await load_audit(session_factory, audit.id)).attempt_limit == 3
 
@@ -177,19 +171,13 @@ async def test_retry_requeues_with_a_fresh_budget_and_keeps_attempts(
     assert (stored.started_at, stored.finished_at, stored.lease_until) == (None, None, None)
 
 
-async def test_retry_moves_the_budget_by_max_attempts(
-    session_factory: SessionFactory, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_retry_moves_the_budget_by_max_attempts(session_factory: SessionFactory) -> None:
     audit_id = await insert_audit(session_factory, **{**FAILED_AFTER_FIVE, "attempts": 7})
-    monkeypatch.setenv("MAX_ATTEMPTS", "2")
-    get_settings.cache_clear()
-    try:
+
+    with environment(MAX_ATTEMPTS="2"):
         async with session_factory() as session:
             await audits.retry(session, audit_id=audit_id)
             await session.commit()
-    finally:
-        monkeypatch.delenv("MAX_ATTEMPTS")
-        get_settings.cache_clear()
 
     stored = await load_audit(session_factory, audit_id)
     assert (stored.attempts, stored.attempt_limit) == (7, 9)
