@@ -10,6 +10,7 @@ strictly after the previous page's last row.
 import base64
 import binascii
 import hashlib
+import re
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -19,6 +20,8 @@ import sqlalchemy as sa
 from sqlalchemy.sql import Select
 
 from shared.errors import InvalidRequest
+
+_SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 50
@@ -82,8 +85,11 @@ def encode_name_cursor(name: str) -> str:
 
 
 def decode_name_cursor(cursor: str) -> str:
+    """The name a page of names starts after; only a slug, since names are slugs."""
     try:
         (name,) = _decode(cursor, parts=1)
+        if not _SLUG.match(name):
+            raise ValueError("not a slug")
     except (ValueError, UnicodeDecodeError, binascii.Error) as exc:
         raise _invalid(exc) from exc
     return name

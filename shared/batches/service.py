@@ -25,6 +25,7 @@ from shared.db import SessionFactory, metadata
 from shared.idempotency import Created, replay, request_hash
 from shared.pagination import encode_cursor, keyset_page, split_page
 from shared.queue import defer_abort, defer_run
+from shared.rubrics.exceptions import UnknownRubric
 
 UNFINISHED = ("queued", "running")
 
@@ -123,7 +124,7 @@ async def _insert_audits(
     rows = [
         audits.new_row(
             item,
-            criteria=await audits.resolve_criteria(session, data=item, cache=rubric_cache),
+            criteria=await _item_criteria(session, item, index=index, cache=rubric_cache),
             batch_id=batch_id,
             batch_index=index,
             request_id=request_id,
@@ -133,6 +134,21 @@ async def _insert_audits(
     await session.execute(sa.insert(metadata.tables["audit"]).values(rows))
     for row in rows:
         defer_run(session, row["id"])
+
+
+async def _item_criteria(
+    session: AsyncSession, item: AuditCreate, *, index: int, cache: audits.RubricCache
+) -> audits.ResolvedCriteria:
+    """An item's criteria; an unknown rubric is reported at the item that names it."""
+    try:
+        return await audits.resolve_criteria(session, data=item, cache=cache)
+    except UnknownRubric as error:
+        loc = ["body", "audits", index, "rubric"]
+        raise UnknownRubric(
+            f"audits[{index}]: {error.detail}",
+            rubric=item.rubric,
+            errors=[{"loc": loc, "msg": error.detail, "type": UnknownRubric.code}],
+        ) from error
 
 
 async def get(session: AsyncSession, *, batch_id: UUID) -> Batch | None:

@@ -190,7 +190,10 @@ async def test_an_item_naming_an_unknown_rubric_refuses_the_whole_batch(
 
     response = await client.post("/batches", json=body)
 
-    assert "no_such_rubric" in assert_problem(response, 422, "rubric_not_found")["detail"]
+    problem = assert_problem(response, 422, "rubric_not_found")
+    assert "no_such_rubric" in problem["detail"]
+    assert problem["detail"].startswith("audits[7]: ")
+    assert [error["loc"] for error in problem["errors"]] == [["body", "audits", 7, "rubric"]]
     await assert_nothing_written(engine, redis, settings, rubrics=1)
 
 

@@ -9,6 +9,7 @@ from httpx import AsyncClient
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.config import Settings
+from shared.pagination import encode_name_cursor
 from tests.api.checks import assert_nothing_written, assert_problem, audit_row
 from tests.factories import audit_request, criterion, rubric_request
 
@@ -288,3 +289,9 @@ async def test_an_audit_gives_criteria_or_a_rubric_not_both(
     assert_problem(both, 422, "validation_error")
     assert_problem(version_alone, 422, "validation_error")
     await assert_nothing_written(engine, redis, settings, rubrics=1)
+
+
+async def test_a_forged_cursor_naming_no_slug_is_refused(client: AsyncClient) -> None:
+    response = await client.get("/rubrics", params={"cursor": encode_name_cursor("a\x00b")})
+
+    assert_problem(response, 422, "invalid_cursor")
