@@ -1,11 +1,12 @@
 """What a worker process builds once and its jobs share (`ctx`)."""
 
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 from arq.connections import ArqRedis
 from openai import AsyncOpenAI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from shared.audits.lifecycle import QueuedKey
 from shared.config import Settings, get_settings
 from shared.db import SessionFactory, create_engine, create_session_factory
 from shared.llm.client import create_client
@@ -23,6 +24,7 @@ class JobContext(TypedDict):
     timing: JobTiming
     redis: ArqRedis
     job_try: int
+    reconcile_after: NotRequired[QueuedKey | None]
 
 
 async def startup(ctx: dict[str, Any]) -> None:

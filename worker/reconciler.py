@@ -4,11 +4,15 @@ PostgreSQL is the source of truth. Every run, under arq's `unique` cron lock:
 1. running audits whose lease expired go back to `queued` (and are enqueued), or
    to `failed` (`worker_lost`) when that was their last attempt;
 2. queued audits untouched for `ORPHAN_AGE` that have no job in Redis are enqueued.
-   The age leaves the API time to enqueue after its commit.
+   The age leaves the API time to enqueue after its commit. Each run checks
+   `SCAN_LIMIT` of them and the next run carries on after the last one (the
+   position is kept in the worker's `ctx`), so however long the backlog, every
+   queued audit is checked within a few runs.
 """
 
 from datetime import timedelta
 from typing import Any
+from uuid import UUID
 
 import structlog
 
@@ -23,13 +27,21 @@ ORPHAN_AGE = timedelta(seconds=10)
 SCAN_LIMIT = 2000
 
 
+async def _enqueue_orphans(ctx: JobContext) -> list[UUID]:
+    """Enqueue the next page of queued audits that have no job; wraps at the end."""
+    after = ctx.get("reconcile_after")
+    async with session_scope(ctx["session_factory"]) as session:
+        page = await lifecycle.queued_before(session, age=ORPHAN_AGE, limit=SCAN_LIMIT, after=after)
+    ctx["reconcile_after"] = page[-1][1] if len(page) == SCAN_LIMIT else None
+    orphans = await missing_jobs(ctx["redis"], [audit_id for audit_id, _ in page])
+    await enqueue_runs(ctx["redis"], orphans)
+    return orphans
+
+
 async def reconcile(ctx: JobContext) -> dict[str, Any]:
     async with transaction(ctx["session_factory"], ctx["redis"]) as session:
         requeued, failed = await lifecycle.recover_expired_leases(session)
-    async with session_scope(ctx["session_factory"]) as session:
-        queued = await lifecycle.queued_before(session, age=ORPHAN_AGE, limit=SCAN_LIMIT)
-    orphans = await missing_jobs(ctx["redis"], queued)
-    await enqueue_runs(ctx["redis"], orphans)
+    orphans = await _enqueue_orphans(ctx)
     counts = {
         "leases_requeued": len(requeued),
         "leases_failed": len(failed),

@@ -7,7 +7,7 @@
   nothing: an audit reaches exactly one terminal state, written once.
 """
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -165,12 +165,25 @@ async def recover_expired_leases(session: AsyncSession) -> tuple[list[UUID], lis
     return requeued, [row.id for row in rows if row.status == "failed"]
 
 
-async def queued_before(session: AsyncSession, *, age: timedelta, limit: int) -> list[UUID]:
-    """Queued audits untouched for `age`: candidates for a lost job, oldest first."""
+QueuedKey = tuple[datetime, UUID]
+
+
+async def queued_before(
+    session: AsyncSession, *, age: timedelta, limit: int, after: QueuedKey | None = None
+) -> list[tuple[UUID, QueuedKey]]:
+    """Queued audits untouched for `age`, candidates for a lost job, with their scan keys.
+
+    They come in (created_at, id) order starting after `after`, so a caller can
+    walk a backlog of any size a page at a time (the status index serves it).
+    """
+    conditions = [col(Audit.status) == "queued", col(Audit.updated_at) < sa.func.now() - age]
+    if after is not None:
+        conditions.append(sa.tuple_(col(Audit.created_at), col(Audit.id)) > sa.tuple_(*after))
     stmt = (
-        sa.select(col(Audit.id))
-        .where(col(Audit.status) == "queued", col(Audit.updated_at) < sa.func.now() - age)
-        .order_by(col(Audit.updated_at))
+        sa.select(col(Audit.id), col(Audit.created_at))
+        .where(*conditions)
+        .order_by(col(Audit.created_at), col(Audit.id))
         .limit(limit)
     )
-    return list((await session.execute(stmt)).scalars())
+    rows = (await session.execute(stmt)).all()
+    return [(row.id, (row.created_at, row.id)) for row in rows]

@@ -131,3 +131,21 @@ async def test_an_expired_lease_with_its_job_still_in_redis_is_not_enqueued_twic
 
     assert counts["leases_requeued"] == 1
     assert await redis.zrange(worker_settings.queue_name, 0, -1, withscores=True) == before
+
+
+@pytest.mark.usefixtures("no_orphan_age")
+async def test_a_backlog_longer_than_one_scan_is_covered_over_several_runs(
+    client: AsyncClient,
+    worker_ctx: JobContext,
+    redis: ArqRedis,
+    worker_settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("worker.reconciler.SCAN_LIMIT", 2)
+    submitted = [await submit(client, subject=f"Page {n}") for n in range(5)]
+    await redis.flushdb()
+
+    found = [(await reconcile(worker_ctx))["orphans"] for _ in range(3)]
+
+    assert found == [2, 2, 1]
+    assert await queued_jobs(redis, worker_settings) == job_ids(*(a["id"] for a in submitted))

@@ -325,8 +325,8 @@ async def test_recovering_twice_changes_nothing_the_second_time(
 async def test_queued_before_lists_old_queued_audits_oldest_first(
     session_factory: SessionFactory,
 ) -> None:
-    oldest = await insert_audit(session_factory, updated_at=ago(300))
-    older = await insert_audit(session_factory, updated_at=ago(120))
+    oldest = await insert_audit(session_factory, created_at=ago(300), updated_at=ago(300))
+    older = await insert_audit(session_factory, created_at=ago(120), updated_at=ago(120))
     await insert_audit(session_factory, updated_at=ago(5))  # too young
     await running_audit(session_factory, updated_at=ago(300))
     await insert_audit(session_factory, status="failed", updated_at=ago(300))
@@ -336,5 +336,24 @@ async def test_queued_before_lists_old_queued_audits_oldest_first(
         found = await lifecycle.queued_before(session, age=timedelta(seconds=60), limit=10)
         first_only = await lifecycle.queued_before(session, age=timedelta(seconds=60), limit=1)
 
-    assert found == [oldest, older]
-    assert first_only == [oldest]
+    assert [audit_id for audit_id, _ in found] == [oldest, older]
+    assert [audit_id for audit_id, _ in first_only] == [oldest]
+
+
+async def test_queued_before_walks_a_backlog_page_by_page(
+    session_factory: SessionFactory,
+) -> None:
+    backlog = [
+        await insert_audit(session_factory, created_at=ago(600 - i), updated_at=ago(300))
+        for i in range(7)
+    ]
+    seen: list[UUID] = []
+    after = None
+    async with session_scope(session_factory) as session:
+        while page := await lifecycle.queued_before(
+            session, age=timedelta(seconds=60), limit=3, after=after
+        ):
+            seen += [audit_id for audit_id, _ in page]
+            after = page[-1][1]
+
+    assert seen == backlog
