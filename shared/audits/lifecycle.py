@@ -1,12 +1,14 @@
 """The worker's transitions of an audit (DESIGN §3), each one conditional UPDATE.
 
 - `claim` takes a queued audit, or a running one whose lease expired, and counts
-  the attempt. Nothing claimed means the job is a duplicate.
+  the attempt. Nothing claimed means the job is a duplicate. `next_call`, a read
+  just before it, tells the rate limiter what the attempt will ask the model.
 - Every later write is fenced by `status = 'running' AND attempts = <attempt>`,
   so the late write of a zombie, a cancelled run or an earlier attempt changes
   nothing: an audit reaches exactly one terminal state, written once.
 """
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
@@ -26,15 +28,51 @@ def _lease_expired() -> sa.ColumnElement[bool]:
     return col(Audit.lease_until) < sa.func.now()
 
 
+def _claimable() -> sa.ColumnElement[bool]:
+    return sa.and_(
+        sa.or_(
+            col(Audit.status) == "queued",
+            sa.and_(col(Audit.status) == "running", _lease_expired()),
+        ),
+        col(Audit.attempts) < col(Audit.attempt_limit),
+    )
+
+
+@dataclass(frozen=True)
+class NextCall:
+    """The model an attempt will call, and the size of the audit's text it will send."""
+
+    model: str
+    text_chars: int
+    criteria: int
+
+
+async def next_call(session: AsyncSession, *, audit_id: UUID) -> NextCall | None:
+    """What a claim of this audit would ask the model; None when there is nothing to claim.
+
+    It reads the content's size, not the content: `octet_length` takes it from the stored
+    value's header, without fetching or decompressing it, and it is at least the length
+    in characters.
+    """
+    text_chars = (
+        sa.func.octet_length(col(Audit.subject))
+        + sa.func.octet_length(col(Audit.content))
+        + sa.func.octet_length(sa.cast(col(Audit.criteria), sa.Text))
+    )
+    stmt = sa.select(
+        col(Audit.model),
+        text_chars.label("text_chars"),
+        sa.func.jsonb_array_length(col(Audit.criteria)).label("criteria"),
+    ).where(col(Audit.id) == audit_id, _claimable())
+    row = (await session.execute(stmt)).one_or_none()
+    return None if row is None else NextCall(row.model, row.text_chars, row.criteria)
+
+
 async def claim(session: AsyncSession, *, audit_id: UUID, lease: timedelta) -> Audit | None:
     """Start an attempt: `running`, `attempts + 1`, leased until now + `lease`."""
-    claimable = sa.or_(
-        col(Audit.status) == "queued",
-        sa.and_(col(Audit.status) == "running", _lease_expired()),
-    )
     stmt = (
         sa.update(Audit)
-        .where(col(Audit.id) == audit_id, claimable, col(Audit.attempts) < col(Audit.attempt_limit))
+        .where(col(Audit.id) == audit_id, _claimable())
         .values(
             status="running",
             attempts=col(Audit.attempts) + 1,
@@ -116,6 +154,17 @@ async def fail(
     return status is not None
 
 
+def _queued_or_failed(*, code: str, message: str) -> dict[str, Any]:
+    """Back to `queued` while attempts remain, else `failed` with this error."""
+    exhausted = col(Audit.attempts) >= col(Audit.attempt_limit)
+    return {
+        "status": sa.case((exhausted, "failed"), else_="queued"),
+        "error_code": sa.case((exhausted, code), else_=None),
+        "error_message": sa.case((exhausted, message), else_=None),
+        "finished_at": sa.case((exhausted, sa.func.now()), else_=None),
+    }
+
+
 async def requeue_or_fail(
     session: AsyncSession, *, audit_id: UUID, attempt: int, code: str, message: str
 ) -> str | None:
@@ -124,17 +173,11 @@ async def requeue_or_fail(
     Returns the new status, or None when this attempt no longer owns the audit.
     The last error is kept on the audit only when it ends it.
     """
-    exhausted = col(Audit.attempts) >= col(Audit.attempt_limit)
     return await _finish(
         session,
         audit_id=audit_id,
         attempt=attempt,
-        values={
-            "status": sa.case((exhausted, "failed"), else_="queued"),
-            "error_code": sa.case((exhausted, code), else_=None),
-            "error_message": sa.case((exhausted, message), else_=None),
-            "finished_at": sa.case((exhausted, sa.func.now()), else_=None),
-        },
+        values=_queued_or_failed(code=code, message=message),
     )
 
 
@@ -143,16 +186,12 @@ async def recover_expired_leases(session: AsyncSession) -> tuple[list[UUID], lis
 
     Returns (requeued, failed) ids; the re-queued ones are enqueued after commit.
     """
-    exhausted = col(Audit.attempts) >= col(Audit.attempt_limit)
     message = "the worker running the last attempt stopped (crash or timeout)"
     stmt = (
         sa.update(Audit)
         .where(col(Audit.status) == "running", _lease_expired())
         .values(
-            status=sa.case((exhausted, "failed"), else_="queued"),
-            error_code=sa.case((exhausted, WORKER_LOST), else_=None),
-            error_message=sa.case((exhausted, message), else_=None),
-            finished_at=sa.case((exhausted, sa.func.now()), else_=None),
+            **_queued_or_failed(code=WORKER_LOST, message=message),
             lease_until=None,
             updated_at=sa.func.now(),
         )
