@@ -44,3 +44,8 @@ format: install ## Fix what ruff can fix, then format
 
 migrate: install ## alembic upgrade head (on the embedded PostgreSQL when DATABASE_URL is unset)
 	$(RUN) auditq migrate
+
+.PHONY: bench
+bench: install ## Benchmarks against baselines and a peer, into bench/RESULTS.md (< 10 min)
+	@# BENCH_DATABASE_URL / BENCH_REDIS_URL, else 127.0.0.1's PostgreSQL and Redis, else embedded
+	$(RUN) python -m bench

@@ -64,12 +64,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    # Without API_KEYS the document must not ask clients for a bearer token they don't need.
+    guarded = bool(settings.api_keys)
     for router in (audits.router, batches.router, rubrics.router):
         app.include_router(
             router,
             prefix=API_PREFIX,
-            dependencies=[Depends(require_api_key)],
-            responses=problem_of(Unauthorized) if settings.api_keys else None,
+            dependencies=[Depends(require_api_key)] if guarded else None,
+            responses=problem_of(Unauthorized) if guarded else None,
         )
     app.include_router(health.router, prefix=API_PREFIX)
     _add_error_handlers(app)

@@ -10,7 +10,10 @@ from uuid import uuid4
 
 import structlog
 from starlette.exceptions import HTTPException
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api import problems
 
 log = structlog.get_logger("api.request")
 
@@ -74,11 +77,12 @@ class BodyLimit:
             return
         declared = _header(scope, b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            receive = self._refuse
+            # Answered here rather than on the first read: a route that reads no body would
+            # meet the refusal in a streaming response's disconnect watch, mid-response.
+            response = await problems.http_error(Request(scope), self._too_large())
+            await response(scope, receive, send)
+            return
         await self.app(scope, self._counting(receive), send)
-
-    async def _refuse(self) -> Message:
-        raise self._too_large()
 
     def _too_large(self) -> HTTPException:
         # An HTTPException, because FastAPI re-raises those from body reading

@@ -14,6 +14,11 @@ _ALWAYS = {
     422: ["validation_error"],
     503: ["database_unavailable"],
 }
+# A route that reads a JSON body can also answer these, before the body is validated.
+BODY_PROBLEMS = {
+    400: ["bad_request"],
+    413: ["payload_too_large"],
+}
 
 
 def problems(

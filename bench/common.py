@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -118,8 +118,13 @@ def migrate(database_url: str) -> None:
 
 
 @contextmanager
-def scratch_database(servers: Servers, name: str, *, keep: bool = False) -> Iterator[str]:
-    """A new, migrated database on the server; its URL (asyncpg form). Dropped afterwards."""
+def scratch_database(servers: Servers, prefix: str) -> Iterator[str]:
+    """A new, migrated database on the server; its URL (asyncpg form). Dropped afterwards.
+
+    Its name ends with this process's id: runs side by side (a `make test` during a
+    `make bench`) do not drop each other's databases.
+    """
+    name = f"{prefix}_{os.getpid()}"
     url = sqlalchemy_url(
         make_url(servers.database_url).set(database=name).render_as_string(hide_password=False)
     )
@@ -129,25 +134,7 @@ def scratch_database(servers: Servers, name: str, *, keep: bool = False) -> Iter
     try:
         yield url
     finally:
-        if not keep:
-            asyncio.run(_admin(servers.database_url, drop))
-
-
-def database_exists(servers: Servers, name: str) -> bool:
-    async def probe() -> bool:
-        connection = await asyncpg.connect(asyncpg_dsn(servers.database_url))
-        try:
-            found = await connection.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
-        finally:
-            await connection.close()
-        return bool(found)
-
-    return asyncio.run(probe())
-
-
-def database_url_of(servers: Servers, name: str) -> str:
-    url = make_url(servers.database_url).set(database=name)
-    return sqlalchemy_url(url.render_as_string(hide_password=False))
+        asyncio.run(_admin(servers.database_url, drop))
 
 
 def new_queue_name(prefix: str) -> str:
@@ -254,10 +241,10 @@ class Stack:
         proc = Proc(name, popen, log)
         self.procs.append(proc)
         if ready is not None:
-            self._wait_ready(proc, ready, timeout_s)
+            self.wait_ready(proc, ready, timeout_s)
         return proc
 
-    def _wait_ready(self, proc: Proc, ready: Callable[[], bool], timeout_s: float) -> None:
+    def wait_ready(self, proc: Proc, ready: Callable[[], bool], timeout_s: float = 60.0) -> None:
         deadline = time.monotonic() + timeout_s
         while not ready():
             if proc.popen.poll() is not None:
@@ -285,10 +272,8 @@ class Stack:
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    try:
+    with suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def _tail(path: Path, lines: int = 20) -> str:
@@ -352,12 +337,21 @@ def start_api(
     health: str = "/api/v1/health/live",
 ) -> str:
     """uvicorn, one worker process, as the Procfile's `web`; returns its base URL."""
-    port = free_port()
-    argv = [sys.executable, "-m", "uvicorn", app, "--factory", "--host", "127.0.0.1"]
-    argv += ["--port", str(port), "--workers", "1", "--no-access-log", "--log-level", "warning"]
-    base = f"http://127.0.0.1:{port}"
-    stack_.start(name, argv, env=env, ready=http_ok(base + health))
-    return base
+    return start_apis(stack_, [(name, app, health, env)])[0]
+
+
+def start_apis(stack_: Stack, apps: Sequence[tuple[str, str, str, dict[str, str]]]) -> list[str]:
+    """Several apps at once, `(name, factory, health path, env)` each; their base URLs."""
+    started: list[tuple[Proc, str, str]] = []
+    for name, app, health, env in apps:
+        port = free_port()
+        argv = [sys.executable, "-m", "uvicorn", app, "--factory", "--host", "127.0.0.1"]
+        argv += ["--port", str(port), "--workers", "1", "--no-access-log", "--log-level", "warning"]
+        base = f"http://127.0.0.1:{port}"
+        started.append((stack_.start(name, argv, env=env), base, health))
+    for proc, base, health in started:
+        stack_.wait_ready(proc, http_ok(base + health))
+    return [base for _, base, _ in started]
 
 
 def start_simulator(stack_: Stack, latency_ms: str, *, seed: int = 7) -> str:
@@ -369,9 +363,15 @@ def start_simulator(stack_: Stack, latency_ms: str, *, seed: int = 7) -> str:
     return f"http://127.0.0.1:{port}/v1"
 
 
-def start_worker(stack_: Stack, env: dict[str, str], *, name: str = "worker") -> Proc:
+def start_worker(
+    stack_: Stack,
+    env: dict[str, str],
+    *,
+    name: str = "worker",
+    settings: str = "worker.settings.WorkerSettings",
+) -> Proc:
     """`arq worker.settings.WorkerSettings`, as the Procfile's `worker`; ready once polling."""
-    argv = [sys.executable, "-m", "arq", "worker.settings.WorkerSettings"]
+    argv = [sys.executable, "-m", "arq", settings]
     key = f"{env['QUEUE_NAME']}:health-check"
     return stack_.start(name, argv, env=env, ready=redis_key_exists(env["REDIS_URL"], key))
 
@@ -420,7 +420,10 @@ end
 def _wrk_script(method: str, paths: Sequence[str], body: str | None) -> str:
     lines = [f'wrk.method = "{method}"']
     if body is not None:
-        lines += [f"wrk.body = {json.dumps(body)}", 'wrk.headers["Content-Type"] = "application/json"']
+        lines += [
+            f"wrk.body = {json.dumps(body)}",
+            'wrk.headers["Content-Type"] = "application/json"',
+        ]
     lines.append("paths = {" + ", ".join(json.dumps(p) for p in paths) + "}")
     lines.append("request = function() return wrk.format(nil, paths[math.random(#paths)]) end")
     return "\n".join(lines) + _WRK_DONE
@@ -438,7 +441,15 @@ def run_wrk(
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write(_wrk_script(method, paths, body))
     try:
-        argv = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration_s))}s", "-s", script.name, base]
+        argv = [
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{max(1, round(duration_s))}s",
+            "-s",
+            script.name,
+            base,
+        ]
         out = subprocess.run(argv, check=True, capture_output=True, text=True).stdout
     finally:
         os.unlink(script.name)

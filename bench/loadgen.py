@@ -85,7 +85,9 @@ def _requests(spec: Spec) -> list[bytes]:
     headers = f"Host: {parts.netloc}\r\nConnection: keep-alive\r\n"
     if spec.body is not None:
         headers += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-    return [f"{spec.method} {path} HTTP/1.1\r\n{headers}\r\n".encode() + body for path in spec.paths]
+    return [
+        f"{spec.method} {path} HTTP/1.1\r\n{headers}\r\n".encode() + body for path in spec.paths
+    ]
 
 
 class Paths:

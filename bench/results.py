@@ -17,7 +17,9 @@ from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 ORDER = ["loadgen", "submit", "batch", "worker", "peer", "reads", "polling"]
-_SECTION = re.compile(r"<!-- section:(?P<key>[\w-]+) -->\n(?P<body>.*?)<!-- /section:(?P=key) -->\n", re.S)
+_SECTION = re.compile(
+    r"<!-- section:(?P<key>[\w-]+) -->\n(?P<body>.*?)<!-- /section:(?P=key) -->\n", re.S
+)
 _ROWS = re.compile(r"<!-- rows: (?P<rows>.*?) -->")
 
 

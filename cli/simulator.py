@@ -119,6 +119,8 @@ class SimulatorState:
         self.config = config
         self.script: deque[ScriptStep] = deque()
         self.received: deque[Any] = deque(maxlen=config.record_limit)
+        # When each recorded request arrived (`time.time()`), in the same order.
+        self.received_at: deque[float] = deque(maxlen=config.record_limit)
         self.outcomes: Counter[str] = Counter()
         self._random = random.Random(config.seed)
 
@@ -137,6 +139,7 @@ class SimulatorState:
     def reset(self) -> None:
         self.script.clear()
         self.received.clear()
+        self.received_at.clear()
         self.outcomes.clear()
 
 
@@ -169,12 +172,14 @@ def _state(request: Request) -> SimulatorState:
 
 async def chat_completions(request: Request) -> Response:
     """An audit reply, or the fault this request was chosen for."""
+    received_at = time.time()
     state = _state(request)
     try:
         body = await request.json()
     except ValueError:
         return _error_response(400, "invalid_request_error", "The body is not valid JSON.")
     state.received.append(body)
+    state.received_at.append(received_at)
     outcome = state.next_outcome()
     state.outcomes[outcome] += 1
     if outcome == "hang":
@@ -208,7 +213,8 @@ async def set_script(script: Script, request: Request) -> dict[str, int]:
 
 
 async def recorded_requests(request: Request) -> dict[str, list[Any]]:
-    return {"requests": list(_state(request).received)}
+    state = _state(request)
+    return {"requests": list(state.received), "received_at": list(state.received_at)}
 
 
 async def stats(request: Request) -> dict[str, Any]:

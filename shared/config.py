@@ -11,6 +11,8 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 CommaList = Annotated[list[str], NoDecode]
+# `gpt-4o-mini=500,gpt-4o=100`: a limit per model; a model not named has none.
+ModelLimits = Annotated[dict[str, int], NoDecode]
 
 
 class Settings(BaseSettings):
@@ -26,6 +28,10 @@ class Settings(BaseSettings):
     openai_model: str = "gpt-4o-mini"
     allowed_models: CommaList = Field(default_factory=list)
     openai_timeout_s: float = Field(default=60.0, gt=0)
+
+    # Shared by every worker through Redis (shared/llm/ratelimit.py).
+    model_rpm_limits: ModelLimits = Field(default_factory=dict)
+    model_tpm_limits: ModelLimits = Field(default_factory=dict)
 
     max_attempts: int = Field(default=5, ge=1)
     worker_concurrency: int = Field(default=50, ge=1)
@@ -50,6 +56,21 @@ class Settings(BaseSettings):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
 
+    @field_validator("model_rpm_limits", "model_tpm_limits", mode="before")
+    @classmethod
+    def split_model_limits(cls, value: object) -> object:
+        if isinstance(value, str):
+            return parse_model_limits(value)
+        return value
+
+    @field_validator("model_rpm_limits", "model_tpm_limits")
+    @classmethod
+    def positive_limits(cls, value: dict[str, int]) -> dict[str, int]:
+        for model, limit in value.items():
+            if limit < 1:
+                raise ValueError(f"the limit of {model!r} must be a positive integer")
+        return value
+
     @field_validator("database_url")
     @classmethod
     def use_asyncpg_driver(cls, value: str) -> str:
@@ -63,6 +84,22 @@ class Settings(BaseSettings):
     def models(self) -> list[str]:
         """Models a request may ask for: `ALLOWED_MODELS`, or just the default one."""
         return self.allowed_models or [self.openai_model]
+
+
+def parse_model_limits(value: str) -> dict[str, int]:
+    """`"gpt-4o-mini=500, gpt-4o=100"` -> `{"gpt-4o-mini": 500, "gpt-4o": 100}`."""
+    limits: dict[str, int] = {}
+    for item in (part.strip() for part in value.split(",")):
+        if not item:
+            continue
+        # rpartition: the limit is what follows the last `=`, whatever the model name holds.
+        model, equals, limit = (part.strip() for part in item.rpartition("="))
+        if not equals or not model or not limit.isdigit():
+            raise ValueError(f"expected `model=limit` (a whole number), got {item!r}")
+        if model in limits:
+            raise ValueError(f"{model!r} is given a limit twice")
+        limits[model] = int(limit)
+    return limits
 
 
 @lru_cache

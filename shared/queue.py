@@ -31,9 +31,9 @@ RUN_AUDIT = "run_audit"
 _PENDING = "auditq.pending_jobs"
 
 
-def _retry() -> Retry:
-    """Ride out a Redis restart: a few quick reconnects before giving up."""
-    return Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3)
+def _retry(*, cap: float, retries: int) -> Retry:
+    """Reconnect after 0.1, 0.2, 0.4 s… (doubling up to `cap`), `retries` times in all."""
+    return Retry(ExponentialBackoff(cap=cap, base=0.05), retries=retries)
 
 
 def create_redis(settings: Settings) -> ArqRedis:
@@ -43,7 +43,9 @@ def create_redis(settings: Settings) -> ArqRedis:
     """
     redis: ArqRedis = ArqRedis.from_url(
         settings.redis_url,
-        retry=_retry(),
+        # Under a second: a request must not hang while Redis is down (the reconciler
+        # enqueues what the API could not).
+        retry=_retry(cap=1.0, retries=3),
         retry_on_error=[ConnectionError, TimeoutError],
         socket_connect_timeout=2,
         socket_timeout=5,
@@ -54,10 +56,18 @@ def create_redis(settings: Settings) -> ArqRedis:
 
 
 def redis_settings(settings: Settings) -> RedisSettings:
-    """The same connection, described the way arq's worker wants it."""
+    """The worker's connection, described the way arq wants it.
+
+    arq ends the worker on the first Redis error that reaches its poll loop, so every
+    command waits out a restart of up to about 17 s instead (0.1 + 0.2 + … + 2 s).
+    OSError: redis-py raises a refused connection (or a unix socket gone) at once
+    otherwise. arq's own start-up retries are off: the retry covers start-up too, and
+    `arq --check` gives its answer within the same 17 s.
+    """
     conf = RedisSettings.from_dsn(settings.redis_url)
-    conf.retry = _retry()
-    conf.retry_on_error = [ConnectionError, TimeoutError]
+    conf.retry = _retry(cap=2.0, retries=12)
+    conf.retry_on_error = [ConnectionError, TimeoutError, OSError]
+    conf.conn_retries = 0
     conf.conn_timeout = 2
     return conf
 

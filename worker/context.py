@@ -10,6 +10,7 @@ from shared.audits.lifecycle import QueuedKey
 from shared.config import Settings, get_settings
 from shared.db import SessionFactory, create_engine, create_session_factory
 from shared.llm.client import create_client
+from shared.llm.ratelimit import ModelRateLimiter, create_rate_limiter
 from shared.logging import configure_logging
 from worker.timing import JobTiming
 
@@ -21,6 +22,7 @@ class JobContext(TypedDict):
     engine: AsyncEngine
     session_factory: SessionFactory
     llm: AsyncOpenAI
+    rate_limiter: ModelRateLimiter
     timing: JobTiming
     redis: ArqRedis
     job_try: int
@@ -35,6 +37,8 @@ async def startup(ctx: dict[str, Any]) -> None:
     ctx["engine"] = create_engine(settings, pool_size=max(5, settings.worker_concurrency // 5))
     ctx["session_factory"] = create_session_factory(ctx["engine"])
     ctx["llm"] = create_client(settings)
+    # Over arq's Redis pool (set in `ctx` before startup): closed with it, nothing of its own.
+    ctx["rate_limiter"] = create_rate_limiter(settings, ctx["redis"])
     ctx["timing"] = JobTiming.from_settings(settings)
 
 

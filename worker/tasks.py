@@ -1,4 +1,4 @@
-"""`run_audit`: claim → ask the model → validate → finish, fenced (DESIGN §3, §5)."""
+"""`run_audit`: rate limits → claim → ask the model → validate → finish, fenced (DESIGN §3, §5)."""
 
 import asyncio
 from typing import Any
@@ -15,6 +15,7 @@ from shared.db import session_scope
 from shared.llm.client import audit_content
 from shared.llm.errors import ModelError
 from shared.llm.schemas import ModelOutcome
+from worker.admission import reserve_model_call, settle_model_call
 from worker.backoff import retry_delay
 from worker.context import JobContext
 
@@ -27,6 +28,7 @@ async def run_audit(ctx: JobContext, audit_id: str) -> None:
     """Run one attempt of an audit; a duplicate or stale job exits quietly."""
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(audit_id=audit_id, job_try=ctx["job_try"])
+    reserved = await reserve_model_call(ctx, UUID(audit_id))  # or Retry, before any claim
     audit = await _claim(ctx, UUID(audit_id))
     if audit is None:
         log.info(
@@ -43,6 +45,7 @@ async def run_audit(ctx: JobContext, audit_id: str) -> None:
         await asyncio.shield(_on_interrupted(ctx, audit))
         raise
     else:
+        await settle_model_call(ctx, audit, reserved, outcome)
         await _on_success(ctx, audit, outcome)
 
 
@@ -97,6 +100,7 @@ async def _on_success(ctx: JobContext, audit: Audit, outcome: ModelOutcome) -> N
 
 
 async def _on_model_error(ctx: JobContext, audit: Audit, error: ModelError) -> None:
+    await ctx["rate_limiter"].pause_if_rate_limited(audit.model, error)
     if not error.transient:
         async with session_scope(ctx["session_factory"]) as session:
             written = await lifecycle.fail(

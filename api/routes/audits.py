@@ -5,10 +5,10 @@ from typing import Annotated
 from uuid import UUID
 
 from fastapi import APIRouter, Query, Response
-from pydantic import AfterValidator
+from pydantic import AfterValidator, BeforeValidator
 
 from api.deps import CurrentAudit, IdempotencyKey, RequestId, SessionDep, mark_created
-from api.openapi import problems
+from api.openapi import BODY_PROBLEMS, problems
 from shared.audits import service as audits
 from shared.audits.exceptions import (
     AuditNotCancellable,
@@ -31,6 +31,17 @@ from shared.rubrics.exceptions import UnknownRubric
 router = APIRouter(prefix="/audits", tags=["audits"])
 
 
+def _not_a_number(value: object) -> object:
+    """Only dates as text: pydantic alone reads `2026` or `20261130` as seconds since 1970."""
+    if isinstance(value, str):
+        try:
+            float(value)
+        except ValueError:
+            return value
+        raise ValueError("must be an ISO 8601 date-time, e.g. 2026-11-30T00:00:00Z")
+    return value
+
+
 def _as_utc(moment: datetime) -> datetime:
     """A naive time is taken as UTC; an aware one near year 1 or 9999 may have no UTC twin."""
     if moment.tzinfo is None:
@@ -41,7 +52,7 @@ def _as_utc(moment: datetime) -> datetime:
         raise ValueError("is outside the supported range once converted to UTC") from exc
 
 
-Timestamp = Annotated[datetime, AfterValidator(_as_utc)]
+Timestamp = Annotated[datetime, BeforeValidator(_not_a_number), AfterValidator(_as_utc)]
 
 
 def _location(response: Response, audit_id: UUID) -> None:
@@ -51,7 +62,7 @@ def _location(response: Response, audit_id: UUID) -> None:
 @router.post(
     "",
     status_code=202,
-    responses=problems(UnknownRubric, IdempotencyKeyMismatch, extra={413: ["payload_too_large"]}),
+    responses=problems(UnknownRubric, IdempotencyKeyMismatch, extra=BODY_PROBLEMS),
 )
 async def create_audit(
     body: AuditCreate,

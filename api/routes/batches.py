@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
 from api.deps import CurrentBatch, IdempotencyKey, RequestId, SessionDep, mark_created
-from api.openapi import problems
+from api.openapi import BODY_PROBLEMS, problems
 from shared.batches import service as batches
 from shared.batches.exceptions import BatchNotFound
 from shared.batches.schemas import BatchCreate, BatchPage, BatchRead
@@ -26,7 +26,7 @@ NDJSON = "application/x-ndjson"
 @router.post(
     "",
     status_code=202,
-    responses=problems(UnknownRubric, IdempotencyKeyMismatch, extra={413: ["payload_too_large"]}),
+    responses=problems(UnknownRubric, IdempotencyKeyMismatch, extra=BODY_PROBLEMS),
 )
 async def create_batch(
     body: BatchCreate,

@@ -5,7 +5,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response
 
 from api.deps import SessionDep
-from api.openapi import problems
+from api.openapi import BODY_PROBLEMS, problems
 from shared.audits.schemas import MAX_RUBRIC_VERSION
 from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT, InvalidCursor
 from shared.rubrics import service as rubrics
@@ -20,7 +20,7 @@ def to_read(rubric: Rubric) -> RubricRead:
     return RubricRead.model_validate(rubric, from_attributes=True)
 
 
-@router.post("", status_code=201, responses=problems())
+@router.post("", status_code=201, responses=problems(extra=BODY_PROBLEMS))
 async def publish_rubric(body: RubricCreate, session: SessionDep, response: Response) -> RubricRead:
     """Publish a rubric; an existing name gets its next version (rubrics never change)."""
     rubric = await rubrics.publish(session, data=body)

@@ -22,7 +22,6 @@ from shared.audits.schemas import AuditCreate
 from shared.audits.service import ResolvedCriteria, new_row
 
 
-
 @cache
 def _insert(columns: tuple[str, ...]) -> str:
     values = ", ".join(f"${i}" for i in range(1, len(columns) + 1))

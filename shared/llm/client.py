@@ -48,13 +48,15 @@ class _Reply:
     prompt_tokens: int
     completion_tokens: int
     request_id: str | None
+    calls: int = 1
 
     def after(self, rejected: "_Reply") -> "_Reply":
-        """This reply, also counting the tokens spent on a rejected one before it."""
+        """This reply, also counting the call and the tokens spent on a rejected one before it."""
         return replace(
             self,
             prompt_tokens=rejected.prompt_tokens + self.prompt_tokens,
             completion_tokens=rejected.completion_tokens + self.completion_tokens,
+            calls=rejected.calls + self.calls,
         )
 
 
@@ -122,4 +124,5 @@ def _outcome(reply: _Reply, *, criteria: Sequence[Criterion], content: str) -> M
         completion_tokens=reply.completion_tokens,
         request_id=reply.request_id,
         prompt_version=PROMPT_VERSION,
+        model_calls=reply.calls,
     )

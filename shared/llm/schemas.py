@@ -61,6 +61,8 @@ class ModelOutcome:
     completion_tokens: int
     request_id: str | None
     prompt_version: str
+    # Two when an invalid reply was asked again: both requests count against rate limits.
+    model_calls: int = 1
 
 
 def validate_reply(

@@ -13,7 +13,7 @@ PROBLEM_REF = "#/components/schemas/Problem"
 
 # (method, path, success status, success schema, the route's own problem statuses)
 AUDIT_ROUTES = [
-    ("post", "/audits", "202", "AuditRead", {"413"}),
+    ("post", "/audits", "202", "AuditRead", {"400", "413"}),
     ("get", "/audits", "200", "AuditPage", set()),
     ("get", "/audits/{audit_id}", "200", "AuditDetail", {"404"}),
     ("post", "/audits/{audit_id}/cancel", "200", "AuditRead", {"404", "409"}),
@@ -94,6 +94,7 @@ def test_problem_responses_are_problem_json(
     ("method", "path", "status", "codes"),
     [
         ("post", "/audits", "422", {"validation_error", "rubric_not_found"}),
+        ("post", "/audits", "400", {"bad_request"}),
         ("post", "/audits", "413", {"payload_too_large"}),
         ("get", "/audits", "422", {"validation_error", "invalid_cursor"}),
         ("get", "/audits/{audit_id}", "404", {"audit_not_found"}),

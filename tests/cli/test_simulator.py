@@ -208,14 +208,18 @@ async def test_an_unknown_script_step_is_refused(client: httpx.AsyncClient) -> N
 async def test_requests_are_recorded_until_reset(client: httpx.AsyncClient) -> None:
     body = audit_body()
     await client.post("/_control/script", json={"faults": ["500"]})
+    sent_after = time.time()
     await complete(client, body)
+    answered_before = time.time()
 
-    recorded = (await client.get("/_control/requests")).json()["requests"]
+    recorded = (await client.get("/_control/requests")).json()
     reset = await client.post("/_control/reset")
 
-    assert recorded == [json.loads(json.dumps(body))]
+    assert recorded["requests"] == [json.loads(json.dumps(body))]
+    [received_at] = recorded["received_at"]
+    assert sent_after <= received_at <= answered_before
     assert reset.status_code == 204
-    assert (await client.get("/_control/requests")).json() == {"requests": []}
+    assert (await client.get("/_control/requests")).json() == {"requests": [], "received_at": []}
     assert (await client.get("/_control/stats")).json() == {"requests": 0, "outcomes": {}}
     assert (await complete(client)).status_code == 200
 

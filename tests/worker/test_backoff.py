@@ -1,8 +1,16 @@
-"""When a transient failure is tried again: exponential, jittered, never before Retry-After."""
+"""When a transient failure is tried again: exponential, jittered, never before Retry-After;
+and when a job the rate limiter sent back comes back: after its wait, spread wider each try."""
 
 import pytest
 
-from worker.backoff import BASE_DELAY_S, MAX_DELAY_S, retry_delay
+from worker.backoff import (
+    BASE_DELAY_S,
+    MAX_DELAY_S,
+    MAX_RATE_LIMIT_JITTER_S,
+    RATE_LIMIT_JITTER_S,
+    rate_limit_delay,
+    retry_delay,
+)
 
 DRAWS = 200
 
@@ -36,3 +44,19 @@ def test_a_shorter_retry_after_does_not_shorten_the_backoff() -> None:
 
 def test_a_zero_retry_after_means_no_advice() -> None:
     assert all(1.0 <= d <= 2.0 for d in delays(1, retry_after=0.0))
+
+
+@pytest.mark.parametrize("job_try", [1, 2, 3, 4])
+def test_a_rate_limited_job_waits_its_turn_plus_jitter_that_widens_each_try(job_try: int) -> None:
+    spread = RATE_LIMIT_JITTER_S * 2 ** (job_try - 1)
+
+    drawn = [rate_limit_delay(30.0, job_try=job_try) for _ in range(DRAWS)]
+
+    assert all(30.0 <= d <= 30.0 + spread for d in drawn)
+    assert max(drawn) > 30.0 + spread / 2  # the whole spread is used, not just its start
+
+
+def test_the_rate_limit_jitter_is_capped() -> None:
+    drawn = [rate_limit_delay(1.0, job_try=40) for _ in range(DRAWS)]
+
+    assert all(1.0 <= d <= 1.0 + MAX_RATE_LIMIT_JITTER_S for d in drawn)

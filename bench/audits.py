@@ -1,0 +1,143 @@
+"""Audits for the worker benchmarks: recorded and queued through auditq's own services,
+then followed in PostgreSQL until they end.
+
+The benchmark process submits the way the API does (`batches.create` or
+`audits.create` inside `shared.queue.transaction`: rows committed, then one Redis
+pipeline), without HTTP in the way, and reads the audits' own timestamps
+(`created_at`, `started_at`, `finished_at`, all PostgreSQL's clock) afterwards.
+"""
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from uuid import UUID
+
+import asyncpg
+from arq.connections import ArqRedis
+
+from bench.common import asyncpg_dsn
+from bench.workload import audit_body
+from shared.audits import service as audits
+from shared.audits.schemas import AuditCreate
+from shared.batches import service as batches
+from shared.batches.schemas import BatchCreate
+from shared.config import Settings
+from shared.db import SessionFactory, create_engine, create_session_factory
+from shared.queue import create_redis, transaction
+
+CHUNK = 1000
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+@dataclass
+class Client:
+    settings: Settings
+    factory: SessionFactory
+    redis: ArqRedis
+
+
+@asynccontextmanager
+async def client(database_url: str, redis_url: str, queue_name: str) -> AsyncIterator[Client]:
+    settings = Settings(database_url=database_url, redis_url=redis_url, queue_name=queue_name)
+    engine = create_engine(settings, pool_size=2)
+    redis = create_redis(settings)
+    try:
+        yield Client(settings, create_session_factory(engine), redis)
+    finally:
+        await redis.aclose()
+        await engine.dispose()
+
+
+def redis_commands_to_submit(count: int) -> int:
+    """What `submit` sends to Redis: per chunk MULTI, 3 commands per audit, EXEC."""
+    chunks = -(-count // CHUNK)
+    return 3 * count + 2 * chunks
+
+
+async def submit(c: Client, count: int, *, start: int = 0) -> list[UUID]:
+    """`count` audits as batches of up to 1,000 (one transaction, one pipeline each)."""
+    ids: list[UUID] = []
+    for first in range(start, start + count, CHUNK):
+        size = min(CHUNK, start + count - first)
+        data = BatchCreate(
+            audits=[AuditCreate.model_validate(audit_body(first + i)) for i in range(size)]
+        )
+        async with transaction(c.factory, c.redis) as session:
+            created = await batches.create(session, data=data)
+        ids.append(created.resource.batch.id)
+    return ids
+
+
+async def submit_one_by_one(c: Client, count: int, *, gap_s: tuple[float, float]) -> None:
+    """Single audits, each in its own transaction, at random intervals (an idle system)."""
+    rng = random.Random(11)
+    for index in range(count):
+        data = AuditCreate.model_validate(audit_body(index))
+        async with transaction(c.factory, c.redis) as session:
+            await audits.create(session, data=data)
+        await asyncio.sleep(rng.uniform(*gap_s))
+
+
+@dataclass(frozen=True)
+class Timeline:
+    """When each audit was created, started and finished (epoch seconds, PostgreSQL's clock)."""
+
+    created: list[float]
+    started: list[float]
+    finished: list[float]
+    statuses: dict[str, int]
+
+
+async def _fetch(connection: asyncpg.Connection, sql: str) -> list[asyncpg.Record]:
+    rows: list[asyncpg.Record] = await connection.fetch(sql)
+    return rows
+
+
+async def wait_until_done(database_url: str, expected: int, *, timeout_s: float) -> Timeline:
+    """Poll (twice a second) until `expected` audits have ended, then read their timeline."""
+    connection = await asyncpg.connect(asyncpg_dsn(database_url))
+    try:
+        deadline = time.monotonic() + timeout_s
+        done_sql = f"SELECT count(*) FROM audit WHERE status IN {TERMINAL!r}"
+        while (done := await connection.fetchval(done_sql)) < expected:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{done} of {expected} audits ended within {timeout_s} s")
+            await asyncio.sleep(0.5)
+    finally:
+        await connection.close()
+    return await timeline(database_url)
+
+
+async def timeline(database_url: str) -> Timeline:
+    """Every audit's timestamps as they stand; only the ended ones count."""
+    connection = await asyncpg.connect(asyncpg_dsn(database_url))
+    try:
+        rows = await _fetch(
+            connection,
+            "SELECT status, extract(epoch FROM created_at) AS c, "
+            "extract(epoch FROM started_at) AS s, extract(epoch FROM finished_at) AS f "
+            "FROM audit",
+        )
+    finally:
+        await connection.close()
+    statuses: dict[str, int] = {}
+    for row in rows:
+        statuses[row["status"]] = statuses.get(row["status"], 0) + 1
+    ended = [row for row in rows if row["f"] is not None]
+    return Timeline(
+        created=[float(row["c"]) for row in ended],
+        started=[float(row["s"]) for row in ended],
+        finished=[float(row["f"]) for row in ended],
+        statuses=statuses,
+    )
+
+
+async def truncate(database_url: str) -> None:
+    connection = await asyncpg.connect(asyncpg_dsn(database_url))
+    try:
+        await connection.execute("TRUNCATE audit, batch CASCADE")
+    finally:
+        await connection.close()

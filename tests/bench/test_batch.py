@@ -1,0 +1,11 @@
+from pathlib import Path
+
+from tests.bench.quick import numbers, run_quick
+
+
+def test_batch_quick_times_a_batch(tmp_path: Path) -> None:
+    (row,) = run_quick("batch", tmp_path / "RESULTS.md")
+
+    seconds, audits_per_s = numbers(row["measured"])[-2:]
+    assert 0 < seconds < 30
+    assert audits_per_s > 0

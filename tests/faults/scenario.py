@@ -1,0 +1,146 @@
+"""One fault run: the stack from the Procfile, clients submitting, faults, and the checks.
+
+A test builds a `FaultRun`, starts the clients (`submit`), injects its faults while they
+run, then `settle`s: every accepted audit must end terminal within the deadline. The
+checks every run makes are in `assert_promises_kept`; the figures go to `.auditq/faults/`.
+"""
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from tests.faults.load import LoadReport, plan, submit_concurrently
+from tests.faults.outcome import (
+    Outcome,
+    counts_by_status,
+    examine,
+    faults_injected,
+    wait_until_settled,
+    write_figures,
+)
+from tests.faults.stack import Api, Stack
+from tests.fixtures.simulator import SimulatorHandle
+
+# Small T keeps the job timeout (2T + 10 s) and the lease (+5 s) short: worker/timing.py.
+MODEL_TIMEOUT_S = 2.0
+# Per attempt, 20% faults of which three quarters are transient: 8 attempts all failing
+# has a chance of about 3e-7 per audit.
+MAX_ATTEMPTS = 8
+WORKER_CONCURRENCY = 20
+SETTLE_WITHIN_S = 420.0
+
+
+def stack_env(
+    *, database_url: str, redis_url: str, simulator: SimulatorHandle, **overrides: str
+) -> dict[str, str]:
+    """The environment of every process of the stack (the variables of DESIGN §6)."""
+    return {
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "OPENAI_API_KEY": "sk-fault-suite",
+        "OPENAI_BASE_URL": simulator.base_url,
+        "OPENAI_TIMEOUT_S": str(MODEL_TIMEOUT_S),
+        "MAX_ATTEMPTS": str(MAX_ATTEMPTS),
+        "WORKER_CONCURRENCY": str(WORKER_CONCURRENCY),
+        "QUEUE_NAME": "auditq:faults",
+        "LOG_LEVEL": "INFO",
+        **overrides,
+    }
+
+
+@dataclass
+class FaultRun:
+    name: str
+    stack: Stack
+    api: Api
+    simulator: SimulatorHandle
+    database_url: str
+    load: LoadReport = field(default_factory=LoadReport)
+    infrastructure: Counter[str] = field(default_factory=Counter)
+    started: float = field(default_factory=time.monotonic)
+    _clients: "asyncio.Task[LoadReport] | None" = None
+
+    def submit(self, total: int, *, clients: int = 50, pause_s: float = 0.0, seed: int = 0) -> None:
+        """Start `clients` clients submitting `total` audits (single ones and small batches)."""
+        submissions = plan(total, seed=seed)
+        self._clients = asyncio.create_task(
+            submit_concurrently(
+                self.api.base_url, submissions, self.load, clients=clients, pause_s=pause_s
+            )
+        )
+
+    async def accepted(self, count: int, *, within: float = 240.0) -> None:
+        """Wait until the API has accepted `count` audits."""
+        await self._wait(lambda: self.load.accepted >= count, f"{count} audits accepted", within)
+
+    async def running(self, count: int = 1, *, within: float = 120.0) -> None:
+        """Wait until at least `count` audits are running (a worker is mid-job)."""
+        deadline = time.monotonic() + within
+        while (await counts_by_status(self.database_url)).get("running", 0) < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {count} audits running after {within}s")
+            await asyncio.sleep(0.1)
+
+    async def _wait(self, done: Any, what: str, within: float) -> None:
+        deadline = time.monotonic() + within
+        while not done():
+            if time.monotonic() > deadline or (self._clients and self._clients.done()):
+                if done():
+                    return
+                raise AssertionError(f"not {what} after {within}s: {self.load.figures()}")
+            await asyncio.sleep(0.05)
+
+    async def settle(self, *, within: float = SETTLE_WITHIN_S) -> Outcome:
+        """Wait for the clients, then for every audit to end; what became of them."""
+        assert self._clients is not None
+        await self._clients
+        await wait_until_settled(
+            self.database_url,
+            within=within,
+            hopeless=lambda: not any(worker.alive() for worker in self.stack.workers()),
+        )
+        return await examine(self.database_url, self.load, self.stack.worker_events())
+
+    def record(self, outcome: Outcome, settings: Mapping[str, Any], **extra: Any) -> dict[str, Any]:
+        """Write the run's figures to `.auditq/faults/<name>.json`; return them."""
+        figures = {
+            "settings": dict(settings),
+            "audits_submitted": self.load.accepted,
+            "faults_injected": faults_injected(self.simulator.stats(), **self.infrastructure),
+            "model_requests": self.simulator.stats()["requests"],
+            **outcome.figures(),
+            **self.load.figures(),
+            "wall_time_s": round(time.monotonic() - self.started, 1),
+            **extra,
+        }
+        write_figures(self.name, figures)
+        return figures
+
+
+def assert_promises_kept(
+    run: FaultRun,
+    outcome: Outcome,
+    *,
+    submitted: int,
+    min_succeeded_pct: float | None = 97.0,
+    database_down: bool = False,
+) -> None:
+    """The checks of every run: all accepted, none lost, none twice, every failure coded, no 5xx."""
+    context = f"{outcome.problems()}\n{run.load.figures()}\n{run.stack.outputs()}"
+    assert run.load.refused == [], context
+    assert run.load.unsent == 0, context
+    assert run.load.accepted == submitted, context
+    assert run.load.unexpected_5xx == 0, context
+    if not database_down:
+        assert run.load.database_unavailable == 0, context
+    assert outcome.lost == [], context
+    assert set(outcome.by_status) <= {"succeeded", "failed"}, context
+    assert outcome.unexpected_rows == 0, context
+    assert outcome.duplicated == [], context
+    assert outcome.unlogged == [], context
+    assert outcome.failed_without_code == [], context
+    if min_succeeded_pct is not None:
+        assert outcome.succeeded_pct >= min_succeeded_pct, context

@@ -1,0 +1,46 @@
+"""Settings read from the environment, as a deployment sets them."""
+
+import pytest
+from pydantic import ValidationError
+
+from shared.config import Settings, get_settings
+from tests.environment import environment
+
+
+@pytest.mark.parametrize("variable", ["MODEL_RPM_LIMITS", "MODEL_TPM_LIMITS"])
+def test_model_limits_are_read_as_model_equals_limit(variable: str) -> None:
+    with environment(**{variable: " gpt-4o-mini=500 , ft:gpt-4o:acme::x1=20,gpt-4o=100,"}):
+        limits = getattr(get_settings(), variable.lower())
+
+    assert limits == {"gpt-4o-mini": 500, "ft:gpt-4o:acme::x1": 20, "gpt-4o": 100}
+
+
+def test_no_model_limits_means_unlimited() -> None:
+    with environment(MODEL_RPM_LIMITS="", MODEL_TPM_LIMITS=""):
+        settings = get_settings()
+
+    assert (settings.model_rpm_limits, settings.model_tpm_limits) == ({}, {})
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("gpt-4o-mini", "model=limit"),
+        ("gpt-4o-mini=", "model=limit"),
+        ("=500", "model=limit"),
+        ("gpt-4o-mini=5k", "model=limit"),
+        ("gpt-4o-mini=-5", "model=limit"),
+        ("gpt-4o-mini=1.5", "model=limit"),
+        ("gpt-4o-mini=0", "positive"),
+        ("gpt-4o-mini=5,gpt-4o-mini=6", "twice"),
+    ],
+)
+def test_a_malformed_model_limit_is_refused_at_startup(value: str, problem: str) -> None:
+    with environment(MODEL_TPM_LIMITS=value), pytest.raises(ValidationError, match=problem):
+        get_settings()
+
+
+def test_model_limits_can_be_given_as_a_mapping() -> None:
+    assert Settings(model_rpm_limits={"gpt-4o-mini": 60}).model_rpm_limits == {"gpt-4o-mini": 60}
+    with pytest.raises(ValidationError, match="positive"):
+        Settings(model_rpm_limits={"gpt-4o-mini": 0})
