@@ -3,7 +3,6 @@
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import sqlalchemy.exc
 from fastapi import Depends, FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
@@ -15,21 +14,12 @@ from api.middleware import BodyLimit, RequestContext
 from api.openapi import document_problems_as_sent, problem_of
 from api.routes import audits, batches, health, rubrics
 from shared.config import Settings, get_settings
-from shared.db import create_engine, create_session_factory
+from shared.db import DATABASE_ERRORS, create_engine, create_session_factory
 from shared.errors import AppError
 from shared.logging import configure_logging
 from shared.queue import create_redis
 
 API_PREFIX = "/api/v1"
-
-# Errors that mean "PostgreSQL is not there right now", never a bug of ours.
-DATABASE_DOWN = (
-    sqlalchemy.exc.OperationalError,
-    sqlalchemy.exc.InterfaceError,
-    sqlalchemy.exc.TimeoutError,
-    ConnectionError,
-    TimeoutError,
-)
 
 
 @asynccontextmanager
@@ -49,7 +39,7 @@ def _add_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(AppError, problems.app_error)
     app.add_exception_handler(RequestValidationError, problems.validation_error)
     app.add_exception_handler(HTTPException, problems.http_error)
-    for error in DATABASE_DOWN:
+    for error in DATABASE_ERRORS:
         app.add_exception_handler(error, problems.database_unavailable)
     app.add_exception_handler(Exception, problems.internal_error)
 

@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from shared.db import is_database_unavailable
 from shared.errors import AppError
 
 PROBLEM_TYPE = "https://auditq.dev/problems/"
@@ -111,6 +112,9 @@ def _allowed_methods(request: Request) -> list[str]:
 
 
 async def database_unavailable(_: Request, exc: Exception) -> JSONResponse:
+    """503 while PostgreSQL is out of reach; any other database error is a 500, logged."""
+    if not is_database_unavailable(exc):
+        raise exc
     response = problem_response(
         status=503,
         code="database_unavailable",

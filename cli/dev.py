@@ -32,7 +32,6 @@ if TYPE_CHECKING:
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 EMBEDDED_ROOT = Path(".auditq")
 SIMULATOR_API_KEY = "sk-auditq-simulator"
-WORKER_SETTINGS = "worker.settings.WorkerSettings"
 
 _READY_TIMEOUT_S = 60.0
 _STOP_TIMEOUT_S = 30.0  # the worker gives running audits 25 s to finish on SIGTERM
@@ -107,7 +106,7 @@ def _run_stack(supervisor: "Supervisor", env: dict[str, str], options: DevOption
     api = supervisor.spawn("api", _uvicorn_args(options), {**env, "PORT": str(options.port)})
     if not options.api_only:
         for number in range(1, options.workers + 1):
-            supervisor.spawn(f"worker.{number}", _module_args("arq", WORKER_SETTINGS), env)
+            supervisor.spawn(f"worker.{number}", _module_args("worker"), env)
     supervisor.wait_for_port(api, _reachable(options.host), options.port)
     _print_ready(options, env)
     supervisor.watch()

@@ -9,6 +9,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import asyncpg
+import sqlalchemy.exc
 from sqlalchemy import MetaData, event
 from sqlalchemy.exc import InvalidatePoolError
 from sqlalchemy.ext.asyncio import (
@@ -83,6 +85,41 @@ def _ping_idle_connections(engine: AsyncEngine) -> None:
 
     event.listen(engine.sync_engine, "checkin", note_checkin)
     event.listen(engine.sync_engine, "checkout", ping_if_idle)
+
+
+# What a statement or a connection attempt raises while PostgreSQL is down, restarting
+# or unreachable, among other errors: `is_database_unavailable` tells which is which.
+DATABASE_ERRORS = (
+    sqlalchemy.exc.DBAPIError,
+    sqlalchemy.exc.TimeoutError,
+    OSError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+)
+_UNAVAILABLE = (
+    sqlalchemy.exc.OperationalError,
+    sqlalchemy.exc.InterfaceError,
+    sqlalchemy.exc.TimeoutError,  # no pooled connection came free in time
+    OSError,  # refused: the port closed, the unix socket gone
+    asyncpg.PostgresConnectionError,
+    asyncpg.ConnectionDoesNotExistError,
+    asyncpg.CannotConnectNowError,  # starting up or shutting down
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.TooManyConnectionsError,
+)
+
+
+def is_database_unavailable(exc: BaseException) -> bool:
+    """PostgreSQL cannot be reached right now: a moment's outage, not a bug of ours.
+
+    A statement cut short by a restart comes as a `DBAPIError` whose connection was
+    invalidated; a connection attempt meanwhile fails with one of the errors above,
+    which SQLAlchemy passes on as the driver raised it.
+    """
+    if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(exc, _UNAVAILABLE)
 
 
 def create_session_factory(engine: AsyncEngine) -> SessionFactory:

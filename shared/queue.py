@@ -123,16 +123,19 @@ async def enqueue_runs(redis: ArqRedis, audit_ids: Iterable[UUID]) -> None:
 
     arq's `enqueue_job` costs a WATCH round trip per job; a batch of 1,000 wants
     one pipeline. SET NX on the job key gives the same deduplication by job id.
+    One ZREM and one ZADD name every job: n + 2 commands for n jobs, not 3n.
     """
+    jobs = {audit_job_id(audit_id): audit_id for audit_id in audit_ids}
+    if not jobs:
+        return
     now_ms = timestamp_ms()
     async with redis.pipeline(transaction=True) as pipe:
-        for audit_id in audit_ids:
-            job_id = audit_job_id(audit_id)
+        # A retried audit must not inherit the abort mark of its cancelled run.
+        pipe.zrem(abort_jobs_ss, *jobs)
+        for job_id, audit_id in jobs.items():
             job = serialize_job(RUN_AUDIT, (str(audit_id),), {}, None, now_ms)
-            # A retried audit must not inherit the abort mark of its cancelled run.
-            pipe.zrem(abort_jobs_ss, job_id)
             pipe.set(job_key_prefix + job_id, job, px=expires_extra_ms, nx=True)
-            pipe.zadd(redis.default_queue_name, {job_id: now_ms}, nx=True)
+        pipe.zadd(redis.default_queue_name, dict.fromkeys(jobs, now_ms), nx=True)
         await pipe.execute()
 
 

@@ -1,4 +1,6 @@
-"""The arq worker: `arq worker.settings.WorkerSettings`.
+"""The arq worker's settings, run by `python -m worker` (the Procfile's, worker/runner.py).
+
+`arq worker.settings.WorkerSettings` runs them too, with arq's plain worker.
 
 `worker_options(settings)` builds the same options for tests and benchmarks,
 which run a `Worker` in-process with settings of their own.

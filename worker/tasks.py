@@ -1,17 +1,19 @@
 """`run_audit`: rate limits → claim → ask the model → validate → finish, fenced (DESIGN §3, §5)."""
 
 import asyncio
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 from uuid import UUID
 
 import structlog
 from arq import Retry
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.audits import lifecycle
 from shared.audits.models import Audit
 from shared.audits.schemas import Criterion
 from shared.audits.scoring import build_result
-from shared.db import session_scope
+from shared.db import DATABASE_ERRORS, is_database_unavailable, session_scope
 from shared.llm.client import audit_content
 from shared.llm.errors import ModelError
 from shared.llm.schemas import ModelOutcome
@@ -22,6 +24,11 @@ from worker.context import JobContext
 log = structlog.get_logger("worker.run_audit")
 
 INTERRUPTED = "attempt_interrupted"
+# A fenced write that finds PostgreSQL out of reach is tried again after these pauses:
+# 7.5 s in all, within the job timeout's margin for the database (worker/timing.py).
+FINISH_RETRY_DELAYS_S = (0.5, 1.0, 2.0, 4.0)
+
+T = TypeVar("T")
 
 
 async def run_audit(ctx: JobContext, audit_id: str) -> None:
@@ -76,8 +83,9 @@ async def _on_success(ctx: JobContext, audit: Audit, outcome: ModelOutcome) -> N
         pass_threshold=audit.pass_threshold,
         dropped_quotes=outcome.dropped_quotes,
     )
-    async with session_scope(ctx["session_factory"]) as session:
-        written = await lifecycle.succeed(
+    written = await _write_finish(
+        ctx,
+        lambda session: lifecycle.succeed(
             session,
             audit_id=audit.id,
             attempt=audit.attempts,
@@ -86,7 +94,8 @@ async def _on_success(ctx: JobContext, audit: Audit, outcome: ModelOutcome) -> N
             completion_tokens=outcome.completion_tokens,
             prompt_version=outcome.prompt_version,
             provider_request_id=outcome.request_id,
-        )
+        ),
+    )
     _log_finish(
         written,
         "audit_succeeded",
@@ -102,14 +111,16 @@ async def _on_success(ctx: JobContext, audit: Audit, outcome: ModelOutcome) -> N
 async def _on_model_error(ctx: JobContext, audit: Audit, error: ModelError) -> None:
     await ctx["rate_limiter"].pause_if_rate_limited(audit.model, error)
     if not error.transient:
-        async with session_scope(ctx["session_factory"]) as session:
-            written = await lifecycle.fail(
+        written = await _write_finish(
+            ctx,
+            lambda session: lifecycle.fail(
                 session,
                 audit_id=audit.id,
                 attempt=audit.attempts,
                 code=error.code,
                 message=error.message,
-            )
+            ),
+        )
         _log_finish(written, "audit_failed", error_code=error.code, permanent=True)
         return
     status = await _requeue_or_fail(ctx, audit, code=error.code, message=error.message)
@@ -131,10 +142,32 @@ async def _on_interrupted(ctx: JobContext, audit: Audit) -> None:
 
 
 async def _requeue_or_fail(ctx: JobContext, audit: Audit, *, code: str, message: str) -> str | None:
-    async with session_scope(ctx["session_factory"]) as session:
-        return await lifecycle.requeue_or_fail(
+    return await _write_finish(
+        ctx,
+        lambda session: lifecycle.requeue_or_fail(
             session, audit_id=audit.id, attempt=audit.attempts, code=code, message=message
-        )
+        ),
+    )
+
+
+async def _write_finish(ctx: JobContext, write: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    """One fenced write of the attempt's outcome, retried while PostgreSQL restarts.
+
+    The model's answer is paid for: a restart must not throw it away and leave the audit
+    `running` until its lease runs out. The fence makes a second try harmless: a write
+    that committed before its connection broke finds the audit no longer running.
+    """
+    for delay in FINISH_RETRY_DELAYS_S:
+        try:
+            async with session_scope(ctx["session_factory"]) as session:
+                return await write(session)
+        except DATABASE_ERRORS as exc:
+            if not is_database_unavailable(exc):
+                raise
+            log.warning("finish_write_retry", error=type(exc).__name__, retry_in_s=delay)
+            await asyncio.sleep(delay)
+    async with session_scope(ctx["session_factory"]) as session:
+        return await write(session)
 
 
 def _log_finish(written: bool, event: str, **fields: Any) -> None:

@@ -4,7 +4,8 @@ With T = `OPENAI_TIMEOUT_S` (the SDK's own retries are off):
 
 - one attempt makes at most two model calls (an invalid reply is asked again
   once), so the model can hold it for at most 2·T;
-- the claim and the finish are two short statements, given `DB_MARGIN_S` (10 s);
+- the claim and the finish are two short statements, given `DB_MARGIN_S` (10 s),
+  which also covers the finish retrying for 7.5 s while PostgreSQL restarts;
 - **job timeout** = 2·T + 10 s: arq cancels a run that outlives it;
 - **lease** = job timeout + 5 s: once it has passed, the attempt that holds it is
   over for certain (finished, cancelled by arq, or its process is gone), so a

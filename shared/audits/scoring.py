@@ -9,6 +9,7 @@ depends on the model adding up correctly:
   when nothing applies there is nothing to fail, so it is `pass`.
 """
 
+import math
 from collections.abc import Sequence
 
 from shared.audits.schemas import AuditResult, Criterion, Finding
@@ -17,10 +18,11 @@ from shared.audits.schemas import AuditResult, Criterion, Finding
 def weighted_score(findings: Sequence[Finding], criteria: Sequence[Criterion]) -> float | None:
     weights = {criterion.id: criterion.weight for criterion in criteria}
     applicable = [f for f in findings if f.verdict != "not_applicable"]
-    total_weight = sum(weights[f.criterion_id] for f in applicable)
+    # fsum: a plain float sum depends on the order of its terms, and so would the rounded score.
+    total_weight = math.fsum(weights[f.criterion_id] for f in applicable)
     if total_weight == 0:
         return None
-    weighted = sum(f.score * weights[f.criterion_id] for f in applicable)
+    weighted = math.fsum(f.score * weights[f.criterion_id] for f in applicable)
     return round(weighted / total_weight, 2)
 
 

@@ -131,7 +131,11 @@ async def _insert_audits(
         )
         for index, item in enumerate(items)
     ]
-    await session.execute(sa.insert(metadata.tables["audit"]).values(rows))
+    # The rows as parameters, not `values(rows)`: SQLAlchemy then renders the multi-row
+    # INSERT from a template compiled once ("insertmanyvalues", which RETURNING turns on
+    # for asyncpg) instead of compiling 17,000 bind parameters anew for every batch.
+    table = metadata.tables["audit"]
+    await session.execute(sa.insert(table).returning(table.c.id), rows)
     for row in rows:
         defer_run(session, row["id"])
 

@@ -97,6 +97,8 @@ def _parse_reply(raw: str) -> Reply:
         document = json.loads(raw, parse_constant=_reject_constant)
     except ValueError as exc:
         raise InvalidModelOutput(f"not JSON ({exc})") from None
+    except RecursionError:
+        raise InvalidModelOutput("JSON nested too deeply") from None
     try:
         return Reply.model_validate(document)
     except ValidationError as exc:

@@ -56,7 +56,9 @@ async def test_a_worker_killed_and_redis_restarted_empty_mid_run_lose_nothing(
     with simulator_process(
         tmp_path, fault_rate=FAULT_RATE, faults=TRANSIENT_FAULTS, latency_ms=LATENCY_MS
     ) as sim:
-        stack = Stack(stack_env(database_url=scratch_db, redis_url=own_redis.url, simulator=sim), tmp_path)
+        stack = Stack(
+            stack_env(database_url=scratch_db, redis_url=own_redis.url, simulator=sim), tmp_path
+        )
         stacks.append(stack)
         api = await stack.start_web()
         doomed, survivor = stack.start_worker(), stack.start_worker()
@@ -89,3 +91,40 @@ async def test_a_worker_killed_and_redis_restarted_empty_mid_run_lose_nothing(
 
 def _where(database_url: str) -> str:
     return "own (pgserver)" if "host=/" in database_url else "machine, scratch database"
+
+
+async def test_postgres_restarted_mid_run_loses_nothing(
+    tmp_path: Path,
+    own_postgres: OwnPostgres,
+    own_scratch_db: str,
+    own_redis: OwnRedis,
+    stacks: list[Stack],
+) -> None:
+    with simulator_process(
+        tmp_path, fault_rate=FAULT_RATE, faults=TRANSIENT_FAULTS, latency_ms=LATENCY_MS
+    ) as sim:
+        stack = Stack(
+            stack_env(database_url=own_scratch_db, redis_url=own_redis.url, simulator=sim),
+            tmp_path,
+        )
+        stacks.append(stack)
+        api = await stack.start_web()
+        workers = [stack.start_worker(), stack.start_worker()]
+        run = FaultRun("postgres_restarted", stack, api, sim, own_scratch_db)
+        run.submit(AUDITS, clients=CLIENTS, pause_s=CLIENT_PAUSE_S)
+
+        await run.accepted(AUDITS * 4 // 10)
+        await run.running(5)
+        await own_postgres.restart(down_for=OUTAGE_S)
+        run.infrastructure["postgres_restart"] += 1
+
+        outcome = await run.settle()
+        retried = [e for e in stack.worker_events() if e.get("event") == "finish_write_retry"]
+        run.record(
+            outcome,
+            _settings(workers=2, postgres="own (pgserver)", postgres_outage_s=OUTAGE_S),
+            finish_write_retries=len(retried),
+        )
+        assert_promises_kept(run, outcome, submitted=AUDITS, database_down=True)
+        assert run.load.database_unavailable > 0, "the clients never saw PostgreSQL down"
+        assert all(worker.alive() for worker in workers), stack.outputs()
