@@ -1,6 +1,7 @@
 """`python -m bench [NAME ...] [--quick] [--results PATH]`: run benchmarks, write RESULTS.md."""
 
 import argparse
+import os
 import shlex
 import sys
 import time
@@ -34,9 +35,16 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     for name in names:
         print(f"bench: {name}…", flush=True)
-        begun = time.monotonic()
+        begun, load = time.monotonic(), os.getloadavg()[0]
         sections = BENCHMARKS[name](run)
-        print(f"bench: {name} done in {time.monotonic() - begun:.0f} s", flush=True)
+        took = time.monotonic() - begun
+        print(f"bench: {name} done in {took:.0f} s", flush=True)
+        for section in sections:
+            section.add(
+                f"_{took:.0f} s; load average (1 min) {load:.1f} before, "
+                f"{os.getloadavg()[0]:.1f} after, on {os.cpu_count()} cores._",
+                "",
+            )
         write(args.results, sections, command=command.strip(), environment=server_versions(run))
     print(f"bench: all done in {time.monotonic() - started:.0f} s; see {args.results}")
     return 0

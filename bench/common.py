@@ -14,6 +14,7 @@
 import asyncio
 import json
 import os
+import shlex
 import signal
 import socket
 import statistics
@@ -363,15 +364,26 @@ def start_simulator(stack_: Stack, latency_ms: str, *, seed: int = 7) -> str:
     return f"http://127.0.0.1:{port}/v1"
 
 
+def procfile_worker() -> list[str]:
+    """The Procfile's `worker` command, run with this interpreter."""
+    for line in (ROOT / "Procfile").read_text().splitlines():
+        if line.startswith("worker:"):
+            program, *args = shlex.split(line.removeprefix("worker:"))
+            if program in ("python", "python3"):
+                return [sys.executable, *args]
+            return [sys.executable, "-m", program, *args]
+    raise RuntimeError("the Procfile has no `worker` process")
+
+
 def start_worker(
     stack_: Stack,
     env: dict[str, str],
     *,
     name: str = "worker",
-    settings: str = "worker.settings.WorkerSettings",
+    settings: str | None = None,
 ) -> Proc:
-    """`arq worker.settings.WorkerSettings`, as the Procfile's `worker`; ready once polling."""
-    argv = [sys.executable, "-m", "arq", settings]
+    """The Procfile's `worker` (or `arq <settings>`); ready once it polls its queue."""
+    argv = procfile_worker() if settings is None else [sys.executable, "-m", "arq", settings]
     key = f"{env['QUEUE_NAME']}:health-check"
     return stack_.start(name, argv, env=env, ready=redis_key_exists(env["REDIS_URL"], key))
 

@@ -149,13 +149,18 @@ def run(run_: Run) -> list[Section]:
         bases = {"auditq": auditq, "baseline": baseline}
         paths = [f"/api/v1/audits/{audit_id}" for audit_id in prepared["ids"]]
         by_id: dict[str, list[Load]] = {"auditq": [], "baseline": []}
+        cpu: dict[str, list[float]] = {"auditq": [], "baseline": []}
+        servers = dict(zip(("auditq", "baseline"), procs.procs[-2:], strict=True))
         for name in bases:
             peak_load(bases[name], paths, duration_s=1.0)
         for index in range(runs):
             for name in ("auditq", "baseline") if index % 2 == 0 else ("baseline", "auditq"):
-                by_id[name].append(peak_load(bases[name], paths, duration_s=seconds))
+                before = servers[name].cpu_s()
+                load = peak_load(bases[name], paths, duration_s=seconds)
+                by_id[name].append(load)
+                cpu[name].append((servers[name].cpu_s() - before) * 1000 / max(1, load.requests))
         pages = _pages(bases["auditq"], prepared["cursors"], runs, seconds)
-    return [_section(rows, depth, by_id, pages, prepared["plans"])]
+    return [_section(rows, depth, by_id, cpu, pages, prepared["plans"])]
 
 
 def _pages(
@@ -181,6 +186,7 @@ def _section(
     rows: int,
     depth: int,
     by_id: dict[str, list[Load]],
+    cpu: dict[str, list[float]],
     pages: dict[tuple[str | None, bool], list[float]],
     plans: dict[tuple[str | None, bool], str],
 ) -> Section:
@@ -195,7 +201,7 @@ def _section(
         "",
     )
     section.table(
-        ["GET /api/v1/audits/{id}", "req/s (median)", "runs", "p50 / p99"],
+        ["GET /api/v1/audits/{id}", "req/s (median)", "runs", "p50 / p99", "server CPU ms/request"],
         [
             [
                 name,
@@ -203,6 +209,7 @@ def _section(
                 ", ".join(f"{load.rps:,.0f}" for load in loads),
                 f"{median([x.p50_ms for x in loads]):.1f} / "
                 f"{median([x.p99_ms for x in loads]):.1f} ms",
+                f"{median(cpu[name]):.2f}",
             ]
             for name, loads in by_id.items()
         ],

@@ -242,7 +242,9 @@ def _section(
         "**Ideal** = concurrency / mean latency. **Bare arq** "
         "(`bench/baselines/sleep_worker.py`): a job that only sleeps a duration drawn from the "
         "same profile, `max_jobs` the same, every other setting arq's default (`poll_delay` "
-        "0.5 s, results kept). *Slots busy*: mean jobs in flight over the steady window.",
+        "0.5 s, results kept). *Slots busy*: mean jobs in flight over the steady window (for "
+        "auditq, from claim to finish). *Jobs/s per core*: 1,000 / CPU ms per job, the most one "
+        "process can do with a whole core to itself.",
         "",
     )
     table: list[list[str]] = []
@@ -256,7 +258,7 @@ def _section(
                     f"{m.rate:.1f}/s",
                     f"{m.rate / ideal:.2f}x",
                     f"{m.occupancy:.1f}",
-                    f"{m.cpu_ms:.2f}",
+                    f"{m.cpu_ms:.2f} ({1000 / m.cpu_ms:,.0f}/s)",
                     "—" if m.redis_per_job is None else f"{m.redis_per_job:.1f}",
                     f"{m.peak_rss_mb:.0f} MiB",
                 ]
@@ -283,7 +285,7 @@ def _section(
             "completed",
             "vs ideal",
             "slots busy",
-            "CPU ms/job",
+            "CPU ms/job (jobs/s per core)",
             "Redis cmds/job",
             "peak RSS",
         ],

@@ -96,30 +96,33 @@ DATABASE_ERRORS = (
     asyncpg.PostgresError,
     asyncpg.InterfaceError,
 )
-_UNAVAILABLE = (
-    sqlalchemy.exc.OperationalError,
-    sqlalchemy.exc.InterfaceError,
-    sqlalchemy.exc.TimeoutError,  # no pooled connection came free in time
-    OSError,  # refused: the port closed, the unix socket gone
-    asyncpg.PostgresConnectionError,
-    asyncpg.ConnectionDoesNotExistError,
-    asyncpg.CannotConnectNowError,  # starting up or shutting down
-    asyncpg.AdminShutdownError,
-    asyncpg.CrashShutdownError,
-    asyncpg.TooManyConnectionsError,
-)
+# SQLSTATE classes of a server that refuses work for now: connection exceptions,
+# shutting down, crashed, starting up, and out of connection slots.
+_UNAVAILABLE_SQLSTATES = ("08", "57P01", "57P02", "57P03", "53300")
 
 
 def is_database_unavailable(exc: BaseException) -> bool:
     """PostgreSQL cannot be reached right now: a moment's outage, not a bug of ours.
 
     A statement cut short by a restart comes as a `DBAPIError` whose connection was
-    invalidated; a connection attempt meanwhile fails with one of the errors above,
-    which SQLAlchemy passes on as the driver raised it.
+    invalidated; a connection refused as an `OSError` (the port closed, the unix socket
+    gone); "the database system is starting up" and the like by their SQLSTATE, which
+    SQLAlchemy keeps on the error it wraps the driver's in.
     """
-    if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated:
-        return True
-    return isinstance(exc, _UNAVAILABLE)
+    if isinstance(exc, sqlalchemy.exc.DBAPIError):
+        return (
+            exc.connection_invalidated
+            or isinstance(exc, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError))
+            or _refused_for_now(exc.orig)
+        )
+    return isinstance(
+        exc, (sqlalchemy.exc.TimeoutError, OSError, asyncpg.ConnectionDoesNotExistError)
+    ) or _refused_for_now(exc)
+
+
+def _refused_for_now(error: BaseException | None) -> bool:
+    sqlstate = getattr(error, "sqlstate", None)
+    return isinstance(sqlstate, str) and sqlstate.startswith(_UNAVAILABLE_SQLSTATES)
 
 
 def create_session_factory(engine: AsyncEngine) -> SessionFactory:

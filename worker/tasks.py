@@ -27,6 +27,7 @@ INTERRUPTED = "attempt_interrupted"
 # A fenced write that finds PostgreSQL out of reach is tried again after these pauses:
 # 7.5 s in all, within the job timeout's margin for the database (worker/timing.py).
 FINISH_RETRY_DELAYS_S = (0.5, 1.0, 2.0, 4.0)
+DATABASE_DOWN_DEFER_S = 2.0
 
 T = TypeVar("T")
 
@@ -35,8 +36,16 @@ async def run_audit(ctx: JobContext, audit_id: str) -> None:
     """Run one attempt of an audit; a duplicate or stale job exits quietly."""
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(audit_id=audit_id, job_try=ctx["job_try"])
-    reserved = await reserve_model_call(ctx, UUID(audit_id))  # or Retry, before any claim
-    audit = await _claim(ctx, UUID(audit_id))
+    try:
+        reserved = await reserve_model_call(ctx, UUID(audit_id))  # or Retry, before any claim
+        audit = await _claim(ctx, UUID(audit_id))
+    except DATABASE_ERRORS as exc:
+        if not is_database_unavailable(exc):
+            raise
+        # No attempt spent: back in a moment, rather than failed with a traceback and
+        # left for the reconciler, as every job picked up during a restart would be.
+        log.warning("database_unavailable", retry_in_s=DATABASE_DOWN_DEFER_S)
+        raise Retry(defer=DATABASE_DOWN_DEFER_S) from exc
     if audit is None:
         log.info(
             "job_skipped", reason="audit is not claimable (duplicate job, finished or cancelled)"

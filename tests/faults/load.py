@@ -19,12 +19,13 @@ REQUEST_TIMEOUT_S = 30.0
 # What a client may see while PostgreSQL restarts: the one 5xx the API may answer.
 DATABASE_UNAVAILABLE = (503, "database_unavailable")
 
-_WORDS = (
+_TEXT = (
     "our bamboo toothbrush is fully biodegradable and shipped in recycled cardboard "
     "every order plants a tree through a certified partner and offsets its delivery "
     "the bristles are made from castor oil nylon and the handle from organic bamboo "
     "we publish an annual sustainability report audited by an independent firm"
-).split()
+)
+_WORDS = _TEXT.split(" ")
 _CRITERIA = [
     {"id": "claims_substantiated", "description": "Every claim is backed by a verifiable source."},
     {"id": "no_vague_terms", "description": "No vague terms such as eco or green.", "weight": 2},
@@ -116,7 +117,9 @@ class LoadReport:
         }
 
 
-async def _send(http: httpx.AsyncClient, item: Submission, report: LoadReport, deadline: float) -> None:
+async def _send(
+    http: httpx.AsyncClient, item: Submission, report: LoadReport, deadline: float
+) -> None:
     """Send until the API accepts it; a lost answer or a 503 is retried with the same key."""
     while time.monotonic() < deadline:
         try:

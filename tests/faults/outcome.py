@@ -31,7 +31,9 @@ FINISH_EVENTS = frozenset({"audit_succeeded", "audit_failed"})
 WORKER_LOST = "worker_lost"
 
 
-async def query(database_url: str, sql: str, *args: Any, within: float = 60.0) -> list[asyncpg.Record]:
+async def query(
+    database_url: str, sql: str, *args: Any, within: float = 60.0
+) -> list[asyncpg.Record]:
     """Run one query on a new connection, waiting out a PostgreSQL restart."""
     deadline = time.monotonic() + within
     while True:
@@ -112,10 +114,13 @@ class Outcome:
         )
 
 
-async def examine(database_url: str, load: LoadReport, worker_events: list[dict[str, Any]]) -> Outcome:
+async def examine(
+    database_url: str, load: LoadReport, worker_events: list[dict[str, Any]]
+) -> Outcome:
     rows = await query(
         database_url,
-        "SELECT id::text AS id, batch_id::text AS batch_id, status, error_code, attempts FROM audit",
+        "SELECT id::text AS id, batch_id::text AS batch_id, status, error_code, attempts"
+        " FROM audit",
     )
     by_id = {row["id"]: row for row in rows}
     by_batch = Counter(row["batch_id"] for row in rows if row["batch_id"] is not None)
@@ -124,9 +129,7 @@ async def examine(database_url: str, load: LoadReport, worker_events: list[dict[
     )
     lost = [i for i in load.audit_ids if i not in by_id or by_id[i]["status"] not in TERMINAL]
     lost += [f"batch {b}" for b, size in load.batches.items() if by_batch[b] != size]
-    lost += [
-        r["id"] for r in rows if r["batch_id"] in load.batches and r["status"] not in TERMINAL
-    ]
+    lost += [r["id"] for r in rows if r["batch_id"] in load.batches and r["status"] not in TERMINAL]
     ended_by_worker = [
         r["id"]
         for r in rows

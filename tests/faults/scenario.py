@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from tests.faults.load import LoadReport, plan, submit_concurrently
+from tests.faults.load import LoadReport, Submission, plan, submit_concurrently
 from tests.faults.outcome import (
     Outcome,
     counts_by_status,
@@ -61,20 +61,31 @@ class FaultRun:
     load: LoadReport = field(default_factory=LoadReport)
     infrastructure: Counter[str] = field(default_factory=Counter)
     started: float = field(default_factory=time.monotonic)
-    _clients: "asyncio.Task[LoadReport] | None" = None
+    _clients: "list[asyncio.Task[LoadReport]]" = field(default_factory=list)
 
     def submit(self, total: int, *, clients: int = 50, pause_s: float = 0.0, seed: int = 0) -> None:
         """Start `clients` clients submitting `total` audits (single ones and small batches)."""
-        submissions = plan(total, seed=seed)
-        self._clients = asyncio.create_task(
-            submit_concurrently(
-                self.api.base_url, submissions, self.load, clients=clients, pause_s=pause_s
+        self.submit_plan(plan(total, seed=seed), clients=clients, pause_s=pause_s)
+
+    def submit_plan(
+        self, submissions: list[Submission], *, clients: int = 50, pause_s: float = 0.0
+    ) -> None:
+        """Start `clients` clients sharing out these submissions."""
+        self._clients.append(
+            asyncio.create_task(
+                submit_concurrently(
+                    self.api.base_url, submissions, self.load, clients=clients, pause_s=pause_s
+                )
             )
         )
 
     async def accepted(self, count: int, *, within: float = 240.0) -> None:
         """Wait until the API has accepted `count` audits."""
-        await self._wait(lambda: self.load.accepted >= count, f"{count} audits accepted", within)
+        deadline = time.monotonic() + within
+        while self.load.accepted < count:
+            if time.monotonic() > deadline or all(task.done() for task in self._clients):
+                raise AssertionError(f"not {count} audits accepted: {self.load.figures()}")
+            await asyncio.sleep(0.05)
 
     async def running(self, count: int = 1, *, within: float = 120.0) -> None:
         """Wait until at least `count` audits are running (a worker is mid-job)."""
@@ -84,19 +95,17 @@ class FaultRun:
                 raise AssertionError(f"no {count} audits running after {within}s")
             await asyncio.sleep(0.1)
 
-    async def _wait(self, done: Any, what: str, within: float) -> None:
+    async def model_requests(self, count: int, *, within: float = 60.0) -> None:
+        """Wait until the model has been asked `count` times."""
         deadline = time.monotonic() + within
-        while not done():
-            if time.monotonic() > deadline or (self._clients and self._clients.done()):
-                if done():
-                    return
-                raise AssertionError(f"not {what} after {within}s: {self.load.figures()}")
+        while self.simulator.stats()["requests"] < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"not {count} model calls after {within}s")
             await asyncio.sleep(0.05)
 
     async def settle(self, *, within: float = SETTLE_WITHIN_S) -> Outcome:
         """Wait for the clients, then for every audit to end; what became of them."""
-        assert self._clients is not None
-        await self._clients
+        await asyncio.gather(*self._clients)
         await wait_until_settled(
             self.database_url,
             within=within,

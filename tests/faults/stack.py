@@ -1,4 +1,4 @@
-"""auditq run as a deployment runs it: the Procfile's `web` and `worker` commands, and the simulator.
+"""auditq as a deployment runs it: the Procfile's `web` and `worker` commands, and the simulator.
 
 Each process is a real child process configured only through the environment variables
 of DESIGN §6, its output (JSON lines) kept in a file under the test's temporary directory,
@@ -161,7 +161,9 @@ class Stack:
             process.stop()
 
 
-async def wait_until_answers(url: str, process: Process, *, within: float = READY_TIMEOUT_S) -> None:
+async def wait_until_answers(
+    url: str, process: Process, *, within: float = READY_TIMEOUT_S
+) -> None:
     deadline = time.monotonic() + within
     async with httpx.AsyncClient(timeout=2) as client:
         while time.monotonic() < deadline and process.alive():

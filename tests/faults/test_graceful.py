@@ -12,27 +12,25 @@
 import asyncio
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.faults.load import plan, submit_concurrently
+from shared.config import Settings
+from tests.faults.load import plan
 from tests.faults.outcome import (
     FINISH_EVENTS,
-    counts_by_status,
     query,
     wait_until_settled,
     write_figures,
 )
 from tests.faults.scenario import FaultRun, assert_promises_kept, stack_env
 from tests.faults.services import OwnPostgres, OwnRedis
-from tests.faults.stack import ROOT, Api, Process, Stack, simulator_process
+from tests.faults.stack import ROOT, Api, Stack, simulator_process
 from tests.fixtures.simulator import SimulatorHandle
 from worker.settings import worker_options
-from shared.config import Settings
 
 pytestmark = pytest.mark.slow
 
@@ -141,7 +139,8 @@ async def _waiting_on_lock(database_url: str, count: int, *, within: float = 30.
     while True:
         rows = await query(
             database_url,
-            "SELECT count(*) AS n FROM pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock'",
+            "SELECT count(*) AS n FROM pg_stat_activity"
+            " WHERE datname = $1 AND wait_event_type = 'Lock'",
             name,
         )
         if rows[0]["n"] >= count:
@@ -159,7 +158,9 @@ async def test_sigterm_to_the_api_answers_the_requests_in_flight(
     from tests.conftest import _asyncpg_dsn
 
     with simulator_process(tmp_path) as sim:
-        stack = Stack(stack_env(database_url=scratch_db, redis_url=own_redis.url, simulator=sim), tmp_path)
+        stack = Stack(
+            stack_env(database_url=scratch_db, redis_url=own_redis.url, simulator=sim), tmp_path
+        )
         stacks.append(stack)
         api = await stack.start_web()
         # Hold every insert into `audit` so the requests are surely in flight.
@@ -173,8 +174,9 @@ async def test_sigterm_to_the_api_answers_the_requests_in_flight(
             api.process.signal(signal.SIGTERM)
             await asyncio.sleep(1.0)
             assert api.process.alive(), api.process.output()  # draining, not gone
-            with pytest.raises(httpx.TransportError):  # no longer accepting
-                httpx.get(f"{api.base_url}/health/live", timeout=2)
+            async with httpx.AsyncClient(timeout=2) as fresh:
+                with pytest.raises(httpx.TransportError):  # no longer accepting
+                    await fresh.get(f"{api.base_url}/health/live")
         finally:
             await transaction.rollback()
             await blocker.close()
@@ -195,7 +197,9 @@ async def test_workers_outlive_redis_restarts_and_lose_nothing(
 ) -> None:
     restarts = 4
     with simulator_process(tmp_path, latency_ms="100..600") as sim:
-        stack = Stack(stack_env(database_url=scratch_db, redis_url=own_redis.url, simulator=sim), tmp_path)
+        stack = Stack(
+            stack_env(database_url=scratch_db, redis_url=own_redis.url, simulator=sim), tmp_path
+        )
         stacks.append(stack)
         api = await stack.start_web()
         workers = [stack.start_worker(), stack.start_worker()]

@@ -56,7 +56,9 @@ async def test_every_model_fault_kind_under_load_ends_each_audit_once(
         assert_promises_kept(run, outcome, submitted=AUDITS, min_succeeded_pct=None)
         # Each refusal and each truncated reply failed its audit, at once, with its own code.
         for kind, code in PERMANENT.items():
-            assert outcome.failures_by_code.get(code, 0) == injected.get(kind, 0), outcome.problems()
+            assert outcome.failures_by_code.get(code, 0) == injected.get(kind, 0), (
+                outcome.problems()
+            )
         # Otherwise only a reply malformed twice in a row fails (asked again once, DESIGN §5).
         assert set(outcome.failures_by_code) <= {*PERMANENT.values(), "invalid_model_output"}
         assert succeeded_of_survivable >= 97.0, outcome.problems()
