@@ -16,11 +16,11 @@ from bench.common import (
     drop_queue,
     median,
     new_queue_name,
-    percentile,
     scratch_database,
     stack,
     start_api,
 )
+from bench.loadgen import percentile
 from bench.results import Section
 from bench.workload import batch_body
 

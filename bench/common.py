@@ -15,6 +15,7 @@ import asyncio
 import json
 import os
 import shlex
+import shutil
 import signal
 import socket
 import statistics
@@ -154,7 +155,8 @@ def drop_queue(redis_url: str, queue_name: str, *, job_prefixes: Sequence[str] =
             keys += [k.decode() for k in client.scan_iter(f"{prefix}*", count=1000)]
         for start in range(0, len(keys), 1000):
             client.delete(*keys[start : start + 1000])
-        client.zrem("arq:abort", *ids) if ids else None
+        if ids:
+            client.zrem("arq:abort", *ids)
     finally:
         client.close()
 
@@ -408,13 +410,8 @@ class Load:
 
 
 def have_wrk() -> bool:
-    return os.environ.get("BENCH_LOADGEN") != "python" and _which("wrk") is not None
-
-
-def _which(program: str) -> str | None:
-    from shutil import which
-
-    return which(program)
+    """wrk is used when installed, unless BENCH_LOADGEN=python."""
+    return os.environ.get("BENCH_LOADGEN") != "python" and shutil.which("wrk") is not None
 
 
 _WRK_DONE = """
@@ -532,14 +529,6 @@ def peak_load(base: str, paths: Sequence[str], **options: Any) -> Load:
 
 def median(values: Sequence[float]) -> float:
     return statistics.median(values)
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
-    return ordered[index]
 
 
 def steady_rate(finish_times: Sequence[float], *, trim: float = 0.1) -> float:

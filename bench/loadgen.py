@@ -161,11 +161,12 @@ async def _open_loop(spec: Spec, paths: Paths, tally: Tally, host: str, port: in
     return spec.duration_s
 
 
-def _percentile(sorted_values: list[float], q: float) -> float:
-    if not sorted_values:
+def percentile(values: list[float], q: float) -> float:
+    """The nearest-rank percentile `q` (0-100); NaN when there is no value."""
+    ordered = sorted(values)
+    if not ordered:
         return float("nan")
-    index = min(len(sorted_values) - 1, max(0, round(q / 100 * (len(sorted_values) - 1))))
-    return sorted_values[index]
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
 
 
 def summarize(tally: Tally, duration_s: float) -> dict[str, Any]:
@@ -179,9 +180,9 @@ def summarize(tally: Tally, duration_s: float) -> dict[str, Any]:
         "duration_s": duration_s,
         "rps": ok / duration_s,
         "latency_ms": {
-            "p50": _percentile(latencies, 50) * 1000,
-            "p90": _percentile(latencies, 90) * 1000,
-            "p99": _percentile(latencies, 99) * 1000,
+            "p50": percentile(latencies, 50) * 1000,
+            "p90": percentile(latencies, 90) * 1000,
+            "p99": percentile(latencies, 99) * 1000,
             "max": (latencies[-1] if latencies else float("nan")) * 1000,
         },
     }

@@ -196,7 +196,8 @@ def _section(
     section.add(
         f"{rows:,} audits generated in SQL (95% succeeded, each with a result). "
         "**Baseline** (`bench/baselines/read_app.py`): FastAPI, one raw asyncpg "
-        "`SELECT * FROM audit WHERE id = $1`, the row returned as a dict. 32 connections, "
+        "`SELECT * FROM audit WHERE id = $1` on an asyncpg pool with its defaults, the row "
+        "returned as a dict. 32 connections, "
         f"1,000 random ids, {len(by_id['auditq'])} alternated runs, medians.",
         "",
     )

@@ -13,8 +13,8 @@ import asyncpg
 
 from bench.common import (
     Load,
+    Proc,
     Run,
-    Stack,
     asyncpg_dsn,
     auditq_env,
     drop_queue,
@@ -39,20 +39,11 @@ def _settings(quick: bool) -> dict[str, float]:
     return {"runs": 5, "duration_s": 5.0, "warmup_s": 1.0, "fixed_s": 5.0}
 
 
-def _peak(base: str, api_pid_cpu: "CpuMeter", duration_s: float) -> tuple[Load, float]:
-    """One closed-loop run and the server's CPU ms per successful request."""
-    before = api_pid_cpu.read()
+def _peak(base: str, server: Proc, duration_s: float) -> tuple[Load, float]:
+    """One closed-loop run and the server's CPU ms per request."""
+    before = server.cpu_s()
     load = peak_load(base, [PATH], method="POST", body=audit_json(), duration_s=duration_s)
-    cpu_ms = (api_pid_cpu.read() - before) * 1000 / max(1, load.requests)
-    return load, cpu_ms
-
-
-class CpuMeter:
-    def __init__(self, stack_: Stack, name: str) -> None:
-        self.proc = next(p for p in stack_.procs if p.name == name)
-
-    def read(self) -> float:
-        return self.proc.cpu_s()
+    return load, (server.cpu_s() - before) * 1000 / max(1, load.requests)
 
 
 async def _count(database_url: str, queue_rows: str) -> int:
@@ -78,7 +69,7 @@ def run(run_: Run) -> list[Section]:
             ],
         )
         bases = {"auditq": auditq, "baseline": baseline}
-        meters = {"auditq": CpuMeter(procs, "api"), "baseline": CpuMeter(procs, "baseline")}
+        meters = dict(zip(("auditq", "baseline"), procs.procs[-2:], strict=True))
         ceiling = peak_load(bases["baseline"], ["/health"], duration_s=cfg["duration_s"])
         for name in bases:  # warm both: imports, pools, statement caches
             peak_load(
@@ -140,7 +131,8 @@ def _section(
         f"{len(peaks['auditq'])} alternated runs of each app, medians. **Baseline** "
         "(`bench/baselines/submit_app.py`): FastAPI validating the same body with the same "
         "`AuditCreate`, one raw asyncpg `INSERT` of the same row (`new_row`), one arq "
-        "`enqueue_job` — no ORM, no idempotency hash, no request log or middleware. "
+        "`enqueue_job` — no ORM, no idempotency hash, no request log or middleware; an "
+        "asyncpg pool of auditq's size with asyncpg's defaults (its reset query on release). "
         "Both commit for real (fsync and synchronous_commit as the server has them).",
         "",
     )

@@ -33,7 +33,6 @@ from bench.common import (
     drop_queue,
     median,
     new_queue_name,
-    percentile,
     redis_command_count,
     scratch_database,
     stack,
@@ -41,6 +40,7 @@ from bench.common import (
     start_worker,
     steady_rate,
 )
+from bench.loadgen import percentile
 from bench.results import Section
 
 IDEAL_TARGET = 0.9

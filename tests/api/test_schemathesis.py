@@ -67,15 +67,16 @@ def coherent(audit: dict[str, Any]) -> dict[str, Any]:
     return {**kept, "criteria": list({c["id"]: c for c in criteria}.values())}
 
 
-def coherent_submissions(_: HookContext, case: Case) -> Case:
+def coherent_submissions(_: HookContext, case: Case[Any]) -> Case[Any]:
     """Valid generated submissions made acceptable, so that links start from real resources."""
     positive = case.meta is not None and case.meta.generation.mode.is_positive
     if not positive or not isinstance(case.body, dict):
         return case
+    body: dict[str, Any] = case.body
     if case.operation.label == "POST /api/v1/audits":
-        case.body = coherent(case.body)
+        case.body = coherent(body)
     elif case.operation.label == "POST /api/v1/batches":
-        case.body = {**case.body, "audits": [coherent(a) for a in case.body["audits"]]}
+        case.body = {**body, "audits": [coherent(audit) for audit in body["audits"]]}
     return case
 
 
@@ -134,7 +135,7 @@ def guarded_app(settings: Settings, seeded: None) -> Iterator[FastAPI]:
     yield from serve(settings.model_copy(update={"api_keys": [API_KEY]}))
 
 
-def sent_to(app: FastAPI, case: Case) -> Case:
+def sent_to(app: FastAPI, case: Case[Any]) -> Case[Any]:
     """The case, bound to `app`, as are the probes that some checks send of their own."""
     case.operation.app = case.operation.schema.app = app
     return case
@@ -142,14 +143,14 @@ def sent_to(app: FastAPI, case: Case) -> Case:
 
 @PUBLIC.parametrize()
 @FUZZ
-def test_every_operation_answers_as_documented(case: Case, public_app: FastAPI) -> None:
+def test_every_operation_answers_as_documented(case: Case[Any], public_app: FastAPI) -> None:
     sent_to(public_app, case).call_and_validate()
 
 
 @GUARDED.parametrize()
 @FUZZ
 def test_every_operation_answers_as_documented_with_api_keys(
-    case: Case, guarded_app: FastAPI
+    case: Case[Any], guarded_app: FastAPI
 ) -> None:
     sent_to(guarded_app, case).call_and_validate(headers=BEARER)
 
@@ -169,15 +170,15 @@ def test_linked_operations_answer_as_documented_with_api_keys(guarded_app: FastA
 def follow_links(
     schema: BaseSchema, app: FastAPI, headers: dict[str, str] | None = None
 ) -> Counter[tuple[str, int]]:
-    """Scenarios of a few calls, each taking ids from earlier answers; how often each status came."""
+    """Scenarios of calls that take ids from earlier answers; how often each status came."""
     schema.app = app
     answered: Counter[tuple[str, int]] = Counter()
 
     class Links(schema.as_state_machine()):  # type: ignore[misc]
-        def get_call_kwargs(self, case: Case) -> dict[str, Any]:
+        def get_call_kwargs(self, case: Case[Any]) -> dict[str, Any]:
             return {"headers": headers} if headers else {}
 
-        def after_call(self, response: Response, case: Case) -> None:
+        def after_call(self, response: Response, case: Case[Any]) -> None:
             answered[case.operation.label, response.status_code] += 1
 
     Links.run(

@@ -42,9 +42,14 @@ async def scratch_db(postgres_server: str) -> AsyncIterator[str]:
 
 @pytest.fixture
 async def own_scratch_db(own_postgres: OwnPostgres) -> AsyncIterator[str]:
-    """A migrated scratch database on the suite's own PostgreSQL, which the test may restart."""
+    """A migrated scratch database on the suite's own PostgreSQL, which the test may restart.
+
+    The server is started again (if a test left it stopped) before and after the test.
+    """
+    own_postgres.start()
     async with scratch_database(own_postgres.server_url) as url:
         yield url
+        own_postgres.start()
 
 
 @pytest.fixture

@@ -31,6 +31,7 @@ MODEL_TIMEOUT_S = 2.0
 MAX_ATTEMPTS = 8
 WORKER_CONCURRENCY = 20
 SETTLE_WITHIN_S = 420.0
+REPORTED_SETTINGS = ("OPENAI_TIMEOUT_S", "MAX_ATTEMPTS", "WORKER_CONCURRENCY")
 
 
 def stack_env(
@@ -98,7 +99,7 @@ class FaultRun:
     async def model_requests(self, count: int, *, within: float = 60.0) -> None:
         """Wait until the model has been asked `count` times."""
         deadline = time.monotonic() + within
-        while self.simulator.stats()["requests"] < count:
+        while (await asyncio.to_thread(self.simulator.stats))["requests"] < count:
             if time.monotonic() > deadline:
                 raise AssertionError(f"not {count} model calls after {within}s")
             await asyncio.sleep(0.05)
@@ -115,8 +116,13 @@ class FaultRun:
 
     def record(self, outcome: Outcome, settings: Mapping[str, Any], **extra: Any) -> dict[str, Any]:
         """Write the run's figures to `.auditq/faults/<name>.json`; return them."""
+        environment = {name: self.stack.env[name] for name in REPORTED_SETTINGS}
         figures = {
-            "settings": dict(settings),
+            "settings": {
+                **dict(settings),
+                **environment,
+                "worker_processes_started": len(self.stack.workers()),
+            },
             "audits_submitted": self.load.accepted,
             "faults_injected": faults_injected(self.simulator.stats(), **self.infrastructure),
             "model_requests": self.simulator.stats()["requests"],

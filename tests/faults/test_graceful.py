@@ -212,7 +212,12 @@ async def test_workers_outlive_redis_restarts_and_lose_nothing(
             await asyncio.sleep(3.0)
             assert all(w.alive() for w in workers), stack.outputs()
         outcome = await run.settle(within=300)
-        run.record(outcome, {"audits": 400, "workers": 2, "redis_outage_s": 2.0})
+        survived = [e for e in stack.worker_events() if e.get("event") == "redis_unavailable"]
+        run.record(
+            outcome,
+            {"audits": 400, "workers": 2, "redis_outage_s": 2.0},
+            redis_errors_survived_in_poll_loop=len(survived),
+        )
         assert_promises_kept(run, outcome, submitted=400, min_succeeded_pct=100.0)
         assert all(w.alive() for w in workers), stack.outputs()
 

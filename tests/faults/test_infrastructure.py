@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from tests.faults.outcome import FINISH_EVENTS
 from tests.faults.scenario import FaultRun, assert_promises_kept, stack_env
 from tests.faults.services import OwnPostgres, OwnRedis
 from tests.faults.stack import Process, Stack, simulator_process
@@ -39,13 +40,17 @@ def _settings(**extra: Any) -> dict[str, Any]:
     }
 
 
+# What a worker logs when an attempt ends, one way or another.
+ATTEMPT_ENDS = {*FINISH_EVENTS, "audit_retry_scheduled", "audit_interrupted", "finish_discarded"}
+
+
 def in_flight(worker: Process) -> set[str]:
     """Audits this worker started and had not finished, retried or handed back when it stopped."""
     started: set[str] = set()
     for event in worker.events():
         if event.get("event") == "audit_started":
             started.add(event["audit_id"])
-        elif event.get("audit_id") and event.get("event") != "job_skipped":
+        elif event.get("event") in ATTEMPT_ENDS:
             started.discard(event["audit_id"])
     return started
 
@@ -54,7 +59,7 @@ async def test_a_worker_killed_and_redis_restarted_empty_mid_run_lose_nothing(
     tmp_path: Path, scratch_db: str, own_redis: OwnRedis, stacks: list[Stack]
 ) -> None:
     with simulator_process(
-        tmp_path, fault_rate=FAULT_RATE, faults=TRANSIENT_FAULTS, latency_ms=LATENCY_MS
+        tmp_path, fault_rate=FAULT_RATE, faults=TRANSIENT_FAULTS, latency_ms=LATENCY_MS, seed=1
     ) as sim:
         stack = Stack(
             stack_env(database_url=scratch_db, redis_url=own_redis.url, simulator=sim), tmp_path
@@ -101,7 +106,7 @@ async def test_postgres_restarted_mid_run_loses_nothing(
     stacks: list[Stack],
 ) -> None:
     with simulator_process(
-        tmp_path, fault_rate=FAULT_RATE, faults=TRANSIENT_FAULTS, latency_ms=LATENCY_MS
+        tmp_path, fault_rate=FAULT_RATE, faults=TRANSIENT_FAULTS, latency_ms=LATENCY_MS, seed=2
     ) as sim:
         stack = Stack(
             stack_env(database_url=own_scratch_db, redis_url=own_redis.url, simulator=sim),

@@ -31,7 +31,7 @@ async def test_every_model_fault_kind_under_load_ends_each_audit_once(
     tmp_path: Path, scratch_db: str, own_redis: OwnRedis, stacks: list[Stack]
 ) -> None:
     with simulator_process(
-        tmp_path, fault_rate=FAULT_RATE, faults=EVERY_FAULT, latency_ms="20..200"
+        tmp_path, fault_rate=FAULT_RATE, faults=EVERY_FAULT, latency_ms="20..200", seed=3
     ) as sim:
         stack = Stack(
             stack_env(database_url=scratch_db, redis_url=own_redis.url, simulator=sim), tmp_path

@@ -23,9 +23,7 @@ ONE_HUNDREDTH = 0.01 + 1e-9
 def audits(draw: st.DrawFn) -> tuple[list[Criterion], list[Finding]]:
     """Criteria with their weights, and one finding for each, in the criteria's order."""
     weights = draw(st.lists(WEIGHTS, min_size=1, max_size=50))
-    criteria = [
-        Criterion(id=f"c{i}", description="d", weight=w) for i, w in enumerate(weights)
-    ]
+    criteria = [Criterion(id=f"c{i}", description="d", weight=w) for i, w in enumerate(weights)]
     findings = [
         Finding(
             criterion_id=c.id,

@@ -98,9 +98,8 @@ def replies(draw: st.DrawFn, ids: list[str], content: str) -> str:
         "summary": draw(st.text(max_size=20)),
     }
     for _ in range(draw(st.integers(0, 2))):
-        if isinstance(document, dict) and isinstance(document.get("findings"), list):
-            if document["findings"]:
-                document = draw(corrupted(document))
+        if isinstance(document, dict) and document.get("findings"):
+            document = draw(corrupted(document))
     return json.dumps(document)
 
 
