@@ -139,6 +139,13 @@ def scratch_database(servers: Servers, prefix: str) -> Iterator[str]:
         asyncio.run(_admin(servers.database_url, drop))
 
 
+def celery_broker_url(redis_url: str) -> str:
+    """`REDIS_URL` as kombu spells it (`unix://` is `redis+socket://` there)."""
+    if redis_url.startswith("unix://"):
+        return "redis+socket://" + redis_url.removeprefix("unix://")
+    return redis_url
+
+
 def new_queue_name(prefix: str) -> str:
     return f"bench:{prefix}:{uuid4().hex[:8]}"
 

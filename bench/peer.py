@@ -26,6 +26,7 @@ from bench.common import (
     Stack,
     asyncpg_dsn,
     auditq_env,
+    celery_broker_url,
     drop_queue,
     new_queue_name,
     scratch_database,
@@ -93,7 +94,7 @@ def _celery(run_: Run, db: str, simulator: str, count: int) -> tuple[float, floa
         celery = _start_celery(procs, env)
         children = len(celery.tree_pids()) - 1
         ids = asyncio.run(_record_without_jobs(db, run_.servers.redis_url, queue, count))
-        app = Celery(broker=run_.servers.redis_url)
+        app = Celery(broker=celery_broker_url(run_.servers.redis_url))
         with PeakMemory([celery]) as memory:
             for audit_id in ids:
                 app.send_task("run_audit", args=[audit_id], queue=queue)
@@ -111,7 +112,6 @@ def _start_celery(procs: Stack, env: dict[str, str]) -> Proc:
         if time.monotonic() > deadline or celery.popen.poll() is not None:
             raise RuntimeError(f"celery did not start its pool: see {celery.log}")
         time.sleep(0.2)
-    time.sleep(1.0)  # children connect to the broker
     return celery
 
 
@@ -133,7 +133,7 @@ def _auditq(run_: Run, db: str, simulator: str, processes: int, count: int) -> t
 
 
 def run(run_: Run) -> list[Section]:
-    celery_jobs, auditq_jobs = (12, 200) if run_.quick else (60, 3000)
+    celery_jobs, auditq_jobs = (8, 100) if run_.quick else (60, 3000)
     latency = "100" if run_.quick else "500"
     with scratch_database(run_.servers, "auditq_bench_peer") as db, stack() as procs:
         simulator = start_simulator(procs, latency)

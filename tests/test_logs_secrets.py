@@ -2,8 +2,9 @@
 
 Every JSON line the API and a worker write to stdout is captured, at DEBUG so that the
 libraries' own logs are in, while audits with distinctive content run through the API and a
-real arq worker: accepted, refused and invalid requests, a model that succeeds, fails, times
-out of shape, and a provider whose error bodies echo the key and the request, as some do.
+real arq worker: accepted, refused and invalid requests, a model that succeeds, fails and
+answers out of shape, and a provider whose error bodies echo the key and the request, as
+some do.
 """
 
 import json
@@ -118,6 +119,8 @@ async def test_no_secret_appears_in_any_log_line(
             "openai_api_key": OPENAI_API_KEY,
             "openai_base_url": sim.base_url,
             "openai_timeout_s": MODEL_TIMEOUT_S,
+            # One job at a time, so that each audit meets the scripted faults meant for it.
+            "worker_concurrency": 1,
         }
     )
     # Created here, not in a fixture, so that their log handlers write to the captured stdout.

@@ -20,12 +20,13 @@ from typing import Any
 
 from celery import Celery
 
+from bench.common import celery_broker_url
 from shared.config import get_settings
 from shared.queue import create_redis
 from worker.context import shutdown, startup
 from worker.tasks import run_audit
 
-app = Celery("auditq_peer", broker=os.environ["REDIS_URL"])
+app = Celery("auditq_peer", broker=celery_broker_url(os.environ["REDIS_URL"]))
 app.conf.task_default_queue = os.environ["QUEUE_NAME"]
 app.conf.broker_connection_retry_on_startup = True
 

@@ -116,6 +116,8 @@ async def seeded(client: AsyncClient, sim: SimulatorHandle, settings: Settings) 
     cancelled = (await client.post("/audits", json=audit_request())).json()
     await client.post(f"/audits/{cancelled['id']}/cancel")
     await client.post("/audits", json=audit_request())
+    listed = (await client.get("/audits")).json()["items"]
+    assert {a["status"] for a in listed} == {"succeeded", "failed", "cancelled", "queued"}
 
 
 def serve(settings: Settings) -> Iterator[FastAPI]:

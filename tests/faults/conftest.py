@@ -7,6 +7,8 @@ test restarts it, else `TEST_DATABASE_URL`'s server when set, with a scratch dat
 """
 
 import os
+import shutil
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -17,10 +19,15 @@ from tests.faults.stack import Stack
 
 
 @pytest.fixture(scope="session")
-def own_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OwnPostgres]:
-    server = OwnPostgres(tmp_path_factory.mktemp("own-postgres"))
+def own_postgres() -> Iterator[OwnPostgres]:
+    # Not under pytest's temporary directory: as root, pgserver runs PostgreSQL as its own
+    # user, who must be able to enter the data directory, and any pytest starting on the
+    # machine meanwhile makes `/tmp/pytest-of-root` private to root again.
+    root = Path(tempfile.mkdtemp(prefix="auditq-faults-"))
+    server = OwnPostgres(root)
     yield server
     server.stop()
+    shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
