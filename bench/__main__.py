@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench import batch, peer, polling, reads, submit, worker
-from bench.common import Run, find_servers, server_versions
+from bench.common import Run, drop_all_queues, find_servers, server_versions
 from bench.results import RESULTS, Section, write
 
 BENCHMARKS: dict[str, Callable[[Run], list[Section]]] = {
@@ -20,6 +20,22 @@ BENCHMARKS: dict[str, Callable[[Run], list[Section]]] = {
     "reads": reads.run,
     "polling": polling.run,
 }
+
+
+def _timed(name: str, run: Run) -> list[Section]:
+    """Run one benchmark; its sections say how long it took and how loaded the machine was."""
+    print(f"bench: {name}…", flush=True)
+    begun, load = time.monotonic(), os.getloadavg()[0]
+    sections = BENCHMARKS[name](run)
+    took = time.monotonic() - begun
+    print(f"bench: {name} done in {took:.0f} s", flush=True)
+    for section in sections:
+        section.add(
+            f"_{took:.0f} s; load average (1 min) {load:.1f} before, "
+            f"{os.getloadavg()[0]:.1f} after, on {os.cpu_count()} cores._",
+            "",
+        )
+    return sections
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,19 +49,12 @@ def main(argv: list[str] | None = None) -> int:
     run = Run(servers=servers, quick=args.quick)
     command = "python -m bench " + shlex.join(sys.argv[1:] if argv is None else argv)
     started = time.monotonic()
-    for name in names:
-        print(f"bench: {name}…", flush=True)
-        begun, load = time.monotonic(), os.getloadavg()[0]
-        sections = BENCHMARKS[name](run)
-        took = time.monotonic() - begun
-        print(f"bench: {name} done in {took:.0f} s", flush=True)
-        for section in sections:
-            section.add(
-                f"_{took:.0f} s; load average (1 min) {load:.1f} before, "
-                f"{os.getloadavg()[0]:.1f} after, on {os.cpu_count()} cores._",
-                "",
-            )
-        write(args.results, sections, command=command.strip(), environment=server_versions(run))
+    try:
+        for name in names:
+            sections = _timed(name, run)
+            write(args.results, sections, command=command.strip(), environment=server_versions(run))
+    finally:
+        drop_all_queues(servers.redis_url)
     print(f"bench: all done in {time.monotonic() - started:.0f} s; see {args.results}")
     return 0
 

@@ -146,8 +146,25 @@ def celery_broker_url(redis_url: str) -> str:
     return redis_url
 
 
+_QUEUES: list[str] = []
+
+
 def new_queue_name(prefix: str) -> str:
-    return f"bench:{prefix}:{uuid4().hex[:8]}"
+    """A queue of this run's own; `drop_all_queues` deletes what is left of it at the end."""
+    name = f"bench:{prefix}:{uuid4().hex[:8]}"
+    _QUEUES.append(name)
+    return name
+
+
+def drop_all_queues(redis_url: str) -> None:
+    """Every queue of this run, and keys named after it (jobs, results, Celery bindings).
+
+    Each benchmark drops its queues when it ends; this catches what one that failed left.
+    """
+    while _QUEUES:
+        queue = _QUEUES.pop()
+        prefixes = [queue, f"arq:job:{queue}", f"arq:result:{queue}", f"_kombu.binding.{queue}"]
+        drop_queue(redis_url, queue, job_prefixes=prefixes)
 
 
 def drop_queue(redis_url: str, queue_name: str, *, job_prefixes: Sequence[str] = ()) -> None:

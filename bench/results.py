@@ -79,7 +79,8 @@ def machine(extra: list[str]) -> list[str]:
         f"- CPU: {os.cpu_count()} cores ({_cpu_model()}); memory {_mem_total_gib():.1f} GiB "
         "(from /proc/cpuinfo, /proc/meminfo)",
         f"- Python {platform.python_version()} ({sys.executable}), {platform.platform()}",
-        f"- load average when the run started: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}",
+        f"- load average (1, 5, 15 min) when this file was written: "
+        f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; each section gives its own",
         *extra,
     ]
 
