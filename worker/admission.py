@@ -29,6 +29,8 @@ log = structlog.get_logger("worker.run_audit")
 
 async def reserve_model_call(ctx: JobContext, audit_id: UUID) -> Reservation:
     """Take the call's share of its model's limits, or defer the job until there is room."""
+    if not await ctx["rate_limiter"].needs_reservation():
+        return NOTHING_RESERVED
     async with session_scope(ctx["session_factory"]) as session:
         call = await lifecycle.next_call(session, audit_id=audit_id)
     if call is None:

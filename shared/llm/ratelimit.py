@@ -167,6 +167,7 @@ class ModelRateLimiter:
         )
         self._redis = redis
         self._pause_prefix = f"{key_prefix}:pause:"
+        self._any_pause_key = f"{key_prefix}:paused-any"
         self._requests = MovingWindowRateLimiter(self._storage)
         self._tokens = SlidingWindowCounterRateLimiter(self._storage)
         span = window_s + ARRIVAL_MARGIN_S
@@ -229,11 +230,31 @@ class ModelRateLimiter:
             return
         try:
             # The latest 429 says best how long the provider wants: it replaces any pause.
-            await self._redis.set(self._pause_prefix + model, 1, px=math.ceil(seconds * 1000))
+            milliseconds = math.ceil(seconds * 1000)
+            await self._redis.set(self._pause_prefix + model, 1, px=milliseconds)
+            await self._extend_any_pause(milliseconds)
         except RedisError as exc:
             log.warning("rate_limit_pause_failed", model=model, error=type(exc).__name__)
             return
         log.warning("model_paused", model=model, pause_s=round(seconds, 2))
+
+    @property
+    def has_limits(self) -> bool:
+        return bool(self._request_limits or self._token_limits)
+
+    async def needs_reservation(self) -> bool:
+        """Whether a call must be reserved at all: some limit is set, or some model is paused.
+
+        With neither, the worker skips the reservation and the query it needs, so a
+        deployment without limits pays one Redis EXISTS per audit for this, not more.
+        """
+        return self.has_limits or bool(await self._redis.exists(self._any_pause_key))
+
+    async def _extend_any_pause(self, milliseconds: int) -> None:
+        """Keep the `paused-any` marker alive at least as long as the longest pause."""
+        left: int = await self._redis.pttl(self._any_pause_key)
+        if milliseconds > left:
+            await self._redis.set(self._any_pause_key, 1, px=milliseconds)
 
     async def paused_for(self, model: str) -> float:
         """Seconds left of the model's pause after a 429; 0.0 when it is not paused."""

@@ -254,6 +254,20 @@ async def test_a_429_pauses_the_model_for_every_worker_for_its_retry_after(
     await second.reserve(OTHER_MODEL, tokens=1)
 
 
+async def test_without_limits_a_reservation_is_needed_only_while_a_model_is_paused(
+    redis_client: Redis, key_prefix: str
+) -> None:
+    unlimited, other_worker = (limiter_of(redis_client, key_prefix) for _ in range(2))
+    assert not await unlimited.needs_reservation()
+
+    await unlimited.pause_if_rate_limited(MODEL, rate_limited(retry_after=5))
+    await unlimited.pause_if_rate_limited(OTHER_MODEL, rate_limited(retry_after=0.1))
+
+    assert await other_worker.needs_reservation()
+    assert 4_000 < await redis_client.pttl(f"{key_prefix}:paused-any") <= 5_000  # the longest
+    assert await limiter_of(redis_client, key_prefix, rpm={MODEL: 5}).needs_reservation()
+
+
 async def test_the_pause_ends_with_its_retry_after(redis_client: Redis, key_prefix: str) -> None:
     limiter = limiter_of(redis_client, key_prefix)
     await limiter.pause_if_rate_limited(MODEL, rate_limited(retry_after=0.2))
