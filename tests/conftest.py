@@ -10,7 +10,7 @@ and the Redis database before each test. Each test gets its own queue name.
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from uuid import uuid4
 
@@ -34,15 +34,18 @@ TEST_DATABASE = f"auditq_test_{os.getpid()}"
 pytest_plugins = ["tests.fixtures.simulator"]
 
 
-def _server_urls() -> tuple[str, str]:
+@pytest.fixture(scope="session")
+def server_urls() -> Iterator[tuple[str, str]]:
+    """The servers: TEST_* URLs, or embedded ones, stopped again when the run ends."""
     database_url = os.environ.get("TEST_DATABASE_URL")
     redis_url = os.environ.get("TEST_REDIS_URL")
     if database_url and redis_url:
-        return database_url, redis_url
+        yield database_url, redis_url
+        return
     from cli.embedded import EmbeddedServices
 
-    embedded_db, embedded_redis = EmbeddedServices(ROOT / ".auditq" / "test").start()
-    return database_url or embedded_db, redis_url or embedded_redis
+    with EmbeddedServices(ROOT / ".auditq" / "test").running() as embedded:
+        yield database_url or embedded.database_url, redis_url or embedded.redis_url
 
 
 def _asyncpg_dsn(url: str) -> str:
@@ -75,8 +78,8 @@ def migrate(database_url: str, *args: str) -> None:
 
 
 @pytest.fixture(scope="session")
-async def database_url() -> AsyncIterator[str]:
-    server_url, redis_url = _server_urls()
+async def database_url(server_urls: tuple[str, str]) -> AsyncIterator[str]:
+    server_url, redis_url = server_urls
     await _administer(
         server_url,
         f"DROP DATABASE IF EXISTS {TEST_DATABASE} WITH (FORCE)",
