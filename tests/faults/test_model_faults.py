@@ -104,7 +104,7 @@ async def test_a_long_retry_after_is_honoured_without_holding_a_worker_slot(
         a_done = [r["finished_at"] for r in rows if r["model"] == "model-a"]
         run.record(
             outcome,
-            {"audits": 81, "worker_concurrency": 2, "retry_after_s": LONG_RETRY_AFTER_S},
+            {"audits": 81, "retry_after_s": LONG_RETRY_AFTER_S},
             model_b_done_before_pause_ended=sum(t < resumed_at for t in b_done),
             model_a_done_before_pause_ended=sum(t < resumed_at for t in a_done),
         )

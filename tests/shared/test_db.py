@@ -1,0 +1,66 @@
+"""`is_database_unavailable`: an outage of PostgreSQL, told apart from a bug of ours.
+
+The API answers the first with 503 `database_unavailable` and the worker waits it out;
+the second stays a 500 and a failed job. tests/faults/ restarts a real server.
+"""
+
+import asyncpg
+import pytest
+import sqlalchemy.exc
+
+from shared.db import is_database_unavailable
+
+
+class DriverError(Exception):
+    """What SQLAlchemy's asyncpg adapter wraps a driver error in: its SQLSTATE kept."""
+
+    def __init__(self, sqlstate: str | None) -> None:
+        super().__init__("driver error")
+        self.sqlstate = sqlstate
+
+
+def wrapped(sqlstate: str | None, *, invalidated: bool = False) -> sqlalchemy.exc.DBAPIError:
+    return sqlalchemy.exc.DBAPIError(
+        "SELECT 1", {}, DriverError(sqlstate), connection_invalidated=invalidated
+    )
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        ConnectionRefusedError(111, "Connection refused"),
+        FileNotFoundError(2, "No such file or directory"),  # the unix socket is gone
+        OSError("Multiple exceptions: [Errno 111] Connect call failed"),
+        TimeoutError(),
+        asyncpg.CannotConnectNowError("the database system is starting up"),
+        asyncpg.AdminShutdownError("terminating connection due to administrator command"),
+        asyncpg.ConnectionDoesNotExistError("connection was closed in the middle of operation"),
+        wrapped("57P03"),  # starting up, at connect
+        wrapped("57P01"),  # shut down by the administrator
+        wrapped("08006"),  # connection failure
+        wrapped("53300"),  # too many connections
+        wrapped(None, invalidated=True),  # a statement cut short by a restart
+        sqlalchemy.exc.OperationalError("SELECT 1", {}, DriverError(None)),
+        sqlalchemy.exc.TimeoutError("QueuePool limit reached"),
+    ],
+    ids=repr,
+)
+def test_an_outage_is_unavailable(error: BaseException) -> None:
+    assert is_database_unavailable(error)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        wrapped("23505"),  # unique violation
+        wrapped("42P01"),  # undefined table
+        wrapped("57014"),  # statement timeout: slow, not down
+        wrapped(None),
+        sqlalchemy.exc.IntegrityError("INSERT", {}, DriverError("23505")),
+        asyncpg.UniqueViolationError("duplicate key"),
+        ValueError("not a database error"),
+    ],
+    ids=repr,
+)
+def test_a_bug_is_not_unavailable(error: BaseException) -> None:
+    assert not is_database_unavailable(error)
