@@ -10,7 +10,6 @@ import os
 import platform
 import re
 import subprocess
-import sys
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -78,7 +77,7 @@ def machine(extra: list[str]) -> list[str]:
     return [
         f"- CPU: {os.cpu_count()} cores ({_cpu_model()}); memory {_mem_total_gib():.1f} GiB "
         "(from /proc/cpuinfo, /proc/meminfo)",
-        f"- Python {platform.python_version()} ({sys.executable}), {platform.platform()}",
+        f"- Python {platform.python_version()}, {platform.platform()}",
         f"- load average (1, 5, 15 min) when this file was written: "
         f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; each section gives its own",
         *extra,

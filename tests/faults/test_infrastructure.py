@@ -2,7 +2,7 @@
 
 1,000 audits from 50 concurrent clients (single audits and small batches), the model
 answering 429, 500, garbage or nothing a fifth of the time, and meanwhile a worker killed
-with SIGKILL, Redis restarted empty, PostgreSQL restarted. Issue 3's bar: every audit
+with SIGKILL, Redis restarted empty, PostgreSQL restarted. The bar: every audit
 terminal, at least 97% succeeded, none twice.
 """
 
