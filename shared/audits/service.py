@@ -17,7 +17,7 @@ from shared.audits.exceptions import (
     AuditNotRetryable,
 )
 from shared.audits.models import Audit
-from shared.audits.schemas import TERMINAL_STATUSES, AuditCreate, AuditStatus, Criterion
+from shared.audits.schemas import AuditCreate, AuditStatus, Criterion
 from shared.config import get_settings
 from shared.db import metadata
 from shared.idempotency import Created, replay, request_hash
@@ -93,10 +93,8 @@ async def create(
     With an `idempotency_key` already used, the earlier audit is returned instead.
     """
     digest = request_hash(data)
-    if idempotency_key is not None and (earlier := await _by_key(session, idempotency_key)):
-        return replay(
-            earlier, stored_hash=earlier.request_hash, new_hash=digest, key=idempotency_key
-        )
+    if idempotency_key is not None and (earlier := await _replay(session, idempotency_key, digest)):
+        return earlier
     row = new_row(
         data,
         criteria=await resolve_criteria(session, data=data),
@@ -107,19 +105,20 @@ async def create(
     audit = await _insert_unless_key_taken(session, row)
     if audit is None:  # a concurrent request with the same key won the insert
         assert idempotency_key is not None
-        earlier = await _by_key(session, idempotency_key)
-        assert earlier is not None
-        return replay(
-            earlier, stored_hash=earlier.request_hash, new_hash=digest, key=idempotency_key
-        )
+        winner = await _replay(session, idempotency_key, digest)
+        assert winner is not None
+        return winner
     defer_run(session, audit.id)
     return Created(audit)
 
 
-async def _by_key(session: AsyncSession, key: str) -> Audit | None:
+async def _replay(session: AsyncSession, key: str, digest: str) -> Created[Audit] | None:
+    """The audit an earlier request with this key created, if any (same body or 422)."""
     stmt = sa.select(Audit).where(col(Audit.idempotency_key) == key)
-    audit: Audit | None = (await session.execute(stmt)).scalar_one_or_none()
-    return audit
+    earlier: Audit | None = (await session.execute(stmt)).scalar_one_or_none()
+    if earlier is None:
+        return None
+    return replay(earlier, stored_hash=earlier.request_hash, new_hash=digest, key=key)
 
 
 _AUDIT = metadata.tables["audit"]
@@ -254,10 +253,6 @@ async def _transition(
         .execution_options(populate_existing=True)
     )
     return (await session.execute(stmt)).scalar_one_or_none()
-
-
-def is_terminal(audit: Audit) -> bool:
-    return audit.status in TERMINAL_STATUSES
 
 
 RubricCache = dict[tuple[str, int | None], ResolvedCriteria]

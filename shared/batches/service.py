@@ -60,33 +60,28 @@ async def create(
 ) -> Created[BatchSummary]:
     """Record the batch and all its audits in one statement each; jobs go after commit."""
     digest = request_hash(data)
-    if idempotency_key is not None:
-        earlier = await _by_key(session, idempotency_key)
-        if earlier is not None:
-            return await _replay(session, earlier, digest=digest, key=idempotency_key)
+    if idempotency_key is not None and (earlier := await _replay(session, idempotency_key, digest)):
+        return earlier
     batch = await _insert_batch(
         session, data=data, key=idempotency_key, digest=digest, request_id=request_id
     )
     if batch is None:  # a concurrent request with the same key won the insert
         assert idempotency_key is not None
-        earlier = await _by_key(session, idempotency_key)
-        assert earlier is not None
-        return await _replay(session, earlier, digest=digest, key=idempotency_key)
+        winner = await _replay(session, idempotency_key, digest)
+        assert winner is not None
+        return winner
     await _insert_audits(session, batch_id=batch.id, items=data.audits, request_id=request_id)
     return Created(await summarize(session, batch))
 
 
-async def _by_key(session: AsyncSession, key: str) -> Batch | None:
+async def _replay(session: AsyncSession, key: str, digest: str) -> Created[BatchSummary] | None:
+    """The batch an earlier request with this key created, if any (same body or 422)."""
     stmt = sa.select(Batch).where(col(Batch.idempotency_key) == key)
-    batch: Batch | None = (await session.execute(stmt)).scalar_one_or_none()
-    return batch
-
-
-async def _replay(
-    session: AsyncSession, batch: Batch, *, digest: str, key: str
-) -> Created[BatchSummary]:
-    summary = await summarize(session, batch)
-    return replay(summary, stored_hash=batch.request_hash, new_hash=digest, key=key)
+    earlier: Batch | None = (await session.execute(stmt)).scalar_one_or_none()
+    if earlier is None:
+        return None
+    summary = await summarize(session, earlier)
+    return replay(summary, stored_hash=earlier.request_hash, new_hash=digest, key=key)
 
 
 async def _insert_batch(
