@@ -1,6 +1,7 @@
 """Request dependencies: the transaction of a request, and loading resources by id."""
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Annotated, Any
 from uuid import UUID
 
@@ -8,11 +9,10 @@ from arq.connections import ArqRedis
 from fastapi import Depends, Header, Request, Response
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from shared.audits import service as audits
-from shared.audits.models import Audit
 from shared.batches import service as batches
 from shared.batches.models import Batch
 from shared.config import Settings
+from shared.db import StatementConnection
 from shared.idempotency import MAX_KEY_LENGTH, Created
 from shared.queue import discard_pending, send_pending
 
@@ -46,6 +46,22 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
     await send_pending(session, get_redis(request))
 
 
+@asynccontextmanager
+async def statements(request: Request) -> AsyncIterator[StatementConnection]:
+    """A statement connection for a hot route, which opens it itself; its jobs sent after.
+
+    Each statement commits as it runs, so what the service deferred is sent even if
+    the request fails afterwards: its row exists. Not a dependency: FastAPI's
+    machinery for generator dependencies cost a tenth of these requests' CPU.
+    """
+    conn = StatementConnection(request.app.state.engine)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+        await send_pending(conn, get_redis(request))
+
+
 async def get_request_id(request: Request) -> str | None:
     request_id: str | None = request.state.request_id
     return request_id
@@ -70,13 +86,6 @@ def mark_created(response: Response, created: Created[Any], *, location: str) ->
     response.headers["Location"] = location
     if created.replayed:
         response.headers["Idempotent-Replayed"] = "true"
-
-
-async def get_audit_or_404(audit_id: UUID, session: SessionDep) -> Audit:
-    return await audits.get_or_raise(session, audit_id=audit_id)
-
-
-CurrentAudit = Annotated[Audit, Depends(get_audit_or_404)]
 
 
 async def get_batch_or_404(batch_id: UUID, session: SessionDep) -> Batch:

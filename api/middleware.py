@@ -4,9 +4,9 @@ Pure ASGI rather than `BaseHTTPMiddleware`: they sit on every request, and the
 latter costs an extra task and stream copy per call.
 """
 
+import random
 import re
 import time
-from uuid import uuid4
 
 import structlog
 from starlette.exceptions import HTTPException
@@ -27,6 +27,11 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
+def _new_id() -> str:
+    """32 hex digits, as `uuid4().hex`; an id, not a secret, so no system call for entropy."""
+    return f"{random.getrandbits(128):032x}"
+
+
 class RequestContext:
     """Binds `request_id` (from X-Request-ID or new) to the logs, echoes it, logs the request."""
 
@@ -38,7 +43,7 @@ class RequestContext:
             await self.app(scope, receive, send)
             return
         incoming = _header(scope, b"x-request-id")
-        request_id = incoming if incoming and _VALID_REQUEST_ID.match(incoming) else uuid4().hex
+        request_id = incoming if incoming and _VALID_REQUEST_ID.match(incoming) else _new_id()
         scope.setdefault("state", {})["request_id"] = request_id
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(request_id=request_id)

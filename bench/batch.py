@@ -60,7 +60,7 @@ def _section(size: int, body_bytes: int, timings: list[float], cpu: list[float])
         f"{size:,} audits of 1 KB in one request ({body_bytes / 2**20:.2f} MiB), "
         f"{len(timings)} requests one after the other after a warm-up, timed by the client "
         "until the 202: validation of every item, one multi-row `INSERT`, the commit, "
-        "one Redis pipeline of the jobs.",
+        "one Redis command (a script) for all the jobs.",
         "",
     )
     section.table(

@@ -19,6 +19,8 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.pool import PoolProxiedConnection
+from sqlalchemy.util.concurrency import greenlet_spawn
 from sqlmodel import SQLModel
 
 from shared.config import Settings
@@ -135,3 +137,56 @@ async def session_scope(factory: SessionFactory) -> AsyncIterator[AsyncSession]:
     """A session whose transaction commits on success and rolls back on error."""
     async with factory() as session, session.begin():
         yield session
+
+
+class StatementConnection:
+    """A pooled connection outside any transaction: each statement commits on its own.
+
+    For the hot paths that need one statement, or several that need no common
+    snapshot (submit one audit, read one audit): they skip BEGIN and COMMIT, two
+    round trips, and SQLAlchemy's statement execution, which cost more CPU there
+    than the rest of the request (bench/RESULTS.md). Statements go to the asyncpg
+    connection of the engine's pool, so the pool's size, ping and invalidation hold
+    as for sessions; it is checked out at the first statement, as a session's is.
+    `info` carries what must happen after the statements, as `AsyncSession.info`
+    does (shared/queue.py).
+    """
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.info: dict[Any, Any] = {}
+        self._engine = engine
+        self._pooled: PoolProxiedConnection | None = None
+
+    async def fetchrow(self, query: str, *args: Any) -> asyncpg.Record | None:
+        record: asyncpg.Record | None = await self._run("fetchrow", query, args)
+        return record
+
+    async def fetchval(self, query: str, *args: Any) -> Any:
+        return await self._run("fetchval", query, args)
+
+    async def _run(self, method: str, query: str, args: tuple[Any, ...]) -> Any:
+        if self._pooled is None:
+            self._pooled = await self._engine.raw_connection()
+        try:
+            return await getattr(self._pooled.driver_connection, method)(query, *args)
+        except BaseException as exc:
+            if is_database_unavailable(exc):
+                # As SQLAlchemy does for its own statements: a connection broken under a
+                # statement is not handed out again.
+                await greenlet_spawn(self._pooled.invalidate, exc)
+            raise
+
+    async def close(self) -> None:
+        """Back to the pool; closing a broken one awaits the driver, hence the greenlet."""
+        if self._pooled is not None:
+            pooled, self._pooled = self._pooled, None
+            await greenlet_spawn(pooled.close)
+
+
+@asynccontextmanager
+async def statement_connection(engine: AsyncEngine) -> AsyncIterator[StatementConnection]:
+    conn = StatementConnection(engine)
+    try:
+        yield conn
+    finally:
+        await conn.close()

@@ -1,15 +1,18 @@
 """The arq queue: the Redis pool, and jobs sent only after their rows committed.
 
 Services never talk to Redis. They note what must happen once the transaction
-commits (`defer_run`, `defer_abort`); the owner of the transaction calls
-`send_pending` after its commit, so a job never names a row that does not exist
-yet. If Redis is unreachable then, nothing is lost: the row is the source of
-truth and the worker's reconciler enqueues every queued audit that has no job.
+commits (`defer_run`, `defer_abort`) on its session, or on the statement connection
+whose statement committed; the owner of the transaction calls `send_pending` after
+its commit, so a job never names a row that does not exist yet. If Redis is
+unreachable then, nothing is lost: the row is the source of truth and the worker's
+reconciler enqueues every queued audit that has no job.
 """
 
-from collections.abc import AsyncIterator, Iterable
+import hashlib
+from collections.abc import AsyncIterator, Awaitable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Any, Protocol, cast
 from uuid import UUID
 
 import structlog
@@ -19,7 +22,7 @@ from arq.jobs import serialize_job
 from arq.utils import timestamp_ms
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import ConnectionError, RedisError, TimeoutError
+from redis.exceptions import ConnectionError, NoScriptError, RedisError, TimeoutError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.config import Settings
@@ -82,26 +85,33 @@ class PendingJobs:
     abort: list[UUID] = field(default_factory=list)
 
 
-def _pending(session: AsyncSession) -> PendingJobs:
+class Transactional(Protocol):
+    """An `AsyncSession`, or a `StatementConnection`: what a service writes through."""
+
+    @property
+    def info(self) -> dict[Any, Any]: ...
+
+
+def _pending(session: Transactional) -> PendingJobs:
     pending: PendingJobs = session.info.setdefault(_PENDING, PendingJobs())
     return pending
 
 
-def defer_run(session: AsyncSession, audit_id: UUID) -> None:
+def defer_run(session: Transactional, audit_id: UUID) -> None:
     """Enqueue `run_audit` for this audit once the session's transaction commits."""
     _pending(session).run.append(audit_id)
 
 
-def defer_abort(session: AsyncSession, audit_id: UUID) -> None:
+def defer_abort(session: Transactional, audit_id: UUID) -> None:
     """Abort this audit's running job once the session's transaction commits."""
     _pending(session).abort.append(audit_id)
 
 
-def discard_pending(session: AsyncSession) -> None:
+def discard_pending(session: Transactional) -> None:
     session.info.pop(_PENDING, None)
 
 
-async def send_pending(session: AsyncSession, redis: ArqRedis) -> None:
+async def send_pending(session: Transactional, redis: ArqRedis) -> None:
     """Send what the committed transaction deferred; a Redis outage is logged, not raised."""
     pending: PendingJobs | None = session.info.pop(_PENDING, None)
     if pending is None:
@@ -118,25 +128,41 @@ async def send_pending(session: AsyncSession, redis: ArqRedis) -> None:
         )
 
 
-async def enqueue_runs(redis: ArqRedis, audit_ids: Iterable[UUID]) -> None:
-    """Enqueue `run_audit` jobs in one round trip, skipping audits that have a job.
+# KEYS: the queue, the abort marks, then each job's key; ARGV: enqueue time (ms), the job
+# keys' lifetime (ms), then each job's id and payload. The jobs arq's `enqueue_job` would
+# make, deduplicated by job id as it does (SET NX on the job key), with no abort mark left
+# from a cancelled run of the same audit.
+_ENQUEUE_LUA = b"""
+for i = 3, #KEYS do
+  local job_id = ARGV[2 * i - 3]
+  redis.call('ZREM', KEYS[2], job_id)
+  redis.call('SET', KEYS[i], ARGV[2 * i - 2], 'PX', ARGV[2], 'NX')
+  redis.call('ZADD', KEYS[1], 'NX', ARGV[1], job_id)
+end
+"""
+_ENQUEUE_SHA = hashlib.sha1(_ENQUEUE_LUA).hexdigest()
 
-    arq's `enqueue_job` costs a WATCH round trip per job; a batch of 1,000 wants
-    one pipeline. SET NX on the job key gives the same deduplication by job id.
-    One ZREM and one ZADD name every job: n + 2 commands for n jobs, not 3n.
+
+async def enqueue_runs(redis: ArqRedis, audit_ids: Iterable[UUID]) -> None:
+    """Enqueue `run_audit` jobs in one command, skipping audits that have a job.
+
+    arq's `enqueue_job` costs a WATCH round trip and a MULTI of its own per job; a
+    batch of 1,000 wants one command. A script is atomic as MULTI/EXEC is, and one
+    command with one reply costs the API far less CPU than a pipeline's five.
     """
-    jobs = {audit_job_id(audit_id): audit_id for audit_id in audit_ids}
+    jobs = {audit_job_id(audit_id): str(audit_id) for audit_id in audit_ids}
     if not jobs:
         return
     now_ms = timestamp_ms()
-    async with redis.pipeline(transaction=True) as pipe:
-        # A retried audit must not inherit the abort mark of its cancelled run.
-        pipe.zrem(abort_jobs_ss, *jobs)
-        for job_id, audit_id in jobs.items():
-            job = serialize_job(RUN_AUDIT, (str(audit_id),), {}, None, now_ms)
-            pipe.set(job_key_prefix + job_id, job, px=expires_extra_ms, nx=True)
-        pipe.zadd(redis.default_queue_name, dict.fromkeys(jobs, now_ms), nx=True)
-        await pipe.execute()
+    keys = [redis.default_queue_name, abort_jobs_ss, *(job_key_prefix + j for j in jobs)]
+    args: list[Any] = [now_ms, expires_extra_ms]  # redis-py's stubs want str only
+    for job_id, audit_id in jobs.items():
+        args += [job_id, serialize_job(RUN_AUDIT, (audit_id,), {}, None, now_ms)]
+    try:
+        await cast(Awaitable[Any], redis.evalsha(_ENQUEUE_SHA, len(keys), *keys, *args))
+    except NoScriptError:  # first use, or Redis restarted since
+        script = _ENQUEUE_LUA.decode()
+        await cast(Awaitable[Any], redis.eval(script, len(keys), *keys, *args))
 
 
 async def abort_runs(redis: ArqRedis, audit_ids: Iterable[UUID]) -> None:

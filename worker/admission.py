@@ -12,8 +12,8 @@ import structlog
 from arq import Retry
 
 from shared.audits import lifecycle
-from shared.audits.models import Audit
-from shared.db import session_scope
+from shared.audits.lifecycle import ClaimedAudit
+from shared.db import statement_connection
 from shared.llm.ratelimit import (
     NOTHING_RESERVED,
     ModelRateLimited,
@@ -31,8 +31,8 @@ async def reserve_model_call(ctx: JobContext, audit_id: UUID) -> Reservation:
     """Take the call's share of its model's limits, or defer the job until there is room."""
     if not await ctx["rate_limiter"].needs_reservation():
         return NOTHING_RESERVED
-    async with session_scope(ctx["session_factory"]) as session:
-        call = await lifecycle.next_call(session, audit_id=audit_id)
+    async with statement_connection(ctx["engine"]) as conn:
+        call = await lifecycle.next_call(conn, audit_id=audit_id)
     if call is None:
         # Nothing to claim, as the claim will find. Should it claim after all (a lease
         # expired in between), the call is counted in full when it is settled.
@@ -56,7 +56,7 @@ async def reserve_model_call(ctx: JobContext, audit_id: UUID) -> Reservation:
 
 
 async def settle_model_call(
-    ctx: JobContext, audit: Audit, reserved: Reservation, outcome: ModelOutcome
+    ctx: JobContext, audit: ClaimedAudit, reserved: Reservation, outcome: ModelOutcome
 ) -> None:
     """Count the requests and tokens the call used beyond its reservation."""
     await ctx["rate_limiter"].settle(

@@ -1,5 +1,6 @@
 """What a worker process builds once and its jobs share (`ctx`)."""
 
+import logging
 from typing import Any, NotRequired, TypedDict
 
 from arq.connections import ArqRedis
@@ -29,9 +30,19 @@ class JobContext(TypedDict):
     reconcile_after: NotRequired[QueuedKey | None]
 
 
+# arq's line as a job starts, and as it returns: `run_audit` logs both transitions itself,
+# with the audit's id and request id (DESIGN §7). Retries, aborts and failures still show.
+_ROUTINE_JOB_LINES = frozenset({"%6.2fs → %s(%s)%s", "%6.2fs ← %s ● %s"})
+
+
+def _not_routine_job_line(record: logging.LogRecord) -> bool:
+    return record.msg not in _ROUTINE_JOB_LINES
+
+
 async def startup(ctx: dict[str, Any]) -> None:
     settings: Settings = ctx.setdefault("settings", get_settings())
     configure_logging(settings.log_level)
+    logging.getLogger("arq.worker").addFilter(_not_routine_job_line)
     # One pooled connection per concurrent job would idle through the model calls;
     # a job holds a connection only for its short claim and finish statements.
     ctx["engine"] = create_engine(settings, pool_size=max(5, settings.worker_concurrency // 5))

@@ -7,13 +7,16 @@ from uuid import UUID
 
 import structlog
 from arq import Retry
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.audits import lifecycle
-from shared.audits.models import Audit
-from shared.audits.schemas import Criterion
+from shared.audits.lifecycle import ClaimedAudit
 from shared.audits.scoring import build_result
-from shared.db import DATABASE_ERRORS, is_database_unavailable, session_scope
+from shared.db import (
+    DATABASE_ERRORS,
+    StatementConnection,
+    is_database_unavailable,
+    statement_connection,
+)
 from shared.llm.client import audit_content
 from shared.llm.errors import ModelError
 from shared.llm.schemas import ModelOutcome
@@ -65,37 +68,33 @@ async def run_audit(ctx: JobContext, audit_id: str) -> None:
         await _on_success(ctx, audit, outcome)
 
 
-async def _claim(ctx: JobContext, audit_id: UUID) -> Audit | None:
-    async with session_scope(ctx["session_factory"]) as session:
-        return await lifecycle.claim(session, audit_id=audit_id, lease=ctx["timing"].lease)
+async def _claim(ctx: JobContext, audit_id: UUID) -> ClaimedAudit | None:
+    async with statement_connection(ctx["engine"]) as conn:
+        return await lifecycle.claim(conn, audit_id=audit_id, lease=ctx["timing"].lease)
 
 
-async def _ask_model(ctx: JobContext, audit: Audit) -> ModelOutcome:
+async def _ask_model(ctx: JobContext, audit: ClaimedAudit) -> ModelOutcome:
     return await audit_content(
         ctx["llm"],
         model=audit.model,
         subject=audit.subject,
         content=audit.content,
-        criteria=_criteria(audit),
+        criteria=audit.criteria,
     )
 
 
-def _criteria(audit: Audit) -> list[Criterion]:
-    return [Criterion.model_validate(c) for c in audit.criteria]
-
-
-async def _on_success(ctx: JobContext, audit: Audit, outcome: ModelOutcome) -> None:
+async def _on_success(ctx: JobContext, audit: ClaimedAudit, outcome: ModelOutcome) -> None:
     result = build_result(
         findings=outcome.findings,
-        criteria=_criteria(audit),
+        criteria=audit.criteria,
         summary=outcome.summary,
         pass_threshold=audit.pass_threshold,
         dropped_quotes=outcome.dropped_quotes,
     )
     written = await _write_finish(
         ctx,
-        lambda session: lifecycle.succeed(
-            session,
+        lambda conn: lifecycle.succeed(
+            conn,
             audit_id=audit.id,
             attempt=audit.attempts,
             result=result,
@@ -117,13 +116,13 @@ async def _on_success(ctx: JobContext, audit: Audit, outcome: ModelOutcome) -> N
     )
 
 
-async def _on_model_error(ctx: JobContext, audit: Audit, error: ModelError) -> None:
+async def _on_model_error(ctx: JobContext, audit: ClaimedAudit, error: ModelError) -> None:
     await ctx["rate_limiter"].pause_if_rate_limited(audit.model, error)
     if not error.transient:
         written = await _write_finish(
             ctx,
-            lambda session: lifecycle.fail(
-                session,
+            lambda conn: lifecycle.fail(
+                conn,
                 audit_id=audit.id,
                 attempt=audit.attempts,
                 code=error.code,
@@ -140,7 +139,7 @@ async def _on_model_error(ctx: JobContext, audit: Audit, error: ModelError) -> N
     _log_finish(status is not None, "audit_failed", error_code=error.code, attempts_exhausted=True)
 
 
-async def _on_interrupted(ctx: JobContext, audit: Audit) -> None:
+async def _on_interrupted(ctx: JobContext, audit: ClaimedAudit) -> None:
     """Cancelled by shutdown, arq's timeout or an abort: give the attempt back at once.
 
     A cancelled audit is no longer `running`, so the fenced write leaves it alone.
@@ -150,16 +149,18 @@ async def _on_interrupted(ctx: JobContext, audit: Audit) -> None:
     log.warning("audit_interrupted", new_status=status)
 
 
-async def _requeue_or_fail(ctx: JobContext, audit: Audit, *, code: str, message: str) -> str | None:
+async def _requeue_or_fail(
+    ctx: JobContext, audit: ClaimedAudit, *, code: str, message: str
+) -> str | None:
     return await _write_finish(
         ctx,
-        lambda session: lifecycle.requeue_or_fail(
-            session, audit_id=audit.id, attempt=audit.attempts, code=code, message=message
+        lambda conn: lifecycle.requeue_or_fail(
+            conn, audit_id=audit.id, attempt=audit.attempts, code=code, message=message
         ),
     )
 
 
-async def _write_finish(ctx: JobContext, write: Callable[[AsyncSession], Awaitable[T]]) -> T:
+async def _write_finish(ctx: JobContext, write: Callable[[StatementConnection], Awaitable[T]]) -> T:
     """One fenced write of the attempt's outcome, retried while PostgreSQL restarts.
 
     The model's answer is paid for: a restart must not throw it away and leave the audit
@@ -168,15 +169,15 @@ async def _write_finish(ctx: JobContext, write: Callable[[AsyncSession], Awaitab
     """
     for delay in FINISH_RETRY_DELAYS_S:
         try:
-            async with session_scope(ctx["session_factory"]) as session:
-                return await write(session)
+            async with statement_connection(ctx["engine"]) as conn:
+                return await write(conn)
         except DATABASE_ERRORS as exc:
             if not is_database_unavailable(exc):
                 raise
             log.warning("finish_write_retry", error=type(exc).__name__, retry_in_s=delay)
             await asyncio.sleep(delay)
-    async with session_scope(ctx["session_factory"]) as session:
-        return await write(session)
+    async with statement_connection(ctx["engine"]) as conn:
+        return await write(conn)
 
 
 def _log_finish(written: bool, event: str, **fields: Any) -> None:

@@ -4,10 +4,10 @@ from datetime import UTC, datetime
 from typing import Annotated
 from uuid import UUID
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
 from pydantic import AfterValidator, BeforeValidator
 
-from api.deps import CurrentAudit, IdempotencyKey, RequestId, SessionDep, mark_created
+from api.deps import IdempotencyKey, SessionDep, mark_created, statements
 from api.openapi import BODY_PROBLEMS, problems
 from shared.audits import service as audits
 from shared.audits.exceptions import (
@@ -66,8 +66,7 @@ def _location(response: Response, audit_id: UUID) -> None:
 )
 async def create_audit(
     body: AuditCreate,
-    session: SessionDep,
-    request_id: RequestId,
+    request: Request,
     response: Response,
     idempotency_key: IdempotencyKey = None,
 ) -> AuditRead:
@@ -76,17 +75,22 @@ async def create_audit(
     With an `Idempotency-Key` seen before, the audit it created is returned
     (header `Idempotent-Replayed: true`) and nothing new is queued.
     """
-    created = await audits.create(
-        session, data=body, request_id=request_id, idempotency_key=idempotency_key
-    )
-    mark_created(response, created, location=f"/api/v1/audits/{created.resource.id}")
+    async with statements(request) as conn:
+        created = await audits.create(
+            conn,
+            data=body,
+            request_id=request.state.request_id,
+            idempotency_key=idempotency_key,
+        )
+    mark_created(response, created, location=f"/api/v1/audits/{created.resource['id']}")
     return to_read(created.resource)
 
 
 @router.get("/{audit_id}", responses=problems(AuditNotFound))
-async def get_audit(audit: CurrentAudit) -> AuditDetail:
+async def get_audit(audit_id: UUID, request: Request) -> AuditDetail:
     """One audit, with its content, result or error."""
-    return to_detail(audit)
+    async with statements(request) as conn:
+        return to_detail(await audits.get_or_raise(conn, audit_id=audit_id))
 
 
 @router.get("", responses=problems(InvalidCursor))
@@ -126,5 +130,5 @@ async def cancel_audit(audit_id: UUID, session: SessionDep) -> AuditRead:
 async def retry_audit(audit_id: UUID, session: SessionDep, response: Response) -> AuditRead:
     """Queue a failed or cancelled audit again."""
     audit = await audits.retry(session, audit_id=audit_id)
-    _location(response, audit.id)
+    _location(response, audit_id)
     return to_read(audit)

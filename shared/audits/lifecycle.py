@@ -6,36 +6,77 @@
 - Every later write is fenced by `status = 'running' AND attempts = <attempt>`,
   so the late write of a zombie, a cancelled run or an earlier attempt changes
   nothing: an audit reaches exactly one terminal state, written once.
+
+The claim and the finishes run once per attempt, each a single statement: they take
+a `StatementConnection` and commit on their own, in SQL written once here and sent by
+the driver. Built per call through the ORM, with BEGIN and COMMIT around each, they
+cost the worker more CPU than the rest of an audit (bench/RESULTS.md).
 """
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 from uuid import UUID
 
 import sqlalchemy as sa
+from pydantic import TypeAdapter
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from shared.audits.models import Audit
-from shared.audits.schemas import AuditResult
+from shared.audits.schemas import AuditResult, Criterion
+from shared.db import StatementConnection
 from shared.queue import defer_run
 
 WORKER_LOST = "worker_lost"
 
+_LEASE_EXPIRED = "lease_until < now()"
+_CLAIMABLE = (
+    f"(status = 'queued' OR (status = 'running' AND {_LEASE_EXPIRED})) AND attempts < attempt_limit"
+)
+_EXHAUSTED = "attempts >= attempt_limit"
 
-def _lease_expired() -> sa.ColumnElement[bool]:
-    return col(Audit.lease_until) < sa.func.now()
 
-
-def _claimable() -> sa.ColumnElement[bool]:
-    return sa.and_(
-        sa.or_(
-            col(Audit.status) == "queued",
-            sa.and_(col(Audit.status) == "running", _lease_expired()),
-        ),
-        col(Audit.attempts) < col(Audit.attempt_limit),
+def _queued_or_failed(*, code: str, message: str) -> str:
+    """Back to `queued` while attempts remain, else `failed` with this error (placeholders)."""
+    return (
+        f"status = CASE WHEN {_EXHAUSTED} THEN 'failed' ELSE 'queued' END, "
+        f"error_code = CASE WHEN {_EXHAUSTED} THEN {code} END, "
+        f"error_message = CASE WHEN {_EXHAUSTED} THEN {message} END, "
+        f"finished_at = CASE WHEN {_EXHAUSTED} THEN now() END"
     )
+
+
+def _finish(assignments: str) -> str:
+    """The fenced write of an attempt's outcome ($1 the audit, $2 the attempt)."""
+    return (
+        f"UPDATE audit SET {assignments}, lease_until = NULL, updated_at = now() "
+        "WHERE id = $1 AND status = 'running' AND attempts = $2 RETURNING status"
+    )
+
+
+# `octet_length` takes the size from the stored value's header, without fetching or
+# decompressing it, and it is at least the length in characters.
+_NEXT_CALL = (
+    "SELECT model, octet_length(subject) + octet_length(content) "
+    "+ octet_length(criteria::text) AS text_chars, jsonb_array_length(criteria) AS criteria "
+    f"FROM audit WHERE id = $1 AND {_CLAIMABLE}"
+)
+_CLAIM = (
+    "UPDATE audit SET status = 'running', attempts = attempts + 1, lease_until = now() + $2, "
+    "started_at = coalesce(started_at, now()), updated_at = now() "
+    f"WHERE id = $1 AND {_CLAIMABLE} "
+    # The criteria as JSON text, which pydantic validates in one pass.
+    "RETURNING attempts, model, subject, content, criteria::text, pass_threshold, request_id"
+)
+_SUCCEED = _finish(
+    "status = 'succeeded', result = $3, prompt_tokens = $4, completion_tokens = $5, "
+    "prompt_version = $6, provider_request_id = $7, error_code = NULL, error_message = NULL, "
+    "finished_at = now()"
+)
+_FAIL = _finish("status = 'failed', error_code = $3, error_message = $4, finished_at = now()")
+_REQUEUE_OR_FAIL = _finish(_queued_or_failed(code="$3::text", message="$4::text"))
+
+_CRITERIA = TypeAdapter(list[Criterion])
 
 
 @dataclass(frozen=True)
@@ -47,66 +88,50 @@ class NextCall:
     criteria: int
 
 
-async def next_call(session: AsyncSession, *, audit_id: UUID) -> NextCall | None:
+async def next_call(conn: StatementConnection, *, audit_id: UUID) -> NextCall | None:
     """What a claim of this audit would ask the model; None when there is nothing to claim.
 
-    It reads the content's size, not the content: `octet_length` takes it from the stored
-    value's header, without fetching or decompressing it, and it is at least the length
-    in characters.
+    It reads the content's size, not the content.
     """
-    text_chars = (
-        sa.func.octet_length(col(Audit.subject))
-        + sa.func.octet_length(col(Audit.content))
-        + sa.func.octet_length(sa.cast(col(Audit.criteria), sa.Text))
-    )
-    stmt = sa.select(
-        col(Audit.model),
-        text_chars.label("text_chars"),
-        sa.func.jsonb_array_length(col(Audit.criteria)).label("criteria"),
-    ).where(col(Audit.id) == audit_id, _claimable())
-    row = (await session.execute(stmt)).one_or_none()
-    return None if row is None else NextCall(row.model, row.text_chars, row.criteria)
+    row = await conn.fetchrow(_NEXT_CALL, audit_id)
+    return None if row is None else NextCall(row["model"], row["text_chars"], row["criteria"])
 
 
-async def claim(session: AsyncSession, *, audit_id: UUID, lease: timedelta) -> Audit | None:
+@dataclass(frozen=True)
+class ClaimedAudit:
+    """What an attempt needs of the audit it claimed."""
+
+    id: UUID
+    attempts: int
+    model: str
+    subject: str
+    content: str
+    criteria: list[Criterion]
+    pass_threshold: float
+    request_id: str | None
+
+
+async def claim(
+    conn: StatementConnection, *, audit_id: UUID, lease: timedelta
+) -> ClaimedAudit | None:
     """Start an attempt: `running`, `attempts + 1`, leased until now + `lease`."""
-    stmt = (
-        sa.update(Audit)
-        .where(col(Audit.id) == audit_id, _claimable())
-        .values(
-            status="running",
-            attempts=col(Audit.attempts) + 1,
-            lease_until=sa.func.now() + lease,
-            started_at=sa.func.coalesce(col(Audit.started_at), sa.func.now()),
-            updated_at=sa.func.now(),
-        )
-        .returning(Audit)
-        .execution_options(populate_existing=True)
+    row = await conn.fetchrow(_CLAIM, audit_id, lease)
+    if row is None:
+        return None
+    return ClaimedAudit(
+        id=audit_id,
+        attempts=row["attempts"],
+        model=row["model"],
+        subject=row["subject"],
+        content=row["content"],
+        criteria=_CRITERIA.validate_json(row["criteria"]),
+        pass_threshold=row["pass_threshold"],
+        request_id=row["request_id"],
     )
-    audit: Audit | None = (await session.execute(stmt)).scalar_one_or_none()
-    return audit
-
-
-async def _finish(
-    session: AsyncSession, *, audit_id: UUID, attempt: int, values: dict[str, Any]
-) -> str | None:
-    """The fenced write of an attempt's outcome; the new status, or None if fenced out."""
-    stmt = (
-        sa.update(Audit)
-        .where(
-            col(Audit.id) == audit_id,
-            col(Audit.status) == "running",
-            col(Audit.attempts) == attempt,
-        )
-        .values(**values, lease_until=None, updated_at=sa.func.now())
-        .returning(col(Audit.status))
-    )
-    status: str | None = (await session.execute(stmt)).scalar_one_or_none()
-    return status
 
 
 async def succeed(
-    session: AsyncSession,
+    conn: StatementConnection,
     *,
     audit_id: UUID,
     attempt: int,
@@ -117,68 +142,44 @@ async def succeed(
     provider_request_id: str | None,
 ) -> bool:
     """Record the result; False when this attempt no longer owns the audit."""
-    status = await _finish(
-        session,
-        audit_id=audit_id,
-        attempt=attempt,
-        values={
-            "status": "succeeded",
-            "result": result.model_dump(mode="json"),
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "prompt_version": prompt_version,
-            "provider_request_id": provider_request_id,
-            "error_code": None,
-            "error_message": None,
-            "finished_at": sa.func.now(),
-        },
+    status = await conn.fetchval(
+        _SUCCEED,
+        audit_id,
+        attempt,
+        result.model_dump_json(),
+        prompt_tokens,
+        completion_tokens,
+        prompt_version,
+        provider_request_id,
     )
     return status is not None
 
 
 async def fail(
-    session: AsyncSession, *, audit_id: UUID, attempt: int, code: str, message: str
+    conn: StatementConnection, *, audit_id: UUID, attempt: int, code: str, message: str
 ) -> bool:
     """End the audit as failed with a stable error code; False when fenced out."""
-    status = await _finish(
-        session,
-        audit_id=audit_id,
-        attempt=attempt,
-        values={
-            "status": "failed",
-            "error_code": code,
-            "error_message": message,
-            "finished_at": sa.func.now(),
-        },
-    )
+    status = await conn.fetchval(_FAIL, audit_id, attempt, code, message)
     return status is not None
 
 
-def _queued_or_failed(*, code: str, message: str) -> dict[str, Any]:
-    """Back to `queued` while attempts remain, else `failed` with this error."""
-    exhausted = col(Audit.attempts) >= col(Audit.attempt_limit)
-    return {
-        "status": sa.case((exhausted, "failed"), else_="queued"),
-        "error_code": sa.case((exhausted, code), else_=None),
-        "error_message": sa.case((exhausted, message), else_=None),
-        "finished_at": sa.case((exhausted, sa.func.now()), else_=None),
-    }
-
-
 async def requeue_or_fail(
-    session: AsyncSession, *, audit_id: UUID, attempt: int, code: str, message: str
+    conn: StatementConnection, *, audit_id: UUID, attempt: int, code: str, message: str
 ) -> str | None:
     """After a transient error: back to `queued`, or `failed` once attempts are used up.
 
     Returns the new status, or None when this attempt no longer owns the audit.
     The last error is kept on the audit only when it ends it.
     """
-    return await _finish(
-        session,
-        audit_id=audit_id,
-        attempt=attempt,
-        values=_queued_or_failed(code=code, message=message),
-    )
+    status: str | None = await conn.fetchval(_REQUEUE_OR_FAIL, audit_id, attempt, code, message)
+    return status
+
+
+_RECOVER_EXPIRED_LEASES = sa.text(
+    f"UPDATE audit SET {_queued_or_failed(code=':code', message=':message')}, "
+    "lease_until = NULL, updated_at = now() "
+    f"WHERE status = 'running' AND {_LEASE_EXPIRED} RETURNING id, status"
+).columns(sa.column("id", sa.Uuid), sa.column("status", sa.Text))
 
 
 async def recover_expired_leases(session: AsyncSession) -> tuple[list[UUID], list[UUID]]:
@@ -187,17 +188,8 @@ async def recover_expired_leases(session: AsyncSession) -> tuple[list[UUID], lis
     Returns (requeued, failed) ids; the re-queued ones are enqueued after commit.
     """
     message = "the worker running the last attempt stopped (crash or timeout)"
-    stmt = (
-        sa.update(Audit)
-        .where(col(Audit.status) == "running", _lease_expired())
-        .values(
-            **_queued_or_failed(code=WORKER_LOST, message=message),
-            lease_until=None,
-            updated_at=sa.func.now(),
-        )
-        .returning(col(Audit.id), col(Audit.status))
-    )
-    rows = (await session.execute(stmt)).all()
+    parameters = {"code": WORKER_LOST, "message": message}
+    rows = (await session.execute(_RECOVER_EXPIRED_LEASES, parameters)).all()
     requeued = [row.id for row in rows if row.status == "queued"]
     for audit_id in requeued:
         defer_run(session, audit_id)

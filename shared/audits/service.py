@@ -1,4 +1,9 @@
-"""What clients can do with audits. Functions take the session first and never commit."""
+"""What clients can do with audits.
+
+Functions take the session first and never commit. Submitting and reading one
+audit take a `StatementConnection` instead: one statement each, committed on its
+own, in SQL sent by the driver (see shared/audits/records.py).
+"""
 
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -7,24 +12,25 @@ from typing import Any
 from uuid import UUID, uuid4
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlmodel import col
 
+from shared.audits import records
 from shared.audits.exceptions import (
     AuditNotCancellable,
     AuditNotFound,
     AuditNotRetryable,
 )
-from shared.audits.models import Audit
+from shared.audits.records import AUDIT as _AUDIT
+from shared.audits.records import AuditColumns
 from shared.audits.schemas import AuditCreate, AuditStatus, Criterion
 from shared.config import get_settings
-from shared.db import metadata
+from shared.db import StatementConnection
 from shared.idempotency import Created, replay, request_hash
 from shared.pagination import encode_cursor, keyset_page, split_page
 from shared.queue import defer_abort, defer_run
 from shared.rubrics import service as rubrics
 from shared.rubrics.exceptions import UnknownRubric
+from shared.rubrics.models import Rubric
 
 UNFINISHED: tuple[AuditStatus, ...] = ("queued", "running")
 RETRYABLE: tuple[AuditStatus, ...] = ("failed", "cancelled")
@@ -82,111 +88,106 @@ def new_row(
 
 
 async def create(
-    session: AsyncSession,
+    conn: StatementConnection,
     *,
     data: AuditCreate,
     request_id: str | None = None,
     idempotency_key: str | None = None,
-) -> Created[Audit]:
-    """Record a queued audit (its job is sent once the transaction commits).
+) -> Created[AuditColumns]:
+    """Record a queued audit in one INSERT, committed on its own; its job is sent after it.
 
     With an `idempotency_key` already used, the earlier audit is returned instead.
+    The rubric it names, if any, is read first: rubric versions never change, so the
+    two statements need no common transaction.
     """
-    digest = request_hash(data)
-    if idempotency_key is not None and (earlier := await _replay(session, idempotency_key, digest)):
+    digest = None if idempotency_key is None else request_hash(data)
+    if idempotency_key is not None and (earlier := await _replay(conn, idempotency_key, digest)):
         return earlier
     row = new_row(
         data,
-        criteria=await resolve_criteria(session, data=data),
+        criteria=await _criteria_of(conn, data),
         request_id=request_id,
         idempotency_key=idempotency_key,
         request_hash=digest,
     )
-    audit = await _insert_unless_key_taken(session, row)
-    if audit is None:  # a concurrent request with the same key won the insert
+    insert = records.insert_unless_key_taken(tuple(row))
+    inserted = await conn.fetchrow(insert, *records.parameters(row))
+    if inserted is None:  # a concurrent request with the same key won the insert
         assert idempotency_key is not None
-        winner = await _replay(session, idempotency_key, digest)
+        winner = await _replay(conn, idempotency_key, digest)
         assert winner is not None
         return winner
-    defer_run(session, audit.id)
-    return Created(audit)
+    defer_run(conn, row["id"])
+    return Created(records.new_audit(row, **inserted))
 
 
-async def _replay(session: AsyncSession, key: str, digest: str) -> Created[Audit] | None:
+async def _replay(
+    conn: StatementConnection, key: str, digest: str | None
+) -> Created[AuditColumns] | None:
     """The audit an earlier request with this key created, if any (same body or 422)."""
-    stmt = sa.select(Audit).where(col(Audit.idempotency_key) == key)
-    earlier: Audit | None = (await session.execute(stmt)).scalar_one_or_none()
-    if earlier is None:
+    record = await conn.fetchrow(records.SELECT_BY_IDEMPOTENCY_KEY, key)
+    if record is None:
         return None
-    return replay(earlier, stored_hash=earlier.request_hash, new_hash=digest, key=key)
+    earlier = records.columns_of(record)
+    assert digest is not None
+    return replay(earlier, stored_hash=earlier["request_hash"], new_hash=digest, key=key)
 
 
-_AUDIT = metadata.tables["audit"]
-# Built once, with the row as parameters: the hot path of POST /audits. An ORM
-# insert built per request (`values(row)`, RETURNING the entity) cost more Python
-# than everything else the request does; this one is compiled once and cached.
-_INSERT_UNLESS_KEY_TAKEN = (
-    pg_insert(_AUDIT)
-    .on_conflict_do_nothing(
-        index_elements=["idempotency_key"],
-        index_where=_AUDIT.c.idempotency_key.is_not(None),
-    )
-    .returning(_AUDIT.c.created_at, _AUDIT.c.updated_at)
-)
+async def _criteria_of(conn: StatementConnection, data: AuditCreate) -> ResolvedCriteria:
+    if data.criteria is not None:
+        return ResolvedCriteria(criteria=list(data.criteria))
+    assert data.rubric is not None  # AuditCreate demands one of the two
+    rubric = await rubrics.find(conn, name=data.rubric, version=data.rubric_version)
+    return _snapshot(rubric, data.rubric, data.rubric_version)
 
 
-async def _insert_unless_key_taken(session: AsyncSession, row: dict[str, Any]) -> Audit | None:
-    """The new audit, or None when a concurrent request with the same key inserted first."""
-    inserted = (await session.execute(_INSERT_UNLESS_KEY_TAKEN, row)).one_or_none()
-    if inserted is None:
-        return None
-    return Audit(**_to_columns(row), created_at=inserted.created_at, updated_at=inserted.updated_at)
-
-
-def _to_columns(row: dict[str, Any]) -> dict[str, Any]:
-    """`metadata` is reserved on declarative models, so the attribute is `metadata_`."""
-    return {("metadata_" if key == "metadata" else key): value for key, value in row.items()}
-
-
-async def get(session: AsyncSession, *, audit_id: UUID) -> Audit | None:
+async def get(conn: StatementConnection, *, audit_id: UUID) -> AuditColumns | None:
     """One audit by id, or None."""
-    return await session.get(Audit, audit_id)
+    record = await conn.fetchrow(records.SELECT_BY_ID, audit_id)
+    return None if record is None else records.columns_of(record)
 
 
-async def get_or_raise(session: AsyncSession, *, audit_id: UUID) -> Audit:
-    audit = await get(session, audit_id=audit_id)
+async def get_or_raise(conn: StatementConnection, *, audit_id: UUID) -> AuditColumns:
+    audit = await get(conn, audit_id=audit_id)
     if audit is None:
-        raise AuditNotFound(f"No audit has id {audit_id}.")
+        raise _not_found(audit_id)
     return audit
+
+
+def _not_found(audit_id: UUID) -> AuditNotFound:
+    return AuditNotFound(f"No audit has id {audit_id}.")
 
 
 async def list_page(
     session: AsyncSession, *, filters: AuditFilters, limit: int, cursor: str | None
-) -> tuple[list[Audit], str | None]:
+) -> tuple[list[AuditColumns], str | None]:
     """A page of audits, newest first, and the cursor of the next page (None at the end)."""
     stmt = keyset_page(
-        _filtered(sa.select(Audit), filters),
-        created_at=col(Audit.created_at),
-        row_id=col(Audit.id),
+        _filtered(sa.select(_AUDIT), filters),
+        created_at=_AUDIT.c.created_at,
+        row_id=_AUDIT.c.id,
         limit=limit,
         cursor=cursor,
     )
-    rows = list((await session.execute(stmt)).scalars())
-    return split_page(rows, limit=limit, cursor_of=lambda a: encode_cursor(a.created_at, a.id))
+    rows = [dict(row) for row in (await session.execute(stmt)).mappings()]
+    return split_page(
+        rows, limit=limit, cursor_of=lambda a: encode_cursor(a["created_at"], a["id"])
+    )
 
 
 def _filtered(stmt: sa.Select[Any], filters: AuditFilters) -> sa.Select[Any]:
+    c = _AUDIT.c
     conditions = [
-        col(Audit.status).in_(filters.status) if filters.status else None,
-        col(Audit.batch_id) == filters.batch_id if filters.batch_id else None,
-        col(Audit.rubric_name) == filters.rubric if filters.rubric else None,
-        col(Audit.created_at) > filters.created_after if filters.created_after else None,
-        col(Audit.created_at) < filters.created_before if filters.created_before else None,
+        c.status.in_(filters.status) if filters.status else None,
+        c.batch_id == filters.batch_id if filters.batch_id else None,
+        c.rubric_name == filters.rubric if filters.rubric else None,
+        c.created_at > filters.created_after if filters.created_after else None,
+        c.created_at < filters.created_before if filters.created_before else None,
     ]
-    return stmt.where(*(c for c in conditions if c is not None))
+    return stmt.where(*(condition for condition in conditions if condition is not None))
 
 
-async def cancel(session: AsyncSession, *, audit_id: UUID) -> Audit:
+async def cancel(session: AsyncSession, *, audit_id: UUID) -> AuditColumns:
     """Cancel a queued or running audit; a running job is aborted after commit."""
     audit = await _transition(
         session,
@@ -195,17 +196,17 @@ async def cancel(session: AsyncSession, *, audit_id: UUID) -> Audit:
         values={"status": "cancelled", "finished_at": sa.func.now(), "lease_until": None},
     )
     if audit is None:
-        current = await get_or_raise(session, audit_id=audit_id)
+        status = await _status_or_raise(session, audit_id)
         raise AuditNotCancellable(
-            f"Audit {audit_id} is already {current.status}; only queued or running audits "
+            f"Audit {audit_id} is already {status}; only queued or running audits "
             "can be cancelled.",
-            audit_status=current.status,
+            audit_status=status,
         )
-    defer_abort(session, audit.id)
+    defer_abort(session, audit_id)
     return audit
 
 
-async def retry(session: AsyncSession, *, audit_id: UUID) -> Audit:
+async def retry(session: AsyncSession, *, audit_id: UUID) -> AuditColumns:
     """Queue a failed or cancelled audit again, with a fresh budget of attempts.
 
     `attempts` keeps counting (it fences late writes of earlier runs); the budget
@@ -217,7 +218,7 @@ async def retry(session: AsyncSession, *, audit_id: UUID) -> Audit:
         allowed=RETRYABLE,
         values={
             "status": "queued",
-            "attempt_limit": col(Audit.attempts) + get_settings().max_attempts,
+            "attempt_limit": _AUDIT.c.attempts + get_settings().max_attempts,
             "result": None,
             "error_code": None,
             "error_message": None,
@@ -227,13 +228,12 @@ async def retry(session: AsyncSession, *, audit_id: UUID) -> Audit:
         },
     )
     if audit is None:
-        current = await get_or_raise(session, audit_id=audit_id)
+        status = await _status_or_raise(session, audit_id)
         raise AuditNotRetryable(
-            f"Audit {audit_id} is {current.status}; only failed or cancelled audits can be "
-            "retried.",
-            audit_status=current.status,
+            f"Audit {audit_id} is {status}; only failed or cancelled audits can be retried.",
+            audit_status=status,
         )
-    defer_run(session, audit.id)
+    defer_run(session, audit_id)
     return audit
 
 
@@ -243,16 +243,25 @@ async def _transition(
     audit_id: UUID,
     allowed: Sequence[str],
     values: dict[str, Any],
-) -> Audit | None:
+) -> AuditColumns | None:
     """One conditional UPDATE: the audit moves only if it is in an allowed status."""
     stmt = (
-        sa.update(Audit)
-        .where(col(Audit.id) == audit_id, col(Audit.status).in_(allowed))
+        sa.update(_AUDIT)
+        .where(_AUDIT.c.id == audit_id, _AUDIT.c.status.in_(allowed))
         .values(**values, updated_at=sa.func.now())
-        .returning(Audit)
-        .execution_options(populate_existing=True)
+        .returning(*_AUDIT.c)
     )
-    return (await session.execute(stmt)).scalar_one_or_none()
+    row = (await session.execute(stmt)).mappings().one_or_none()
+    return None if row is None else dict(row)
+
+
+async def _status_or_raise(session: AsyncSession, audit_id: UUID) -> str:
+    status: str | None = await session.scalar(
+        sa.select(_AUDIT.c.status).where(_AUDIT.c.id == audit_id)
+    )
+    if status is None:
+        raise _not_found(audit_id)
+    return status
 
 
 RubricCache = dict[tuple[str, int | None], ResolvedCriteria]
@@ -271,14 +280,13 @@ async def resolve_criteria(
     cache = {} if cache is None else cache
     wanted = (data.rubric, data.rubric_version)
     if wanted not in cache:
-        cache[wanted] = await _rubric_criteria(session, *wanted)
+        rubric = await rubrics.get(session, name=data.rubric, version=data.rubric_version)
+        cache[wanted] = _snapshot(rubric, *wanted)
     return cache[wanted]
 
 
-async def _rubric_criteria(
-    session: AsyncSession, name: str, version: int | None
-) -> ResolvedCriteria:
-    rubric = await rubrics.get(session, name=name, version=version)
+def _snapshot(rubric: Rubric | None, name: str, version: int | None) -> ResolvedCriteria:
+    """The criteria of the rubric asked for, or UnknownRubric if there is no such version."""
     if rubric is None:
         raise UnknownRubric(_unknown_rubric(name, version), rubric=name)
     return ResolvedCriteria(

@@ -107,14 +107,14 @@ def classify(exc: Exception) -> ModelError:
     )
 
 
-def reply_error(*, finish_reason: str, refusal: str | None) -> ModelError | None:
+def reply_error(*, finish_reason: str | None, refusal: str | None) -> ModelError | None:
     """The permanent error a completed reply stands for, or None when it can be used."""
     if refusal:
         # The refusal text is left out: it may quote the content.
         return ModelError(
             "model_refused", "the model refused to audit the content", transient=False
         )
-    make_error = _FINISH_REASON_ERRORS.get(finish_reason)
+    make_error = _FINISH_REASON_ERRORS.get(finish_reason or "")
     return make_error() if make_error else None
 
 

@@ -41,7 +41,8 @@ limit.
 **A provider 429.** The provider's limits may be tighter than the settings, or shared with
 other clients. A `model_rate_limited` error pauses its model for every worker for the
 reply's `Retry-After`: a Redis key with that TTL, which `reserve` checks before the
-windows. This comes on top of the audit's own transient retry.
+windows. This comes on top of the audit's own transient retry. Where no limits are set,
+a worker looks for pauses at most every `PAUSE_CHECK_S` (a quarter second), not per audit.
 
 The keys live under the queue's name (`<QUEUE_NAME>:ratelimit:...`): the workers of one
 queue are one deployment, and share one set of limits.
@@ -85,6 +86,11 @@ WINDOW_S = 60
 ARRIVAL_MARGIN_S = 2
 # A 429 that gives no Retry-After still pauses the model this long.
 DEFAULT_PAUSE_S = 5.0
+# How long a worker without limits trusts that no model is paused before asking Redis again.
+# A few more calls than the workers' share of a quarter second may reach a provider that has
+# just answered 429, and cost their audits an attempt; asking per audit cost each audit a
+# Redis round trip, the dearest thing a job does after its model call (bench/RESULTS.md).
+PAUSE_CHECK_S = 0.25
 RATE_LIMITED = "model_rate_limited"
 PAUSED = "paused after a 429"
 
@@ -168,6 +174,9 @@ class ModelRateLimiter:
         self._redis = redis
         self._pause_prefix = f"{key_prefix}:pause:"
         self._any_pause_key = f"{key_prefix}:paused-any"
+        # Until when (monotonic) no pause is assumed, and how many pauses this process set.
+        self._unpaused_until = 0.0
+        self._pauses_set = 0
         self._requests = MovingWindowRateLimiter(self._storage)
         self._tokens = SlidingWindowCounterRateLimiter(self._storage)
         span = window_s + ARRIVAL_MARGIN_S
@@ -228,6 +237,8 @@ class ModelRateLimiter:
         seconds = DEFAULT_PAUSE_S if error.retry_after is None else error.retry_after
         if seconds <= 0:
             return
+        self._pauses_set += 1
+        self._unpaused_until = 0.0
         try:
             # The latest 429 says best how long the provider wants: it replaces any pause.
             milliseconds = math.ceil(seconds * 1000)
@@ -245,10 +256,21 @@ class ModelRateLimiter:
     async def needs_reservation(self) -> bool:
         """Whether a call must be reserved at all: some limit is set, or some model is paused.
 
-        With neither, the worker skips the reservation and the query it needs, so a
-        deployment without limits pays one Redis EXISTS per audit for this, not more.
+        With neither, the worker skips the reservation and the query it needs. A deployment
+        without limits asks Redis at most once per `PAUSE_CHECK_S` for this, not once per
+        audit: a pause that another worker process sets is seen within that time, one that
+        this process sets at once.
         """
-        return self.has_limits or bool(await self._redis.exists(self._any_pause_key))
+        if self.has_limits:
+            return True
+        if time.monotonic() < self._unpaused_until:
+            return False
+        pauses_set, asked_at = self._pauses_set, time.monotonic()
+        if await self._redis.exists(self._any_pause_key):
+            return True
+        if pauses_set == self._pauses_set:  # no pause of ours began while Redis answered
+            self._unpaused_until = asked_at + PAUSE_CHECK_S
+        return False
 
     async def _extend_any_pause(self, milliseconds: int) -> None:
         """Keep the `paused-any` marker alive at least as long as the longest pause."""

@@ -4,6 +4,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
+from shared.db import StatementConnection
 from shared.pagination import decode_name_cursor, encode_name_cursor, split_page
 from shared.rubrics.models import Rubric
 from shared.rubrics.schemas import RubricCreate
@@ -42,6 +43,24 @@ async def get(session: AsyncSession, *, name: str, version: int | None = None) -
         await session.execute(stmt.order_by(col(Rubric.version).desc()).limit(1))
     ).scalar_one_or_none()
     return rubric
+
+
+_BY_NAME = "SELECT name, version, description, criteria, created_at FROM rubric WHERE name = $1"
+_LATEST_VERSION = f"{_BY_NAME} ORDER BY version DESC LIMIT 1"
+_VERSION = f"{_BY_NAME} AND version = $2"
+
+
+async def find(
+    conn: StatementConnection, *, name: str, version: int | None = None
+) -> Rubric | None:
+    """`get` on a statement connection, for the single-audit submit (shared/audits/records.py)."""
+    if version is None:
+        record = await conn.fetchrow(_LATEST_VERSION, name)
+    else:
+        record = await conn.fetchrow(_VERSION, name, version)
+    if record is None:
+        return None
+    return Rubric(**record)
 
 
 async def list_latest(

@@ -6,16 +6,17 @@ with the `ctx` that `worker.context.startup` builds.
 """
 
 import asyncio
-import logging
 import time
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, TypeVar, cast
 
 import pytest
+import structlog
 from arq import Worker
 from arq.connections import ArqRedis
 from httpx import AsyncClient
+from structlog.typing import EventDict
 
 from shared.config import Settings, get_settings
 from tests.factories import audit_request
@@ -39,7 +40,9 @@ def worker_settings(settings: Settings, sim: SimulatorHandle) -> Settings:
     )
 
 
-def build_worker(settings: Settings, **overrides: Any) -> Worker:
+def build_worker(
+    settings: Settings, worker_class: type[Worker] = Worker, **overrides: Any
+) -> Worker:
     options = {
         **worker_options(settings),
         "burst": True,
@@ -47,7 +50,7 @@ def build_worker(settings: Settings, **overrides: Any) -> Worker:
         "handle_signals": False,
         **overrides,
     }
-    return Worker(**options)
+    return worker_class(**options)
 
 
 async def close_worker(worker: Worker) -> None:
@@ -147,16 +150,15 @@ async def model_called(sim: SimulatorHandle, times: int = 1, *, within: float = 
     await eventually(requests, lambda n: n >= times, timeout=within)
 
 
-class LogEvents(logging.Handler):
-    """The structlog events logged through the root logger, as dicts."""
+class LogEvents:
+    """A structlog processor keeping each event, context merged in, as a dict."""
 
     def __init__(self) -> None:
-        super().__init__()
         self.events: list[dict[str, Any]] = []
 
-    def emit(self, record: logging.LogRecord) -> None:
-        if isinstance(record.msg, dict):
-            self.events.append(record.msg)
+    def __call__(self, logger: Any, method_name: str, event_dict: EventDict) -> EventDict:
+        self.events.append(dict(event_dict))
+        return event_dict
 
     def of(self, audit_id: str) -> list[str]:
         """The names of the events logged about one audit, in order."""
@@ -169,8 +171,9 @@ class LogEvents(logging.Handler):
 @pytest.fixture
 def job_logs(worker_ctx: JobContext) -> Iterator[LogEvents]:
     """The events of jobs run with `worker_ctx` (whose startup configured logging)."""
-    handler = LogEvents()
-    root = logging.getLogger()
-    root.addHandler(handler)
-    yield handler
-    root.removeHandler(handler)
+    events = LogEvents()
+    # The list every logger holds (shared/logging.py), just before the renderer.
+    processors = structlog.get_config()["processors"]
+    processors.insert(len(processors) - 1, events)
+    yield events
+    processors.remove(events)

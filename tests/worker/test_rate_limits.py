@@ -8,6 +8,7 @@ records when each model request arrived: that is what the provider would count.
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, cast
+from uuid import UUID
 
 import pytest
 import sqlalchemy as sa
@@ -18,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.audits import lifecycle
 from shared.config import Settings
-from shared.db import SessionFactory
+from shared.db import SessionFactory, statement_connection
 from shared.llm.ratelimit import (
     ARRIVAL_MARGIN_S,
     WINDOW_S,
@@ -257,11 +258,11 @@ async def test_the_request_for_a_corrected_reply_counts_against_the_limit(
 
 
 async def test_the_token_estimate_covers_what_the_model_reports(
-    client: AsyncClient, worker_ctx: JobContext, session_factory: SessionFactory
+    client: AsyncClient, worker_ctx: JobContext, engine: AsyncEngine
 ) -> None:
     submitted = await submit(client)
-    async with session_factory() as session:
-        call = await lifecycle.next_call(session, audit_id=submitted["id"])
+    async with statement_connection(engine) as conn:
+        call = await lifecycle.next_call(conn, audit_id=UUID(submitted["id"]))
     assert call is not None
     estimate = estimate_tokens(prompt_chars=call.text_chars, criteria=call.criteria)
 

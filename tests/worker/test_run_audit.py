@@ -109,6 +109,37 @@ async def test_a_submitted_audit_runs_to_succeeded(
     await assert_no_job_left(redis, settings, submitted["id"])
 
 
+def job_lines(output: str, audit_id: str) -> list[tuple[str, str]]:
+    """(logger, event) of the JSON lines that name the audit, in order."""
+    events = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    return [
+        (e["logger"], e["event"])
+        for e in events
+        if e.get("audit_id") == audit_id or audit_id in str(e["event"])
+    ]
+
+
+async def test_a_job_logs_each_transition_once(
+    client: AsyncClient,
+    sim: SimulatorHandle,
+    run_worker: RunWorker,
+    retry_delays: list[tuple[int, float | None]],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    sim.script(["500", "ok"])
+    submitted = await submit(client)
+
+    await run_worker()
+
+    lines = job_lines(capsys.readouterr().out, submitted["id"])
+    own = [event for logger, event in lines if logger == "worker.run_audit"]
+    assert own == ["audit_started", "audit_retry_scheduled", "audit_started", "audit_succeeded"]
+    # arq's own line for each start and return repeats them; its retry line is kept.
+    arq = [event for logger, event in lines if logger == "arq.worker"]
+    assert len(arq) == 1
+    assert "retrying job" in arq[0]
+
+
 # Faults, one attempt at a time
 
 

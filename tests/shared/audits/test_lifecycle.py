@@ -8,13 +8,14 @@ import pytest
 import sqlalchemy as sa
 from arq.connections import ArqRedis
 from arq.constants import job_key_prefix
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.audits import lifecycle
 from shared.audits import service as audits
 from shared.audits.models import Audit
-from shared.audits.schemas import AuditResult
+from shared.audits.schemas import AuditResult, Criterion
 from shared.config import Settings
-from shared.db import SessionFactory, session_scope
+from shared.db import SessionFactory, session_scope, statement_connection
 from shared.queue import audit_job_id, transaction
 from tests.rows import ago, expire_lease, insert_audit, load_audit, running_audit
 
@@ -34,15 +35,15 @@ async def db_now(factory: SessionFactory) -> datetime:
     return now
 
 
-async def claim(factory: SessionFactory, audit_id: UUID) -> Audit | None:
-    async with session_scope(factory) as session:
-        return await lifecycle.claim(session, audit_id=audit_id, lease=LEASE)
+async def claim(engine: AsyncEngine, audit_id: UUID) -> lifecycle.ClaimedAudit | None:
+    async with statement_connection(engine) as conn:
+        return await lifecycle.claim(conn, audit_id=audit_id, lease=LEASE)
 
 
-async def succeed(factory: SessionFactory, audit_id: UUID, *, attempt: int) -> bool:
-    async with session_scope(factory) as session:
+async def succeed(engine: AsyncEngine, audit_id: UUID, *, attempt: int) -> bool:
+    async with statement_connection(engine) as conn:
         return await lifecycle.succeed(
-            session,
+            conn,
             audit_id=audit_id,
             attempt=attempt,
             result=RESULT,
@@ -53,17 +54,17 @@ async def succeed(factory: SessionFactory, audit_id: UUID, *, attempt: int) -> b
         )
 
 
-async def fail(factory: SessionFactory, audit_id: UUID, *, attempt: int) -> bool:
-    async with session_scope(factory) as session:
+async def fail(engine: AsyncEngine, audit_id: UUID, *, attempt: int) -> bool:
+    async with statement_connection(engine) as conn:
         return await lifecycle.fail(
-            session, audit_id=audit_id, attempt=attempt, code="model_refused", message="no"
+            conn, audit_id=audit_id, attempt=attempt, code="model_refused", message="no"
         )
 
 
-async def requeue_or_fail(factory: SessionFactory, audit_id: UUID, *, attempt: int) -> str | None:
-    async with session_scope(factory) as session:
+async def requeue_or_fail(engine: AsyncEngine, audit_id: UUID, *, attempt: int) -> str | None:
+    async with statement_connection(engine) as conn:
         return await lifecycle.requeue_or_fail(
-            session,
+            conn,
             audit_id=audit_id,
             attempt=attempt,
             code="model_server_error",
@@ -75,49 +76,63 @@ async def requeue_or_fail(factory: SessionFactory, audit_id: UUID, *, attempt: i
 
 
 async def test_claim_starts_the_first_attempt_of_a_queued_audit(
+    engine: AsyncEngine,
     session_factory: SessionFactory,
 ) -> None:
     audit_id = await insert_audit(session_factory)
 
-    claimed = await claim(session_factory, audit_id)
+    claimed = await claim(engine, audit_id)
 
     assert claimed is not None
-    assert claimed.id == audit_id
-    assert (claimed.status, claimed.attempts) == ("running", 1)
-    assert claimed.started_at is not None
-    assert claimed.lease_until is not None
-    assert claimed.lease_until - claimed.started_at == LEASE
-    assert snapshot(await load_audit(session_factory, audit_id)) == snapshot(claimed)
+    stored = await load_audit(session_factory, audit_id)
+    assert (stored.status, stored.attempts) == ("running", 1)
+    assert stored.started_at is not None
+    assert stored.lease_until is not None
+    assert stored.lease_until - stored.started_at == LEASE
+    assert claimed == lifecycle.ClaimedAudit(
+        id=audit_id,
+        attempts=1,
+        model=stored.model,
+        subject=stored.subject,
+        content=stored.content,
+        criteria=[Criterion.model_validate(c) for c in stored.criteria],
+        pass_threshold=stored.pass_threshold,
+        request_id=stored.request_id,
+    )
 
 
 async def test_claim_takes_over_a_running_audit_whose_lease_expired(
+    engine: AsyncEngine,
     session_factory: SessionFactory,
 ) -> None:
     audit_id = await running_audit(session_factory, attempts=2, lease_s=-1)
     before = await load_audit(session_factory, audit_id)
 
-    claimed = await claim(session_factory, audit_id)
+    claimed = await claim(engine, audit_id)
 
     assert claimed is not None
-    assert (claimed.status, claimed.attempts) == ("running", 3)
-    assert claimed.started_at == before.started_at  # the audit started with its first attempt
-    assert claimed.lease_until is not None
-    assert claimed.lease_until > await db_now(session_factory)
+    assert claimed.attempts == 3
+    stored = await load_audit(session_factory, audit_id)
+    assert (stored.status, stored.attempts) == ("running", 3)
+    assert stored.started_at == before.started_at  # the audit started with its first attempt
+    assert stored.lease_until is not None
+    assert stored.lease_until > await db_now(session_factory)
 
 
 async def test_claim_leaves_a_running_audit_with_a_live_lease_alone(
+    engine: AsyncEngine,
     session_factory: SessionFactory,
 ) -> None:
     audit_id = await running_audit(session_factory, attempts=1, lease_s=60)
     before = await load_audit(session_factory, audit_id)
 
-    assert await claim(session_factory, audit_id) is None
+    assert await claim(engine, audit_id) is None
     assert snapshot(await load_audit(session_factory, audit_id)) == snapshot(before)
 
 
 @pytest.mark.parametrize("status", ["succeeded", "failed", "cancelled"])
 async def test_claim_never_reopens_a_finished_audit(
-    session_factory: SessionFactory, status: str
+    engine: AsyncEngine, session_factory: SessionFactory, status: str
 ) -> None:
     # Even an expired lease left behind does not make a finished audit claimable.
     audit_id = await insert_audit(
@@ -125,7 +140,7 @@ async def test_claim_never_reopens_a_finished_audit(
     )
     before = await load_audit(session_factory, audit_id)
 
-    assert await claim(session_factory, audit_id) is None
+    assert await claim(engine, audit_id) is None
     assert snapshot(await load_audit(session_factory, audit_id)) == snapshot(before)
 
 
@@ -133,7 +148,7 @@ async def test_claim_never_reopens_a_finished_audit(
     ("status", "lease_s"), [("queued", None), ("running", -1)], ids=["queued", "expired-lease"]
 )
 async def test_claim_refuses_an_audit_whose_attempts_are_used_up(
-    session_factory: SessionFactory, status: str, lease_s: float | None
+    engine: AsyncEngine, session_factory: SessionFactory, status: str, lease_s: float | None
 ) -> None:
     lease_until = None if lease_s is None else ago(-lease_s)
     audit_id = await insert_audit(
@@ -141,19 +156,23 @@ async def test_claim_refuses_an_audit_whose_attempts_are_used_up(
     )
     before = await load_audit(session_factory, audit_id)
 
-    assert await claim(session_factory, audit_id) is None
+    assert await claim(engine, audit_id) is None
     assert snapshot(await load_audit(session_factory, audit_id)) == snapshot(before)
 
 
-async def test_claim_of_an_unknown_audit_is_none(session_factory: SessionFactory) -> None:
-    assert await claim(session_factory, uuid4()) is None
+async def test_claim_of_an_unknown_audit_is_none(
+    engine: AsyncEngine, session_factory: SessionFactory
+) -> None:
+    assert await claim(engine, uuid4()) is None
 
 
-async def test_only_one_of_two_claims_wins(session_factory: SessionFactory) -> None:
+async def test_only_one_of_two_claims_wins(
+    engine: AsyncEngine, session_factory: SessionFactory
+) -> None:
     audit_id = await insert_audit(session_factory)
 
-    first = await claim(session_factory, audit_id)
-    second = await claim(session_factory, audit_id)
+    first = await claim(engine, audit_id)
+    second = await claim(engine, audit_id)
 
     assert first is not None
     assert second is None
@@ -164,13 +183,14 @@ async def test_only_one_of_two_claims_wins(session_factory: SessionFactory) -> N
 
 
 async def test_succeed_records_the_result_usage_and_provenance(
+    engine: AsyncEngine,
     session_factory: SessionFactory,
 ) -> None:
     audit_id = await insert_audit(session_factory)
-    claimed = await claim(session_factory, audit_id)
+    claimed = await claim(engine, audit_id)
     assert claimed is not None
 
-    assert await succeed(session_factory, audit_id, attempt=claimed.attempts) is True
+    assert await succeed(engine, audit_id, attempt=claimed.attempts) is True
 
     audit = await load_audit(session_factory, audit_id)
     assert audit.status == "succeeded"
@@ -183,43 +203,48 @@ async def test_succeed_records_the_result_usage_and_provenance(
     assert audit.finished_at >= audit.started_at
 
 
-async def test_a_zombies_late_succeed_changes_nothing(session_factory: SessionFactory) -> None:
+async def test_a_zombies_late_succeed_changes_nothing(
+    engine: AsyncEngine, session_factory: SessionFactory
+) -> None:
     audit_id = await insert_audit(session_factory)
-    zombie = await claim(session_factory, audit_id)
+    zombie = await claim(engine, audit_id)
     assert zombie is not None
     await expire_lease(session_factory, audit_id)
-    successor = await claim(session_factory, audit_id)
+    successor = await claim(engine, audit_id)
     assert successor is not None
     assert successor.attempts == 2
-    assert await fail(session_factory, audit_id, attempt=successor.attempts) is True
+    assert await fail(engine, audit_id, attempt=successor.attempts) is True
     after_successor = await load_audit(session_factory, audit_id)
 
-    assert await succeed(session_factory, audit_id, attempt=zombie.attempts) is False
-    assert await fail(session_factory, audit_id, attempt=zombie.attempts) is False
-    assert await requeue_or_fail(session_factory, audit_id, attempt=zombie.attempts) is None
+    assert await succeed(engine, audit_id, attempt=zombie.attempts) is False
+    assert await fail(engine, audit_id, attempt=zombie.attempts) is False
+    assert await requeue_or_fail(engine, audit_id, attempt=zombie.attempts) is None
 
     assert snapshot(await load_audit(session_factory, audit_id)) == snapshot(after_successor)
 
 
 async def test_an_earlier_attempt_cannot_finish_while_a_later_one_runs(
+    engine: AsyncEngine,
     session_factory: SessionFactory,
 ) -> None:
     audit_id = await running_audit(session_factory, attempts=2)
     before = await load_audit(session_factory, audit_id)
 
-    assert await succeed(session_factory, audit_id, attempt=1) is False
+    assert await succeed(engine, audit_id, attempt=1) is False
     assert snapshot(await load_audit(session_factory, audit_id)) == snapshot(before)
 
 
-async def test_a_run_cancelled_meanwhile_cannot_succeed(session_factory: SessionFactory) -> None:
+async def test_a_run_cancelled_meanwhile_cannot_succeed(
+    engine: AsyncEngine, session_factory: SessionFactory
+) -> None:
     audit_id = await insert_audit(session_factory)
-    claimed = await claim(session_factory, audit_id)
+    claimed = await claim(engine, audit_id)
     assert claimed is not None
     async with session_scope(session_factory) as session:
         await audits.cancel(session, audit_id=audit_id)
     cancelled = await load_audit(session_factory, audit_id)
 
-    assert await succeed(session_factory, audit_id, attempt=claimed.attempts) is False
+    assert await succeed(engine, audit_id, attempt=claimed.attempts) is False
 
     audit = await load_audit(session_factory, audit_id)
     assert audit.status == "cancelled"
@@ -227,10 +252,12 @@ async def test_a_run_cancelled_meanwhile_cannot_succeed(session_factory: Session
     assert snapshot(audit) == snapshot(cancelled)
 
 
-async def test_fail_ends_the_audit_with_its_code(session_factory: SessionFactory) -> None:
+async def test_fail_ends_the_audit_with_its_code(
+    engine: AsyncEngine, session_factory: SessionFactory
+) -> None:
     audit_id = await running_audit(session_factory, attempts=1)
 
-    assert await fail(session_factory, audit_id, attempt=1) is True
+    assert await fail(engine, audit_id, attempt=1) is True
 
     audit = await load_audit(session_factory, audit_id)
     assert (audit.status, audit.error_code, audit.error_message) == (
@@ -246,27 +273,30 @@ async def test_fail_ends_the_audit_with_its_code(session_factory: SessionFactory
 # requeue_or_fail
 
 
-async def test_a_transient_error_below_the_limit_requeues(session_factory: SessionFactory) -> None:
+async def test_a_transient_error_below_the_limit_requeues(
+    engine: AsyncEngine, session_factory: SessionFactory
+) -> None:
     audit_id = await running_audit(session_factory, attempts=2, attempt_limit=3)
 
-    assert await requeue_or_fail(session_factory, audit_id, attempt=2) == "queued"
+    assert await requeue_or_fail(engine, audit_id, attempt=2) == "queued"
 
     audit = await load_audit(session_factory, audit_id)
     assert (audit.status, audit.attempts) == ("queued", 2)  # the attempt stays counted
     assert (audit.error_code, audit.error_message, audit.finished_at) == (None, None, None)
     assert audit.lease_until is None
     # And it can be claimed again, for its last attempt.
-    claimed = await claim(session_factory, audit_id)
+    claimed = await claim(engine, audit_id)
     assert claimed is not None
     assert claimed.attempts == 3
 
 
 async def test_a_transient_error_on_the_last_attempt_fails_with_its_code(
+    engine: AsyncEngine,
     session_factory: SessionFactory,
 ) -> None:
     audit_id = await running_audit(session_factory, attempts=3, attempt_limit=3)
 
-    assert await requeue_or_fail(session_factory, audit_id, attempt=3) == "failed"
+    assert await requeue_or_fail(engine, audit_id, attempt=3) == "failed"
 
     audit = await load_audit(session_factory, audit_id)
     assert (audit.status, audit.attempts) == ("failed", 3)

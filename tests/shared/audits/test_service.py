@@ -8,13 +8,18 @@ import pytest
 import sqlalchemy as sa
 from arq.connections import ArqRedis
 from arq.constants import abort_jobs_ss, job_key_prefix
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.audits import service as audits
 from shared.audits.exceptions import AuditNotCancellable, AuditNotFound, AuditNotRetryable
+from shared.audits.models import Audit
 from shared.audits.schemas import AuditCreate, AuditStatus
 from shared.config import Settings
-from shared.db import SessionFactory
-from shared.queue import audit_job_id, discard_pending, send_pending, transaction
+from shared.db import SessionFactory, statement_connection
+from shared.queue import audit_job_id, send_pending, transaction
+from shared.rubrics import service as rubrics
+from shared.rubrics.exceptions import UnknownRubric
+from shared.rubrics.schemas import RubricCreate
 from tests.environment import environment
 from tests.factories import audit_request
 from tests.rows import insert_audit, load_audit
@@ -39,61 +44,80 @@ async def has_job(redis: ArqRedis, audit_id: UUID) -> bool:
 # create
 
 
-async def test_create_records_a_queued_audit_and_sends_its_job_after_commit(
-    session_factory: SessionFactory, redis: ArqRedis, settings: Settings
+async def test_create_records_a_queued_audit_and_sends_its_job_after_its_insert(
+    engine: AsyncEngine, session_factory: SessionFactory, redis: ArqRedis, settings: Settings
 ) -> None:
-    async with transaction(session_factory, redis) as session:
-        created = await audits.create(session, data=request(), request_id="req-1")
+    async with statement_connection(engine) as conn:
+        created = await audits.create(conn, data=request(), request_id="req-1")
         audit = created.resource
-        # Deferred, not sent: a worker must never get the id of an uncommitted row.
+        # Deferred, not sent: the caller sends it once the statement has returned.
         assert await queued(redis, settings) == set()
+        await send_pending(conn, redis)
 
     assert not created.replayed
-    assert await queued(redis, settings) == {audit_job_id(audit.id)}
-    stored = await load_audit(session_factory, audit.id)
+    assert await queued(redis, settings) == {audit_job_id(audit["id"])}
+    stored = await load_audit(session_factory, audit["id"])
     assert (stored.status, stored.attempts, stored.attempt_limit) == ("queued", 0, 5)
     assert stored.request_id == "req-1"
     assert stored.model == "gpt-4o-mini"
     assert [c["id"] for c in stored.criteria] == ["claims_substantiated", "no_vague_terms"]
     assert stored.metadata_ == {"sku": "TB-01"}
+    # What create returns is the stored row, column by column.
+    columns = sa.inspect(Audit).column_attrs
+    assert audit == {column.columns[0].name: getattr(stored, column.key) for column in columns}
 
 
-async def test_create_rolled_back_sends_nothing(
-    session_factory: SessionFactory, redis: ArqRedis, settings: Settings
+async def test_create_budgets_max_attempts(
+    engine: AsyncEngine, session_factory: SessionFactory
+) -> None:
+    with environment(MAX_ATTEMPTS="3"):
+        async with statement_connection(engine) as conn:
+            audit = (await audits.create(conn, data=request())).resource
+
+    assert (await load_audit(session_factory, audit["id"])).attempt_limit == 3
+
+
+async def test_create_with_a_rubric_snapshots_its_latest_or_named_version(
+    engine: AsyncEngine, session_factory: SessionFactory
 ) -> None:
     async with session_factory() as session:
-        audit_id = (await audits.create(session, data=request())).resource.id
-        await session.rollback()
-        discard_pending(session)  # what the request dependency does on error
-        await send_pending(session, redis)
+        for description in ("first", "second"):
+            criteria = [{"id": "tone", "description": description}]
+            await rubrics.publish(
+                session, data=RubricCreate(name="house_style", description="", criteria=criteria)
+            )
+        await session.commit()
 
-    assert await queued(redis, settings) == set()
-    assert not await has_job(redis, audit_id)
-    async with session_factory() as session:
-        assert await audits.get(session, audit_id=audit_id) is None
+    async with statement_connection(engine) as conn:
+        latest = (
+            await audits.create(conn, data=request(criteria=None, rubric="house_style"))
+        ).resource
+        first = (
+            await audits.create(
+                conn, data=request(criteria=None, rubric="house_style", rubric_version=1)
+            )
+        ).resource
+        with pytest.raises(UnknownRubric, match="no version 3"):
+            await audits.create(
+                conn, data=request(criteria=None, rubric="house_style", rubric_version=3)
+            )
 
-
-async def test_create_budgets_max_attempts(session_factory: SessionFactory) -> None:
-    with environment(MAX_ATTEMPTS="3"):
-        async with session_factory() as session:
-            audit = (await audits.create(session, data=request())).resource
-            await session.commit()
-
-    assert (await load_audit(session_factory, audit.id)).attempt_limit == 3
+    assert (latest["rubric_version"], latest["criteria"][0]["description"]) == (2, "second")
+    assert (first["rubric_version"], first["criteria"][0]["description"]) == (1, "first")
 
 
 # get
 
 
-async def test_get_or_raise(session_factory: SessionFactory) -> None:
+async def test_get_or_raise(engine: AsyncEngine, session_factory: SessionFactory) -> None:
     audit_id = await insert_audit(session_factory)
     unknown = uuid4()
 
-    async with session_factory() as session:
-        assert (await audits.get_or_raise(session, audit_id=audit_id)).id == audit_id
-        assert await audits.get(session, audit_id=unknown) is None
+    async with statement_connection(engine) as conn:
+        assert (await audits.get_or_raise(conn, audit_id=audit_id))["id"] == audit_id
+        assert await audits.get(conn, audit_id=unknown) is None
         with pytest.raises(AuditNotFound, match=str(unknown)):
-            await audits.get_or_raise(session, audit_id=unknown)
+            await audits.get_or_raise(conn, audit_id=unknown)
 
 
 # cancel
@@ -111,7 +135,7 @@ async def test_cancel_an_unfinished_audit_and_abort_its_job_after_commit(
 
     assert await redis.zscore(abort_jobs_ss, audit_job_id(audit_id)) is not None
     stored = await load_audit(session_factory, audit_id)
-    assert (audit.status, stored.status) == ("cancelled", "cancelled")
+    assert (audit["status"], stored.status) == ("cancelled", "cancelled")
     assert stored.finished_at is not None
     assert stored.lease_until is None
 
@@ -164,7 +188,7 @@ async def test_retry_requeues_with_a_fresh_budget_and_keeps_attempts(
 
     assert await queued(redis, settings) == {audit_job_id(audit_id)}
     stored = await load_audit(session_factory, audit_id)
-    assert audit.status == stored.status == "queued"
+    assert audit["status"] == stored.status == "queued"
     # `attempts` fences late writes of earlier runs, so it keeps counting; the budget moves.
     assert (stored.attempts, stored.attempt_limit) == (5, 5 + settings.max_attempts)
     assert (stored.error_code, stored.error_message, stored.result) == (None, None, None)
@@ -281,7 +305,7 @@ async def test_list_filters(
     async with session_factory() as session:
         rows, cursor = await audits.list_page(session, filters=filters, limit=50, cursor=None)
 
-    assert [row.id for row in rows] == [listed[index] for index in expected]
+    assert [row["id"] for row in rows] == [listed[index] for index in expected]
     assert cursor is None
 
 
@@ -294,7 +318,7 @@ async def test_list_pages_with_the_cursor(
     async with session_factory() as session:
         while True:
             rows, cursor = await audits.list_page(session, filters=filters, limit=3, cursor=cursor)
-            pages.append([row.id for row in rows])
+            pages.append([row["id"] for row in rows])
             if cursor is None:
                 break
 

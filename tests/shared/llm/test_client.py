@@ -5,13 +5,14 @@ import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx2
 import pytest
 from openai import AsyncOpenAI
 
 from shared.audits.schemas import Criterion
 from shared.config import Settings
 from shared.llm import PROMPT_VERSION, InvalidModelOutput, ModelError, audit_content, create_client
-from shared.llm.client import PLACEHOLDER_API_KEY
+from shared.llm.client import PLACEHOLDER_API_KEY, _reply_of
 from shared.llm.prompt import SYSTEM_PROMPT
 from tests.fixtures.simulator import RETRY_AFTER_S, SimulatorHandle
 
@@ -219,3 +220,31 @@ async def test_an_unreachable_provider_is_transient() -> None:
         error = await failure(client)
 
     assert (error.code, error.transient) == ("model_unavailable", True)
+
+
+def provider_response(content: bytes) -> httpx2.Response:
+    return httpx2.Response(200, content=content, headers={"x-request-id": "req-1"})
+
+
+def test_a_reply_is_read_from_the_fields_auditq_uses() -> None:
+    body = {
+        "id": "chatcmpl-1",
+        "choices": [{"index": 0, "finish_reason": "stop", "message": {"content": "{}"}}],
+        "usage": {"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15},
+        "system_fingerprint": None,
+    }
+
+    reply = _reply_of(provider_response(json.dumps(body).encode()))
+
+    assert (reply.text, reply.prompt_tokens, reply.completion_tokens) == ("{}", 12, 3)
+    assert reply.request_id == "req-1"
+
+
+@pytest.mark.parametrize(
+    "content", [b"<html>bad gateway</html>", b'{"choices": [{"message": 7}]}', b"[]"]
+)
+def test_a_malformed_response_is_a_transient_server_error(content: bytes) -> None:
+    with pytest.raises(ModelError) as caught:
+        _reply_of(provider_response(content))
+
+    assert (caught.value.code, caught.value.transient) == ("model_server_error", True)

@@ -22,6 +22,7 @@ from shared.llm.errors import ModelError
 from shared.llm.ratelimit import (
     ARRIVAL_MARGIN_S,
     DEFAULT_PAUSE_S,
+    PAUSE_CHECK_S,
     WINDOW_S,
     ModelRateLimited,
     ModelRateLimiter,
@@ -266,6 +267,20 @@ async def test_without_limits_a_reservation_is_needed_only_while_a_model_is_paus
     assert await other_worker.needs_reservation()
     assert 4_000 < await redis_client.pttl(f"{key_prefix}:paused-any") <= 5_000  # the longest
     assert await limiter_of(redis_client, key_prefix, rpm={MODEL: 5}).needs_reservation()
+
+
+async def test_without_limits_another_workers_pause_is_seen_within_the_check_interval(
+    redis_client: Redis, key_prefix: str
+) -> None:
+    this_worker, other_worker = (limiter_of(redis_client, key_prefix) for _ in range(2))
+    assert not await this_worker.needs_reservation()
+
+    await other_worker.pause_if_rate_limited(MODEL, rate_limited(retry_after=5))
+
+    assert await other_worker.needs_reservation()  # its own pause, at once
+    assert not await this_worker.needs_reservation()  # it asked Redis a moment ago
+    await asyncio.sleep(PAUSE_CHECK_S)
+    assert await this_worker.needs_reservation()
 
 
 async def test_the_pause_ends_with_its_retry_after(redis_client: Redis, key_prefix: str) -> None:

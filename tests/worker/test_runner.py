@@ -1,0 +1,74 @@
+"""The Procfile's worker (worker/runner.py): jobs started in one round trip, as arq would."""
+
+import asyncio
+from uuid import UUID
+
+import pytest
+from arq.connections import ArqRedis
+from arq.constants import in_progress_key_prefix
+from arq.utils import timestamp_ms
+from httpx import AsyncClient
+
+from shared.config import Settings
+from shared.queue import audit_job_id
+from tests.fixtures.simulator import SimulatorHandle
+from tests.worker.conftest import WORKER_DEADLINE_S, build_worker, close_worker, fetch, submit
+from worker.runner import RedisTolerantWorker
+
+
+def tolerant_worker(settings: Settings, redis: ArqRedis) -> RedisTolerantWorker:
+    worker = build_worker(settings, RedisTolerantWorker, redis_pool=redis)
+    assert isinstance(worker, RedisTolerantWorker)
+    return worker
+
+
+async def test_the_procfile_worker_runs_a_submitted_audit(
+    client: AsyncClient, sim: SimulatorHandle, worker_settings: Settings
+) -> None:
+    submitted = await submit(client)
+    worker = build_worker(worker_settings, RedisTolerantWorker)
+    try:
+        await asyncio.wait_for(worker.main(), WORKER_DEADLINE_S)
+    finally:
+        await close_worker(worker)
+
+    audit = await fetch(client, submitted["id"])
+    assert (audit["status"], audit["attempts"]) == ("succeeded", 1)
+    assert sim.stats()["requests"] == 1
+
+
+async def test_a_due_job_is_marked_in_progress_as_it_starts(
+    client: AsyncClient, worker_settings: Settings, redis: ArqRedis
+) -> None:
+    job_id = audit_job_id(UUID((await submit(client))["id"]))
+    worker = tolerant_worker(worker_settings, redis)
+
+    await worker.start_jobs([job_id.encode()])
+
+    assert list(worker.tasks) == [job_id]
+    ttl_ms = await redis.pttl(in_progress_key_prefix + job_id)
+    assert 0 < ttl_ms <= worker.in_progress_timeout_s * 1000
+    worker.tasks[job_id].cancel()
+    await asyncio.gather(*worker.tasks.values(), return_exceptions=True)
+
+
+@pytest.mark.parametrize("case", ["in progress elsewhere", "deferred", "no longer queued"])
+async def test_a_job_that_must_not_start_is_skipped_and_its_slot_freed(
+    client: AsyncClient, worker_settings: Settings, redis: ArqRedis, case: str
+) -> None:
+    job_id = audit_job_id(UUID((await submit(client))["id"]))
+    if case == "in progress elsewhere":
+        await redis.psetex(in_progress_key_prefix + job_id, 60_000, b"1")
+    elif case == "deferred":
+        await redis.zadd(worker_settings.queue_name, {job_id: timestamp_ms() + 60_000})
+    else:
+        await redis.zrem(worker_settings.queue_name, job_id)
+    worker = tolerant_worker(worker_settings, redis)
+    free_slots = worker.sem._value
+
+    await worker.start_jobs([job_id.encode()])
+
+    assert worker.tasks == {}
+    assert (worker.job_counter, worker.sem._value) == (0, free_slots)
+    if case != "in progress elsewhere":
+        assert await redis.exists(in_progress_key_prefix + job_id) == 0
