@@ -117,9 +117,19 @@ def is_database_unavailable(exc: BaseException) -> bool:
             or isinstance(exc, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError))
             or _refused_for_now(exc.orig)
         )
-    return isinstance(
-        exc, (sqlalchemy.exc.TimeoutError, OSError, asyncpg.ConnectionDoesNotExistError)
-    ) or _refused_for_now(exc)
+    return (
+        isinstance(exc, (sqlalchemy.exc.TimeoutError, OSError, asyncpg.ConnectionDoesNotExistError))
+        or _closed_under_us(exc)
+        or _refused_for_now(exc)
+    )
+
+
+def _closed_under_us(error: BaseException) -> bool:
+    """asyncpg's error for a pooled connection the server closed (on a `StatementConnection`).
+
+    Told by its message, as SQLAlchemy's asyncpg dialect tells it for sessions.
+    """
+    return isinstance(error, asyncpg.InterfaceError) and "connection is closed" in str(error)
 
 
 def _refused_for_now(error: BaseException | None) -> bool:

@@ -4,11 +4,15 @@ The API answers the first with 503 `database_unavailable` and the worker waits i
 the second stays a 500 and a failed job. tests/faults/ restarts a real server.
 """
 
+import asyncio
+
 import asyncpg
 import pytest
 import sqlalchemy.exc
+from sqlalchemy.engine import make_url
 
-from shared.db import is_database_unavailable
+from shared.config import Settings
+from shared.db import create_engine, is_database_unavailable, statement_connection
 
 
 class DriverError(Exception):
@@ -35,6 +39,7 @@ def wrapped(sqlstate: str | None, *, invalidated: bool = False) -> sqlalchemy.ex
         asyncpg.CannotConnectNowError("the database system is starting up"),
         asyncpg.AdminShutdownError("terminating connection due to administrator command"),
         asyncpg.ConnectionDoesNotExistError("connection was closed in the middle of operation"),
+        asyncpg.InterfaceError("cannot call Connection.fetchrow(): connection is closed"),
         wrapped("57P03"),  # starting up, at connect
         wrapped("57P01"),  # shut down by the administrator
         wrapped("08006"),  # connection failure
@@ -58,9 +63,33 @@ def test_an_outage_is_unavailable(error: BaseException) -> None:
         wrapped(None),
         sqlalchemy.exc.IntegrityError("INSERT", {}, DriverError("23505")),
         asyncpg.UniqueViolationError("duplicate key"),
+        asyncpg.InterfaceError("the server expects 2 arguments for this query, 1 was passed"),
         ValueError("not a database error"),
     ],
     ids=repr,
 )
 def test_a_bug_is_not_unavailable(error: BaseException) -> None:
     assert not is_database_unavailable(error)
+
+
+async def test_a_connection_the_server_closed_is_not_handed_out_again(database_url: str) -> None:
+    engine = create_engine(Settings(database_url=database_url), pool_size=1)
+    admin = await asyncpg.connect(
+        make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
+    )
+    try:
+        async with statement_connection(engine) as conn:
+            victim = await conn.fetchval("SELECT pg_backend_pid()")
+        await admin.execute("SELECT pg_terminate_backend($1)", victim)
+        await asyncio.sleep(0.2)  # the client sees the socket close; under the 1 s idle ping
+
+        with pytest.raises(asyncpg.InterfaceError, match="connection is closed") as raised:
+            async with statement_connection(engine) as conn:
+                await conn.fetchval("SELECT 1")
+        assert is_database_unavailable(raised.value)
+
+        async with statement_connection(engine) as conn:
+            assert await conn.fetchval("SELECT pg_backend_pid()") != victim
+    finally:
+        await admin.close()
+        await engine.dispose()
