@@ -2,9 +2,10 @@
 then followed in PostgreSQL until they end.
 
 The benchmark process submits the way the API does (`batches.create` inside
-`shared.queue.transaction`, or `audits.create` on a statement connection: rows
-committed, then one Redis command), without HTTP in the way, and reads the audits' own timestamps
-(`created_at`, `started_at`, `finished_at`, all PostgreSQL's clock) afterwards.
+`shared.queue.transaction`, or `audits.create` inside `shared.queue.statements`:
+rows committed, then one Redis command), without HTTP in the way, and reads the
+audits' own timestamps (`created_at`, `started_at`, `finished_at`, all
+PostgreSQL's clock) afterwards.
 """
 
 import asyncio
@@ -26,13 +27,8 @@ from shared.audits.schemas import AuditCreate
 from shared.batches import service as batches
 from shared.batches.schemas import BatchCreate
 from shared.config import Settings
-from shared.db import (
-    SessionFactory,
-    create_engine,
-    create_session_factory,
-    statement_connection,
-)
-from shared.queue import create_redis, send_pending, transaction
+from shared.db import SessionFactory, create_engine, create_session_factory
+from shared.queue import create_redis, statements, transaction
 
 CHUNK = 1000
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -85,9 +81,8 @@ async def submit_one_by_one(c: Client, count: int, *, gap_s: tuple[float, float]
     rng = random.Random(11)
     for index in range(count):
         data = AuditCreate.model_validate(audit_body(index))
-        async with statement_connection(c.engine) as conn:
+        async with statements(c.engine, c.redis) as conn:
             await audits.create(conn, data=data)
-        await send_pending(conn, c.redis)
         await asyncio.sleep(rng.uniform(*gap_s))
 
 

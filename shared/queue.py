@@ -8,11 +8,10 @@ unreachable then, nothing is lost: the row is the source of truth and the worker
 reconciler enqueues every queued audit that has no job.
 """
 
-import hashlib
-from collections.abc import AsyncIterator, Awaitable, Iterable
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 from uuid import UUID
 
 import structlog
@@ -22,11 +21,11 @@ from arq.jobs import serialize_job
 from arq.utils import timestamp_ms
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import ConnectionError, NoScriptError, RedisError, TimeoutError
-from sqlalchemy.ext.asyncio import AsyncSession
+from redis.exceptions import ConnectionError, RedisError, TimeoutError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from shared.config import Settings
-from shared.db import SessionFactory, session_scope
+from shared.db import SessionFactory, StatementConnection, session_scope
 
 log = structlog.get_logger(__name__)
 
@@ -132,7 +131,7 @@ async def send_pending(session: Transactional, redis: ArqRedis) -> None:
 # keys' lifetime (ms), then each job's id and payload. The jobs arq's `enqueue_job` would
 # make, deduplicated by job id as it does (SET NX on the job key), with no abort mark left
 # from a cancelled run of the same audit.
-_ENQUEUE_LUA = b"""
+_ENQUEUE_LUA = """
 for i = 3, #KEYS do
   local job_id = ARGV[2 * i - 3]
   redis.call('ZREM', KEYS[2], job_id)
@@ -140,7 +139,6 @@ for i = 3, #KEYS do
   redis.call('ZADD', KEYS[1], 'NX', ARGV[1], job_id)
 end
 """
-_ENQUEUE_SHA = hashlib.sha1(_ENQUEUE_LUA).hexdigest()
 
 
 async def enqueue_runs(redis: ArqRedis, audit_ids: Iterable[UUID]) -> None:
@@ -158,11 +156,9 @@ async def enqueue_runs(redis: ArqRedis, audit_ids: Iterable[UUID]) -> None:
     args: list[Any] = [now_ms, expires_extra_ms]  # redis-py's stubs want str only
     for job_id, audit_id in jobs.items():
         args += [job_id, serialize_job(RUN_AUDIT, (audit_id,), {}, None, now_ms)]
-    try:
-        await cast(Awaitable[Any], redis.evalsha(_ENQUEUE_SHA, len(keys), *keys, *args))
-    except NoScriptError:  # first use, or Redis restarted since
-        script = _ENQUEUE_LUA.decode()
-        await cast(Awaitable[Any], redis.eval(script, len(keys), *keys, *args))
+    # EVALSHA, loading the script first when Redis lacks it (first use, or a restart since).
+    # Registering only hashes the text; no round trip.
+    await redis.register_script(_ENQUEUE_LUA)(keys=keys, args=args)
 
 
 async def abort_runs(redis: ArqRedis, audit_ids: Iterable[UUID]) -> None:
@@ -187,3 +183,18 @@ async def transaction(factory: SessionFactory, redis: ArqRedis) -> AsyncIterator
     async with session_scope(factory) as session:
         yield session
     await send_pending(session, redis)
+
+
+@asynccontextmanager
+async def statements(engine: AsyncEngine, redis: ArqRedis) -> AsyncIterator[StatementConnection]:
+    """`transaction` for a statement connection: the jobs it deferred are sent after it.
+
+    Each statement commits as it runs, so what was deferred is sent even if the caller
+    fails afterwards: its row exists.
+    """
+    conn = StatementConnection(engine)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+        await send_pending(conn, redis)
