@@ -176,15 +176,32 @@ class StatementConnection:
 
     async def _run(self, method: str, query: str, args: tuple[Any, ...]) -> Any:
         if self._pooled is None:
-            self._pooled = await self._engine.raw_connection()
+            self._pooled = await self._checkout()
         try:
             return await getattr(self._pooled.driver_connection, method)(query, *args)
-        except BaseException as exc:
+        except asyncpg.PostgresError as exc:
+            # The server refused the statement; the connection is fine unless it is going away.
             if is_database_unavailable(exc):
-                # As SQLAlchemy does for its own statements: a connection broken under a
-                # statement is not handed out again.
-                await greenlet_spawn(self._pooled.invalidate, exc)
+                self._pooled.invalidate(exc)
             raise
+        except BaseException as exc:
+            # Cut short (cancelled, a broken socket, a client-side error): the connection may
+            # be mid-protocol and must not serve another statement. Out of a greenlet, the
+            # driver's connection is terminated at once, without a round trip.
+            self._pooled.invalidate(exc)
+            raise
+
+    async def _checkout(self) -> PoolProxiedConnection:
+        """A connection of the pool; a failure to connect raised as a session's would be."""
+        dialect = self._engine.dialect
+        try:
+            return await self._engine.raw_connection()
+        except dialect.loaded_dbapi.Error as exc:
+            # The driver's error as the dialect adapts it, which no caller knows: wrapped the
+            # way SQLAlchemy wraps it for sessions (a `DBAPIError` keeping its SQLSTATE).
+            raise sqlalchemy.exc.DBAPIError.instance(
+                None, None, exc, dialect.loaded_dbapi.Error, dialect=dialect
+            ) from exc
 
     async def close(self) -> None:
         """Back to the pool; closing a broken one awaits the driver, hence the greenlet."""

@@ -93,3 +93,15 @@ async def test_a_connection_the_server_closed_is_not_handed_out_again(database_u
     finally:
         await admin.close()
         await engine.dispose()
+
+
+async def test_a_failed_checkout_is_raised_as_sqlalchemy_raises_it(database_url: str) -> None:
+    missing = make_url(database_url).set(database="auditq_no_such_database")
+    engine = create_engine(Settings(database_url=missing.render_as_string(hide_password=False)))
+    try:
+        with pytest.raises(sqlalchemy.exc.DBAPIError) as raised:
+            async with statement_connection(engine) as conn:
+                await conn.fetchval("SELECT 1")
+        assert isinstance(raised.value.orig, engine.dialect.loaded_dbapi.Error)
+    finally:
+        await engine.dispose()
