@@ -130,6 +130,7 @@ class EmbeddedPostgres(EmbeddedServer):
 
     def _start(self) -> str:
         if self.pid() is None:
+            _wait_for_orphaned_backends(self.pgdata)
             _remove_stale_postmaster_files(self.pgdata)
         self.pgdata.mkdir(parents=True, exist_ok=True)
         info = _run_postgres(self.pgdata).get_postmaster_info()
@@ -229,6 +230,28 @@ def _run_postgres(pgdata: Path) -> PostgresServer:
 def _postmaster(pgdata: Path) -> psutil.Process | None:
     pid = _read_pid(pgdata / "postmaster.pid")
     return _process_running(pid, POSTGRES_BIN_PATH / "postgres")
+
+
+def _wait_for_orphaned_backends(pgdata: Path) -> None:
+    """Wait for the backends of a crashed postmaster to exit.
+
+    They notice the postmaster's death on their own within moments, but until the
+    last one exits they hold its shared memory, and a new postmaster refuses to start.
+    """
+    deadline = time.monotonic() + _STOP_TIMEOUT_S
+    while _backends_of(pgdata) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def _backends_of(pgdata: Path) -> list[psutil.Process]:
+    """Live postgres processes working in `pgdata` (a server's processes run from there)."""
+    executable = (POSTGRES_BIN_PATH / "postgres").resolve()
+    found = []
+    for process in psutil.process_iter():
+        with suppress(psutil.Error, OSError):
+            if Path(process.cwd()) == pgdata and Path(process.exe()).resolve() == executable:
+                found.append(process)
+    return [process for process in found if _alive(process)]
 
 
 def _remove_stale_postmaster_files(pgdata: Path) -> None:

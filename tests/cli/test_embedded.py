@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -86,6 +87,7 @@ async def test_start_recovers_from_a_crash(services: EmbeddedServices, urls: Emb
     for pid in (services.postgres.pid(), services.redis.pid()):
         assert pid is not None
         os.kill(pid, signal.SIGKILL)
+        _wait_until_gone(pid)
 
     assert services.start() == urls
     assert await _current_database(urls.database_url) == "auditq"
@@ -102,6 +104,14 @@ def test_stop_leaves_nothing_running(services: EmbeddedServices, urls: EmbeddedU
         assert pid is not None
         assert _gone(pid)
     assert not Path(urls.redis_url.removeprefix("unix://")).exists()
+
+
+def _wait_until_gone(pid: int) -> None:
+    """A SIGKILL takes effect when the process is next scheduled, not when kill() returns."""
+    deadline = time.monotonic() + 10
+    while not _gone(pid):
+        assert time.monotonic() < deadline, f"process {pid} survived SIGKILL"
+        time.sleep(0.01)
 
 
 def _gone(pid: int) -> bool:
