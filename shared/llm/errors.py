@@ -16,6 +16,7 @@ import re
 import time
 from collections.abc import Mapping
 
+import aiohttp
 import openai
 
 __all__ = ["InvalidModelOutput", "ModelError", "classify", "reply_error", "retry_after_seconds"]
@@ -85,7 +86,8 @@ def classify(exc: Exception) -> ModelError:
     """The `ModelError` an exception raised by the openai SDK stands for."""
     if isinstance(exc, ModelError):
         return exc
-    if isinstance(exc, openai.APITimeoutError):  # before APIConnectionError, its base class
+    # Before APIConnectionError, its base class.
+    if isinstance(exc, openai.APITimeoutError) and not _failed_without_timing_out(exc):
         return ModelError(
             "model_timeout", "the model did not answer within OPENAI_TIMEOUT_S", transient=True
         )
@@ -105,6 +107,21 @@ def classify(exc: Exception) -> ModelError:
     return ModelError(
         "model_client_error", f"the model call failed with {type(exc).__name__}", transient=False
     )
+
+
+def _failed_without_timing_out(exc: openai.APITimeoutError) -> bool:
+    """A connection that failed at once, which the SDK's aiohttp transport calls a timeout.
+
+    That transport maps every aiohttp connection error, a refused connection included,
+    to a connect timeout; the aiohttp error and what it came from follow in the chain.
+    """
+    chain: list[BaseException] = []
+    cause: BaseException | None = exc
+    while cause is not None:
+        chain.append(cause)
+        cause = cause.__cause__
+    failed = any(isinstance(error, aiohttp.ClientConnectionError) for error in chain)
+    return failed and not any(isinstance(error, TimeoutError) for error in chain)
 
 
 def reply_error(*, finish_reason: str | None, refusal: str | None) -> ModelError | None:
