@@ -1,6 +1,7 @@
-"""The Procfile's worker (worker/runner.py): jobs started in one round trip, as arq would."""
+"""The Procfile's worker (worker/runner.py): jobs started as arq would, in one round trip a poll."""
 
 import asyncio
+from typing import Any
 from uuid import UUID
 
 import pytest
@@ -16,8 +17,8 @@ from tests.worker.conftest import WORKER_DEADLINE_S, build_worker, close_worker,
 from worker.runner import RedisTolerantWorker
 
 
-def tolerant_worker(settings: Settings, redis: ArqRedis) -> RedisTolerantWorker:
-    worker = build_worker(settings, RedisTolerantWorker, redis_pool=redis)
+def tolerant_worker(settings: Settings, redis: ArqRedis, **overrides: Any) -> RedisTolerantWorker:
+    worker = build_worker(settings, RedisTolerantWorker, redis_pool=redis, **overrides)
     assert isinstance(worker, RedisTolerantWorker)
     return worker
 
@@ -72,3 +73,58 @@ async def test_a_job_that_must_not_start_is_skipped_and_its_slot_freed(
     assert (worker.job_counter, worker.sem._value) == (0, free_slots)
     if case != "in progress elsewhere":
         assert await redis.exists(in_progress_key_prefix + job_id) == 0
+
+
+async def cancel_all(worker: RedisTolerantWorker) -> None:
+    for task in worker.tasks.values():
+        task.cancel()
+    await asyncio.gather(*worker.tasks.values(), return_exceptions=True)
+
+
+async def test_only_as_many_jobs_start_as_there_are_free_slots(
+    client: AsyncClient, worker_settings: Settings, redis: ArqRedis
+) -> None:
+    job_ids = [audit_job_id(UUID((await submit(client))["id"])) for _ in range(3)]
+    worker = tolerant_worker(worker_settings, redis, max_jobs=2)
+
+    await worker.start_jobs([job_id.encode() for job_id in job_ids])
+
+    try:
+        assert (list(worker.tasks), worker.job_counter) == (job_ids[:2], 2)
+        assert await redis.exists(in_progress_key_prefix + job_ids[2]) == 0
+    finally:
+        await cancel_all(worker)
+
+
+async def test_a_job_running_here_is_not_started_again(
+    client: AsyncClient, worker_settings: Settings, redis: ArqRedis
+) -> None:
+    job_id = audit_job_id(UUID((await submit(client))["id"]))
+    worker = tolerant_worker(worker_settings, redis)
+    await worker.start_jobs([job_id.encode()])
+    running = worker.tasks[job_id]
+
+    await worker.start_jobs([job_id.encode()])
+
+    try:
+        assert (worker.tasks, worker.job_counter) == ({job_id: running}, 1)
+    finally:
+        await cancel_all(worker)
+
+
+async def test_a_freed_slot_is_refilled_without_waiting_for_the_next_poll(
+    client: AsyncClient, worker_settings: Settings
+) -> None:
+    submitted = [await submit(client) for _ in range(3)]
+    # One slot, and a poll delay longer than the test's deadline: only the refill on a
+    # finished job can start the second and third audits in time.
+    worker = build_worker(
+        worker_settings, RedisTolerantWorker, max_jobs=1, poll_delay=10 * WORKER_DEADLINE_S
+    )
+    try:
+        await asyncio.wait_for(worker.main(), WORKER_DEADLINE_S)
+    finally:
+        await close_worker(worker)
+
+    statuses = [(await fetch(client, audit["id"]))["status"] for audit in submitted]
+    assert statuses == ["succeeded"] * 3
