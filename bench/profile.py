@@ -42,6 +42,8 @@ def summarize(raw: Path, *, top: int = 40, own: int = 15) -> str:
     total = 0
     for line in raw.read_text().splitlines():
         stack_, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue  # py-spy's own notes, not a stack
         samples = int(count)
         frames = [_LINE.sub(")", frame) for frame in stack_.split(";")]
         total += samples
