@@ -69,8 +69,7 @@ return started
 
 
 class RedisTolerantWorker(Worker):
-    """arq's `Worker`, outliving Redis errors, starting jobs in one round trip per poll and
-    refilling a freed slot at once."""
+    """arq's `Worker`: outlives Redis errors, starts jobs in one round trip, refills at once."""
 
     _start_jobs: AsyncScript | None = None
 

@@ -13,7 +13,7 @@ from httpx import AsyncClient
 from shared.config import Settings
 from shared.queue import audit_job_id
 from tests.fixtures.simulator import SimulatorHandle
-from tests.worker.conftest import WORKER_DEADLINE_S, build_worker, close_worker, fetch, submit
+from tests.worker.conftest import WORKER_DEADLINE_S, RunWorker, build_worker, fetch, submit
 from worker.runner import RedisTolerantWorker
 
 
@@ -23,15 +23,18 @@ def tolerant_worker(settings: Settings, redis: ArqRedis, **overrides: Any) -> Re
     return worker
 
 
+async def cancel_all(worker: RedisTolerantWorker) -> None:
+    for task in worker.tasks.values():
+        task.cancel()
+    await asyncio.gather(*worker.tasks.values(), return_exceptions=True)
+
+
 async def test_the_procfile_worker_runs_a_submitted_audit(
-    client: AsyncClient, sim: SimulatorHandle, worker_settings: Settings
+    client: AsyncClient, sim: SimulatorHandle, run_worker: RunWorker
 ) -> None:
     submitted = await submit(client)
-    worker = build_worker(worker_settings, RedisTolerantWorker)
-    try:
-        await asyncio.wait_for(worker.main(), WORKER_DEADLINE_S)
-    finally:
-        await close_worker(worker)
+
+    await run_worker(worker_class=RedisTolerantWorker)
 
     audit = await fetch(client, submitted["id"])
     assert (audit["status"], audit["attempts"]) == ("succeeded", 1)
@@ -49,8 +52,7 @@ async def test_a_due_job_is_marked_in_progress_as_it_starts(
     assert list(worker.tasks) == [job_id]
     ttl_ms = await redis.pttl(in_progress_key_prefix + job_id)
     assert 0 < ttl_ms <= worker.in_progress_timeout_s * 1000
-    worker.tasks[job_id].cancel()
-    await asyncio.gather(*worker.tasks.values(), return_exceptions=True)
+    await cancel_all(worker)
 
 
 @pytest.mark.parametrize("case", ["in progress elsewhere", "deferred", "no longer queued"])
@@ -73,12 +75,6 @@ async def test_a_job_that_must_not_start_is_skipped_and_its_slot_freed(
     assert (worker.job_counter, worker.sem._value) == (0, free_slots)
     if case != "in progress elsewhere":
         assert await redis.exists(in_progress_key_prefix + job_id) == 0
-
-
-async def cancel_all(worker: RedisTolerantWorker) -> None:
-    for task in worker.tasks.values():
-        task.cancel()
-    await asyncio.gather(*worker.tasks.values(), return_exceptions=True)
 
 
 async def test_only_as_many_jobs_start_as_there_are_free_slots(
@@ -113,18 +109,14 @@ async def test_a_job_running_here_is_not_started_again(
 
 
 async def test_a_freed_slot_is_refilled_without_waiting_for_the_next_poll(
-    client: AsyncClient, worker_settings: Settings
+    client: AsyncClient, run_worker: RunWorker
 ) -> None:
     submitted = [await submit(client) for _ in range(3)]
-    # One slot, and a poll delay longer than the test's deadline: only the refill on a
+    # One slot, and a poll delay longer than the run's deadline: only the refill on a
     # finished job can start the second and third audits in time.
-    worker = build_worker(
-        worker_settings, RedisTolerantWorker, max_jobs=1, poll_delay=10 * WORKER_DEADLINE_S
+    await run_worker(
+        worker_class=RedisTolerantWorker, max_jobs=1, poll_delay=10 * WORKER_DEADLINE_S
     )
-    try:
-        await asyncio.wait_for(worker.main(), WORKER_DEADLINE_S)
-    finally:
-        await close_worker(worker)
 
     statuses = [(await fetch(client, audit["id"]))["status"] for audit in submitted]
     assert statuses == ["succeeded"] * 3
