@@ -17,6 +17,7 @@ issues), and their 422 is documented.
 
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import suppress
 from typing import Any
 
 import hypothesis
@@ -25,6 +26,7 @@ import schemathesis
 from fastapi import FastAPI
 from httpx import AsyncClient
 from hypothesis import HealthCheck
+from hypothesis.errors import FlakyStrategyDefinition
 from schemathesis import Case, HookContext, Response
 from schemathesis.python import asgi
 from schemathesis.schemas import BaseSchema
@@ -43,7 +45,7 @@ STATEFUL_SCENARIOS = 20
 STATEFUL_STEPS = 6
 # Which links a run of scenarios happens to take is up to its seed; runs go on, seed after
 # seed, until every link below has been followed.
-STATEFUL_RUNS = 5
+STATEFUL_RUNS = 8
 # Resources reached through an id an earlier response gave, and found.
 FOLLOWED_LINKS = {
     ("GET /api/v1/audits/{audit_id}", 200),
@@ -178,6 +180,11 @@ def follow_links(
     """Scenarios of calls that take ids from earlier answers; how often each status came.
 
     Runs of `STATEFUL_SCENARIOS`, seeded 0, 1, 2, …, until all of `FOLLOWED_LINKS` answered.
+    The scenarios share one live database, so a scenario Hypothesis replays can meet other
+    rows than the first time and take other links; Hypothesis then stops the run with
+    `FlakyStrategyDefinition`, a limit of replaying, not a wrong answer (every answer is
+    checked against the document as it comes, and a failed check raises its own error).
+    Such a run ends there and the next seed carries on.
     """
     answered: Counter[tuple[str, int]] = Counter()
     for seed in range(STATEFUL_RUNS):
@@ -201,9 +208,9 @@ def _run_scenarios(
         def after_call(self, response: Response, case: Case[Any]) -> None:
             answered[case.operation.label, response.status_code] += 1
 
-    Links.run(
-        settings=hypothesis.settings(
-            FUZZ, max_examples=STATEFUL_SCENARIOS, stateful_step_count=STATEFUL_STEPS
-        )
+    settings = hypothesis.settings(
+        FUZZ, max_examples=STATEFUL_SCENARIOS, stateful_step_count=STATEFUL_STEPS
     )
+    with suppress(FlakyStrategyDefinition):
+        Links.run(settings=settings)
     return answered
