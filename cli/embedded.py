@@ -239,19 +239,24 @@ def _wait_for_orphaned_backends(pgdata: Path) -> None:
     last one exits they hold its shared memory, and a new postmaster refuses to start.
     """
     deadline = time.monotonic() + _STOP_TIMEOUT_S
-    while _backends_of(pgdata) and time.monotonic() < deadline:
+    while _has_backends(pgdata) and time.monotonic() < deadline:
         time.sleep(0.05)
 
 
-def _backends_of(pgdata: Path) -> list[psutil.Process]:
-    """Live postgres processes working in `pgdata` (a server's processes run from there)."""
-    executable = (POSTGRES_BIN_PATH / "postgres").resolve()
-    found = []
-    for process in psutil.process_iter():
-        with suppress(psutil.Error, OSError):
-            if Path(process.cwd()) == pgdata and Path(process.exe()).resolve() == executable:
-                found.append(process)
-    return [process for process in found if _alive(process)]
+def _has_backends(pgdata: Path) -> bool:
+    """Whether a live postgres process works in `pgdata` (a server's processes run from there)."""
+    executable = POSTGRES_BIN_PATH / "postgres"
+    return any(
+        _works_in(process, pgdata) and _process_running(process.pid, executable)
+        for process in psutil.process_iter()
+    )
+
+
+def _works_in(process: psutil.Process, directory: Path) -> bool:
+    try:
+        return Path(process.cwd()) == directory
+    except psutil.Error:
+        return False
 
 
 def _remove_stale_postmaster_files(pgdata: Path) -> None:

@@ -186,18 +186,18 @@ def follow_links(
     checked against the document as it comes, and a failed check raises its own error).
     Such a run ends there and the next seed carries on.
     """
+    schema.app = app
     answered: Counter[tuple[str, int]] = Counter()
     for seed in range(STATEFUL_RUNS):
-        answered += _run_scenarios(schema, app, headers, seed)
+        answered += _run_scenarios(schema, headers, seed)
         if answered.keys() >= FOLLOWED_LINKS:
             break
     return answered
 
 
 def _run_scenarios(
-    schema: BaseSchema, app: FastAPI, headers: dict[str, str] | None, seed: int
+    schema: BaseSchema, headers: dict[str, str] | None, seed: int
 ) -> Counter[tuple[str, int]]:
-    schema.app = app
     answered: Counter[tuple[str, int]] = Counter()
 
     @hypothesis.seed(seed)
