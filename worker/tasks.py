@@ -147,6 +147,8 @@ async def _on_interrupted(ctx: JobContext, audit: ClaimedAudit) -> None:
     message = "the attempt was interrupted (worker shutdown or job timeout)"
     status = await _requeue_or_fail(ctx, audit, code=INTERRUPTED, message=message)
     log.warning("audit_interrupted", new_status=status)
+    if status == "failed":  # that was the last attempt: the audit ends here
+        _log_finish(True, "audit_failed", error_code=INTERRUPTED, attempts_exhausted=True)
 
 
 async def _requeue_or_fail(

@@ -79,7 +79,8 @@ class Outcome:
     lost: list[str] = field(default_factory=list)  # accepted, but missing or not terminal
     unexpected_rows: int = 0  # audits in the database that no client was told about
     duplicated: list[str] = field(default_factory=list)  # finished more than once
-    unlogged: list[str] = field(default_factory=list)  # ended by a worker, finish never logged
+    # Ended by a worker whose finish was never logged: audit id -> the attempt that ended it.
+    unlogged: dict[str, int] = field(default_factory=dict)
     failed_without_code: list[str] = field(default_factory=list)
     attempts: dict[int, int] = field(default_factory=dict)
 
@@ -106,7 +107,7 @@ class Outcome:
             {
                 "lost": self.lost[:10],
                 "duplicated": self.duplicated[:10],
-                "unlogged": self.unlogged[:10],
+                "unlogged": list(self.unlogged)[:10],
                 "failed_without_code": self.failed_without_code[:10],
                 **self.figures(),
             },
@@ -130,11 +131,11 @@ async def examine(
     lost = [i for i in load.audit_ids if i not in by_id or by_id[i]["status"] not in TERMINAL]
     lost += [f"batch {b}" for b, size in load.batches.items() if by_batch[b] != size]
     lost += [r["id"] for r in rows if r["batch_id"] in load.batches and r["status"] not in TERMINAL]
-    ended_by_worker = [
-        r["id"]
+    ended_by_worker = {
+        r["id"]: r["attempts"]
         for r in rows
         if r["status"] in ("succeeded", "failed") and r["error_code"] != WORKER_LOST
-    ]
+    }
     failed = [r for r in rows if r["status"] == "failed"]
     return Outcome(
         accepted=load.accepted,
@@ -143,7 +144,7 @@ async def examine(
         lost=lost,
         unexpected_rows=len(rows) - load.accepted,
         duplicated=[audit_id for audit_id, n in finished.items() if n > 1],
-        unlogged=[audit_id for audit_id in ended_by_worker if finished[audit_id] == 0],
+        unlogged={a: n for a, n in ended_by_worker.items() if finished[a] == 0},
         failed_without_code=[r["id"] for r in failed if not r["error_code"]],
         attempts=dict(Counter(r["attempts"] for r in rows)),
     )

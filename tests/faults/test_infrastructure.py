@@ -44,14 +44,14 @@ def _settings(**extra: Any) -> dict[str, Any]:
 ATTEMPT_ENDS = {*FINISH_EVENTS, "audit_retry_scheduled", "audit_interrupted", "finish_discarded"}
 
 
-def in_flight(worker: Process) -> set[str]:
-    """Audits this worker started and had not finished, retried or handed back when it stopped."""
-    started: set[str] = set()
+def in_flight(worker: Process) -> dict[str, int]:
+    """Attempts this worker had started and not seen end when it stopped: id -> attempt."""
+    started: dict[str, int] = {}
     for event in worker.events():
         if event.get("event") == "audit_started":
-            started.add(event["audit_id"])
+            started[event["audit_id"]] = event["attempt"]
         elif event.get("event") in ATTEMPT_ENDS:
-            started.discard(event["audit_id"])
+            started.pop(event["audit_id"], None)
     return started
 
 
@@ -88,7 +88,7 @@ async def test_a_worker_killed_and_redis_restarted_empty_mid_run_lose_nothing(
             _settings(workers=2, postgres=_where(scratch_db), redis_outage_s=OUTAGE_S),
             jobs_in_flight_at_sigkill=len(killed_mid_job),
         )
-        assert_promises_kept(run, outcome, submitted=AUDITS)
+        assert_promises_kept(run, outcome, submitted=AUDITS, killed_mid_attempt=killed_mid_job)
         assert killed_mid_job, doomed.output()
         assert survivor.alive(), survivor.output()
         assert replacement.alive(), replacement.output()

@@ -397,6 +397,26 @@ async def test_a_zombies_late_finish_is_discarded(
     assert [(e["attempt"], e["would_have_been"]) for e in discarded] == [(1, "audit_succeeded")]
 
 
+async def test_an_interrupted_last_attempt_fails_the_audit_and_says_so(
+    client: AsyncClient,
+    worker_ctx: JobContext,
+    monkeypatch: pytest.MonkeyPatch,
+    max_attempts: Callable[[int], None],
+    job_logs: LogEvents,
+) -> None:
+    max_attempts(1)
+    submitted = await submit(client)
+    stalled = await start_stalled_run(worker_ctx, submitted["id"], Gate(monkeypatch))
+
+    stalled.cancel()  # what shutdown or arq's job timeout does to a running job
+    with pytest.raises(asyncio.CancelledError):
+        await stalled
+
+    audit = await fetch(client, submitted["id"])
+    assert (audit["status"], audit["error"]["code"]) == ("failed", "attempt_interrupted")
+    assert job_logs.of(submitted["id"]) == ["audit_started", "audit_interrupted", "audit_failed"]
+
+
 async def test_a_cancel_that_arrives_during_the_model_call_wins(
     client: AsyncClient,
     sim: SimulatorHandle,
