@@ -22,7 +22,7 @@ import asyncpg
 
 from tests.conftest import _asyncpg_dsn
 from tests.faults.load import LoadReport
-from tests.faults.stack import ROOT
+from tests.fixtures.processes import ROOT
 
 FIGURES_DIR = ROOT / ".auditq" / "faults"
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})

@@ -1,31 +1,23 @@
-"""auditq as a deployment runs it: the Procfile's `web` and `worker` commands, and the simulator.
+"""auditq as a deployment runs it: the Procfile's `web` and `worker` commands.
 
 Each process is a real child process configured only through the environment variables
-of DESIGN §6, its output (JSON lines) kept in a file under the test's temporary directory,
-so that a test can read what the processes logged and show it when it fails.
+of DESIGN §6 (tests/fixtures/processes.py keeps its output).
 """
 
 import asyncio
-import json
 import os
-import signal
-import socket
-import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from tests.fixtures.simulator import SimulatorHandle
+from tests.fixtures.processes import READY_TIMEOUT_S, ROOT, Process, free_port
 
-ROOT = Path(__file__).resolve().parents[2]
 # `uvicorn`, `arq` and `alembic` as the Procfile names them: the project's own.
 VENV_BIN = Path(sys.executable).parent
-READY_TIMEOUT_S = 60.0
 
 
 def procfile() -> dict[str, str]:
@@ -36,71 +28,6 @@ def procfile() -> dict[str, str]:
         if colon and name.strip() and not name.lstrip().startswith("#"):
             commands[name.strip()] = command.strip()
     return commands
-
-
-def free_port() -> int:
-    """A port free a moment ago; nothing else in the suite binds ports at random."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
-class Process:
-    """One child process; stdout and stderr go to `<log_dir>/<name>.log`."""
-
-    def __init__(self, name: str, argv: list[str], env: Mapping[str, str], log_dir: Path) -> None:
-        self.name = name
-        self.log_path = log_dir / f"{name}.log"
-        self._log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            argv,
-            cwd=ROOT,
-            env=dict(env),
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def signal(self, signum: int) -> None:
-        self.process.send_signal(signum)
-
-    async def exit_code(self, *, within: float) -> int:
-        """Wait for the process to exit; its exit code (negative: the signal that ended it)."""
-        deadline = time.monotonic() + within
-        while self.process.poll() is None:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{self.name} did not exit within {within}s\n{self.output()}")
-            await asyncio.sleep(0.05)
-        return self.process.returncode
-
-    def output(self, tail: int = 6000) -> str:
-        text = self.log_path.read_text(errors="replace")
-        return f"--- {self.name} ({self.log_path}) ---\n{text[-tail:]}"
-
-    def events(self) -> list[dict[str, Any]]:
-        """The JSON lines the process wrote (structlog events), oldest first."""
-        events = []
-        for line in self.log_path.read_text(errors="replace").splitlines():
-            if line.startswith("{"):
-                try:
-                    events.append(json.loads(line))
-                except ValueError:
-                    continue  # a line cut short by SIGKILL
-        return events
-
-    def stop(self) -> None:
-        if self.alive():
-            self.process.kill()
-        self.process.wait(timeout=30)
-        self._log.close()
 
 
 class Api:
@@ -174,51 +101,3 @@ async def wait_until_answers(
                 pass
             await asyncio.sleep(0.1)
     raise AssertionError(f"{url} did not answer within {within}s\n{process.output()}")
-
-
-@contextmanager
-def simulator_process(
-    log_dir: Path,
-    *,
-    fault_rate: float = 0.0,
-    faults: str = "429,500,hang,malformed",
-    latency_ms: str = "0",
-    retry_after_s: int = 1,
-    seed: int = 0,
-) -> Iterator[SimulatorHandle]:
-    """`auditq simulator` in fault mode, as a process of its own."""
-    port = free_port()
-    argv = [
-        sys.executable,
-        "-m",
-        "cli.simulator",
-        f"--port={port}",
-        f"--fault-rate={fault_rate}",
-        f"--faults={faults}",
-        f"--latency-ms={latency_ms}",
-        f"--retry-after-s={retry_after_s}",
-        f"--seed={seed}",
-    ]
-    process = Process("simulator", argv, os.environ, log_dir)
-    handle = SimulatorHandle(f"http://127.0.0.1:{port}")
-    try:
-        _wait_sync(f"http://127.0.0.1:{port}/health", process)
-        yield handle
-    finally:
-        handle.close()
-        process.signal(signal.SIGTERM)
-        try:
-            process.process.wait(timeout=10)
-        finally:
-            process.stop()
-
-
-def _wait_sync(url: str, process: Process) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while time.monotonic() < deadline and process.alive():
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            time.sleep(0.05)
-    raise AssertionError(f"the simulator did not start\n{process.output()}")

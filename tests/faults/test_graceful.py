@@ -28,7 +28,8 @@ from tests.faults.outcome import (
 )
 from tests.faults.scenario import FaultRun, assert_promises_kept, stack_env
 from tests.faults.services import OwnPostgres, OwnRedis
-from tests.faults.stack import ROOT, Api, Stack, simulator_process
+from tests.faults.stack import Api, Stack
+from tests.fixtures.processes import ROOT, simulator_process
 from tests.fixtures.simulator import SimulatorHandle
 from worker.settings import worker_options
 

@@ -15,7 +15,8 @@ import pytest
 from tests.faults.outcome import FINISH_EVENTS
 from tests.faults.scenario import FaultRun, assert_promises_kept, stack_env
 from tests.faults.services import OwnPostgres, OwnRedis
-from tests.faults.stack import Process, Stack, simulator_process
+from tests.faults.stack import Stack
+from tests.fixtures.processes import Process, simulator_process
 
 pytestmark = pytest.mark.slow
 

@@ -15,7 +15,8 @@ from tests.faults.load import plan
 from tests.faults.outcome import query
 from tests.faults.scenario import FaultRun, assert_promises_kept, stack_env
 from tests.faults.services import OwnRedis
-from tests.faults.stack import Stack, simulator_process
+from tests.faults.stack import Stack
+from tests.fixtures.processes import simulator_process
 
 pytestmark = pytest.mark.slow
 

@@ -8,16 +8,12 @@ and arq's re-delivery of a killed worker's job short (worker/timing.py).
 import asyncio
 import os
 import signal
-import socket
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import sqlalchemy as sa
 from arq.connections import ArqRedis
@@ -29,6 +25,7 @@ from shared.audits.schemas import TERMINAL_STATUSES
 from shared.config import Settings
 from shared.db import SessionFactory, session_scope
 from shared.queue import audit_job_id
+from tests.fixtures.processes import Process, simulator_process
 from tests.fixtures.simulator import SimulatorHandle
 from tests.rows import load_audit
 from tests.worker.conftest import (
@@ -42,46 +39,10 @@ from tests.worker.conftest import (
 from worker.reconciler import ORPHAN_AGE
 from worker.timing import JobTiming
 
-ROOT = Path(__file__).resolve().parents[2]
 # The killed worker's call must still be in flight when the kill lands: it hangs for T.
 KILL_TIMEOUT_S = 2.0
 SLOW_LATENCY_MS = 3000
 SLOW_TIMEOUT_S = 6.0
-
-
-class WorkerProcess:
-    """One `arq` worker process, its output kept in a file for when a test fails."""
-
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        self.log_path = log_path
-        self._log = log_path.open("wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "arq", "worker.settings.WorkerSettings"],
-            cwd=ROOT,
-            env=env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-
-    def signal(self, signum: int) -> None:
-        self.process.send_signal(signum)
-
-    async def exit_code(self, *, within: float) -> int:
-        deadline = time.monotonic() + within
-        while self.process.poll() is None:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"the worker did not exit within {within}s\n{self.output()}")
-            await asyncio.sleep(0.05)
-        return self.process.returncode
-
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace")[-5000:]
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=10)
-        self._log.close()
 
 
 class Workers:
@@ -90,9 +51,9 @@ class Workers:
     def __init__(self, settings: Settings, tmp_path: Path) -> None:
         self.settings = settings
         self.tmp_path = tmp_path
-        self.started: list[WorkerProcess] = []
+        self.started: list[Process] = []
 
-    def start(self, *, base_url: str, timeout_s: float, **env: str) -> WorkerProcess:
+    def start(self, *, base_url: str, timeout_s: float, **env: str) -> Process:
         variables = {
             **os.environ,
             "DATABASE_URL": self.settings.database_url,
@@ -103,8 +64,8 @@ class Workers:
             "PYTHONUNBUFFERED": "1",
             **env,
         }
-        log_path = self.tmp_path / f"worker-{len(self.started)}.log"
-        worker = WorkerProcess(variables, log_path)
+        argv = [sys.executable, "-m", "arq", "worker.settings.WorkerSettings"]
+        worker = Process(f"worker-{len(self.started)}", argv, variables, self.tmp_path)
         self.started.append(worker)
         return worker
 
@@ -120,52 +81,13 @@ def workers(settings: Settings, tmp_path: Path) -> Iterator[Workers]:
     started.stop_all()
 
 
-def _free_port() -> int:
-    """A port free a moment ago: another process could take it first, which nothing here does."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
 @pytest.fixture(scope="module")
 def slow_simulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimulatorHandle]:
     """The bundled simulator as `auditq simulator` runs it, answering after SLOW_LATENCY_MS."""
-    port = _free_port()
-    log = (tmp_path_factory.mktemp("simulator") / "simulator.log").open("wb")
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "cli.simulator",
-            f"--port={port}",
-            f"--latency-ms={SLOW_LATENCY_MS}",
-        ],
-        cwd=ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    root_url = f"http://127.0.0.1:{port}"
-    handle = SimulatorHandle(root_url)
-    try:
-        _wait_until_healthy(root_url, process)
+    with simulator_process(
+        tmp_path_factory.mktemp("simulator"), latency_ms=str(SLOW_LATENCY_MS)
+    ) as handle:
         yield handle
-    finally:
-        handle.close()
-        process.terminate()
-        process.wait(timeout=10)
-        log.close()
-
-
-def _wait_until_healthy(root_url: str, process: "subprocess.Popen[bytes]") -> None:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            if httpx.get(f"{root_url}/health", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            time.sleep(0.05)
-    raise RuntimeError("the simulator did not start")
 
 
 @pytest.fixture
@@ -180,7 +102,7 @@ async def audit_status(factory: SessionFactory, audit_id: str) -> tuple[str, int
 
 
 async def wait_until_terminal(
-    factory: SessionFactory, audit_id: str, *, within: float, worker: WorkerProcess
+    factory: SessionFactory, audit_id: str, *, within: float, worker: Process
 ) -> Audit:
     async def load() -> Audit:
         return await load_audit(factory, audit_id)
@@ -188,7 +110,7 @@ async def wait_until_terminal(
     try:
         return await eventually(load, lambda a: a.status in TERMINAL_STATUSES, timeout=within)
     except AssertionError as exc:
-        raise AssertionError(f"{exc}\n--- worker output ---\n{worker.output()}") from None
+        raise AssertionError(f"{exc}\n{worker.output()}") from None
 
 
 async def count_by_status(factory: SessionFactory) -> dict[str, int]:
