@@ -97,6 +97,7 @@ DATABASE_ERRORS = (
     OSError,
     asyncpg.PostgresError,
     asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
 )
 # SQLSTATE classes of a server that refuses work for now: connection exceptions,
 # shutting down, crashed, starting up, and out of connection slots.
@@ -120,6 +121,7 @@ def is_database_unavailable(exc: BaseException) -> bool:
     return (
         isinstance(exc, (sqlalchemy.exc.TimeoutError, OSError, asyncpg.ConnectionDoesNotExistError))
         or _closed_under_us(exc)
+        or _ended_by_the_server(exc)
         or _refused_for_now(exc)
     )
 
@@ -130,6 +132,17 @@ def _closed_under_us(error: BaseException) -> bool:
     Told by its message, as SQLAlchemy's asyncpg dialect tells it for sessions.
     """
     return isinstance(error, asyncpg.InterfaceError) and "connection is closed" in str(error)
+
+
+def _ended_by_the_server(error: BaseException) -> bool:
+    """asyncpg's protocol out of step: the server ended the connection between statements.
+
+    A backend that PostgreSQL shuts down writes a FATAL error and closes its socket. A
+    client that has read the error but not yet the close finds its connection still
+    open and cannot start the next statement on it ("another operation is in progress").
+    Sessions see the same as a disconnect (SQLAlchemy asks the driver).
+    """
+    return isinstance(error, asyncpg.InternalClientError)
 
 
 def _refused_for_now(error: BaseException | None) -> bool:

@@ -1,5 +1,6 @@
 """Redis or PostgreSQL down: the API degrades the way DESIGN promises, never with a 500."""
 
+import asyncio
 from typing import Any
 from uuid import uuid4
 
@@ -14,6 +15,7 @@ from tests.api.checks import assert_problem
 from tests.api.conftest import ClientFactory
 from tests.api.support import log_events
 from tests.factories import audit_request
+from tests.fixtures.pgproxy import proxy_closing_late
 from tests.rows import load_audit
 
 # Nothing listens on port 1: connections are refused at once.
@@ -72,6 +74,26 @@ async def test_postgres_down_is_503_database_unavailable(
     assert "PostgreSQL" in problem["detail"]
     assert response.headers["retry-after"].isdigit()
     assert "127.0.0.1" not in response.text  # no connection string, no driver message
+
+
+async def test_a_pooled_connection_ended_by_a_restart_is_503_not_500(
+    client_with: ClientFactory, settings: Settings
+) -> None:
+    # Under load a request can meet a pooled connection whose server has just said it is
+    # shutting down, before the connection's close has arrived.
+    async with (
+        proxy_closing_late(settings.database_url, late_by_s=1.0) as proxy,
+        client_with(database_url=proxy.url) as client,
+    ):
+        audit_id = (await client.post("/audits", json=audit_request())).json()["id"]
+        await proxy.end_backends()
+        await asyncio.sleep(0.5)
+
+        refused = await client.get(f"/audits/{audit_id}")
+        answered = await client.get(f"/audits/{audit_id}")
+
+    assert_problem(refused, 503, "database_unavailable")
+    assert answered.status_code == 200, answered.text  # a new connection, the server being up
 
 
 async def test_postgres_down_still_validates_first(client_with: ClientFactory) -> None:

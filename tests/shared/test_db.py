@@ -12,7 +12,14 @@ import sqlalchemy.exc
 from sqlalchemy.engine import make_url
 
 from shared.config import Settings
-from shared.db import create_engine, is_database_unavailable, statement_connection
+from shared.db import (
+    DATABASE_ERRORS,
+    create_engine,
+    create_session_factory,
+    is_database_unavailable,
+    statement_connection,
+)
+from tests.fixtures.pgproxy import proxy_closing_late
 
 
 class DriverError(Exception):
@@ -51,6 +58,14 @@ def wrapped(sqlstate: str | None, *, invalidated: bool = False) -> sqlalchemy.ex
     ids=repr,
 )
 def test_an_outage_is_unavailable(error: BaseException) -> None:
+    assert is_database_unavailable(error)
+
+
+def test_a_connection_out_of_step_with_the_server_is_unavailable() -> None:
+    error = asyncpg.InternalClientError(
+        "cannot switch to state 12; another operation (2) is in progress"
+    )
+    assert isinstance(error, DATABASE_ERRORS)
     assert is_database_unavailable(error)
 
 
@@ -93,6 +108,58 @@ async def test_a_connection_the_server_closed_is_not_handed_out_again(database_u
     finally:
         await admin.close()
         await engine.dispose()
+
+
+# How much later than the server's FATAL error the client sees its connection close.
+CLOSE_LATE_BY_S = 1.0
+
+
+async def test_a_statement_on_a_connection_the_server_ended_is_unavailable(
+    database_url: str,
+) -> None:
+    # What a PostgreSQL restart under load can leave: the error read, the close not yet seen.
+    async with proxy_closing_late(database_url, late_by_s=CLOSE_LATE_BY_S) as proxy:
+        engine = create_engine(Settings(database_url=proxy.url), pool_size=1)
+        try:
+            async with statement_connection(engine) as conn:
+                ended = await conn.fetchval("SELECT pg_backend_pid()")
+            assert proxy.backend_pids == [ended]
+            await proxy.end_backends()
+            await asyncio.sleep(CLOSE_LATE_BY_S / 2)  # the FATAL error is read, not the close
+
+            with pytest.raises(DATABASE_ERRORS) as raised:
+                async with statement_connection(engine) as conn:
+                    await conn.fetchval("SELECT 1")
+            assert is_database_unavailable(raised.value)
+
+            async with statement_connection(engine) as conn:
+                assert await conn.fetchval("SELECT pg_backend_pid()") != ended
+        finally:
+            await engine.dispose()
+
+
+async def test_a_session_on_a_connection_the_server_ended_is_unavailable(
+    database_url: str,
+) -> None:
+    async with proxy_closing_late(database_url, late_by_s=CLOSE_LATE_BY_S) as proxy:
+        engine = create_engine(Settings(database_url=proxy.url), pool_size=1)
+        sessions = create_session_factory(engine)
+        try:
+            async with sessions() as session:
+                ended = (await session.execute(sqlalchemy.text("SELECT pg_backend_pid()"))).scalar()
+            await proxy.end_backends()
+            await asyncio.sleep(CLOSE_LATE_BY_S / 2)
+
+            with pytest.raises(sqlalchemy.exc.DBAPIError) as raised:
+                async with sessions() as session:
+                    await session.execute(sqlalchemy.text("SELECT 1"))
+            assert is_database_unavailable(raised.value)
+
+            async with sessions() as session:
+                pid = (await session.execute(sqlalchemy.text("SELECT pg_backend_pid()"))).scalar()
+            assert pid != ended
+        finally:
+            await engine.dispose()
 
 
 async def test_a_failed_checkout_is_raised_as_sqlalchemy_raises_it(database_url: str) -> None:
