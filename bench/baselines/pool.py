@@ -11,7 +11,7 @@ from arq.connections import RedisSettings
 from fastapi import FastAPI
 from sqlalchemy.engine import make_url
 
-# auditq's API engine: pool_size=10, max_overflow=10.
+# Up to 20 connections, as auditq's API engine keeps (shared/db.py, pool_size=20, no overflow).
 MIN_CONNECTIONS, MAX_CONNECTIONS = 10, 20
 
 
