@@ -10,7 +10,7 @@ from starlette.exceptions import HTTPException
 
 from api import problems
 from api.auth import Unauthorized, require_api_key
-from api.middleware import BodyLimit, RequestContext
+from api.middleware import BodyLimit, InternalErrors, RequestContext
 from api.openapi import document_problems_as_sent, problem_of
 from api.routes import audits, batches, health, rubrics
 from shared.config import Settings, get_settings
@@ -66,6 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router, prefix=API_PREFIX)
     _add_error_handlers(app)
     document_problems_as_sent(app)
+    app.add_middleware(InternalErrors)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     if settings.cors_origins:  # without origins it would answer no request differently
         app.add_middleware(

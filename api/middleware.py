@@ -1,4 +1,4 @@
-"""Pure ASGI middleware: request ids and access events, and the body size limit.
+"""Pure ASGI middleware: request ids and access events, the body size limit, and 500s.
 
 Pure ASGI rather than `BaseHTTPMiddleware`: they sit on every request, and the
 latter costs an extra task and stream copy per call.
@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api import problems
 
 log = structlog.get_logger("api.request")
+errors_log = structlog.get_logger("api.error")
 
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
@@ -110,3 +111,35 @@ class BodyLimit:
             return message
 
         return counted
+
+
+class InternalErrors:
+    """Answers an error no handler took with the 500 problem, from inside the other middleware.
+
+    Starlette would answer it from its outermost layer, where CORS and the request id
+    never see the response: a browser would report a CORS failure instead of the
+    problem. Once a response has started it is too late to answer: re-raised, and the
+    server drops the connection.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_noting_start(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_noting_start)
+        except Exception:
+            if started:
+                raise
+            errors_log.exception("unhandled_error", method=scope["method"], path=scope["path"])
+            await problems.internal_error_response()(scope, receive, send)

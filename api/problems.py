@@ -130,15 +130,23 @@ async def database_unavailable(_: Request, exc: Exception) -> JSONResponse:
     return response
 
 
-async def internal_error(request: Request, exc: Exception) -> JSONResponse:
-    response = problem_response(
+def internal_error_response() -> JSONResponse:
+    return problem_response(
         status=500,
         code="internal_error",
         title="Internal error",
         detail="Something went wrong on our side; the request id in X-Request-ID helps trace it.",
     )
-    # Starlette sends this from its outermost middleware, past RequestContext, which
-    # therefore cannot add the header the detail points to.
+
+
+async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+    """The last resort, for an error in the middleware itself (api.middleware.InternalErrors
+    answers those of the routes).
+
+    Starlette sends this from its outermost middleware, past RequestContext, which
+    therefore cannot add the header the detail points to.
+    """
+    response = internal_error_response()
     request_id = getattr(request.state, "request_id", None)
     if request_id is not None:
         response.headers["X-Request-ID"] = request_id

@@ -145,13 +145,21 @@ async def test_an_unexpected_error_is_a_500_problem_that_leaks_nothing(
     app.add_api_route("/api/v1/broken", broken)
     transport = ASGITransport(app=app, raise_app_exceptions=False)
     async with LifespanManager(app), AsyncClient(transport=transport) as client:
-        response = await client.get("http://test/api/v1/broken", headers={"X-Request-ID": "r-500"})
+        response = await client.get(
+            "http://test/api/v1/broken",
+            headers={"X-Request-ID": "r-500", "Origin": "https://app.example"},
+        )
 
     problem = assert_problem(response, 500, "internal_error")
     assert "X-Request-ID" in problem["detail"]
-    assert response.headers["x-request-id"] == "r-500"
+    assert response.headers.get_list("x-request-id") == ["r-500"]
+    # A browser shows the problem, not a CORS failure.
+    assert response.headers["access-control-allow-origin"] == "*"
     assert "hunter2" not in response.text
     assert "SELECT" not in response.text
     assert "Traceback" not in response.text
     logged = [event for event in log_events(capsys) if event.get("request_id") == "r-500"]
-    assert any(event.get("status") == 500 for event in logged)
+    assert [e["status"] for e in logged if e["event"] == "request"] == [500]
+    [error] = [e for e in logged if e["event"] == "unhandled_error"]
+    assert error["level"] == "error"
+    assert "RuntimeError" in error["exception"]  # the traceback is in the log, not the answer
