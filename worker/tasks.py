@@ -93,6 +93,7 @@ async def _on_success(ctx: JobContext, audit: ClaimedAudit, outcome: ModelOutcom
     )
     written = await _write_finish(
         ctx,
+        audit,
         lambda conn: lifecycle.succeed(
             conn,
             audit_id=audit.id,
@@ -103,6 +104,7 @@ async def _on_success(ctx: JobContext, audit: ClaimedAudit, outcome: ModelOutcom
             prompt_version=outcome.prompt_version,
             provider_request_id=outcome.request_id,
         ),
+        ended_as=lambda status: status == "succeeded",
     )
     _log_finish(
         written,
@@ -121,6 +123,7 @@ async def _on_model_error(ctx: JobContext, audit: ClaimedAudit, error: ModelErro
     if not error.transient:
         written = await _write_finish(
             ctx,
+            audit,
             lambda conn: lifecycle.fail(
                 conn,
                 audit_id=audit.id,
@@ -128,6 +131,7 @@ async def _on_model_error(ctx: JobContext, audit: ClaimedAudit, error: ModelErro
                 code=error.code,
                 message=error.message,
             ),
+            ended_as=lambda status: status == "failed",
         )
         _log_finish(written, "audit_failed", error_code=error.code, permanent=True)
         return
@@ -156,30 +160,47 @@ async def _requeue_or_fail(
 ) -> str | None:
     return await _write_finish(
         ctx,
+        audit,
         lambda conn: lifecycle.requeue_or_fail(
             conn, audit_id=audit.id, attempt=audit.attempts, code=code, message=message
         ),
+        ended_as=lambda status: status if status in ("queued", "failed") else None,
     )
 
 
-async def _write_finish(ctx: JobContext, write: Callable[[StatementConnection], Awaitable[T]]) -> T:
+async def _write_finish(
+    ctx: JobContext,
+    audit: ClaimedAudit,
+    write: Callable[[StatementConnection], Awaitable[T]],
+    *,
+    ended_as: Callable[[str], T],
+) -> T:
     """One fenced write of the attempt's outcome, retried while PostgreSQL restarts.
 
     The model's answer is paid for: a restart must not throw it away and leave the audit
     `running` until its lease runs out. The fence makes a second try harmless: a write
-    that committed before its connection broke finds the audit no longer running.
+    that committed before its connection broke finds the audit no longer running. That
+    try then reads what the attempt left (`ended_as` of the audit's status), so a write
+    whose reply was lost still counts, and is logged, as written.
     """
-    for delay in FINISH_RETRY_DELAYS_S:
+    broke = False
+    for delay in (*FINISH_RETRY_DELAYS_S, None):
         try:
             async with statement_connection(ctx["engine"]) as conn:
-                return await write(conn)
+                written = await write(conn)
+                if written or not broke:
+                    return written
+                status = await lifecycle.status_left_by(
+                    conn, audit_id=audit.id, attempt=audit.attempts
+                )
+                return written if status is None else ended_as(status)
         except DATABASE_ERRORS as exc:
-            if not is_database_unavailable(exc):
+            if delay is None or not is_database_unavailable(exc):
                 raise
+            broke = True
             log.warning("finish_write_retry", error=type(exc).__name__, retry_in_s=delay)
             await asyncio.sleep(delay)
-    async with statement_connection(ctx["engine"]) as conn:
-        return await write(conn)
+    raise AssertionError("unreachable: the last try returns or raises")
 
 
 def _log_finish(written: bool, event: str, **fields: Any) -> None:

@@ -76,6 +76,8 @@ _SUCCEED = _finish(
 _FAIL = _finish("status = 'failed', error_code = $3, error_message = $4, finished_at = now()")
 _REQUEUE_OR_FAIL = _finish(_queued_or_failed(code="$3::text", message="$4::text"))
 
+_STATUS_LEFT_BY = "SELECT status FROM audit WHERE id = $1 AND attempts = $2 AND status <> 'running'"
+
 _CRITERIA = TypeAdapter(list[Criterion])
 
 
@@ -172,6 +174,17 @@ async def requeue_or_fail(
     The last error is kept on the audit only when it ends it.
     """
     status: str | None = await conn.fetchval(_REQUEUE_OR_FAIL, audit_id, attempt, code, message)
+    return status
+
+
+async def status_left_by(conn: StatementConnection, *, audit_id: UUID, attempt: int) -> str | None:
+    """The status `attempt` left the audit in, if it was the last attempt and has ended.
+
+    For a fenced write retried after its connection broke: the first try may have
+    committed. No other writer ends a live attempt (the reconciler waits for its lease
+    to run out; a cancel leaves `cancelled`), so a match is that first try.
+    """
+    status: str | None = await conn.fetchval(_STATUS_LEFT_BY, audit_id, attempt)
     return status
 
 

@@ -21,11 +21,12 @@ from httpx import AsyncClient
 import worker.tasks
 from shared.audits.schemas import AuditResult
 from shared.config import Settings
-from shared.db import SessionFactory
+from shared.db import SessionFactory, create_engine
 from shared.llm.prompt import PROMPT_VERSION
 from shared.llm.schemas import ModelOutcome
 from shared.queue import audit_job_id, enqueue_runs
 from tests.factories import audit_request
+from tests.fixtures.pgproxy import proxy_closing_late
 from tests.fixtures.simulator import RETRY_AFTER_S, SimulatorHandle
 from tests.rows import expire_lease, load_audit
 from tests.worker.conftest import (
@@ -395,6 +396,40 @@ async def test_a_zombies_late_finish_is_discarded(
     assert job_logs.of(submitted["id"]) == ["finish_discarded"]
     discarded = [e for e in job_logs.events if e["event"] == "finish_discarded"]
     assert [(e["attempt"], e["would_have_been"]) for e in discarded] == [(1, "audit_succeeded")]
+
+
+async def test_a_finish_whose_reply_was_lost_counts_as_written(
+    client: AsyncClient,
+    sim: SimulatorHandle,
+    worker_ctx: JobContext,
+    monkeypatch: pytest.MonkeyPatch,
+    job_logs: LogEvents,
+) -> None:
+    # PostgreSQL commits the result, then the connection breaks before the reply arrives.
+    answer = worker.tasks.audit_content
+
+    async def answer_then_cut(*args: Any, **kwargs: Any) -> ModelOutcome:
+        outcome = await answer(*args, **kwargs)
+        proxy.cut_reply_carrying(b"succeeded")  # the finish write's RETURNING status
+        return outcome
+
+    monkeypatch.setattr(worker.tasks, "audit_content", answer_then_cut)
+    direct = worker_ctx["engine"]
+    async with proxy_closing_late(worker_ctx["settings"].database_url, late_by_s=0) as proxy:
+        proxied = worker_ctx["settings"].model_copy(update={"database_url": proxy.url})
+        worker_ctx["engine"] = create_engine(proxied)
+        try:
+            submitted = await submit(client)
+            await run_audit(worker_ctx, submitted["id"])
+        finally:
+            await worker_ctx["engine"].dispose()
+            worker_ctx["engine"] = direct
+
+    audit = await fetch(client, submitted["id"])
+    assert (audit["status"], audit["attempts"]) == ("succeeded", 1)
+    assert sim.stats()["requests"] == 1
+    events = job_logs.of(submitted["id"])
+    assert events == ["audit_started", "finish_write_retry", "audit_succeeded"], events
 
 
 async def test_an_interrupted_last_attempt_fails_the_audit_and_says_so(
