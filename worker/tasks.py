@@ -130,6 +130,7 @@ async def _on_model_error(ctx: JobContext, audit: ClaimedAudit, error: ModelErro
                 attempt=audit.attempts,
                 code=error.code,
                 message=error.message,
+                usage=error.usage,
             ),
             ended_as=lambda status: status == "failed",
         )

@@ -73,7 +73,10 @@ _SUCCEED = _finish(
     "prompt_version = $6, provider_request_id = $7, error_code = NULL, error_message = NULL, "
     "finished_at = now()"
 )
-_FAIL = _finish("status = 'failed', error_code = $3, error_message = $4, finished_at = now()")
+_FAIL = _finish(
+    "status = 'failed', error_code = $3, error_message = $4, prompt_tokens = $5, "
+    "completion_tokens = $6, finished_at = now()"
+)
 _REQUEUE_OR_FAIL = _finish(_queued_or_failed(code="$3::text", message="$4::text"))
 
 _STATUS_LEFT_BY = "SELECT status FROM audit WHERE id = $1 AND attempts = $2 AND status <> 'running'"
@@ -158,10 +161,23 @@ async def succeed(
 
 
 async def fail(
-    conn: StatementConnection, *, audit_id: UUID, attempt: int, code: str, message: str
+    conn: StatementConnection,
+    *,
+    audit_id: UUID,
+    attempt: int,
+    code: str,
+    message: str,
+    usage: tuple[int, int] | None = None,
 ) -> bool:
-    """End the audit as failed with a stable error code; False when fenced out."""
-    status = await conn.fetchval(_FAIL, audit_id, attempt, code, message)
+    """End the audit as failed with a stable error code; False when fenced out.
+
+    `usage`: the tokens of the attempt's answered calls (a refusal, an invalid reply),
+    paid for all the same; None when no call was answered.
+    """
+    prompt_tokens, completion_tokens = usage or (None, None)
+    status = await conn.fetchval(
+        _FAIL, audit_id, attempt, code, message, prompt_tokens, completion_tokens
+    )
     return status is not None
 
 

@@ -162,6 +162,10 @@ class AuditError(BaseModel):
 
 
 class Usage(BaseModel):
+    """Tokens of the model calls of the attempt that ended the audit (a corrective call
+    included): on success, and on a failure the model answered (a refusal, a reply that
+    could not be used). Null when no call was answered."""
+
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int

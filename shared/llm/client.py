@@ -117,7 +117,10 @@ async def audit_content(
         return _outcome(first, criteria=criteria, content=content)
     except InvalidModelOutput as invalid:
         retry = [*messages, correction_message(invalid.reason)]
-        second = await _ask(client, model=model, messages=retry, schema=schema)
+        try:
+            second = await _ask(client, model=model, messages=retry, schema=schema)
+        except ModelError as error:
+            raise error.charged(first.prompt_tokens, first.completion_tokens) from None
         return _outcome(second.after(first), criteria=criteria, content=content)
 
 
@@ -145,23 +148,26 @@ def _reply_of(response: httpx2.Response) -> _Reply:
             "model_server_error", "the provider answered with a malformed response", transient=True
         ) from None
     choice = completion.choices[0] if completion.choices else None
+    usage = completion.usage or _Usage()
     if choice is not None:
         error = reply_error(finish_reason=choice.finish_reason, refusal=choice.message.refusal)
         if error is not None:
-            raise error
-    usage = completion.usage
+            raise error.charged(usage.prompt_tokens, usage.completion_tokens)
     return _Reply(
         text=choice.message.content if choice else None,
-        prompt_tokens=usage.prompt_tokens if usage else 0,
-        completion_tokens=usage.completion_tokens if usage else 0,
+        prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens,
         request_id=response.headers.get("x-request-id"),
     )
 
 
 def _outcome(reply: _Reply, *, criteria: Sequence[Criterion], content: str) -> ModelOutcome:
-    if reply.text is None:
-        raise InvalidModelOutput("the reply has no content")
-    findings, summary, dropped = validate_reply(reply.text, criteria=criteria, content=content)
+    try:
+        if reply.text is None:
+            raise InvalidModelOutput("the reply has no content")
+        findings, summary, dropped = validate_reply(reply.text, criteria=criteria, content=content)
+    except InvalidModelOutput as invalid:
+        raise invalid.charged(reply.prompt_tokens, reply.completion_tokens) from None
     return ModelOutcome(
         findings=findings,
         summary=summary,

@@ -15,6 +15,7 @@ import math
 import re
 import time
 from collections.abc import Mapping
+from typing import Self
 
 import aiohttp
 import openai
@@ -33,6 +34,14 @@ class ModelError(Exception):
         self.message = message
         self.transient = transient
         self.retry_after = retry_after
+        # (prompt, completion) tokens of the attempt's calls that were answered; None: none was.
+        self.usage: tuple[int, int] | None = None
+
+    def charged(self, prompt_tokens: int, completion_tokens: int) -> Self:
+        """This error, counting the tokens of an answered call of its attempt."""
+        prompt, completion = self.usage or (0, 0)
+        self.usage = (prompt + prompt_tokens, completion + completion_tokens)
+        return self
 
 
 class InvalidModelOutput(ModelError):

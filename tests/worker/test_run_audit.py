@@ -49,6 +49,10 @@ def parse_time(value: str) -> datetime:
     return datetime.fromisoformat(value)
 
 
+# Faults where the model did answer, with usage, in a reply auditq cannot use.
+ANSWERED_FAULTS = {"refusal", "truncated", "content_filter", "malformed", "wrong_ids"}
+
+
 def prompt_tokens_of(requests: list[dict[str, Any]]) -> int:
     """The simulator's estimate: four characters of the JSON messages per token."""
     return sum(math.ceil(len(json.dumps(r["messages"], ensure_ascii=False)) / 4) for r in requests)
@@ -182,6 +186,11 @@ async def test_a_permanent_fault_fails_the_audit_at_once(
     assert audit["finished_at"] is not None
     assert sim.stats()["requests"] == len(script)  # the "ok" was never asked for
     assert retry_delays == []
+    if set(script) <= ANSWERED_FAULTS:  # replies that could not be used, paid for all the same
+        assert audit["usage"]["prompt_tokens"] == prompt_tokens_of(sim.requests())
+        assert audit["usage"]["completion_tokens"] > 0
+    else:
+        assert audit["usage"] is None
 
 
 @pytest.mark.parametrize(
