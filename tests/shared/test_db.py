@@ -87,45 +87,25 @@ def test_a_bug_is_not_unavailable(error: BaseException) -> None:
     assert not is_database_unavailable(error)
 
 
-async def test_a_connection_the_server_closed_is_not_handed_out_again(database_url: str) -> None:
-    engine = create_engine(Settings(database_url=database_url), pool_size=1)
-    admin = await asyncpg.connect(
-        make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
-    )
-    try:
-        async with statement_connection(engine) as conn:
-            victim = await conn.fetchval("SELECT pg_backend_pid()")
-        await admin.execute("SELECT pg_terminate_backend($1)", victim)
-        await asyncio.sleep(0.2)  # the client sees the socket close; under the 1 s idle ping
-
-        with pytest.raises(asyncpg.InterfaceError, match="connection is closed") as raised:
-            async with statement_connection(engine) as conn:
-                await conn.fetchval("SELECT 1")
-        assert is_database_unavailable(raised.value)
-
-        async with statement_connection(engine) as conn:
-            assert await conn.fetchval("SELECT pg_backend_pid()") != victim
-    finally:
-        await admin.close()
-        await engine.dispose()
-
-
 # How much later than the server's FATAL error the client sees its connection close.
 CLOSE_LATE_BY_S = 1.0
 
 
-async def test_a_statement_on_a_connection_the_server_ended_is_unavailable(
-    database_url: str,
+@pytest.mark.parametrize(
+    "close_late_by_s", [0.0, CLOSE_LATE_BY_S], ids=["close seen", "close not seen yet"]
+)
+async def test_a_connection_the_server_ended_is_unavailable_once_then_replaced(
+    database_url: str, close_late_by_s: float
 ) -> None:
-    # What a PostgreSQL restart under load can leave: the error read, the close not yet seen.
-    async with proxy_closing_late(database_url, late_by_s=CLOSE_LATE_BY_S) as proxy:
+    # Not yet seen: what a PostgreSQL restart under load can leave, the error read first.
+    async with proxy_closing_late(database_url, late_by_s=close_late_by_s) as proxy:
         engine = create_engine(Settings(database_url=proxy.url), pool_size=1)
         try:
             async with statement_connection(engine) as conn:
                 ended = await conn.fetchval("SELECT pg_backend_pid()")
             assert proxy.backend_pids == [ended]
             await proxy.end_backends()
-            await asyncio.sleep(CLOSE_LATE_BY_S / 2)  # the FATAL error is read, not the close
+            await asyncio.sleep(CLOSE_LATE_BY_S / 2)  # under the 1 s idle ping
 
             with pytest.raises(DATABASE_ERRORS) as raised:
                 async with statement_connection(engine) as conn:
