@@ -140,8 +140,7 @@ def internal_error_response() -> JSONResponse:
 
 
 async def internal_error(request: Request, exc: Exception) -> JSONResponse:
-    """The last resort, for an error in the middleware itself (api.middleware.InternalErrors
-    answers those of the routes).
+    """The last resort: an error in the middleware itself (InternalErrors answers the routes').
 
     Starlette sends this from its outermost middleware, past RequestContext, which
     therefore cannot add the header the detail points to.
