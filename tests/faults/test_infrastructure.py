@@ -46,7 +46,7 @@ ATTEMPT_ENDS = {*FINISH_EVENTS, "audit_retry_scheduled", "audit_interrupted", "f
 
 
 def in_flight(worker: Process) -> dict[str, int]:
-    """Attempts this worker had started and not seen end when it stopped: id -> attempt."""
+    """What this worker was running when it stopped (attempts with no logged end): id -> attempt."""
     started: dict[str, int] = {}
     for event in worker.events():
         if event.get("event") == "audit_started":
