@@ -17,7 +17,6 @@ import os
 import shlex
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -34,6 +33,8 @@ import asyncpg
 import httpx
 import redis
 from sqlalchemy.engine import make_url
+
+from cli.dev import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK_DIR = ROOT / ".auditq" / "bench"
@@ -186,13 +187,6 @@ def drop_queue(redis_url: str, queue_name: str, *, job_prefixes: Sequence[str] =
 
 
 # --- processes ------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass

@@ -178,7 +178,7 @@ def _migrate(env: Mapping[str, str]) -> None:
 
 def _start_simulator(supervisor: "Supervisor", env: Mapping[str, str]) -> dict[str, str]:
     """Start `auditq simulator` on a free port; return the variables that point at it."""
-    port = _free_port()
+    port = free_port()
     args = _module_args("cli.main", "simulator", "--host", "127.0.0.1", "--port", str(port))
     supervisor.wait_for_port(supervisor.spawn("simulator", args, env), "127.0.0.1", port)
     base_url = f"http://127.0.0.1:{port}/v1"
@@ -214,7 +214,8 @@ def _reachable(host: str) -> str:
     return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A loopback port free a moment ago (another process could take it first)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]

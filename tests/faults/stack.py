@@ -14,7 +14,8 @@ from typing import Any
 
 import httpx
 
-from tests.fixtures.processes import READY_TIMEOUT_S, ROOT, Process, free_port
+from cli.dev import free_port
+from tests.fixtures.processes import READY_TIMEOUT_S, ROOT, Process
 
 # `uvicorn`, `arq` and `alembic` as the Procfile names them: the project's own.
 VENV_BIN = Path(sys.executable).parent

@@ -7,7 +7,6 @@ with the same keys stand for two worker processes.
 import asyncio
 import os
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -17,6 +16,7 @@ from uuid import uuid4
 import pytest
 from redis.asyncio import Redis
 
+from cli.dev import free_port
 from shared.config import Settings
 from shared.llm.errors import ModelError
 from shared.llm.ratelimit import (
@@ -325,13 +325,6 @@ async def test_other_errors_pause_nothing(
 # Every REDIS_URL scheme: the limiter rides on the Redis client it is given
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _answers(url: str, process: subprocess.Popen[bytes]) -> bool:
     import redis as sync_redis
 
@@ -381,7 +374,7 @@ def tls_redis_url(tmp_path: Path) -> Iterator[str]:
     """A redis-server speaking TLS only, with a certificate made for the test."""
     cert, key = _self_signed_certificate(tmp_path)
     for server in _redis_servers():
-        port = _free_port()
+        port = free_port()
         process = subprocess.Popen(
             [
                 *(server, "--port", "0", "--tls-port", str(port), "--tls-auth-clients", "no"),
