@@ -184,24 +184,32 @@ async def _write_finish(
     try then reads what the attempt left (`ended_as` of the audit's status), so a write
     whose reply was lost still counts, and is logged, as written.
     """
-    broke = False
-    for delay in (*FINISH_RETRY_DELAYS_S, None):
+    retried = False
+    for delay in FINISH_RETRY_DELAYS_S:
         try:
-            async with statement_connection(ctx["engine"]) as conn:
-                written = await write(conn)
-                if written or not broke:
-                    return written
-                status = await lifecycle.status_left_by(
-                    conn, audit_id=audit.id, attempt=audit.attempts
-                )
-                return written if status is None else ended_as(status)
+            return await _write_once(ctx, audit, write, ended_as if retried else None)
         except DATABASE_ERRORS as exc:
-            if delay is None or not is_database_unavailable(exc):
+            if not is_database_unavailable(exc):
                 raise
-            broke = True
             log.warning("finish_write_retry", error=type(exc).__name__, retry_in_s=delay)
             await asyncio.sleep(delay)
-    raise AssertionError("unreachable: the last try returns or raises")
+            retried = True
+    return await _write_once(ctx, audit, write, ended_as)
+
+
+async def _write_once(
+    ctx: JobContext,
+    audit: ClaimedAudit,
+    write: Callable[[StatementConnection], Awaitable[T]],
+    ended_as: Callable[[str], T] | None,
+) -> T:
+    """The write; fenced out on a retry (`ended_as` given), what the attempt left counts."""
+    async with statement_connection(ctx["engine"]) as conn:
+        written = await write(conn)
+        if written or ended_as is None:
+            return written
+        status = await lifecycle.status_left_by(conn, audit_id=audit.id, attempt=audit.attempts)
+        return written if status is None else ended_as(status)
 
 
 def _log_finish(written: bool, event: str, **fields: Any) -> None:
