@@ -27,7 +27,8 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 
-from shared.llm.prompt import VERDICTS, AuditData, find_audit_data
+from shared.llm.prompt import AuditData, find_audit_data
+from shared.llm.schemas import VERDICTS
 
 FaultKind = Literal[
     "429",

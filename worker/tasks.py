@@ -9,6 +9,7 @@ import structlog
 from arq import Retry
 
 from shared.audits import lifecycle
+from shared.audits.findings import asked_criteria, audit_findings
 from shared.audits.lifecycle import ClaimedAudit
 from shared.audits.scoring import build_result
 from shared.db import (
@@ -79,13 +80,13 @@ async def _ask_model(ctx: JobContext, audit: ClaimedAudit) -> ModelOutcome:
         model=audit.model,
         subject=audit.subject,
         content=audit.content,
-        criteria=audit.criteria,
+        criteria=asked_criteria(audit.criteria),
     )
 
 
 async def _on_success(ctx: JobContext, audit: ClaimedAudit, outcome: ModelOutcome) -> None:
     result = build_result(
-        findings=outcome.findings,
+        findings=audit_findings(outcome.findings),
         criteria=audit.criteria,
         summary=outcome.summary,
         pass_threshold=audit.pass_threshold,

@@ -38,11 +38,10 @@ from openai.types.chat import ChatCompletionMessageParam
 from openai.types.shared_params import ResponseFormatJSONSchema
 from pydantic import BaseModel, ValidationError
 
-from shared.audits.schemas import Criterion
 from shared.config import Settings
 from shared.llm.errors import InvalidModelOutput, ModelError, classify, reply_error
 from shared.llm.prompt import PROMPT_VERSION, build_messages, correction_message, response_format
-from shared.llm.schemas import ModelOutcome, validate_reply
+from shared.llm.schemas import CriterionText, ModelOutcome, validate_reply
 
 # OpenAI-compatible servers run locally (vLLM, Ollama, the simulator) need no key,
 # but the SDK refuses to start without one.
@@ -107,7 +106,7 @@ async def audit_content(
     model: str,
     subject: str,
     content: str,
-    criteria: Sequence[Criterion],
+    criteria: Sequence[CriterionText],
 ) -> ModelOutcome:
     """Ask the model to judge `content` against `criteria`; raises `ModelError`."""
     messages = build_messages(subject=subject, content=content, criteria=criteria)
@@ -161,7 +160,7 @@ def _reply_of(response: httpx2.Response) -> _Reply:
     )
 
 
-def _outcome(reply: _Reply, *, criteria: Sequence[Criterion], content: str) -> ModelOutcome:
+def _outcome(reply: _Reply, *, criteria: Sequence[CriterionText], content: str) -> ModelOutcome:
     try:
         if reply.text is None:
             raise InvalidModelOutput("the reply has no content")

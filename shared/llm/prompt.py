@@ -9,7 +9,7 @@ string. The system message says so and tells the model to ignore instructions fo
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, get_args
+from typing import Any
 
 from openai.types.chat import (
     ChatCompletionMessageParam,
@@ -18,14 +18,13 @@ from openai.types.chat import (
 )
 from openai.types.shared_params import ResponseFormatJSONSchema
 
-from shared.audits.schemas import Criterion, Verdict
+from shared.llm.schemas import VERDICTS, CriterionText
 
 PROMPT_VERSION = "2026-11-29.1"
 """Stored with every audit. Bump it whenever the instructions, the data message or the
 reply schema change, so results from different prompts can be told apart."""
 
 REPLY_SCHEMA_NAME = "audit_findings"
-VERDICTS: tuple[str, ...] = get_args(Verdict)
 
 SYSTEM_PROMPT = """\
 You are a meticulous auditor. You judge a piece of content against a list of criteria \
@@ -68,7 +67,7 @@ class AuditData:
 
 
 def build_messages(
-    *, subject: str, content: str, criteria: Sequence[Criterion]
+    *, subject: str, content: str, criteria: Sequence[CriterionText]
 ) -> list[ChatCompletionMessageParam]:
     """The system instructions, then the subject, criteria and content as one JSON document."""
     system: ChatCompletionSystemMessageParam = {"role": "system", "content": SYSTEM_PROMPT}
@@ -90,7 +89,7 @@ def correction_message(problem: str) -> ChatCompletionUserMessageParam:
     }
 
 
-def _encode_data(*, subject: str, content: str, criteria: Sequence[Criterion]) -> str:
+def _encode_data(*, subject: str, content: str, criteria: Sequence[CriterionText]) -> str:
     # Weights are left out: auditq scores with them, the model judges each criterion alone.
     document = {
         "subject": subject,

@@ -1,4 +1,8 @@
-"""The model's reply, how it is checked, and what a successful model call returns.
+"""What the model is asked about, its reply, how the reply is checked, and what a call returns.
+
+The model layer knows no domain: it is given criteria as `CriterionText` (id and
+description, all the model sees) and answers with `ReplyFinding`s; the audits domain
+maps those to its findings and does the scoring (shared/audits/findings.py).
 
 Decisions taken here:
 - Findings may come back in any order; they are returned in the criteria's order.
@@ -19,14 +23,24 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Annotated, NoReturn
+from typing import Annotated, Literal, NoReturn, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from shared.audits.schemas import Criterion, Finding, Verdict
 from shared.llm.errors import InvalidModelOutput
 
+Verdict = Literal["pass", "partial", "fail", "not_applicable"]
+VERDICTS: tuple[str, ...] = get_args(Verdict)
+
 _MAX_ECHOED_ID = 64
+
+
+@dataclass(frozen=True, slots=True)
+class CriterionText:
+    """One criterion as the model is asked about it: its id and what it asks."""
+
+    id: str
+    description: str
 
 
 class ReplyFinding(BaseModel):
@@ -54,7 +68,7 @@ class Reply(BaseModel):
 class ModelOutcome:
     """A validated answer of the model, with what it cost and where it came from."""
 
-    findings: list[Finding]
+    findings: list[ReplyFinding]
     summary: str
     dropped_quotes: int
     prompt_tokens: int
@@ -66,8 +80,8 @@ class ModelOutcome:
 
 
 def validate_reply(
-    raw: str, *, criteria: Sequence[Criterion], content: str
-) -> tuple[list[Finding], str, int]:
+    raw: str, *, criteria: Sequence[CriterionText], content: str
+) -> tuple[list[ReplyFinding], str, int]:
     """Findings in the criteria's order, the summary, and how many quotes were dropped.
 
     Raises `InvalidModelOutput` saying what is wrong when the reply cannot be used.
@@ -78,17 +92,11 @@ def validate_reply(
     return [finding for finding, _ in checked], reply.summary, sum(n for _, n in checked)
 
 
-def _keep_present_quotes(finding: ReplyFinding, content: str) -> tuple[Finding, int]:
+def _keep_present_quotes(finding: ReplyFinding, content: str) -> tuple[ReplyFinding, int]:
     """The finding with only the quotes found in the content, and how many were dropped."""
     found = [find_quote(content, quote) for quote in finding.evidence]
     evidence = [span for span in found if span is not None]
-    kept = Finding(
-        criterion_id=finding.criterion_id,
-        verdict=finding.verdict,
-        score=finding.score,
-        rationale=finding.rationale,
-        evidence=evidence,
-    )
+    kept = finding.model_copy(update={"evidence": evidence})
     return kept, len(found) - len(evidence)
 
 

@@ -18,19 +18,18 @@ from cli.simulator import (
     parse_fault_kinds,
     parse_latency,
 )
-from shared.audits.schemas import Criterion
 from shared.llm.errors import InvalidModelOutput
 from shared.llm.prompt import build_messages, response_format
-from shared.llm.schemas import validate_reply
+from shared.llm.schemas import CriterionText, validate_reply
 
-CRITERIA = [Criterion(id=f"c{i}", description=f"Criterion number {i}.") for i in range(5)]
+CRITERIA = [CriterionText(id=f"c{i}", description=f"Criterion number {i}.") for i in range(5)]
 CONTENT = " ".join(
     f"Sentence {i} of the product page says something about recycled materials and shipping."
     for i in range(40)
 )
 
 
-def audit_body(content: str = CONTENT, criteria: list[Criterion] = CRITERIA) -> dict[str, Any]:
+def audit_body(content: str = CONTENT, criteria: list[CriterionText] = CRITERIA) -> dict[str, Any]:
     """A request as `audit_content` sends it."""
     return {
         "model": "gpt-4o-mini",

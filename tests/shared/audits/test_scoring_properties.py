@@ -2,13 +2,15 @@
 
 import itertools
 import math
+from typing import get_args
 
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from shared.audits.schemas import Criterion, Finding
+from shared.audits.schemas import Criterion, Finding, Verdict
 from shared.audits.scoring import build_result, weighted_score
-from shared.llm.prompt import VERDICTS
+
+VERDICTS = get_args(Verdict)
 
 # Decimals with no exact binary form, where the order of a float sum shows in the last digit.
 SCORES = st.floats(0, 100) | st.sampled_from([0.005, 0.125, 12.345, 33.335, 50.005, 66.665])

@@ -9,17 +9,17 @@ import httpx2
 import pytest
 from openai import AsyncOpenAI
 
-from shared.audits.schemas import Criterion
 from shared.config import Settings
 from shared.llm import PROMPT_VERSION, InvalidModelOutput, ModelError, audit_content, create_client
 from shared.llm.client import PLACEHOLDER_API_KEY, _reply_of
 from shared.llm.prompt import SYSTEM_PROMPT
+from shared.llm.schemas import CriterionText
 from tests.fixtures.simulator import RETRY_AFTER_S, SimulatorHandle
 
 CRITERIA = [
-    Criterion(id="claims", description="Environmental claims are substantiated."),
-    Criterion(id="shipping", description="Shipping terms are clear.", weight=2),
-    Criterion(id="returns", description="The return policy is stated."),
+    CriterionText(id="claims", description="Environmental claims are substantiated."),
+    CriterionText(id="shipping", description="Shipping terms are clear."),
+    CriterionText(id="returns", description="The return policy is stated."),
 ]
 CONTENT = (
     "Our trainers are made from 100% recycled ocean plastic, certified by GreenLabel.\n"

@@ -13,10 +13,8 @@ from typing import Any
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from shared.audits.schemas import Criterion, Finding
 from shared.llm.errors import InvalidModelOutput
-from shared.llm.prompt import VERDICTS
-from shared.llm.schemas import validate_reply
+from shared.llm.schemas import VERDICTS, CriterionText, ReplyFinding, validate_reply
 
 WHITESPACE = " \t\n\r\x0b\x0c\x1c\u00a0\u2003\u3000"
 WORDS = st.text(st.characters(exclude_categories=["Z", "Cc"]), min_size=1, max_size=6)
@@ -103,7 +101,7 @@ def replies(draw: st.DrawFn, ids: list[str], content: str) -> str:
     return json.dumps(document)
 
 
-def outcome_of(call: Callable[[], tuple[list[Finding], str, int]]) -> Any:
+def outcome_of(call: Callable[[], tuple[list[ReplyFinding], str, int]]) -> Any:
     """The validator's answer, or None when it raised `InvalidModelOutput`."""
     try:
         return call()
@@ -112,7 +110,7 @@ def outcome_of(call: Callable[[], tuple[list[Finding], str, int]]) -> Any:
 
 
 def assert_valid_findings(
-    validated: tuple[list[Finding], str, int], raw: str, ids: list[str], content: str
+    validated: tuple[list[ReplyFinding], str, int], raw: str, ids: list[str], content: str
 ) -> None:
     found, summary, dropped = validated
     assert [f.criterion_id for f in found] == ids
@@ -133,7 +131,7 @@ def assert_valid_findings(
 def test_a_reply_is_refused_or_gives_one_finding_per_criterion_quoting_the_content(
     ids: list[str], content: str, data: st.DataObject
 ) -> None:
-    criteria = [Criterion(id=i, description="d") for i in ids]
+    criteria = [CriterionText(id=i, description="d") for i in ids]
     raw = data.draw(replies(ids, content))
 
     validated = outcome_of(lambda: validate_reply(raw, criteria=criteria, content=content))
@@ -149,7 +147,7 @@ def test_a_reply_is_refused_or_gives_one_finding_per_criterion_quoting_the_conte
 @example(raw='{"findings": [], "summary": NaN}')
 @example(raw="\ud800")
 def test_any_text_is_refused_or_validated(raw: str) -> None:
-    criteria = [Criterion(id="a", description="d")]
+    criteria = [CriterionText(id="a", description="d")]
 
     validated = outcome_of(lambda: validate_reply(raw, criteria=criteria, content="a b"))
 

@@ -3,14 +3,13 @@ from typing import Any
 
 import pytest
 
-from shared.audits.schemas import Criterion
 from shared.llm.errors import InvalidModelOutput
-from shared.llm.schemas import find_quote, validate_reply
+from shared.llm.schemas import CriterionText, find_quote, validate_reply
 
 CRITERIA = [
-    Criterion(id="claims", description="Claims are substantiated."),
-    Criterion(id="shipping", description="Shipping terms are clear."),
-    Criterion(id="tone", description="The tone is neutral."),
+    CriterionText(id="claims", description="Claims are substantiated."),
+    CriterionText(id="shipping", description="Shipping terms are clear."),
+    CriterionText(id="tone", description="The tone is neutral."),
 ]
 CONTENT = "Our shoes are made from\n   100% recycled   plastic.\tShipping is free in the EU."
 
