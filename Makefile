@@ -32,10 +32,14 @@ test: install ## The test suite, less the slow fault-injection runs (see test-fa
 test-faults: install ## Fault-injection and multi-process tests (pytest -m slow), see docs/RELIABILITY.md
 	$(RUN) pytest -m slow $(PYTEST_ARGS)
 
-lint: install ## ruff (lint and format) and mypy, as CI runs them
+lint: install ## ruff (lint and format), mypy and deptry, as CI runs them
 	$(RUN) ruff check .
 	$(RUN) ruff format --check .
 	$(RUN) mypy
+	@# deptry: the shipped packages declare what they import; tests/ and bench/ may also
+	@# import the dev groups, and need not use every dependency.
+	$(RUN) deptry .
+	$(RUN) deptry tests bench --exclude '^$$' --extend-exclude '^$$' --ignore DEP002,DEP004
 
 format: install ## Fix what ruff can fix, then format
 	$(RUN) ruff check --fix .

@@ -15,7 +15,7 @@ from arq.connections import RedisSettings, create_pool
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from cli.embedded import EmbeddedRedis, EmbeddedServices, EmbeddedUrls
+from cli.embedded import POSTGRES_BIN_PATH, EmbeddedRedis, EmbeddedServices, EmbeddedUrls
 
 # Another process using the embedded Redis until its stdin closes.
 OTHER_USER = """
@@ -58,6 +58,15 @@ async def _redis_round_trip(redis_url: str) -> bytes | None:
         return await client.get("auditq:embedded")
     finally:
         await client.aclose()
+
+
+def test_the_postgres_programs_are_where_pgserver_keeps_them() -> None:
+    """`cli.embedded` runs and recognises them by pgserver's private `_commands` path.
+
+    pgserver is pinned below its next minor for it; an upgrade that moves them fails here.
+    """
+    for program in ("postgres", "psql", "initdb", "pg_ctl"):
+        assert os.access(POSTGRES_BIN_PATH / program, os.X_OK), program
 
 
 async def test_start_serves_the_auditq_database_and_redis(urls: EmbeddedUrls) -> None:
