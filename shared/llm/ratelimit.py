@@ -53,7 +53,7 @@ import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 from limits import RateLimitItem, RateLimitItemPerSecond
@@ -71,6 +71,7 @@ from shared.llm.errors import ModelError
 from shared.llm.prompt import SYSTEM_PROMPT, response_format
 
 __all__ = [
+    "Clock",
     "ModelRateLimited",
     "ModelRateLimiter",
     "Reservation",
@@ -103,6 +104,18 @@ REPLY_BASE_TOKENS = 150
 
 # A limit that is never reached, for usage that has already happened.
 _UNBOUNDED = 2**31
+
+
+class Clock(Protocol):
+    """What the limiter reads the time from: the `time` module, or a test's clock."""
+
+    def monotonic(self) -> float:
+        """Seconds on a clock that never goes back: how long a pause check is trusted."""
+        ...
+
+    def time(self) -> float:
+        """Unix seconds, as `limits` stamps the request window with: the wait it leaves."""
+        ...
 
 
 def estimate_tokens(*, prompt_chars: int, criteria: int) -> int:
@@ -164,6 +177,7 @@ class ModelRateLimiter:
         tokens_per_window: Mapping[str, int],
         key_prefix: str,
         window_s: int = WINDOW_S,
+        clock: Clock = time,
     ) -> None:
         # The windows use the worker's own connection pool: they live where the queue does,
         # whatever REDIS_URL's scheme (redis://, rediss:// or unix://), and open nothing more.
@@ -172,6 +186,7 @@ class ModelRateLimiter:
             "async+redis://", implementation="redispy", key_prefix=key_prefix, **shared_pool
         )
         self._redis = redis
+        self._clock = clock
         self._pause_prefix = f"{key_prefix}:pause:"
         self._any_pause_key = f"{key_prefix}:paused-any"
         # Until when (monotonic) no pause is assumed, and how many pauses this process set.
@@ -263,9 +278,9 @@ class ModelRateLimiter:
         """
         if self.has_limits:
             return True
-        if time.monotonic() < self._unpaused_until:
+        if self._clock.monotonic() < self._unpaused_until:
             return False
-        pauses_set, asked_at = self._pauses_set, time.monotonic()
+        pauses_set, asked_at = self._pauses_set, self._clock.monotonic()
         if await self._redis.exists(self._any_pause_key):
             return True
         if pauses_set == self._pauses_set:  # no pause of ours began while Redis answered
@@ -303,7 +318,8 @@ class ModelRateLimiter:
     async def _refusal(self, window: _Window) -> ModelRateLimited:
         if window.strategy is self._requests:
             stats = await self._requests.get_window_stats(window.item, window.model)
-            wait_s = 0.0 if stats.remaining >= window.cost else stats.reset_time - time.time()
+            full = stats.remaining < window.cost
+            wait_s = stats.reset_time - self._clock.time() if full else 0.0
             return ModelRateLimited(window.model, max(0.0, wait_s), reason="requests per minute")
         previous, previous_ttl, current, current_ttl = await self._storage.get_sliding_window(
             window.item.key_for(window.model), window.item.get_expiry()
@@ -354,11 +370,12 @@ def sliding_window_wait(
 
 
 def create_rate_limiter(
-    settings: Settings, redis: Redis, *, window_s: int = WINDOW_S
+    settings: Settings, redis: Redis, *, window_s: int = WINDOW_S, clock: Clock = time
 ) -> ModelRateLimiter:
     """The limiter of a worker process, over its Redis connection (arq's pool).
 
-    The settings are per minute; only tests shorten `window_s`, to see windows pass.
+    The settings are per minute; only tests shorten `window_s`, to see windows pass, or
+    give a `clock` of their own.
     """
     return ModelRateLimiter(
         redis,
@@ -366,4 +383,5 @@ def create_rate_limiter(
         tokens_per_window=settings.model_tpm_limits,
         key_prefix=f"{settings.queue_name}:ratelimit",
         window_s=window_s,
+        clock=clock,
     )

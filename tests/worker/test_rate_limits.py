@@ -3,6 +3,8 @@
 Audits are submitted through the API and run by several `arq.Worker`s that share the
 test's queue and Redis, as the worker processes of one deployment do. The simulator
 records when each model request arrived: that is what the provider would count.
+A deferral's delay is checked against a `FrozenClock`, or within the real time the test
+measured, never on a guess of how long a step takes.
 """
 
 import asyncio
@@ -27,6 +29,7 @@ from shared.llm.ratelimit import (
     estimate_tokens,
 )
 from tests.factories import batch_request
+from tests.fixtures.clock import FrozenClock
 from tests.fixtures.simulator import RETRY_AFTER_S, SimulatorHandle
 from tests.rows import load_audit
 from tests.worker.conftest import build_worker, close_worker, fetch, submit
@@ -37,6 +40,8 @@ from worker.tasks import run_audit
 WORKERS = 4
 # Deferred jobs wait in the queue for a window to pass: poll as deployed workers do.
 POLL_DELAY_S = 0.1
+# arq keeps a deferral in whole milliseconds, as Redis does a TTL.
+MS_ROUNDING_S = 0.001
 
 StartWorkerCtx = Callable[[Settings], Awaitable[JobContext]]
 
@@ -90,9 +95,9 @@ async def attempts_of(engine: AsyncEngine) -> dict[int, int]:
     """How many audits took how many attempts."""
     async with engine.connect() as connection:
         rows = await connection.execute(
-            sa.text("SELECT attempts, count(*) FROM audit GROUP BY attempts")
+            sa.text("SELECT attempts, count(*) AS audits FROM audit GROUP BY attempts")
         )
-    return {row.attempts: row.count for row in rows}
+    return {row.attempts: row.audits for row in rows}
 
 
 async def keep_to_the_limit(
@@ -197,15 +202,20 @@ async def test_a_job_over_the_limit_is_deferred_before_it_claims_its_audit(
     first, second = await submit(client), await submit(client)
     limited = worker_settings.model_copy(update={"model_rpm_limits": {first["model"]: 1}})
     ctx = await start_worker_ctx(limited)
+    clock = FrozenClock()
+    ctx["rate_limiter"] = create_rate_limiter(limited, ctx["redis"], clock=clock)
     await run_audit(ctx, first["id"])
 
     with pytest.raises(Retry) as deferred:
         await run_audit(ctx, second["id"])
 
-    # Back once the first request has left the window, not before; no attempt spent.
+    # Back once the first request has left the window, not before; no attempt spent. It
+    # was let in at most `real_elapsed` after the clock's time.
     assert deferred.value.defer_score is not None
+    defer_s = deferred.value.defer_score / 1000
     span_s = WINDOW_S + ARRIVAL_MARGIN_S
-    assert span_s - 10 < deferred.value.defer_score / 1000 <= span_s + RATE_LIMIT_JITTER_S
+    latest_s = span_s + clock.real_elapsed() + RATE_LIMIT_JITTER_S
+    assert span_s - MS_ROUNDING_S <= defer_s <= latest_s + MS_ROUNDING_S
     audit = await load_audit(session_factory, second["id"])
     assert (audit.status, audit.attempts, audit.started_at) == ("queued", 0, None)
     assert (await fetch(client, first["id"]))["status"] == "succeeded"
@@ -223,16 +233,19 @@ async def test_a_provider_429_pauses_the_model_for_every_worker(
     another_worker = await start_worker_ctx(worker_settings)
     first, second = await submit(client), await submit(client)
     sim.script(["429"])
+    clock = FrozenClock()
 
     with pytest.raises(Retry):  # the audit's own transient retry
         await run_audit(one_worker, first["id"])
     with pytest.raises(Retry) as deferred:
         await run_audit(another_worker, second["id"])
 
-    # No limits are set: the pause alone sent it back, for the provider's Retry-After.
+    # No limits are set: the pause alone sent it back, for what is left of the provider's
+    # Retry-After (set at most `real_elapsed` ago).
     assert deferred.value.defer_score is not None
     defer_s = deferred.value.defer_score / 1000
-    assert RETRY_AFTER_S - 1 < defer_s <= RETRY_AFTER_S + RATE_LIMIT_JITTER_S
+    soonest_s = RETRY_AFTER_S - clock.real_elapsed()
+    assert soonest_s - MS_ROUNDING_S <= defer_s <= RETRY_AFTER_S + RATE_LIMIT_JITTER_S
     audit = await load_audit(session_factory, second["id"])
     assert (audit.status, audit.attempts) == ("queued", 0)
     assert sim.stats() == {"requests": 1, "outcomes": {"429": 1}}

@@ -1,7 +1,9 @@
 """The model rate limiter against real Redis: windows, token corrections and the 429 pause.
 
 Each test's limiter has keys of its own, as each deployment (queue) has; two limiters
-with the same keys stand for two worker processes.
+with the same keys stand for two worker processes. Waits are checked against a
+`FrozenClock`, or within the real time the test measured, never on a guess of how long a
+step takes.
 """
 
 import asyncio
@@ -24,6 +26,7 @@ from shared.llm.ratelimit import (
     DEFAULT_PAUSE_S,
     PAUSE_CHECK_S,
     WINDOW_S,
+    Clock,
     ModelRateLimited,
     ModelRateLimiter,
     Reservation,
@@ -32,10 +35,13 @@ from shared.llm.ratelimit import (
     sliding_window_wait,
 )
 from shared.queue import create_redis
+from tests.fixtures.clock import FrozenClock
 
 MODEL = "gpt-4o-mini"
 OTHER_MODEL = "gpt-4o"
 SPAN_S = WINDOW_S + ARRIVAL_MARGIN_S
+# Redis gives a TTL in whole milliseconds.
+TTL_ROUNDING_S = 0.001
 
 
 @pytest.fixture
@@ -57,6 +63,7 @@ def limiter_of(
     rpm: dict[str, int] | None = None,
     tpm: dict[str, int] | None = None,
     window_s: int = WINDOW_S,
+    clock: Clock = time,
 ) -> ModelRateLimiter:
     return ModelRateLimiter(
         client,
@@ -64,11 +71,17 @@ def limiter_of(
         tokens_per_window=tpm or {},
         key_prefix=key_prefix,
         window_s=window_s,
+        clock=clock,
     )
 
 
 def rate_limited(retry_after: float | None) -> ModelError:
     return ModelError("model_rate_limited", "429", transient=True, retry_after=retry_after)
+
+
+def assert_pause_left(seconds: float, *, of: float, clock: FrozenClock) -> None:
+    """`seconds` is what is left of a pause of `of` seconds set since `clock` was made."""
+    assert of - clock.real_elapsed() - TTL_ROUNDING_S <= seconds <= of
 
 
 # Requests per minute
@@ -77,7 +90,8 @@ def rate_limited(retry_after: float | None) -> ModelError:
 async def test_the_request_window_lets_the_limit_through_then_refuses(
     redis_client: Redis, key_prefix: str
 ) -> None:
-    limiter = limiter_of(redis_client, key_prefix, rpm={MODEL: 3})
+    clock = FrozenClock()
+    limiter = limiter_of(redis_client, key_prefix, rpm={MODEL: 3}, clock=clock)
 
     for _ in range(3):
         assert await limiter.reserve(MODEL, tokens=100) == Reservation(requests=1, tokens=0)
@@ -85,8 +99,9 @@ async def test_the_request_window_lets_the_limit_through_then_refuses(
         await limiter.reserve(MODEL, tokens=100)
 
     assert refused.value.reason == "requests per minute"
-    # The oldest request leaves the window a little over a minute after it was let in.
-    assert SPAN_S - 5 < refused.value.wait_s <= SPAN_S
+    # The oldest request leaves the window a little over a minute after it was let in,
+    # which was at most `real_elapsed` after the clock's time.
+    assert SPAN_S <= refused.value.wait_s <= SPAN_S + clock.real_elapsed()
 
 
 async def test_every_worker_counts_in_the_same_window(redis_client: Redis, key_prefix: str) -> None:
@@ -102,6 +117,9 @@ async def test_every_worker_counts_in_the_same_window(redis_client: Redis, key_p
 async def test_the_window_has_room_again_once_it_has_passed(
     redis_client: Redis, key_prefix: str
 ) -> None:
+    """The one test that lets real time pass: `limits` stamps its windows with the real
+    clock. Sleeping longer than the wait can only leave more room, so a slow machine
+    cannot fail it."""
     limiter = limiter_of(redis_client, key_prefix, rpm={MODEL: 2}, window_s=1)
     await limiter.reserve(MODEL, tokens=1)
     await limiter.reserve(MODEL, tokens=1)
@@ -243,6 +261,7 @@ def test_the_token_estimate_grows_with_the_text_and_the_criteria() -> None:
 async def test_a_429_pauses_the_model_for_every_worker_for_its_retry_after(
     redis_client: Redis, key_prefix: str
 ) -> None:
+    clock = FrozenClock()
     first, second = (limiter_of(redis_client, key_prefix) for _ in range(2))
 
     await first.pause_if_rate_limited(MODEL, rate_limited(retry_after=5))
@@ -251,13 +270,14 @@ async def test_a_429_pauses_the_model_for_every_worker_for_its_retry_after(
         with pytest.raises(ModelRateLimited) as refused:
             await worker.reserve(MODEL, tokens=1)
         assert refused.value.reason == "paused after a 429"
-        assert 4 < refused.value.wait_s <= 5
+        assert_pause_left(refused.value.wait_s, of=5, clock=clock)
     await second.reserve(OTHER_MODEL, tokens=1)
 
 
 async def test_without_limits_a_reservation_is_needed_only_while_a_model_is_paused(
     redis_client: Redis, key_prefix: str
 ) -> None:
+    clock = FrozenClock()
     unlimited, other_worker = (limiter_of(redis_client, key_prefix) for _ in range(2))
     assert not await unlimited.needs_reservation()
 
@@ -265,31 +285,37 @@ async def test_without_limits_a_reservation_is_needed_only_while_a_model_is_paus
     await unlimited.pause_if_rate_limited(OTHER_MODEL, rate_limited(retry_after=0.1))
 
     assert await other_worker.needs_reservation()
-    assert 4_000 < await redis_client.pttl(f"{key_prefix}:paused-any") <= 5_000  # the longest
+    any_pause_ms = await redis_client.pttl(f"{key_prefix}:paused-any")
+    assert_pause_left(any_pause_ms / 1000, of=5, clock=clock)  # the longest
     assert await limiter_of(redis_client, key_prefix, rpm={MODEL: 5}).needs_reservation()
 
 
 async def test_without_limits_another_workers_pause_is_seen_within_the_check_interval(
     redis_client: Redis, key_prefix: str
 ) -> None:
-    this_worker, other_worker = (limiter_of(redis_client, key_prefix) for _ in range(2))
+    clock = FrozenClock()
+    this_worker = limiter_of(redis_client, key_prefix, clock=clock)
+    other_worker = limiter_of(redis_client, key_prefix)
     assert not await this_worker.needs_reservation()
 
     await other_worker.pause_if_rate_limited(MODEL, rate_limited(retry_after=5))
 
     assert await other_worker.needs_reservation()  # its own pause, at once
-    assert not await this_worker.needs_reservation()  # it asked Redis a moment ago
-    await asyncio.sleep(PAUSE_CHECK_S)
+    clock.advance(PAUSE_CHECK_S / 2)
+    assert not await this_worker.needs_reservation()  # it trusts its last answer a while
+    clock.advance(PAUSE_CHECK_S / 2)
     assert await this_worker.needs_reservation()
 
 
-async def test_the_pause_ends_with_its_retry_after(redis_client: Redis, key_prefix: str) -> None:
+async def test_the_pause_ends_when_redis_expires_it(redis_client: Redis, key_prefix: str) -> None:
+    """The pause is a Redis key that lives for the Retry-After (see the tests above);
+    once Redis has expired it, nothing of it remains in the worker either."""
     limiter = limiter_of(redis_client, key_prefix)
-    await limiter.pause_if_rate_limited(MODEL, rate_limited(retry_after=0.2))
+    await limiter.pause_if_rate_limited(MODEL, rate_limited(retry_after=5))
     with pytest.raises(ModelRateLimited):
         await limiter.reserve(MODEL, tokens=1)
 
-    await asyncio.sleep(0.3)
+    assert await redis_client.pexpire(f"{key_prefix}:pause:{MODEL}", 0)  # expired now
 
     assert await limiter.reserve(MODEL, tokens=1) == Reservation(requests=1)
 
@@ -297,11 +323,12 @@ async def test_the_pause_ends_with_its_retry_after(redis_client: Redis, key_pref
 async def test_a_429_without_retry_after_pauses_for_the_default(
     redis_client: Redis, key_prefix: str
 ) -> None:
+    clock = FrozenClock()
     limiter = limiter_of(redis_client, key_prefix)
 
     await limiter.pause_if_rate_limited(MODEL, rate_limited(retry_after=None))
 
-    assert DEFAULT_PAUSE_S - 1 < await limiter.paused_for(MODEL) <= DEFAULT_PAUSE_S
+    assert_pause_left(await limiter.paused_for(MODEL), of=DEFAULT_PAUSE_S, clock=clock)
 
 
 @pytest.mark.parametrize(
@@ -410,6 +437,6 @@ async def test_the_limiter_works_over_unix_sockets_and_tls(
             await limiter.reserve(MODEL, tokens=10)
         await limiter.settle(MODEL, Reservation(requests=1, tokens=10), requests=1, tokens=20)
         await limiter.pause_if_rate_limited(OTHER_MODEL, rate_limited(retry_after=5))
-        assert await limiter.paused_for(OTHER_MODEL) > 4
+        assert await limiter.paused_for(OTHER_MODEL) > 0
     finally:
         await client.aclose()
