@@ -26,8 +26,8 @@ install: ## Install uv if missing, then the locked dependencies (with the embedd
 run: install ## The whole stack: embedded services, migrations, API, worker, simulator
 	$(RUN) auditq dev
 
-test: install ## The test suite, less the slow fault-injection runs (see test-faults)
-	$(RUN) pytest -m "not slow" $(PYTEST_ARGS)
+test: install ## The test suite, less the fault-injection runs and the benchmarks' checks
+	$(RUN) pytest -m "not slow and not bench" $(PYTEST_ARGS)
 
 test-faults: install ## Fault-injection and multi-process tests (pytest -m slow), see docs/RELIABILITY.md
 	$(RUN) pytest -m slow $(PYTEST_ARGS)
@@ -52,3 +52,7 @@ migrate: install ## alembic upgrade head (on the embedded PostgreSQL when DATABA
 bench: install ## Benchmarks against baselines and a peer, into bench/RESULTS.md (< 10 min)
 	@# BENCH_DATABASE_URL / BENCH_REDIS_URL, else 127.0.0.1's PostgreSQL and Redis, else embedded
 	$(RUN) python -m bench
+
+.PHONY: bench-check
+bench-check: install ## Each benchmark once with --quick (pytest -m bench): `make bench` still works
+	$(RUN) pytest -m bench $(PYTEST_ARGS)

@@ -1,6 +1,10 @@
 from pathlib import Path
 
+import pytest
+
 from tests.bench.quick import numbers, run_quick
+
+pytestmark = pytest.mark.bench
 
 
 def test_batch_quick_times_a_batch(tmp_path: Path) -> None:

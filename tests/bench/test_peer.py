@@ -1,6 +1,10 @@
 from pathlib import Path
 
+import pytest
+
 from tests.bench.quick import numbers, run_quick
+
+pytestmark = pytest.mark.bench
 
 
 def test_peer_quick_runs_the_job_on_celery_and_on_auditq(tmp_path: Path) -> None:

@@ -1,6 +1,10 @@
 from pathlib import Path
 
+import pytest
+
 from tests.bench.quick import numbers, run_quick
+
+pytestmark = pytest.mark.bench
 
 
 def test_polling_quick_times_polls_under_load(tmp_path: Path) -> None:

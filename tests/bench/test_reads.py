@@ -1,6 +1,10 @@
 from pathlib import Path
 
+import pytest
+
 from tests.bench.quick import numbers, run_quick
+
+pytestmark = pytest.mark.bench
 
 
 def test_reads_quick_compares_by_id_and_deep_pages(tmp_path: Path) -> None:

@@ -1,6 +1,10 @@
 from pathlib import Path
 
+import pytest
+
 from tests.bench.quick import numbers, run_quick
+
+pytestmark = pytest.mark.bench
 
 
 def test_worker_quick_compares_with_ideal_and_bare_arq(tmp_path: Path) -> None:
