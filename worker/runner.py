@@ -7,20 +7,22 @@ which redis-py reports at once as a `WatchError`; nor an outage longer than its 
 This worker logs the error, pauses and polls again: jobs already running carry on, and
 what Redis lost the reconciler enqueues again from PostgreSQL.
 
-It also starts jobs in one round trip to Redis per poll. arq's `start_jobs` takes four
+It also starts jobs in one round trip to Redis per poll. arq's `start_jobs` makes several
 per job id the poll returns (WATCH, EXISTS, ZSCORE, then MULTI/PSETEX/EXEC), and the
-poll returns the jobs already running too, oldest first: with a hundred audits in
-flight, every poll paid a hundred round trips before it reached a new job. Here the
-jobs this process runs are skipped without asking, and a Lua script makes arq's checks
-for the rest (not in progress, still queued, due) and marks up to the free slots' worth
-in progress, atomically. Redis round trips are the dearest thing a job does after its
-model call (bench/RESULTS.md).
+poll returns the jobs already running too, oldest first: a busy worker paid for every
+job in flight before it reached a new one. Here the jobs this process runs are skipped
+without asking, and a Lua script makes arq's checks for the rest (not in progress, still
+queued, due) and marks up to the free slots' worth in progress, atomically. Redis round
+trips are the dearest thing a job does after its model call.
 
 And it refills a freed slot at once: arq polls the queue every `poll_delay` and leaves a
 slot that frees in between empty until the next poll, on average half a `poll_delay` per
-job (with 500 ms jobs and a 0.1 s poll, 9% of the slots' time). This worker starts queued
-jobs as soon as one ends, `REFILL_GATHER_S` later to take the jobs that end together in
-one go; arq's whole poll (aborts, health beat, cron) still runs every `poll_delay`.
+job. This worker starts queued jobs as soon as one ends, `REFILL_GATHER_S` later to take
+the jobs that end together in one go; arq's whole poll (aborts, health beat, cron) still
+runs every `poll_delay`. What each change did is measured in bench/RESULTS.md (Tuning).
+
+It overrides private methods of arq's `Worker`: arq is pinned below its next minor, and
+tests/worker/test_runner.py checks the methods are still as this class expects.
 
 `arq worker.settings.WorkerSettings` still runs the same settings with arq's plain worker.
 """
