@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from uuid import uuid4
 
 import asyncpg
@@ -172,7 +172,8 @@ def drop_queue(redis_url: str, queue_name: str, *, job_prefixes: Sequence[str] =
     """Delete a queue and the arq keys of the jobs still in it (or named by `job_prefixes`)."""
     client = redis.Redis.from_url(redis_url)
     try:
-        ids = [i.decode() for i in client.zrange(queue_name, 0, -1)]
+        # redis-py types every reply of its client as `Awaitable | Any`, sync or not.
+        ids = [i.decode() for i in cast(list[bytes], client.zrange(queue_name, 0, -1))]
         keys = [queue_name, f"{queue_name}:health-check"]
         for job_id in ids:
             keys += [f"arq:job:{job_id}", f"arq:in-progress:{job_id}", f"arq:retry:{job_id}"]
@@ -576,7 +577,7 @@ def redis_command_count(redis_url: str) -> int:
     """Commands the Redis server has run since its start (all clients, INFO commandstats)."""
     client = redis.Redis.from_url(redis_url)
     try:
-        stats = client.info("commandstats")
+        stats = cast(dict[str, dict[str, Any]], client.info("commandstats"))
     finally:
         client.close()
     return sum(int(entry["calls"]) for entry in stats.values())
@@ -610,7 +611,7 @@ def server_versions(run: Run) -> list[str]:
 
     client = redis.Redis.from_url(run.servers.redis_url)
     try:
-        redis_version = client.info("server")["redis_version"]
+        redis_version = cast(dict[str, Any], client.info("server"))["redis_version"]
     finally:
         client.close()
     return [

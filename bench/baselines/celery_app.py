@@ -16,14 +16,14 @@ OPENAI_BASE_URL in the environment.
 
 import asyncio
 import os
-from typing import Any
+from typing import Any, cast
 
 from celery import Celery
 
 from bench.common import celery_broker_url
 from shared.config import get_settings
 from shared.queue import create_redis
-from worker.context import shutdown, startup
+from worker.context import JobContext, shutdown, startup
 from worker.tasks import run_audit
 
 app = Celery("auditq_peer", broker=celery_broker_url(os.environ["REDIS_URL"]))
@@ -37,7 +37,7 @@ async def _run(audit_id: str) -> None:
     ctx: dict[str, Any] = {"settings": settings, "redis": redis, "job_try": 1}
     await startup(ctx)
     try:
-        await run_audit(ctx, audit_id)  # type: ignore[arg-type]
+        await run_audit(cast(JobContext, ctx), audit_id)
     finally:
         await shutdown(ctx)
         await redis.aclose()

@@ -49,7 +49,7 @@ def newest_first(rows: Sequence[Seeded]) -> list[UUID]:
 
 async def insert(factory: SessionFactory, rows: list[dict[str, Any]]) -> None:
     async with session_scope(factory) as session:
-        await session.execute(sa.insert(Audit.__table__).values(rows))  # type: ignore[attr-defined]
+        await session.execute(sa.insert(Audit).values(rows))
 
 
 def audit_rows(count: int, *, batches: Sequence[UUID], start: int = 0) -> list[dict[str, Any]]:

@@ -33,7 +33,8 @@ def resource(request: pytest.FixtureRequest) -> tuple[str, dict[str, Any], int]:
 
 
 async def post(client: AsyncClient, path: str, body: Any, key: str | bytes) -> Response:
-    return await client.post(path, json=body, headers={"Idempotency-Key": key})
+    value = key.encode() if isinstance(key, str) else key
+    return await client.post(path, json=body, headers={b"Idempotency-Key": value})
 
 
 def reversed_keys(value: Any) -> Any:

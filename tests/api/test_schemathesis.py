@@ -201,6 +201,7 @@ def _run_scenarios(
     answered: Counter[tuple[str, int]] = Counter()
 
     @hypothesis.seed(seed)
+    # A base class made at run time from the schema, which mypy cannot follow.
     class Links(schema.as_state_machine()):  # type: ignore[misc]
         def get_call_kwargs(self, case: Case[Any]) -> dict[str, Any]:
             return {"headers": headers} if headers else {}

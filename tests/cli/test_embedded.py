@@ -55,7 +55,8 @@ async def _redis_round_trip(redis_url: str) -> bytes | None:
     client = redis.asyncio.Redis.from_url(redis_url)
     try:
         await client.set("auditq:embedded", "ok")
-        return await client.get("auditq:embedded")
+        value: bytes | None = await client.get("auditq:embedded")
+        return value
     finally:
         await client.aclose()
 

@@ -8,7 +8,7 @@ with the `ctx` that `worker.context.startup` builds.
 import asyncio
 import time
 import warnings
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from typing import Any, TypeVar, cast
 
 import pytest
@@ -29,7 +29,7 @@ MODEL_TIMEOUT_S = 5.0
 WORKER_DEADLINE_S = 30.0
 
 T = TypeVar("T")
-RunWorker = Callable[..., Awaitable[Worker]]
+RunWorker = Callable[..., Coroutine[Any, Any, Worker]]
 
 
 @pytest.fixture

@@ -117,7 +117,7 @@ async def count_by_status(factory: SessionFactory) -> dict[str, int]:
     async with factory() as session:
         stmt = sa.select(col(Audit.status), sa.func.count()).group_by(col(Audit.status))
         rows = (await session.execute(stmt)).all()
-    return dict(rows)  # type: ignore[arg-type]
+    return dict(rows)
 
 
 async def age_queued_audits(factory: SessionFactory, *, by: timedelta) -> None:

@@ -22,6 +22,7 @@ import worker.tasks
 from shared.audits.schemas import AuditResult
 from shared.config import Settings
 from shared.db import SessionFactory, create_engine
+from shared.llm.client import audit_content
 from shared.llm.prompt import PROMPT_VERSION
 from shared.llm.schemas import ModelOutcome
 from shared.queue import audit_job_id, enqueue_runs
@@ -356,7 +357,7 @@ class Gate:
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.calls = 0
         self._open = asyncio.Event()
-        self._real = worker.tasks.audit_content
+        self._real = audit_content
         monkeypatch.setattr(worker.tasks, "audit_content", self._audit_content)
 
     async def _audit_content(self, *args: Any, **kwargs: Any) -> ModelOutcome:
@@ -415,7 +416,7 @@ async def test_a_finish_whose_reply_was_lost_counts_as_written(
     job_logs: LogEvents,
 ) -> None:
     # PostgreSQL commits the result, then the connection breaks before the reply arrives.
-    answer = worker.tasks.audit_content
+    answer = audit_content
 
     async def answer_then_cut(*args: Any, **kwargs: Any) -> ModelOutcome:
         outcome = await answer(*args, **kwargs)
