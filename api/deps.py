@@ -7,12 +7,13 @@ from uuid import UUID
 
 from arq.connections import ArqRedis
 from fastapi import Depends, Header, Request, Response
-from sqlalchemy.ext.asyncio import AsyncSession
 
+from shared.audits import service as audits
+from shared.audits.repository import AuditRow
 from shared.batches import service as batches
-from shared.batches.models import Batch
+from shared.batches.repository import BatchRow
 from shared.config import Settings
-from shared.db import StatementConnection
+from shared.db import SessionStatements, StatementConnection
 from shared.idempotency import MAX_KEY_LENGTH, Created
 from shared.queue import discard_pending, send_pending
 from shared.queue import statements as queue_statements
@@ -30,7 +31,7 @@ def get_redis(request: Request) -> ArqRedis:
     return redis
 
 
-async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
+async def get_transaction(request: Request) -> AsyncIterator[SessionStatements]:
     """The request's transaction: committed when the route returns, then its jobs are sent.
 
     `scope="function"` (below) runs this exit before the response is sent, so a
@@ -39,7 +40,7 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
     """
     async with request.app.state.session_factory() as session:
         try:
-            yield session
+            yield SessionStatements(session)
             await session.commit()
         except BaseException:
             discard_pending(session)
@@ -62,7 +63,7 @@ async def get_request_id(request: Request) -> str | None:
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
-SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
+Transaction = Annotated[SessionStatements, Depends(get_transaction, scope="function")]
 RequestId = Annotated[str | None, Depends(get_request_id)]
 IdempotencyKey = Annotated[
     str | None,
@@ -75,15 +76,34 @@ IdempotencyKey = Annotated[
 ]
 
 
-def mark_created(response: Response, created: Created[Any], *, location: str) -> None:
+def set_location(
+    request: Request, response: Response, route: str, *, query: str = "", **params: Any
+) -> None:
+    """`Location` of a resource, as the router spells the path of `route`."""
+    path = request.app.url_path_for(route, **params)
+    response.headers["Location"] = f"{path}?{query}" if query else path
+
+
+def mark_created(
+    request: Request, response: Response, created: Created[Any], *, route: str, **params: Any
+) -> None:
     """`Location` of the resource, and whether it came from an earlier request."""
-    response.headers["Location"] = location
+    set_location(request, response, route, **params)
     if created.replayed:
         response.headers["Idempotent-Replayed"] = "true"
 
 
-async def get_batch_or_404(batch_id: UUID, session: SessionDep) -> Batch:
-    return await batches.get_or_raise(session, batch_id=batch_id)
+# Plain `async def`s, each on a statement connection of its own, closed before the
+# route runs: loading a resource is one statement.
+async def get_audit_or_404(audit_id: UUID, request: Request) -> AuditRow:
+    async with statements(request) as conn:
+        return await audits.get_or_raise(conn, audit_id=audit_id)
 
 
-CurrentBatch = Annotated[Batch, Depends(get_batch_or_404)]
+async def get_batch_or_404(batch_id: UUID, request: Request) -> BatchRow:
+    async with statements(request) as conn:
+        return await batches.get_or_raise(conn, batch_id=batch_id)
+
+
+CurrentAudit = Annotated[AuditRow, Depends(get_audit_or_404)]
+CurrentBatch = Annotated[BatchRow, Depends(get_batch_or_404)]

@@ -24,14 +24,14 @@ from bench.common import asyncpg_dsn
 from bench.workload import audit_body
 from shared.audits import service as audits
 from shared.audits.schemas import AuditCreate
+from shared.audits.status import TERMINAL, sql_list
 from shared.batches import service as batches
 from shared.batches.schemas import BatchCreate
 from shared.config import Settings
-from shared.db import SessionFactory, create_engine, create_session_factory
+from shared.db import SessionFactory, SessionStatements, create_engine, create_session_factory
 from shared.queue import create_redis, statements, transaction
 
 CHUNK = 1000
-TERMINAL = ("succeeded", "failed", "cancelled")
 
 
 @dataclass
@@ -71,7 +71,9 @@ async def submit(c: Client, count: int, *, start: int = 0) -> list[UUID]:
             audits=[AuditCreate.model_validate(audit_body(first + i)) for i in range(size)]
         )
         async with transaction(c.factory, c.redis) as session:
-            created = await batches.create(session, data=data)
+            created = await batches.create(
+                SessionStatements(session), data=data, settings=c.settings
+            )
         ids.append(created.resource.batch.id)
     return ids
 
@@ -82,7 +84,7 @@ async def submit_one_by_one(c: Client, count: int, *, gap_s: tuple[float, float]
     for index in range(count):
         data = AuditCreate.model_validate(audit_body(index))
         async with statements(c.engine, c.redis) as conn:
-            await audits.create(conn, data=data)
+            await audits.create(conn, data=data, settings=c.settings)
         await asyncio.sleep(rng.uniform(*gap_s))
 
 
@@ -106,7 +108,7 @@ async def wait_until_done(database_url: str, expected: int, *, timeout_s: float)
     connection = await asyncpg.connect(asyncpg_dsn(database_url))
     try:
         deadline = time.monotonic() + timeout_s
-        done_sql = f"SELECT count(*) FROM audit WHERE status IN {TERMINAL!r}"
+        done_sql = f"SELECT count(*) FROM audit WHERE status IN {sql_list(TERMINAL)}"
         while (done := await connection.fetchval(done_sql)) < expected:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{done} of {expected} audits ended within {timeout_s} s")

@@ -38,7 +38,7 @@ from bench.common import (
 from bench.results import Section
 from shared.batches import service as batches
 from shared.batches.schemas import BatchCreate
-from shared.db import session_scope
+from shared.db import SessionStatements, session_scope
 
 
 class PeakMemory:
@@ -74,7 +74,9 @@ async def _record_without_jobs(
     async with audits.client(database_url, redis_url, queue) as c:
         data = BatchCreate(audits=[AuditCreate.model_validate(audit_body(i)) for i in range(count)])
         async with session_scope(c.factory) as session:
-            created = await batches.create(session, data=data)
+            created = await batches.create(
+                SessionStatements(session), data=data, settings=c.settings
+            )
             session.info.clear()  # the deferred arq jobs are never sent
         batch_id: UUID = created.resource.batch.id
     connection = await asyncpg.connect(asyncpg_dsn(database_url))

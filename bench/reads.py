@@ -18,9 +18,6 @@ from typing import Any
 from uuid import UUID
 
 import asyncpg
-import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
-from sqlmodel import col
 
 from bench.common import (
     Load,
@@ -35,10 +32,9 @@ from bench.common import (
     start_apis,
 )
 from bench.results import Section
-from shared.audits.models import Audit
-from shared.audits.schemas import AuditStatus
-from shared.audits.service import AuditFilters, _filtered
-from shared.pagination import encode_cursor, keyset_page
+from shared.audits.repository import AuditFilters, page_query
+from shared.audits.status import AuditStatus
+from shared.pagination import decode_cursor, encode_cursor
 
 TARGET_BY_ID = 0.8
 TARGET_DEEP = 1.5
@@ -83,24 +79,16 @@ async def _fill(database_url: str, rows: int) -> None:
         await connection.close()
 
 
-def _list_statement(status: AuditStatus | None, cursor: str | None) -> sa.Select[Any]:
+def _list_statement(status: str | None, cursor: str | None) -> tuple[str, list[Any]]:
     """The very statement `audits.list_page` runs (filters, keyset, `limit + 1`)."""
-    filters = AuditFilters(status=(status,) if status else ())
-    return keyset_page(
-        _filtered(sa.select(Audit), filters),
-        created_at=col(Audit.created_at),
-        row_id=col(Audit.id),
-        limit=PAGE,
-        cursor=cursor,
-    )
+    filters = AuditFilters(status=(AuditStatus(status),) if status else ())
+    after = None if cursor is None else decode_cursor(cursor)
+    return page_query(filters=filters, limit=PAGE + 1, after=after)
 
 
-async def _explain(connection: asyncpg.Connection, stmt: sa.Select[Any]) -> str:
-    # SQLAlchemy's dialect classes have no annotated __init__.
-    dialect = asyncpg_dialect()  # type: ignore[no-untyped-call]
-    compiled = stmt.compile(dialect=dialect, compile_kwargs={"render_postcompile": True})
-    params = [compiled.params[name] for name in compiled.positiontup or []]
-    rows = await connection.fetch(f"EXPLAIN (ANALYZE, BUFFERS) {compiled}", *params)
+async def _explain(connection: asyncpg.Connection, statement: tuple[str, list[Any]]) -> str:
+    query, args = statement
+    rows = await connection.fetch(f"EXPLAIN (ANALYZE, BUFFERS) {query}", *args)
     return "\n".join(row[0] for row in rows)
 
 

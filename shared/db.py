@@ -4,23 +4,23 @@ Transactions are owned by the caller of the service layer: the API's request
 dependency or the worker's `session_scope`. Services never commit.
 """
 
+import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Protocol, cast
 
 import asyncpg
 import sqlalchemy.exc
-from sqlalchemy import MetaData, event
+from sqlalchemy import CursorResult, MetaData, event
 from sqlalchemy.exc import InvalidatePoolError
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
     create_async_engine,
 )
-from sqlalchemy.pool import PoolProxiedConnection
-from sqlalchemy.util.concurrency import greenlet_spawn
 from sqlmodel import SQLModel
 
 from shared.config import Settings
@@ -129,7 +129,8 @@ def is_database_unavailable(exc: BaseException) -> bool:
 def _closed_under_us(error: BaseException) -> bool:
     """asyncpg's error for a pooled connection the server closed (on a `StatementConnection`).
 
-    Told by its message, as SQLAlchemy's asyncpg dialect tells it for sessions.
+    asyncpg has no class of its own for it: told by its message, as SQLAlchemy's asyncpg
+    dialect tells it for sessions.
     """
     return isinstance(error, asyncpg.InterfaceError) and "connection is closed" in str(error)
 
@@ -162,65 +163,82 @@ async def session_scope(factory: SessionFactory) -> AsyncIterator[AsyncSession]:
         yield session
 
 
+class Statements(Protocol):
+    """What a repository sends its SQL through: a statement connection, or a session's.
+
+    SQL is written once, in the table's repository, with `$n` placeholders; JSONB goes in
+    as JSON text and comes back decoded, as SQLAlchemy's asyncpg dialect sets it up on
+    every pooled connection. Rows are read by column name.
+    `info` carries what must happen after commit (shared/queue.py).
+    """
+
+    @property
+    def info(self) -> dict[Any, Any]: ...
+
+    async def fetch(self, query: str, *args: Any) -> Sequence[Mapping[str, Any]]: ...
+
+    async def fetchrow(self, query: str, *args: Any) -> Mapping[str, Any] | None: ...
+
+    async def fetchval(self, query: str, *args: Any) -> Any: ...
+
+    async def execute(self, query: str, *args: Any) -> None: ...
+
+
 class StatementConnection:
     """A pooled connection outside any transaction: each statement commits on its own.
 
-    For the hot paths that need one statement, or several that need no common
-    snapshot (submit one audit, read one audit): they skip BEGIN and COMMIT, two
-    round trips, and SQLAlchemy's statement execution, which cost more CPU there
-    than the rest of the request (bench/RESULTS.md). Statements go to the asyncpg
-    connection of the engine's pool, so the pool's size, ping and invalidation hold
-    as for sessions; it is checked out at the first statement, as a session's is.
-    `info` carries what must happen after the statements, as `AsyncSession.info`
-    does (shared/queue.py).
+    For operations of one statement, or of several that need no common snapshot
+    (submit, read, cancel or retry one audit; the worker's claim and fenced writes):
+    they skip BEGIN and COMMIT, two round trips, and SQLAlchemy's statement execution,
+    whose per-call CPU outweighed the rest of these requests (bench/RESULTS.md,
+    "Tuning"). This is the one place that talks to the driver directly. The connection
+    comes from the engine's pool through SQLAlchemy's public API, so the pool's size,
+    ping, error wrapping and invalidation hold as for sessions; it is checked out at the
+    first statement, as a session's is.
     """
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.info: dict[Any, Any] = {}
         self._engine = engine
-        self._pooled: PoolProxiedConnection | None = None
+        self._connection: AsyncConnection | None = None
+        self._driver: Any = None
 
-    async def fetchrow(self, query: str, *args: Any) -> asyncpg.Record | None:
-        record: asyncpg.Record | None = await self._run("fetchrow", query, args)
+    async def fetch(self, query: str, *args: Any) -> Sequence[Mapping[str, Any]]:
+        records: Sequence[Mapping[str, Any]] = await self._run("fetch", query, args)
+        return records
+
+    async def fetchrow(self, query: str, *args: Any) -> Mapping[str, Any] | None:
+        record: Mapping[str, Any] | None = await self._run("fetchrow", query, args)
         return record
 
     async def fetchval(self, query: str, *args: Any) -> Any:
         return await self._run("fetchval", query, args)
 
+    async def execute(self, query: str, *args: Any) -> None:
+        await self._run("execute", query, args)
+
     async def _run(self, method: str, query: str, args: tuple[Any, ...]) -> Any:
-        if self._pooled is None:
-            self._pooled = await self._checkout()
+        if self._connection is None:
+            # A failure to connect comes wrapped as for a session (a `DBAPIError`).
+            self._connection = await self._engine.connect()
+            self._driver = (await self._connection.get_raw_connection()).driver_connection
         try:
-            return await getattr(self._pooled.driver_connection, method)(query, *args)
+            return await getattr(self._driver, method)(query, *args)
         except asyncpg.PostgresError as exc:
             # The server refused the statement; the connection is fine unless it is going away.
             if is_database_unavailable(exc):
-                self._pooled.invalidate(exc)
+                await self._connection.invalidate(exc)
             raise
         except BaseException as exc:
             # Cut short (cancelled, a broken socket, a client-side error): the connection may
-            # be mid-protocol and must not serve another statement. Out of a greenlet, the
-            # driver's connection is terminated at once, without a round trip.
-            self._pooled.invalidate(exc)
+            # be mid-protocol and must not serve another statement.
+            await asyncio.shield(self._connection.invalidate(exc))
             raise
 
-    async def _checkout(self) -> PoolProxiedConnection:
-        """A connection of the pool; a failure to connect raised as a session's would be."""
-        dialect = self._engine.dialect
-        try:
-            return await self._engine.raw_connection()
-        except dialect.loaded_dbapi.Error as exc:
-            # The driver's error as the dialect adapts it, which no caller knows: wrapped the
-            # way SQLAlchemy wraps it for sessions (a `DBAPIError` keeping its SQLSTATE).
-            raise sqlalchemy.exc.DBAPIError.instance(
-                None, None, exc, dialect.loaded_dbapi.Error, dialect=dialect
-            ) from exc
-
     async def close(self) -> None:
-        """Back to the pool; closing a broken one awaits the driver, hence the greenlet."""
-        if self._pooled is not None:
-            pooled, self._pooled = self._pooled, None
-            await greenlet_spawn(pooled.close)
+        if self._connection is not None:
+            connection, self._connection = self._connection, None
+            await connection.close()
 
 
 @asynccontextmanager
@@ -230,3 +248,33 @@ async def statement_connection(engine: AsyncEngine) -> AsyncIterator[StatementCo
         yield conn
     finally:
         await conn.close()
+
+
+class SessionStatements:
+    """A session's transaction, seen as `Statements`: repository SQL inside a unit of work."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    @property
+    def info(self) -> dict[Any, Any]:
+        return self.session.info
+
+    async def _execute(self, query: str, args: tuple[Any, ...]) -> CursorResult[Any]:
+        connection = await self.session.connection()
+        return await connection.exec_driver_sql(query, args)
+
+    # Rows are read by column name, the keys of a `RowMapping`.
+    async def fetch(self, query: str, *args: Any) -> Sequence[Mapping[str, Any]]:
+        return cast(
+            Sequence[Mapping[str, Any]], (await self._execute(query, args)).mappings().all()
+        )
+
+    async def fetchrow(self, query: str, *args: Any) -> Mapping[str, Any] | None:
+        return cast(Mapping[str, Any] | None, (await self._execute(query, args)).mappings().first())
+
+    async def fetchval(self, query: str, *args: Any) -> Any:
+        return (await self._execute(query, args)).scalar()
+
+    async def execute(self, query: str, *args: Any) -> None:
+        await self._execute(query, args)

@@ -25,7 +25,7 @@ from redis.exceptions import ConnectionError, RedisError, TimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from shared.config import Settings
-from shared.db import SessionFactory, StatementConnection, session_scope
+from shared.db import SessionFactory, StatementConnection, session_scope, statement_connection
 
 log = structlog.get_logger(__name__)
 
@@ -85,7 +85,7 @@ class PendingJobs:
 
 
 class Transactional(Protocol):
-    """An `AsyncSession`, or a `StatementConnection`: what a service writes through."""
+    """What a service writes through: an `AsyncSession`, or `Statements` (shared/db.py)."""
 
     @property
     def info(self) -> dict[Any, Any]: ...
@@ -192,9 +192,8 @@ async def statements(engine: AsyncEngine, redis: ArqRedis) -> AsyncIterator[Stat
     Each statement commits as it runs, so what was deferred is sent even if the caller
     fails afterwards: its row exists.
     """
-    conn = StatementConnection(engine)
     try:
-        yield conn
+        async with statement_connection(engine) as conn:
+            yield conn
     finally:
-        await conn.close()
         await send_pending(conn, redis)

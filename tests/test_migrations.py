@@ -1,18 +1,30 @@
 """The migrations, run with the real `alembic` command against a scratch database.
 
 Upgrade, downgrade to nothing and upgrade again must leave the same schema, and
-`alembic check` must find nothing the models have that the migrations lack.
+`alembic check` must find nothing the models have that the migrations lack. The
+migrated CHECK on `audit.status` and each repository's typed row are held to the
+code that spells them.
 The scratch database lives beside the test database and is dropped afterwards.
 """
 
+import re
 import subprocess
 from collections.abc import AsyncIterator
+from dataclasses import fields
+from typing import Any
 from uuid import uuid4
 
 import asyncpg
 import pytest
 from sqlalchemy.engine import make_url
 
+from shared.audits.models import Audit
+from shared.audits.repository import AuditRow
+from shared.audits.status import AuditStatus
+from shared.batches.models import Batch
+from shared.batches.repository import BatchRow
+from shared.rubrics.models import Rubric
+from shared.rubrics.repository import RubricRow
 from tests.conftest import migrate
 
 Schema = dict[str, list[tuple[str, ...]]]
@@ -120,3 +132,24 @@ def test_audit_table_has_the_designed_shape(migrated: Schema) -> None:
     indexes = {row[1]: row[2] for row in migrated["indexes"] if row[0] == "audit"}
     for index in ("ix_audit_created", "ix_audit_status_created", "ix_audit_batch_created"):
         assert "created_at DESC, id DESC" in indexes[index]
+
+
+async def test_the_status_check_allows_exactly_the_statuses_of_the_enum(database_url: str) -> None:
+    connection = await asyncpg.connect(_dsn(database_url))
+    try:
+        definition = await connection.fetchval(
+            "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conname = 'ck_audit_status'"
+        )
+    finally:
+        await connection.close()
+
+    assert set(re.findall(r"'(\w+)'::text", definition)) == {str(s) for s in AuditStatus}
+
+
+@pytest.mark.parametrize(
+    ("row", "table"),
+    [(AuditRow, Audit), (BatchRow, Batch), (RubricRow, Rubric)],
+    ids=["audit", "batch", "rubric"],
+)
+def test_each_typed_row_has_every_column_of_its_table(row: type[Any], table: Any) -> None:
+    assert [f.name for f in fields(row)] == [column.name for column in table.__table__.columns]

@@ -11,8 +11,8 @@ from uuid import UUID
 import structlog
 from arq import Retry
 
-from shared.audits import lifecycle
-from shared.audits.lifecycle import ClaimedAudit
+from shared.audits import repository as lifecycle
+from shared.audits.repository import ClaimedAudit
 from shared.db import statement_connection
 from shared.llm.ratelimit import (
     NOTHING_RESERVED,

@@ -7,8 +7,8 @@ from arq.connections import ArqRedis
 from openai import AsyncOpenAI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shared.audits.lifecycle import QueuedKey
-from shared.config import Settings, get_settings
+from shared.audits.repository import Keyset
+from shared.config import Settings
 from shared.db import SessionFactory, create_engine, create_session_factory
 from shared.llm.client import create_client
 from shared.llm.ratelimit import ModelRateLimiter, create_rate_limiter
@@ -27,7 +27,7 @@ class JobContext(TypedDict):
     timing: JobTiming
     redis: ArqRedis
     job_try: int
-    reconcile_after: NotRequired[QueuedKey | None]
+    reconcile_after: NotRequired[Keyset | None]
 
 
 # arq's line as a job starts, and as it returns: `run_audit` logs both transitions itself,
@@ -40,7 +40,7 @@ def _not_routine_job_line(record: logging.LogRecord) -> bool:
 
 
 async def startup(ctx: dict[str, Any]) -> None:
-    settings: Settings = ctx.setdefault("settings", get_settings())
+    settings: Settings = ctx["settings"]  # worker/settings.py puts it there
     configure_logging(settings.log_level)
     logging.getLogger("arq.worker").addFilter(_not_routine_job_line)
     # One pooled connection per concurrent job would idle through the model calls;

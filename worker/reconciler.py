@@ -16,8 +16,8 @@ from uuid import UUID
 
 import structlog
 
-from shared.audits import lifecycle
-from shared.db import session_scope
+from shared.audits import recovery
+from shared.db import SessionStatements, statement_connection
 from shared.queue import enqueue_runs, missing_jobs, transaction
 from worker.context import JobContext
 
@@ -30,17 +30,17 @@ SCAN_LIMIT = 2000
 async def _enqueue_orphans(ctx: JobContext) -> list[UUID]:
     """Enqueue the next page of queued audits that have no job; wraps at the end."""
     after = ctx.get("reconcile_after")
-    async with session_scope(ctx["session_factory"]) as session:
-        page = await lifecycle.queued_before(session, age=ORPHAN_AGE, limit=SCAN_LIMIT, after=after)
-    ctx["reconcile_after"] = page[-1][1] if len(page) == SCAN_LIMIT else None
-    orphans = await missing_jobs(ctx["redis"], [audit_id for audit_id, _ in page])
+    async with statement_connection(ctx["engine"]) as conn:
+        page = await recovery.queued_before(conn, age=ORPHAN_AGE, limit=SCAN_LIMIT, after=after)
+    ctx["reconcile_after"] = page[-1] if len(page) == SCAN_LIMIT else None
+    orphans = await missing_jobs(ctx["redis"], [audit_id for _, audit_id in page])
     await enqueue_runs(ctx["redis"], orphans)
     return orphans
 
 
 async def reconcile(ctx: JobContext) -> dict[str, Any]:
     async with transaction(ctx["session_factory"], ctx["redis"]) as session:
-        requeued, failed = await lifecycle.recover_expired_leases(session)
+        requeued, failed = await recovery.recover_expired_leases(SessionStatements(session))
     orphans = await _enqueue_orphans(ctx)
     counts = {
         "leases_requeued": len(requeued),

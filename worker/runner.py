@@ -39,7 +39,7 @@ from redis.exceptions import RedisError
 
 from shared.config import get_settings
 from shared.logging import configure_logging
-from worker.settings import WorkerSettings
+from worker.settings import worker_options
 
 log = structlog.get_logger("worker.runner")
 
@@ -152,5 +152,6 @@ class RedisTolerantWorker(Worker):
 
 
 def run() -> None:
-    configure_logging(get_settings().log_level)  # as `arq` configures its own, before startup
-    RedisTolerantWorker(**WorkerSettings).run()
+    settings = get_settings()
+    configure_logging(settings.log_level)  # as `arq` configures its own, before startup
+    RedisTolerantWorker(**worker_options(settings)).run()

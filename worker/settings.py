@@ -58,5 +58,10 @@ def worker_options(settings: Settings) -> dict[str, Any]:
     }
 
 
-# arq accepts a dict of `Worker` arguments as its settings.
-WorkerSettings = worker_options(get_settings())
+def __getattr__(name: str) -> Any:
+    """`WorkerSettings`, for `arq worker.settings.WorkerSettings`: arq accepts a dict of
+    `Worker` arguments. Built when arq asks for it, so importing this module reads no
+    settings."""
+    if name == "WorkerSettings":
+        return worker_options(get_settings())
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -8,9 +8,9 @@ from uuid import UUID
 import structlog
 from arq import Retry
 
-from shared.audits import lifecycle
+from shared.audits import repository as lifecycle
 from shared.audits.findings import asked_criteria, audit_findings
-from shared.audits.lifecycle import ClaimedAudit
+from shared.audits.repository import ClaimedAudit
 from shared.audits.scoring import build_result
 from shared.db import (
     DATABASE_ERRORS,

@@ -7,7 +7,14 @@ from uuid import UUID
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import AfterValidator, BeforeValidator
 
-from api.deps import IdempotencyKey, SessionDep, mark_created, statements
+from api.deps import (
+    CurrentAudit,
+    IdempotencyKey,
+    SettingsDep,
+    mark_created,
+    set_location,
+    statements,
+)
 from api.openapi import BODY_PROBLEMS, problems
 from shared.audits import service as audits
 from shared.audits.exceptions import (
@@ -15,14 +22,9 @@ from shared.audits.exceptions import (
     AuditNotFound,
     AuditNotRetryable,
 )
-from shared.audits.schemas import (
-    AuditCreate,
-    AuditDetail,
-    AuditPage,
-    AuditRead,
-    AuditStatus,
-    NoNul,
-)
+from shared.audits.repository import AuditFilters
+from shared.audits.schemas import AuditCreate, AuditDetail, AuditPage, AuditRead, NoNul
+from shared.audits.status import AuditStatus
 from shared.audits.views import to_detail, to_read
 from shared.idempotency import IdempotencyKeyMismatch
 from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT, InvalidCursor
@@ -55,10 +57,6 @@ def _as_utc(moment: datetime) -> datetime:
 Timestamp = Annotated[datetime, BeforeValidator(_not_a_number), AfterValidator(_as_utc)]
 
 
-def _location(response: Response, audit_id: UUID) -> None:
-    response.headers["Location"] = f"/api/v1/audits/{audit_id}"
-
-
 @router.post(
     "",
     status_code=202,
@@ -68,6 +66,7 @@ async def create_audit(
     body: AuditCreate,
     request: Request,
     response: Response,
+    settings: SettingsDep,
     idempotency_key: IdempotencyKey = None,
 ) -> AuditRead:
     """Record an audit and queue it; poll `Location` for its progress.
@@ -79,23 +78,23 @@ async def create_audit(
         created = await audits.create(
             conn,
             data=body,
+            settings=settings,
             request_id=request.state.request_id,
             idempotency_key=idempotency_key,
         )
-    mark_created(response, created, location=f"/api/v1/audits/{created.resource['id']}")
+    mark_created(request, response, created, route="get_audit", audit_id=created.resource.id)
     return to_read(created.resource)
 
 
 @router.get("/{audit_id}", responses=problems(AuditNotFound))
-async def get_audit(audit_id: UUID, request: Request) -> AuditDetail:
+async def get_audit(audit: CurrentAudit) -> AuditDetail:
     """One audit, with its content, result or error."""
-    async with statements(request) as conn:
-        return to_detail(await audits.get_or_raise(conn, audit_id=audit_id))
+    return to_detail(audit)
 
 
 @router.get("", responses=problems(InvalidCursor))
 async def list_audits(
-    session: SessionDep,
+    request: Request,
     status: Annotated[
         list[AuditStatus] | None, Query(description="Repeat to match several.")
     ] = None,
@@ -107,28 +106,37 @@ async def list_audits(
     cursor: Annotated[str | None, Query(max_length=512)] = None,
 ) -> AuditPage:
     """Audits, newest first; follow `next_cursor` for the next page."""
-    filters = audits.AuditFilters(
+    filters = AuditFilters(
         status=status or (),
         batch_id=batch_id,
         rubric=rubric,
         created_after=created_after,
         created_before=created_before,
     )
-    rows, next_cursor = await audits.list_page(session, filters=filters, limit=limit, cursor=cursor)
+    async with statements(request) as conn:
+        rows, next_cursor = await audits.list_page(
+            conn, filters=filters, limit=limit, cursor=cursor
+        )
     return AuditPage(items=[to_read(row) for row in rows], next_cursor=next_cursor)
 
 
+# Cancel and retry take the id, not `CurrentAudit`: each is one conditional UPDATE, and
+# only when it changes nothing is the audit read, to say why.
 @router.post("/{audit_id}/cancel", responses=problems(AuditNotFound, AuditNotCancellable))
-async def cancel_audit(audit_id: UUID, session: SessionDep) -> AuditRead:
+async def cancel_audit(audit_id: UUID, request: Request) -> AuditRead:
     """Cancel a queued or running audit (a running model call is aborted, best effort)."""
-    return to_read(await audits.cancel(session, audit_id=audit_id))
+    async with statements(request) as conn:
+        return to_read(await audits.cancel(conn, audit_id=audit_id))
 
 
 @router.post(
     "/{audit_id}/retry", status_code=202, responses=problems(AuditNotFound, AuditNotRetryable)
 )
-async def retry_audit(audit_id: UUID, session: SessionDep, response: Response) -> AuditRead:
+async def retry_audit(
+    audit_id: UUID, request: Request, response: Response, settings: SettingsDep
+) -> AuditRead:
     """Queue a failed or cancelled audit again."""
-    audit = await audits.retry(session, audit_id=audit_id)
-    _location(response, audit_id)
+    async with statements(request) as conn:
+        audit = await audits.retry(conn, audit_id=audit_id, settings=settings)
+    set_location(request, response, "get_audit", audit_id=audit_id)
     return to_read(audit)

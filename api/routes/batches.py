@@ -6,14 +6,22 @@ from uuid import UUID
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from api.deps import CurrentBatch, IdempotencyKey, RequestId, SessionDep, mark_created
+from api.deps import (
+    CurrentBatch,
+    IdempotencyKey,
+    RequestId,
+    SettingsDep,
+    Transaction,
+    mark_created,
+    statements,
+)
 from api.openapi import BODY_PROBLEMS, problems
 from shared.batches import service as batches
 from shared.batches.exceptions import BatchNotFound
 from shared.batches.schemas import BatchCreate, BatchPage, BatchRead
 from shared.batches.views import result_line, to_read
-from shared.db import SessionFactory
 from shared.idempotency import IdempotencyKeyMismatch
 from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT, InvalidCursor
 from shared.rubrics.exceptions import UnknownRubric
@@ -30,8 +38,10 @@ NDJSON = "application/x-ndjson"
 )
 async def create_batch(
     body: BatchCreate,
-    session: SessionDep,
+    transaction: Transaction,
+    settings: SettingsDep,
     request_id: RequestId,
+    request: Request,
     response: Response,
     idempotency_key: IdempotencyKey = None,
 ) -> BatchRead:
@@ -41,33 +51,40 @@ async def create_batch(
     the item's index and field, e.g. `["body", "audits", 517, "content"]`.
     """
     created = await batches.create(
-        session, data=body, idempotency_key=idempotency_key, request_id=request_id
+        transaction,
+        data=body,
+        settings=settings,
+        idempotency_key=idempotency_key,
+        request_id=request_id,
     )
-    mark_created(response, created, location=f"/api/v1/batches/{created.resource.batch.id}")
+    batch_id = created.resource.batch.id
+    mark_created(request, response, created, route="get_batch", batch_id=batch_id)
     return to_read(created.resource)
 
 
 @router.get("/{batch_id}", responses=problems(BatchNotFound))
-async def get_batch(batch: CurrentBatch, session: SessionDep) -> BatchRead:
+async def get_batch(batch: CurrentBatch, request: Request) -> BatchRead:
     """A batch with its audits counted by status."""
-    return to_read(await batches.summarize(session, batch))
+    async with statements(request) as conn:
+        return to_read(await batches.summarize(conn, batch))
 
 
 @router.get("", responses=problems(InvalidCursor))
 async def list_batches(
-    session: SessionDep,
+    request: Request,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
 ) -> BatchPage:
     """Batches, newest first; follow `next_cursor` for the next page."""
-    rows, next_cursor = await batches.list_page(session, limit=limit, cursor=cursor)
+    async with statements(request) as conn:
+        rows, next_cursor = await batches.list_page(conn, limit=limit, cursor=cursor)
     return BatchPage(items=[to_read(row) for row in rows], next_cursor=next_cursor)
 
 
 @router.post("/{batch_id}/cancel", responses=problems(BatchNotFound))
-async def cancel_batch(batch: CurrentBatch, session: SessionDep) -> BatchRead:
+async def cancel_batch(batch: CurrentBatch, transaction: Transaction) -> BatchRead:
     """Cancel every audit of the batch that is still queued or running."""
-    return to_read(await batches.cancel(session, batch=batch))
+    return to_read(await batches.cancel(transaction, batch=batch))
 
 
 @router.get(
@@ -84,10 +101,10 @@ async def cancel_batch(batch: CurrentBatch, session: SessionDep) -> BatchRead:
 )
 async def batch_results(batch: CurrentBatch, request: Request) -> StreamingResponse:
     """Stream the batch's audits as NDJSON, without loading the batch into memory."""
-    factory = request.app.state.session_factory
-    return StreamingResponse(_lines(factory, batch.id), media_type=NDJSON)
+    engine = request.app.state.engine
+    return StreamingResponse(_lines(engine, batch.id), media_type=NDJSON)
 
 
-async def _lines(factory: SessionFactory, batch_id: UUID) -> AsyncIterator[bytes]:
-    async for rows in batches.iter_results(factory, batch_id=batch_id):
+async def _lines(engine: AsyncEngine, batch_id: UUID) -> AsyncIterator[bytes]:
+    async for rows in batches.iter_results(engine, batch_id=batch_id):
         yield b"".join(result_line(row) for row in rows)

@@ -2,54 +2,55 @@
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
 
-from api.deps import SessionDep
+from api.deps import Transaction, set_location, statements
 from api.openapi import BODY_PROBLEMS, problems
 from shared.audits.schemas import MAX_RUBRIC_VERSION
 from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT, InvalidCursor
 from shared.rubrics import service as rubrics
 from shared.rubrics.exceptions import RubricNotFound
-from shared.rubrics.models import Rubric
+from shared.rubrics.repository import RubricRow
 from shared.rubrics.schemas import RubricCreate, RubricName, RubricPage, RubricRead
 
 router = APIRouter(prefix="/rubrics", tags=["rubrics"])
 
 
-def to_read(rubric: Rubric) -> RubricRead:
+def to_read(rubric: RubricRow) -> RubricRead:
     return RubricRead.model_validate(rubric, from_attributes=True)
 
 
 @router.post("", status_code=201, responses=problems(extra=BODY_PROBLEMS))
-async def publish_rubric(body: RubricCreate, session: SessionDep, response: Response) -> RubricRead:
+async def publish_rubric(
+    body: RubricCreate, transaction: Transaction, request: Request, response: Response
+) -> RubricRead:
     """Publish a rubric; an existing name gets its next version (rubrics never change)."""
-    rubric = await rubrics.publish(session, data=body)
-    response.headers["Location"] = f"/api/v1/rubrics/{rubric.name}?version={rubric.version}"
+    rubric = await rubrics.publish(transaction, data=body)
+    query = f"version={rubric.version}"
+    set_location(request, response, "get_rubric", name=rubric.name, query=query)
     return to_read(rubric)
 
 
 @router.get("", responses=problems(InvalidCursor))
 async def list_rubrics(
-    session: SessionDep,
+    request: Request,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
 ) -> RubricPage:
     """The latest version of every rubric, by name."""
-    rows, next_cursor = await rubrics.list_latest(session, limit=limit, cursor=cursor)
+    async with statements(request) as conn:
+        rows, next_cursor = await rubrics.list_latest(conn, limit=limit, cursor=cursor)
     return RubricPage(items=[to_read(row) for row in rows], next_cursor=next_cursor)
 
 
 @router.get("/{name}", responses=problems(RubricNotFound))
 async def get_rubric(
     name: RubricName,
-    session: SessionDep,
+    request: Request,
     version: Annotated[
         int | None, Query(ge=1, le=MAX_RUBRIC_VERSION, description="Default: the latest.")
     ] = None,
 ) -> RubricRead:
     """A rubric's latest version, or the one asked for."""
-    rubric = await rubrics.get(session, name=name, version=version)
-    if rubric is None:
-        suffix = "" if version is None else f" at version {version}"
-        raise RubricNotFound(f"No rubric {name!r}{suffix}.")
-    return to_read(rubric)
+    async with statements(request) as conn:
+        return to_read(await rubrics.get_or_raise(conn, name=name, version=version))

@@ -1,7 +1,7 @@
 """Baseline of figure 1: the floor of a validated, durable, queued submit.
 
 `POST /api/v1/audits` validates the body with auditq's own `AuditCreate`, builds
-the same row (`shared.audits.service.new_row`), writes it with one raw asyncpg
+the same row (`shared.audits.service.new_audit`), writes it with one raw asyncpg
 `INSERT` (autocommit: durable when it returns, with the server's own fsync and
 synchronous_commit) and queues it with one arq `enqueue_job`, job id
 `audit:<id>` as auditq's. No ORM, no idempotency lookup, no request log, no
@@ -12,6 +12,7 @@ REDIS_URL and QUEUE_NAME in the environment.
 """
 
 import os
+from dataclasses import asdict
 from functools import cache
 from typing import Any
 
@@ -19,7 +20,10 @@ from fastapi import FastAPI, Request
 
 from bench.baselines.pool import health, lifespan
 from shared.audits.schemas import AuditCreate
-from shared.audits.service import ResolvedCriteria, new_row
+from shared.audits.service import ResolvedCriteria, new_audit
+from shared.config import Settings
+
+SETTINGS = Settings()
 
 
 @cache
@@ -30,7 +34,7 @@ def _insert(columns: tuple[str, ...]) -> str:
 
 async def create_audit(body: AuditCreate, request: Request) -> dict[str, Any]:
     criteria = ResolvedCriteria(criteria=list(body.criteria or []))
-    row = new_row(body, criteria=criteria)
+    row = asdict(new_audit(body, settings=SETTINGS, criteria=criteria))
     await request.app.state.db.execute(_insert(tuple(row)), *row.values())
     audit_id = str(row["id"])
     await request.app.state.redis.enqueue_job(

@@ -1,4 +1,4 @@
-"""The `audit` table (DESIGN §2)."""
+"""The `audit` table (DESIGN §2): its schema, for alembic and the repository's column list."""
 
 from datetime import datetime
 from typing import Any
@@ -8,9 +8,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field, SQLModel
 
+from shared.audits.status import TERMINAL, UNFINISHED, AuditStatus, sql_list
 from shared.db import metadata  # noqa: F401  (naming convention must be set first)
-
-STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 
 
 def _timestamp(*, nullable: bool = True) -> Any:
@@ -28,7 +27,7 @@ def _jsonb(*, nullable: bool = False) -> Any:
 class Audit(SQLModel, table=True):
     __tablename__ = "audit"
     __table_args__ = (
-        sa.CheckConstraint(f"status IN {STATUSES!r}", name="status"),
+        sa.CheckConstraint(f"status IN {sql_list(AuditStatus)}", name="status"),
         sa.CheckConstraint("attempts >= 0", name="attempts"),
         sa.Index("ix_audit_created", sa.text("created_at DESC"), sa.text("id DESC")),
         sa.Index(
@@ -48,12 +47,12 @@ class Audit(SQLModel, table=True):
             "ix_audit_unfinished",
             "status",
             "lease_until",
-            postgresql_where=sa.text("status IN ('queued', 'running')"),
+            postgresql_where=sa.text(f"status IN {sql_list(UNFINISHED)}"),
         ),
         sa.Index(
             "ix_audit_finished",
             "finished_at",
-            postgresql_where=sa.text("status IN ('succeeded', 'failed', 'cancelled')"),
+            postgresql_where=sa.text(f"status IN {sql_list(TERMINAL)}"),
         ),
         sa.Index(
             "uq_audit_idempotency_key",
@@ -64,7 +63,7 @@ class Audit(SQLModel, table=True):
     )
 
     id: UUID = Field(default_factory=uuid4, primary_key=True)
-    status: str = _text(nullable=False, default="queued")
+    status: str = _text(nullable=False, default=AuditStatus.QUEUED)
     subject: str = _text(nullable=False)
     content: str = _text(nullable=False)
     criteria: list[dict[str, Any]] = _jsonb()

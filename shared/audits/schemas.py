@@ -7,13 +7,11 @@ from datetime import datetime
 from typing import Annotated, Any, Literal, Self
 from uuid import UUID
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
-from shared.config import get_settings
+from shared.audits.status import AuditStatus
 from shared.text import json_size, reject_nul
 
-AuditStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-TERMINAL_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 Verdict = Literal["pass", "partial", "fail", "not_applicable"]
 
 CRITERION_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
@@ -24,15 +22,6 @@ MAX_METADATA_DEPTH = 32
 MAX_RUBRIC_VERSION = 2**31 - 1
 
 NoNul = AfterValidator(reject_nul)
-
-
-def _within_content_limit(value: str) -> str:
-    limit = get_settings().max_content_chars
-    if len(value) > limit:
-        raise ValueError(
-            f"must be at most {limit} characters (MAX_CONTENT_CHARS), got {len(value)}"
-        )
-    return value
 
 
 def _keys_and_leaves(value: Any, *, depth: int = 1) -> Iterator[Any]:
@@ -71,7 +60,8 @@ def _small_json_object(value: dict[str, Any]) -> dict[str, Any]:
     return value
 
 
-Content = Annotated[str, Field(min_length=1), NoNul, AfterValidator(_within_content_limit)]
+# Its upper bound, MAX_CONTENT_CHARS, is the deployment's: shared/audits/limits.py.
+Content = Annotated[str, Field(min_length=1), NoNul]
 Metadata = Annotated[dict[str, Any], AfterValidator(_small_json_object)]
 
 
@@ -109,18 +99,11 @@ class AuditCreate(BaseModel):
     criteria: CriteriaList | None = None
     rubric: Annotated[str, Field(min_length=1, max_length=64), NoNul] | None = None
     rubric_version: Annotated[int, Field(ge=1, le=MAX_RUBRIC_VERSION)] | None = None
+    # One of ALLOWED_MODELS, the deployment's: shared/audits/limits.py.
     model: str | None = None
     metadata: Metadata = Field(default_factory=dict)
     # Python's JSON parser lets NaN in; refused by name rather than as "not <= 100".
     pass_threshold: Annotated[float, Field(ge=0, le=100, allow_inf_nan=False)] = 70.0
-
-    @field_validator("model")
-    @classmethod
-    def model_is_allowed(cls, value: str | None) -> str | None:
-        allowed = get_settings().models
-        if value is not None and value not in allowed:
-            raise ValueError(f"must be one of ALLOWED_MODELS: {', '.join(allowed)}")
-        return value
 
     @model_validator(mode="after")
     def criteria_xor_rubric(self) -> Self:

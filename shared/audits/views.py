@@ -1,16 +1,16 @@
 """How an audit is shown to clients (DESIGN §4 "Audit representation").
 
-Audits come in by column name (`AuditColumns`), as the service functions return them.
+Built from the typed row the repository returns, validated once into the response model.
 """
 
 from typing import Any
 
-from shared.audits.records import AuditColumns
+from shared.audits.repository import AuditRow
 from shared.audits.schemas import AuditDetail, AuditError, AuditRead, Usage
 
 
-def _usage(audit: AuditColumns) -> Usage | None:
-    prompt, completion = audit["prompt_tokens"], audit["completion_tokens"]
+def _usage(audit: AuditRow) -> Usage | None:
+    prompt, completion = audit.prompt_tokens, audit.completion_tokens
     if prompt is None or completion is None:
         return None
     return Usage(
@@ -18,37 +18,37 @@ def _usage(audit: AuditColumns) -> Usage | None:
     )
 
 
-def _error(audit: AuditColumns) -> AuditError | None:
-    if audit["error_code"] is None:
+def _error(audit: AuditRow) -> AuditError | None:
+    if audit.error_code is None:
         return None
-    return AuditError(code=audit["error_code"], message=audit["error_message"] or "")
+    return AuditError(code=audit.error_code, message=audit.error_message or "")
 
 
-def _fields(audit: AuditColumns) -> dict[str, Any]:
+def _fields(audit: AuditRow) -> dict[str, Any]:
     return {
-        "id": audit["id"],
-        "status": audit["status"],
-        "subject": audit["subject"],
-        "model": audit["model"],
-        "criteria": audit["criteria"],
-        "rubric": audit["rubric_name"],
-        "rubric_version": audit["rubric_version"],
-        "metadata": audit["metadata"],
-        "batch_id": audit["batch_id"],
-        "attempts": audit["attempts"],
-        "created_at": audit["created_at"],
-        "updated_at": audit["updated_at"],
-        "started_at": audit["started_at"],
-        "finished_at": audit["finished_at"],
-        "result": audit["result"] or None,
+        "id": audit.id,
+        "status": audit.status,
+        "subject": audit.subject,
+        "model": audit.model,
+        "criteria": audit.criteria,
+        "rubric": audit.rubric_name,
+        "rubric_version": audit.rubric_version,
+        "metadata": audit.metadata,
+        "batch_id": audit.batch_id,
+        "attempts": audit.attempts,
+        "created_at": audit.created_at,
+        "updated_at": audit.updated_at,
+        "started_at": audit.started_at,
+        "finished_at": audit.finished_at,
+        "result": audit.result or None,
         "error": _error(audit),
         "usage": _usage(audit),
     }
 
 
-def to_read(audit: AuditColumns) -> AuditRead:
+def to_read(audit: AuditRow) -> AuditRead:
     return AuditRead.model_validate(_fields(audit))
 
 
-def to_detail(audit: AuditColumns) -> AuditDetail:
-    return AuditDetail.model_validate({**_fields(audit), "content": audit["content"]})
+def to_detail(audit: AuditRow) -> AuditDetail:
+    return AuditDetail.model_validate({**_fields(audit), "content": audit.content})

@@ -1,8 +1,8 @@
 """How batches and their results are shown to clients."""
 
 import json
-from typing import Any
 
+from shared.audits.repository import ResultRow
 from shared.audits.schemas import Usage
 from shared.batches.schemas import BatchRead
 from shared.batches.service import BatchSummary
@@ -14,7 +14,7 @@ def to_read(summary: BatchSummary) -> BatchRead:
         {
             "id": batch.id,
             "name": batch.name,
-            "metadata": batch.metadata_,
+            "metadata": batch.metadata,
             "status": summary.status,
             "counts": summary.counts,
             "usage": Usage(
@@ -28,7 +28,7 @@ def to_read(summary: BatchSummary) -> BatchRead:
     )
 
 
-def result_line(row: Any) -> bytes:
+def result_line(row: ResultRow) -> bytes:
     """One NDJSON line of GET /batches/{id}/results."""
     error = {"code": row.error_code, "message": row.error_message} if row.error_code else None
     usage = None
@@ -41,7 +41,7 @@ def result_line(row: Any) -> bytes:
     line = {
         "id": str(row.id),
         "subject": row.subject,
-        "metadata": row.metadata_,
+        "metadata": row.metadata,
         "status": row.status,
         "result": row.result,
         "error": error,

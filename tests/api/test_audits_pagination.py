@@ -5,7 +5,7 @@ equal (so the order, and the cursor, rest on the id tie-break) and partly distin
 """
 
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid4
@@ -16,7 +16,8 @@ from httpx import AsyncClient
 
 from shared.audits.models import Audit
 from shared.audits.schemas import AuditCreate
-from shared.audits.service import ResolvedCriteria, new_row
+from shared.audits.service import ResolvedCriteria, new_audit
+from shared.config import Settings
 from shared.db import SessionFactory, session_scope
 from tests.factories import audit_request
 
@@ -58,7 +59,10 @@ def audit_rows(count: int, *, batches: Sequence[UUID], start: int = 0) -> list[d
     criteria = ResolvedCriteria(criteria=list(data.criteria or []))
     rows = []
     for index in range(start, start + count):
-        row = new_row(data, criteria=criteria, batch_id=[*batches, None][index % 4])
+        new = new_audit(
+            data, settings=Settings(), criteria=criteria, batch_id=[*batches, None][index % 4]
+        )
+        row = asdict(new)
         row.update(
             status=STATUSES[index % 5],
             rubric_name=RUBRICS[index % 3],

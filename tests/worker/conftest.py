@@ -15,10 +15,11 @@ import pytest
 import structlog
 from arq import Worker
 from arq.connections import ArqRedis
+from fastapi import FastAPI
 from httpx import AsyncClient
 from structlog.typing import EventDict
 
-from shared.config import Settings, get_settings
+from shared.config import Settings
 from tests.factories import audit_request
 from tests.fixtures.simulator import SimulatorHandle
 from worker.context import JobContext, shutdown, startup
@@ -98,15 +99,13 @@ def retry_delays(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, float | Non
 
 
 @pytest.fixture
-def max_attempts(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[int], None]]:
-    """Set `MAX_ATTEMPTS` for audits submitted afterwards (the API reads it from the env)."""
+def max_attempts(app: FastAPI) -> Callable[[int], None]:
+    """Set `MAX_ATTEMPTS` for audits the test's API accepts afterwards."""
 
     def set_limit(limit: int) -> None:
-        monkeypatch.setenv("MAX_ATTEMPTS", str(limit))
-        get_settings.cache_clear()
+        app.state.settings = app.state.settings.model_copy(update={"max_attempts": limit})
 
-    yield set_limit
-    get_settings.cache_clear()
+    return set_limit
 
 
 async def submit(client: AsyncClient, **overrides: Any) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from arq.connections import ArqRedis
 from httpx import AsyncClient
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shared.audits import lifecycle
+from shared.audits import repository
 from shared.config import Settings
 from shared.db import SessionFactory, statement_connection
 from shared.llm.ratelimit import (
@@ -275,7 +275,7 @@ async def test_the_token_estimate_covers_what_the_model_reports(
 ) -> None:
     submitted = await submit(client)
     async with statement_connection(engine) as conn:
-        call = await lifecycle.next_call(conn, audit_id=UUID(submitted["id"]))
+        call = await repository.next_call(conn, audit_id=UUID(submitted["id"]))
     assert call is not None
     estimate = estimate_tokens(prompt_chars=call.text_chars, criteria=call.criteria)
 

@@ -8,7 +8,7 @@ from arq.connections import ArqRedis
 from arq.constants import job_key_prefix
 from httpx import AsyncClient
 
-from shared.audits.lifecycle import WORKER_LOST
+from shared.audits.recovery import WORKER_LOST
 from shared.config import Settings
 from shared.db import SessionFactory
 from shared.queue import audit_job_id, enqueue_runs

@@ -21,7 +21,7 @@ from httpx import AsyncClient
 from sqlmodel import col
 
 from shared.audits.models import Audit
-from shared.audits.schemas import TERMINAL_STATUSES
+from shared.audits.status import TERMINAL
 from shared.config import Settings
 from shared.db import SessionFactory, session_scope
 from shared.queue import audit_job_id
@@ -108,7 +108,7 @@ async def wait_until_terminal(
         return await load_audit(factory, audit_id)
 
     try:
-        return await eventually(load, lambda a: a.status in TERMINAL_STATUSES, timeout=within)
+        return await eventually(load, lambda a: a.status in TERMINAL, timeout=within)
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n{worker.output()}") from None
 

@@ -1,5 +1,6 @@
 """The audits service: create, read, list, cancel and retry, against real PostgreSQL and Redis."""
 
+from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid4
@@ -10,23 +11,26 @@ from arq.connections import ArqRedis
 from arq.constants import abort_jobs_ss, job_key_prefix
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from shared.audits import repository
 from shared.audits import service as audits
 from shared.audits.exceptions import AuditNotCancellable, AuditNotFound, AuditNotRetryable
 from shared.audits.models import Audit
-from shared.audits.schemas import AuditCreate, AuditStatus
+from shared.audits.repository import AuditFilters
+from shared.audits.schemas import AuditCreate
+from shared.audits.status import AuditStatus
 from shared.config import Settings
-from shared.db import SessionFactory, statement_connection
+from shared.db import SessionFactory, SessionStatements, statement_connection
 from shared.queue import audit_job_id, send_pending, transaction
 from shared.rubrics import service as rubrics
 from shared.rubrics.exceptions import UnknownRubric
 from shared.rubrics.schemas import RubricCreate
-from tests.environment import environment
 from tests.factories import audit_request
 from tests.rows import insert_audit, load_audit
 
 pytestmark = pytest.mark.usefixtures("clean")
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
+SETTINGS = Settings()
 
 
 def request(**overrides: Any) -> AuditCreate:
@@ -48,15 +52,15 @@ async def test_create_records_a_queued_audit_and_sends_its_job_after_its_insert(
     engine: AsyncEngine, session_factory: SessionFactory, redis: ArqRedis, settings: Settings
 ) -> None:
     async with statement_connection(engine) as conn:
-        created = await audits.create(conn, data=request(), request_id="req-1")
+        created = await audits.create(conn, settings=SETTINGS, data=request(), request_id="req-1")
         audit = created.resource
         # Deferred, not sent: the caller sends it once the statement has returned.
         assert await queued(redis, settings) == set()
         await send_pending(conn, redis)
 
     assert not created.replayed
-    assert await queued(redis, settings) == {audit_job_id(audit["id"])}
-    stored = await load_audit(session_factory, audit["id"])
+    assert await queued(redis, settings) == {audit_job_id(audit.id)}
+    stored = await load_audit(session_factory, audit.id)
     assert (stored.status, stored.attempts, stored.attempt_limit) == ("queued", 0, 5)
     assert stored.request_id == "req-1"
     assert stored.model == "gpt-4o-mini"
@@ -64,17 +68,19 @@ async def test_create_records_a_queued_audit_and_sends_its_job_after_its_insert(
     assert stored.metadata_ == {"sku": "TB-01"}
     # What create returns is the stored row, column by column.
     columns = sa.inspect(Audit).column_attrs
-    assert audit == {column.columns[0].name: getattr(stored, column.key) for column in columns}
+    assert asdict(audit) == {
+        column.columns[0].name: getattr(stored, column.key) for column in columns
+    }
 
 
 async def test_create_budgets_max_attempts(
     engine: AsyncEngine, session_factory: SessionFactory
 ) -> None:
-    with environment(MAX_ATTEMPTS="3"):
-        async with statement_connection(engine) as conn:
-            audit = (await audits.create(conn, data=request())).resource
+    async with statement_connection(engine) as conn:
+        three = Settings(max_attempts=3)
+        audit = (await audits.create(conn, settings=three, data=request())).resource
 
-    assert (await load_audit(session_factory, audit["id"])).attempt_limit == 3
+    assert (await load_audit(session_factory, audit.id)).attempt_limit == 3
 
 
 async def test_create_with_a_rubric_snapshots_its_latest_or_named_version(
@@ -84,26 +90,33 @@ async def test_create_with_a_rubric_snapshots_its_latest_or_named_version(
         for description in ("first", "second"):
             criteria = [{"id": "tone", "description": description}]
             await rubrics.publish(
-                session, data=RubricCreate(name="house_style", description="", criteria=criteria)
+                SessionStatements(session),
+                data=RubricCreate(name="house_style", description="", criteria=criteria),
             )
         await session.commit()
 
     async with statement_connection(engine) as conn:
         latest = (
-            await audits.create(conn, data=request(criteria=None, rubric="house_style"))
+            await audits.create(
+                conn, settings=SETTINGS, data=request(criteria=None, rubric="house_style")
+            )
         ).resource
         first = (
             await audits.create(
-                conn, data=request(criteria=None, rubric="house_style", rubric_version=1)
+                conn,
+                settings=SETTINGS,
+                data=request(criteria=None, rubric="house_style", rubric_version=1),
             )
         ).resource
         with pytest.raises(UnknownRubric, match="no version 3"):
             await audits.create(
-                conn, data=request(criteria=None, rubric="house_style", rubric_version=3)
+                conn,
+                settings=SETTINGS,
+                data=request(criteria=None, rubric="house_style", rubric_version=3),
             )
 
-    assert (latest["rubric_version"], latest["criteria"][0]["description"]) == (2, "second")
-    assert (first["rubric_version"], first["criteria"][0]["description"]) == (1, "first")
+    assert (latest.rubric_version, latest.criteria[0]["description"]) == (2, "second")
+    assert (first.rubric_version, first.criteria[0]["description"]) == (1, "first")
 
 
 # get
@@ -114,8 +127,8 @@ async def test_get_or_raise(engine: AsyncEngine, session_factory: SessionFactory
     unknown = uuid4()
 
     async with statement_connection(engine) as conn:
-        assert (await audits.get_or_raise(conn, audit_id=audit_id))["id"] == audit_id
-        assert await audits.get(conn, audit_id=unknown) is None
+        assert (await audits.get_or_raise(conn, audit_id=audit_id)).id == audit_id
+        assert await repository.get(conn, unknown) is None
         with pytest.raises(AuditNotFound, match=str(unknown)):
             await audits.get_or_raise(conn, audit_id=unknown)
 
@@ -130,12 +143,12 @@ async def test_cancel_an_unfinished_audit_and_abort_its_job_after_commit(
     audit_id = await insert_audit(session_factory, status=status, lease_until=T0)
 
     async with transaction(session_factory, redis) as session:
-        audit = await audits.cancel(session, audit_id=audit_id)
+        audit = await audits.cancel(SessionStatements(session), audit_id=audit_id)
         assert await redis.zscore(abort_jobs_ss, audit_job_id(audit_id)) is None
 
     assert await redis.zscore(abort_jobs_ss, audit_job_id(audit_id)) is not None
     stored = await load_audit(session_factory, audit_id)
-    assert (audit["status"], stored.status) == ("cancelled", "cancelled")
+    assert (audit.status, stored.status) == ("cancelled", "cancelled")
     assert stored.finished_at is not None
     assert stored.lease_until is None
 
@@ -148,7 +161,7 @@ async def test_cancel_a_finished_audit_changes_nothing(
 
     async with session_factory() as session:
         with pytest.raises(AuditNotCancellable, match=f"already {status}") as raised:
-            await audits.cancel(session, audit_id=audit_id)
+            await audits.cancel(SessionStatements(session), audit_id=audit_id)
 
     assert raised.value.extra == {"audit_status": status}
     stored = await load_audit(session_factory, audit_id)
@@ -158,7 +171,7 @@ async def test_cancel_a_finished_audit_changes_nothing(
 async def test_cancel_an_unknown_audit(session_factory: SessionFactory) -> None:
     async with session_factory() as session:
         with pytest.raises(AuditNotFound):
-            await audits.cancel(session, audit_id=uuid4())
+            await audits.cancel(SessionStatements(session), audit_id=uuid4())
 
 
 # retry
@@ -183,12 +196,12 @@ async def test_retry_requeues_with_a_fresh_budget_and_keeps_attempts(
     audit_id = await insert_audit(session_factory, **{**FAILED_AFTER_FIVE, "status": status})
 
     async with transaction(session_factory, redis) as session:
-        audit = await audits.retry(session, audit_id=audit_id)
+        audit = await audits.retry(SessionStatements(session), audit_id=audit_id, settings=SETTINGS)
         assert await queued(redis, settings) == set()
 
     assert await queued(redis, settings) == {audit_job_id(audit_id)}
     stored = await load_audit(session_factory, audit_id)
-    assert audit["status"] == stored.status == "queued"
+    assert audit.status == stored.status == "queued"
     # `attempts` fences late writes of earlier runs, so it keeps counting; the budget moves.
     assert (stored.attempts, stored.attempt_limit) == (5, 5 + settings.max_attempts)
     assert (stored.error_code, stored.error_message, stored.result) == (None, None, None)
@@ -198,10 +211,10 @@ async def test_retry_requeues_with_a_fresh_budget_and_keeps_attempts(
 async def test_retry_moves_the_budget_by_max_attempts(session_factory: SessionFactory) -> None:
     audit_id = await insert_audit(session_factory, **{**FAILED_AFTER_FIVE, "attempts": 7})
 
-    with environment(MAX_ATTEMPTS="2"):
-        async with session_factory() as session:
-            await audits.retry(session, audit_id=audit_id)
-            await session.commit()
+    async with session_factory() as session:
+        two = Settings(max_attempts=2)
+        await audits.retry(SessionStatements(session), audit_id=audit_id, settings=two)
+        await session.commit()
 
     stored = await load_audit(session_factory, audit_id)
     assert (stored.attempts, stored.attempt_limit) == (7, 9)
@@ -215,7 +228,7 @@ async def test_retry_of_an_audit_that_did_not_fail_changes_nothing(
 
     async with transaction(session_factory, redis) as session:
         with pytest.raises(AuditNotRetryable, match=f"is {status}") as raised:
-            await audits.retry(session, audit_id=audit_id)
+            await audits.retry(SessionStatements(session), audit_id=audit_id, settings=SETTINGS)
 
     assert raised.value.extra == {"audit_status": status}
     assert await queued(redis, settings) == set()
@@ -227,15 +240,15 @@ async def test_retry_twice_is_refused_the_second_time(session_factory: SessionFa
     audit_id = await insert_audit(session_factory, **FAILED_AFTER_FIVE)
 
     async with session_factory() as session:
-        await audits.retry(session, audit_id=audit_id)
+        await audits.retry(SessionStatements(session), audit_id=audit_id, settings=SETTINGS)
         with pytest.raises(AuditNotRetryable, match="is queued"):
-            await audits.retry(session, audit_id=audit_id)
+            await audits.retry(SessionStatements(session), audit_id=audit_id, settings=SETTINGS)
 
 
 async def test_retry_an_unknown_audit(session_factory: SessionFactory) -> None:
     async with session_factory() as session:
         with pytest.raises(AuditNotFound):
-            await audits.retry(session, audit_id=uuid4())
+            await audits.retry(SessionStatements(session), audit_id=uuid4(), settings=SETTINGS)
 
 
 # list_page
@@ -276,15 +289,15 @@ async def listed(session_factory: SessionFactory) -> list[UUID]:
 @pytest.mark.parametrize(
     ("filters", "expected"),
     [
-        (audits.AuditFilters(), [5, 4, 3, 2, 1, 0]),
-        (audits.AuditFilters(status=["failed"]), [4, 1]),
-        (audits.AuditFilters(status=["failed", "queued", "running"]), [5, 4, 1, 0]),
-        (audits.AuditFilters(batch_id=BATCH), [5, 2, 1]),
-        (audits.AuditFilters(rubric="green_claims"), [5, 3, 1]),
-        (audits.AuditFilters(created_after=T0 + timedelta(minutes=2)), [5, 4, 3]),
-        (audits.AuditFilters(created_before=T0 + timedelta(minutes=2)), [1, 0]),
+        (AuditFilters(), [5, 4, 3, 2, 1, 0]),
+        (AuditFilters(status=["failed"]), [4, 1]),
+        (AuditFilters(status=["failed", "queued", "running"]), [5, 4, 1, 0]),
+        (AuditFilters(batch_id=BATCH), [5, 2, 1]),
+        (AuditFilters(rubric="green_claims"), [5, 3, 1]),
+        (AuditFilters(created_after=T0 + timedelta(minutes=2)), [5, 4, 3]),
+        (AuditFilters(created_before=T0 + timedelta(minutes=2)), [1, 0]),
         (
-            audits.AuditFilters(
+            AuditFilters(
                 status=["failed", "running"],
                 batch_id=BATCH,
                 rubric="green_claims",
@@ -293,32 +306,36 @@ async def listed(session_factory: SessionFactory) -> list[UUID]:
             ),
             [1],
         ),
-        (audits.AuditFilters(batch_id=uuid4()), []),
+        (AuditFilters(batch_id=uuid4()), []),
     ],
 )
 async def test_list_filters(
     session_factory: SessionFactory,
     listed: list[UUID],
-    filters: audits.AuditFilters,
+    filters: AuditFilters,
     expected: list[int],
 ) -> None:
     async with session_factory() as session:
-        rows, cursor = await audits.list_page(session, filters=filters, limit=50, cursor=None)
+        rows, cursor = await audits.list_page(
+            SessionStatements(session), filters=filters, limit=50, cursor=None
+        )
 
-    assert [row["id"] for row in rows] == [listed[index] for index in expected]
+    assert [row.id for row in rows] == [listed[index] for index in expected]
     assert cursor is None
 
 
 async def test_list_pages_with_the_cursor(
     session_factory: SessionFactory, listed: list[UUID]
 ) -> None:
-    filters = audits.AuditFilters(status=["failed", "queued", "running"])
+    filters = AuditFilters(status=["failed", "queued", "running"])
     pages: list[list[UUID]] = []
     cursor: str | None = None
     async with session_factory() as session:
         while True:
-            rows, cursor = await audits.list_page(session, filters=filters, limit=3, cursor=cursor)
-            pages.append([row["id"] for row in rows])
+            rows, cursor = await audits.list_page(
+                SessionStatements(session), filters=filters, limit=3, cursor=cursor
+            )
+            pages.append([row.id for row in rows])
             if cursor is None:
                 break
 

@@ -16,7 +16,7 @@ from shared.audits.models import Audit
 from shared.batches import service as batches
 from shared.batches.schemas import BatchCounts, BatchCreate
 from shared.config import Settings
-from shared.db import SessionFactory
+from shared.db import SessionStatements
 from shared.queue import send_pending
 from tests.factories import batch_request
 
@@ -41,7 +41,9 @@ def statements(engine: AsyncEngine) -> Iterator[list[str]]:
 
 
 async def create(session: AsyncSession, size: int) -> batches.BatchSummary:
-    created = await batches.create(session, data=batch_of(size), request_id="req-1")
+    created = await batches.create(
+        SessionStatements(session), settings=Settings(), data=batch_of(size), request_id="req-1"
+    )
     await session.commit()
     assert not created.replayed
     return created.resource
@@ -70,7 +72,9 @@ async def test_create_inserts_every_audit_in_one_statement(
 async def test_create_defers_the_jobs_until_the_caller_sends_them(
     session: AsyncSession, redis: ArqRedis, settings: Settings
 ) -> None:
-    created = await batches.create(session, data=batch_of(5))
+    created = await batches.create(
+        SessionStatements(session), settings=Settings(), data=batch_of(5)
+    )
     await session.commit()
 
     assert await redis.zcard(settings.queue_name) == 0  # services never talk to Redis
@@ -86,12 +90,22 @@ async def test_create_defers_the_jobs_until_the_caller_sends_them(
 async def test_create_with_a_used_key_returns_the_first_batch_and_queues_nothing(
     session: AsyncSession, redis: ArqRedis, settings: Settings
 ) -> None:
-    first = await batches.create(session, data=batch_of(2), idempotency_key="nightly-1")
+    first = await batches.create(
+        SessionStatements(session),
+        settings=Settings(),
+        data=batch_of(2),
+        idempotency_key="nightly-1",
+    )
     await session.commit()
     await send_pending(session, redis)
     await redis.delete(settings.queue_name)
 
-    again = await batches.create(session, data=batch_of(2), idempotency_key="nightly-1")
+    again = await batches.create(
+        SessionStatements(session),
+        settings=Settings(),
+        data=batch_of(2),
+        idempotency_key="nightly-1",
+    )
     await session.commit()
     await send_pending(session, redis)
 
@@ -115,7 +129,9 @@ async def test_summaries_of_several_batches_come_from_one_grouped_query(
     await session.commit()
 
     with statements(engine) as sent:
-        page, next_cursor = await batches.list_page(session, limit=10, cursor=None)
+        page, next_cursor = await batches.list_page(
+            SessionStatements(session), limit=10, cursor=None
+        )
 
     assert len(sent) == 2  # the page of batches, then the counts of all of them
     assert next_cursor is None
@@ -137,7 +153,7 @@ async def test_cancel_aborts_only_the_audits_that_had_not_ended(
     await session.execute(sa.update(Audit).where(col(Audit.id) == done.id).values(status="failed"))
     await session.commit()
 
-    cancelled = await batches.cancel(session, batch=summary.batch)
+    cancelled = await batches.cancel(SessionStatements(session), batch=summary.batch)
     await session.commit()
     await send_pending(session, redis)
 
@@ -150,14 +166,13 @@ async def test_cancel_aborts_only_the_audits_that_had_not_ended(
 
 
 async def test_iter_results_reads_in_chunks_in_submission_order(
-    session: AsyncSession, session_factory: SessionFactory
+    session: AsyncSession, engine: AsyncEngine
 ) -> None:
     summary = await create(session, 10)
     await create(session, 4)  # another batch, not to be mixed in
 
     chunks = [
-        chunk
-        async for chunk in batches.iter_results(session_factory, batch_id=summary.batch.id, chunk=3)
+        chunk async for chunk in batches.iter_results(engine, batch_id=summary.batch.id, chunk=3)
     ]
 
     assert [len(chunk) for chunk in chunks] == [3, 3, 3, 1]
@@ -167,13 +182,12 @@ async def test_iter_results_reads_in_chunks_in_submission_order(
 
 
 async def test_iter_results_ends_without_an_empty_chunk(
-    session: AsyncSession, session_factory: SessionFactory
+    session: AsyncSession, engine: AsyncEngine
 ) -> None:
     summary = await create(session, 6)
 
     chunks = [
-        chunk
-        async for chunk in batches.iter_results(session_factory, batch_id=summary.batch.id, chunk=3)
+        chunk async for chunk in batches.iter_results(engine, batch_id=summary.batch.id, chunk=3)
     ]
 
     assert [len(chunk) for chunk in chunks] == [3, 3]

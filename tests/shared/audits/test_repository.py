@@ -1,4 +1,4 @@
-"""The worker's transitions of an audit: claim, fenced finishes, lease recovery (DESIGN §3)."""
+"""The audit repository's transitions: claim, fenced finishes, lease recovery (DESIGN §3)."""
 
 from datetime import datetime, timedelta
 from typing import Any
@@ -10,12 +10,12 @@ from arq.connections import ArqRedis
 from arq.constants import job_key_prefix
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shared.audits import lifecycle
+from shared.audits import recovery, repository
 from shared.audits import service as audits
 from shared.audits.models import Audit
 from shared.audits.schemas import AuditResult, Criterion
 from shared.config import Settings
-from shared.db import SessionFactory, session_scope, statement_connection
+from shared.db import SessionFactory, SessionStatements, session_scope, statement_connection
 from shared.queue import audit_job_id, transaction
 from tests.rows import ago, expire_lease, insert_audit, load_audit, running_audit
 
@@ -35,14 +35,14 @@ async def db_now(factory: SessionFactory) -> datetime:
     return now
 
 
-async def claim(engine: AsyncEngine, audit_id: UUID) -> lifecycle.ClaimedAudit | None:
+async def claim(engine: AsyncEngine, audit_id: UUID) -> repository.ClaimedAudit | None:
     async with statement_connection(engine) as conn:
-        return await lifecycle.claim(conn, audit_id=audit_id, lease=LEASE)
+        return await repository.claim(conn, audit_id=audit_id, lease=LEASE)
 
 
 async def succeed(engine: AsyncEngine, audit_id: UUID, *, attempt: int) -> bool:
     async with statement_connection(engine) as conn:
-        return await lifecycle.succeed(
+        return await repository.succeed(
             conn,
             audit_id=audit_id,
             attempt=attempt,
@@ -56,14 +56,14 @@ async def succeed(engine: AsyncEngine, audit_id: UUID, *, attempt: int) -> bool:
 
 async def fail(engine: AsyncEngine, audit_id: UUID, *, attempt: int) -> bool:
     async with statement_connection(engine) as conn:
-        return await lifecycle.fail(
+        return await repository.fail(
             conn, audit_id=audit_id, attempt=attempt, code="model_refused", message="no"
         )
 
 
 async def requeue_or_fail(engine: AsyncEngine, audit_id: UUID, *, attempt: int) -> str | None:
     async with statement_connection(engine) as conn:
-        return await lifecycle.requeue_or_fail(
+        return await repository.requeue_or_fail(
             conn,
             audit_id=audit_id,
             attempt=attempt,
@@ -89,7 +89,7 @@ async def test_claim_starts_the_first_attempt_of_a_queued_audit(
     assert stored.started_at is not None
     assert stored.lease_until is not None
     assert stored.lease_until - stored.started_at == LEASE
-    assert claimed == lifecycle.ClaimedAudit(
+    assert claimed == repository.ClaimedAudit(
         id=audit_id,
         attempts=1,
         model=stored.model,
@@ -241,7 +241,7 @@ async def test_a_run_cancelled_meanwhile_cannot_succeed(
     claimed = await claim(engine, audit_id)
     assert claimed is not None
     async with session_scope(session_factory) as session:
-        await audits.cancel(session, audit_id=audit_id)
+        await audits.cancel(SessionStatements(session), audit_id=audit_id)
     cancelled = await load_audit(session_factory, audit_id)
 
     assert await succeed(engine, audit_id, attempt=claimed.attempts) is False
@@ -318,14 +318,14 @@ async def test_expired_leases_are_requeued_and_enqueued_or_failed_on_the_last_at
     live_before = await load_audit(session_factory, live)
 
     async with transaction(session_factory, redis) as session:
-        requeued, failed = await lifecycle.recover_expired_leases(session)
+        requeued, failed = await recovery.recover_expired_leases(SessionStatements(session))
 
     assert (requeued, failed) == ([retryable], [last])
     audit = await load_audit(session_factory, retryable)
     assert (audit.status, audit.attempts, audit.lease_until) == ("queued", 1, None)
     assert audit.error_code is None
     audit = await load_audit(session_factory, last)
-    assert (audit.status, audit.error_code) == ("failed", lifecycle.WORKER_LOST)
+    assert (audit.status, audit.error_code) == ("failed", recovery.WORKER_LOST)
     assert audit.error_message
     assert audit.finished_at is not None
     assert snapshot(await load_audit(session_factory, live)) == snapshot(live_before)
@@ -341,9 +341,9 @@ async def test_recovering_twice_changes_nothing_the_second_time(
 ) -> None:
     await running_audit(session_factory, attempts=1, lease_s=-1)
     async with session_scope(session_factory) as session:
-        first = await lifecycle.recover_expired_leases(session)
+        first = await recovery.recover_expired_leases(SessionStatements(session))
     async with session_scope(session_factory) as session:
-        second = await lifecycle.recover_expired_leases(session)
+        second = await recovery.recover_expired_leases(SessionStatements(session))
 
     assert len(first[0]) == 1
     assert second == ([], [])
@@ -363,11 +363,15 @@ async def test_queued_before_lists_old_queued_audits_oldest_first(
     await insert_audit(session_factory, status="cancelled", updated_at=ago(300))
 
     async with session_scope(session_factory) as session:
-        found = await lifecycle.queued_before(session, age=timedelta(seconds=60), limit=10)
-        first_only = await lifecycle.queued_before(session, age=timedelta(seconds=60), limit=1)
+        found = await recovery.queued_before(
+            SessionStatements(session), age=timedelta(seconds=60), limit=10
+        )
+        first_only = await recovery.queued_before(
+            SessionStatements(session), age=timedelta(seconds=60), limit=1
+        )
 
-    assert [audit_id for audit_id, _ in found] == [oldest, older]
-    assert [audit_id for audit_id, _ in first_only] == [oldest]
+    assert [audit_id for _, audit_id in found] == [oldest, older]
+    assert [audit_id for _, audit_id in first_only] == [oldest]
 
 
 async def test_queued_before_walks_a_backlog_page_by_page(
@@ -380,10 +384,10 @@ async def test_queued_before_walks_a_backlog_page_by_page(
     seen: list[UUID] = []
     after = None
     async with session_scope(session_factory) as session:
-        while page := await lifecycle.queued_before(
-            session, age=timedelta(seconds=60), limit=3, after=after
+        while page := await recovery.queued_before(
+            SessionStatements(session), age=timedelta(seconds=60), limit=3, after=after
         ):
-            seen += [audit_id for audit_id, _ in page]
-            after = page[-1][1]
+            seen += [audit_id for _, audit_id in page]
+            after = page[-1]
 
     assert seen == backlog

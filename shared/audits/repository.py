@@ -1,0 +1,532 @@
+"""Every statement on the `audit` table, and the typed rows they return.
+
+SQL is written once, here, with `$n` placeholders, and runs on any `Statements`
+(shared/db.py). The caller picks the handle by operation: a statement connection for
+what is one statement (submit, read, cancel or retry one audit, a page of a list, the
+worker's claim and fenced writes), a session's transaction for units of work (a batch
+and its audits, a batch's cancel, the reconciler's recovery, retention).
+
+The worker's transitions (DESIGN §3) are each one conditional UPDATE:
+- `claim` takes a queued audit, or a running one whose lease expired, and counts the
+  attempt. Nothing claimed means the job is a duplicate.
+- Every later write is fenced by `status = 'running' AND attempts = <attempt>`, so
+  the late write of a zombie, a cancelled run or an earlier attempt changes nothing:
+  an audit reaches exactly one terminal state, written once.
+"""
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from datetime import datetime, timedelta
+from typing import Any, Self
+from uuid import UUID
+
+from pydantic import TypeAdapter
+
+from shared.audits.schemas import AuditResult, Criterion
+from shared.audits.status import TERMINAL, UNFINISHED, AuditStatus, sql_list
+from shared.db import Statements
+
+Q, R, S, F, C = (f"'{s}'" for s in AuditStatus)  # queued, running, succeeded, failed, cancelled
+
+
+@dataclass(frozen=True, slots=True)
+class NewAudit:
+    """The columns a new audit is inserted with; the rest start NULL or at their default."""
+
+    id: UUID
+    status: AuditStatus
+    subject: str
+    content: str
+    criteria: list[dict[str, Any]]
+    rubric_name: str | None
+    rubric_version: int | None
+    model: str
+    metadata: dict[str, Any]
+    pass_threshold: float
+    batch_id: UUID | None
+    batch_index: int | None
+    attempts: int
+    attempt_limit: int
+    request_id: str | None
+    idempotency_key: str | None
+    request_hash: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRow:
+    """One row of `audit`, every column, by its column name (tests hold it to the table)."""
+
+    id: UUID
+    status: AuditStatus
+    subject: str
+    content: str
+    criteria: list[dict[str, Any]]
+    rubric_name: str | None
+    rubric_version: int | None
+    model: str
+    metadata: dict[str, Any]
+    pass_threshold: float
+    batch_id: UUID | None
+    batch_index: int | None
+    attempts: int
+    attempt_limit: int
+    result: dict[str, Any] | None
+    error_code: str | None
+    error_message: str | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    prompt_version: str | None
+    provider_request_id: str | None
+    request_id: str | None
+    idempotency_key: str | None
+    request_hash: str | None
+    lease_until: datetime | None
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @classmethod
+    def of(cls, record: Mapping[str, Any]) -> Self:
+        values = dict(record)
+        values["status"] = AuditStatus(values["status"])
+        return cls(**values)
+
+
+_NEW_COLUMNS = tuple(f.name for f in fields(NewAudit))
+COLUMNS = tuple(f.name for f in fields(AuditRow))
+_JSONB = frozenset({"criteria", "metadata", "result"})
+_SELECT = f"SELECT {', '.join(COLUMNS)} FROM audit"
+
+
+def _json(name: str, value: Any) -> Any:
+    """A JSONB parameter goes in as JSON text (the codec of the pool's connections)."""
+    return json.dumps(value) if name in _JSONB and value is not None else value
+
+
+def _parameters(audit: NewAudit) -> list[Any]:
+    return [_json(name, getattr(audit, name)) for name in _NEW_COLUMNS]
+
+
+# --- Creating ---------------------------------------------------------------------------
+
+_INSERT = (
+    f"INSERT INTO audit ({', '.join(_NEW_COLUMNS)}) "
+    f"VALUES ({', '.join(f'${n}' for n in range(1, len(_NEW_COLUMNS) + 1))}) "
+    "ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING "
+    "RETURNING created_at, updated_at"
+)
+
+
+async def insert(conn: Statements, audit: NewAudit) -> AuditRow | None:
+    """Insert one audit; None when its idempotency key is already taken."""
+    returned = await conn.fetchrow(_INSERT, *_parameters(audit))
+    if returned is None:
+        return None
+    unset = dict.fromkeys(COLUMNS)
+    return AuditRow(**{**unset, **{n: getattr(audit, n) for n in _NEW_COLUMNS}, **returned})
+
+
+def _array_type(name: str) -> str:
+    types = {"id": "uuid", "batch_id": "uuid", "rubric_version": "int", "batch_index": "int"}
+    types |= {"attempts": "int", "attempt_limit": "int", "pass_threshold": "float8"}
+    return types.get(name, "text")
+
+
+# One statement for any number of rows: each column travels as one array parameter.
+_INSERT_MANY = (
+    f"INSERT INTO audit ({', '.join(_NEW_COLUMNS)}) SELECT "
+    + ", ".join(f"{n}::jsonb" if n in _JSONB else n for n in _NEW_COLUMNS)
+    + " FROM unnest("
+    + ", ".join(f"${i}::{_array_type(n)}[]" for i, n in enumerate(_NEW_COLUMNS, start=1))
+    + f") AS t({', '.join(_NEW_COLUMNS)})"
+)
+
+
+async def insert_many(conn: Statements, audits: Sequence[NewAudit]) -> None:
+    """Insert many audits in one statement (no idempotency key: a batch carries it)."""
+    columns = [[_json(n, getattr(a, n)) for a in audits] for n in _NEW_COLUMNS]
+    await conn.execute(_INSERT_MANY, *columns)
+
+
+# --- Reading ----------------------------------------------------------------------------
+
+_BY_ID = f"{_SELECT} WHERE id = $1"
+_BY_IDEMPOTENCY_KEY = f"{_SELECT} WHERE idempotency_key = $1"
+_STATUS = "SELECT status FROM audit WHERE id = $1"
+
+
+async def get(conn: Statements, audit_id: UUID) -> AuditRow | None:
+    record = await conn.fetchrow(_BY_ID, audit_id)
+    return None if record is None else AuditRow.of(record)
+
+
+async def get_by_idempotency_key(conn: Statements, key: str) -> AuditRow | None:
+    record = await conn.fetchrow(_BY_IDEMPOTENCY_KEY, key)
+    return None if record is None else AuditRow.of(record)
+
+
+async def status_of(conn: Statements, audit_id: UUID) -> AuditStatus | None:
+    status = await conn.fetchval(_STATUS, audit_id)
+    return None if status is None else AuditStatus(status)
+
+
+@dataclass(frozen=True)
+class AuditFilters:
+    status: Sequence[AuditStatus] = ()
+    batch_id: UUID | None = None
+    rubric: str | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+
+
+Keyset = tuple[datetime, UUID]
+
+
+class _Arguments(list[Any]):
+    def add(self, value: Any) -> str:
+        """Bind `value`; its placeholder."""
+        self.append(value)
+        return f"${len(self)}"
+
+
+def page_query(*, filters: AuditFilters, limit: int, after: Keyset | None) -> tuple[str, list[Any]]:
+    """The SQL of `page` and its arguments.
+
+    Each filter is a plain condition, a status list an `IN` (one status is then `=`),
+    so every combination is served by an index on `(…, created_at DESC, id DESC)`.
+    """
+    args = _Arguments()
+    conditions = []
+    if filters.status:
+        conditions.append(f"status IN ({', '.join(args.add(str(s)) for s in filters.status)})")
+    if filters.batch_id:
+        conditions.append(f"batch_id = {args.add(filters.batch_id)}")
+    if filters.rubric:
+        conditions.append(f"rubric_name = {args.add(filters.rubric)}")
+    if filters.created_after:
+        conditions.append(f"created_at > {args.add(filters.created_after)}")
+    if filters.created_before:
+        conditions.append(f"created_at < {args.add(filters.created_before)}")
+    if after is not None:
+        conditions.append(f"(created_at, id) < ({args.add(after[0])}, {args.add(after[1])})")
+    where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+    return f"{_SELECT}{where} ORDER BY created_at DESC, id DESC LIMIT {args.add(limit)}", args
+
+
+async def page(
+    conn: Statements, *, filters: AuditFilters, limit: int, after: Keyset | None
+) -> list[AuditRow]:
+    """Up to `limit` audits, newest first, strictly after the keyset `after`."""
+    query, args = page_query(filters=filters, limit=limit, after=after)
+    return [AuditRow.of(record) for record in await conn.fetch(query, *args)]
+
+
+@dataclass(frozen=True, slots=True)
+class BatchTally:
+    """A batch's audits of one status: how many, their tokens, their last finish."""
+
+    batch_id: UUID
+    status: AuditStatus
+    count: int
+    prompt_tokens: int
+    completion_tokens: int
+    last_finished_at: datetime | None
+
+
+_TALLY = (
+    "SELECT batch_id, status, count(*) AS count, "
+    "coalesce(sum(prompt_tokens), 0) AS prompt_tokens, "
+    "coalesce(sum(completion_tokens), 0) AS completion_tokens, "
+    "max(finished_at) AS last_finished_at "
+    "FROM audit WHERE batch_id = ANY($1::uuid[]) GROUP BY batch_id, status"
+)
+
+
+async def tally_batches(conn: Statements, batch_ids: Sequence[UUID]) -> list[BatchTally]:
+    """Counts, tokens and last finish per batch and status, in one grouped query."""
+    records = await conn.fetch(_TALLY, list(batch_ids))
+    return [BatchTally(**{**r, "status": AuditStatus(r["status"])}) for r in records]
+
+
+@dataclass(frozen=True, slots=True)
+class ResultRow:
+    """What a line of a batch's results shows of an audit."""
+
+    id: UUID
+    subject: str
+    metadata: dict[str, Any]
+    status: AuditStatus
+    result: dict[str, Any] | None
+    error_code: str | None
+    error_message: str | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    batch_index: int
+
+
+_RESULTS = (
+    f"SELECT {', '.join(f.name for f in fields(ResultRow))} FROM audit "
+    "WHERE batch_id = $1 AND batch_index > $2 ORDER BY batch_index LIMIT $3"
+)
+
+
+async def batch_results(
+    conn: Statements, *, batch_id: UUID, after_index: int, limit: int
+) -> list[ResultRow]:
+    """A batch's audits in submission order, after the item `after_index`."""
+    records = await conn.fetch(_RESULTS, batch_id, after_index, limit)
+    return [ResultRow(**{**r, "status": AuditStatus(r["status"])}) for r in records]
+
+
+# --- Client transitions -----------------------------------------------------------------
+
+_CANCEL = (
+    f"UPDATE audit SET status = {C}, finished_at = now(), lease_until = NULL, "
+    f"updated_at = now() WHERE id = $1 AND status IN {sql_list(UNFINISHED)} "
+    f"RETURNING {', '.join(COLUMNS)}"
+)
+# `attempts` keeps counting (it fences late writes of earlier runs); the budget moves.
+_RETRY = (
+    f"UPDATE audit SET status = {Q}, attempt_limit = attempts + $2, result = NULL, "
+    "error_code = NULL, error_message = NULL, started_at = NULL, finished_at = NULL, "
+    f"lease_until = NULL, updated_at = now() WHERE id = $1 AND status IN ({F}, {C}) "
+    f"RETURNING {', '.join(COLUMNS)}"
+)
+_CANCEL_BATCH = (
+    f"UPDATE audit SET status = {C}, finished_at = now(), lease_until = NULL, "
+    f"updated_at = now() WHERE batch_id = $1 AND status IN {sql_list(UNFINISHED)} RETURNING id"
+)
+
+
+async def cancel(conn: Statements, audit_id: UUID) -> AuditRow | None:
+    """Cancel a queued or running audit; None when it is neither (or does not exist)."""
+    record = await conn.fetchrow(_CANCEL, audit_id)
+    return None if record is None else AuditRow.of(record)
+
+
+async def requeue_for_retry(conn: Statements, audit_id: UUID, *, attempts: int) -> AuditRow | None:
+    """Queue a failed or cancelled audit again with `attempts` more; None otherwise."""
+    record = await conn.fetchrow(_RETRY, audit_id, attempts)
+    return None if record is None else AuditRow.of(record)
+
+
+async def cancel_batch(conn: Statements, batch_id: UUID) -> list[UUID]:
+    """Cancel the batch's queued and running audits; their ids."""
+    return [record["id"] for record in await conn.fetch(_CANCEL_BATCH, batch_id)]
+
+
+# --- The worker's transitions -----------------------------------------------------------
+
+_LEASE_EXPIRED = "lease_until < now()"
+_CLAIMABLE = f"(status = {Q} OR (status = {R} AND {_LEASE_EXPIRED})) AND attempts < attempt_limit"
+_EXHAUSTED = "attempts >= attempt_limit"
+
+
+def _queued_or_failed(*, code: str, message: str) -> str:
+    """Back to `queued` while attempts remain, else `failed` with this error (placeholders)."""
+    return (
+        f"status = CASE WHEN {_EXHAUSTED} THEN {F} ELSE {Q} END, "
+        f"error_code = CASE WHEN {_EXHAUSTED} THEN {code} END, "
+        f"error_message = CASE WHEN {_EXHAUSTED} THEN {message} END, "
+        f"finished_at = CASE WHEN {_EXHAUSTED} THEN now() END"
+    )
+
+
+def _finish(assignments: str) -> str:
+    """The fenced write of an attempt's outcome ($1 the audit, $2 the attempt)."""
+    return (
+        f"UPDATE audit SET {assignments}, lease_until = NULL, updated_at = now() "
+        f"WHERE id = $1 AND status = {R} AND attempts = $2 RETURNING status"
+    )
+
+
+# `octet_length` takes the size from the stored value's header, without fetching or
+# decompressing it, and it is at least the length in characters.
+_NEXT_CALL = (
+    "SELECT model, octet_length(subject) + octet_length(content) "
+    "+ octet_length(criteria::text) AS text_chars, jsonb_array_length(criteria) AS criteria "
+    f"FROM audit WHERE id = $1 AND {_CLAIMABLE}"
+)
+_CLAIM = (
+    f"UPDATE audit SET status = {R}, attempts = attempts + 1, lease_until = now() + $2, "
+    "started_at = coalesce(started_at, now()), updated_at = now() "
+    f"WHERE id = $1 AND {_CLAIMABLE} "
+    "RETURNING id, attempts, model, subject, content, criteria, pass_threshold, request_id"
+)
+_SUCCEED = _finish(
+    f"status = {S}, result = $3, prompt_tokens = $4, completion_tokens = $5, "
+    "prompt_version = $6, provider_request_id = $7, error_code = NULL, error_message = NULL, "
+    "finished_at = now()"
+)
+_FAIL = _finish(
+    f"status = {F}, error_code = $3, error_message = $4, prompt_tokens = $5, "
+    "completion_tokens = $6, finished_at = now()"
+)
+_REQUEUE_OR_FAIL = _finish(_queued_or_failed(code="$3::text", message="$4::text"))
+_STATUS_LEFT_BY = f"SELECT status FROM audit WHERE id = $1 AND attempts = $2 AND status <> {R}"
+
+
+@dataclass(frozen=True, slots=True)
+class NextCall:
+    """The model an attempt will call, and the size of the audit's text it will send."""
+
+    model: str
+    text_chars: int
+    criteria: int
+
+
+async def next_call(conn: Statements, *, audit_id: UUID) -> NextCall | None:
+    """What a claim of this audit would ask the model (its size, not its content)."""
+    record = await conn.fetchrow(_NEXT_CALL, audit_id)
+    return None if record is None else NextCall(**record)
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedAudit:
+    """What an attempt needs of the audit it claimed."""
+
+    id: UUID
+    attempts: int
+    model: str
+    subject: str
+    content: str
+    criteria: list[Criterion]
+    pass_threshold: float
+    request_id: str | None
+
+
+_CRITERIA = TypeAdapter(list[Criterion])
+
+
+async def claim(conn: Statements, *, audit_id: UUID, lease: timedelta) -> ClaimedAudit | None:
+    """Start an attempt: `running`, `attempts + 1`, leased until now + `lease`."""
+    record = await conn.fetchrow(_CLAIM, audit_id, lease)
+    if record is None:
+        return None
+    return ClaimedAudit(**{**record, "criteria": _CRITERIA.validate_python(record["criteria"])})
+
+
+async def succeed(
+    conn: Statements,
+    *,
+    audit_id: UUID,
+    attempt: int,
+    result: AuditResult,
+    prompt_tokens: int,
+    completion_tokens: int,
+    prompt_version: str,
+    provider_request_id: str | None,
+) -> bool:
+    """Record the result; False when this attempt no longer owns the audit."""
+    status = await conn.fetchval(
+        _SUCCEED,
+        audit_id,
+        attempt,
+        result.model_dump_json(),
+        prompt_tokens,
+        completion_tokens,
+        prompt_version,
+        provider_request_id,
+    )
+    return status is not None
+
+
+async def fail(
+    conn: Statements,
+    *,
+    audit_id: UUID,
+    attempt: int,
+    code: str,
+    message: str,
+    usage: tuple[int, int] | None = None,
+) -> bool:
+    """End the audit as failed with a stable error code; False when fenced out.
+
+    `usage`: the tokens of the attempt's answered calls (a refusal, an invalid reply),
+    paid for all the same; None when no call was answered.
+    """
+    prompt_tokens, completion_tokens = usage or (None, None)
+    status = await conn.fetchval(
+        _FAIL, audit_id, attempt, code, message, prompt_tokens, completion_tokens
+    )
+    return status is not None
+
+
+async def requeue_or_fail(
+    conn: Statements, *, audit_id: UUID, attempt: int, code: str, message: str
+) -> AuditStatus | None:
+    """After a transient error: back to `queued`, or `failed` once attempts are used up.
+
+    Returns the new status, or None when this attempt no longer owns the audit.
+    The last error is kept on the audit only when it ends it.
+    """
+    status = await conn.fetchval(_REQUEUE_OR_FAIL, audit_id, attempt, code, message)
+    return None if status is None else AuditStatus(status)
+
+
+async def status_left_by(conn: Statements, *, audit_id: UUID, attempt: int) -> AuditStatus | None:
+    """The status `attempt` left the audit in, if it was the last attempt and has ended.
+
+    For a fenced write retried after its connection broke: the first try may have
+    committed. No other writer ends a live attempt (the reconciler waits for its lease
+    to run out; a cancel leaves `cancelled`), so a match is that first try.
+    """
+    status = await conn.fetchval(_STATUS_LEFT_BY, audit_id, attempt)
+    return None if status is None else AuditStatus(status)
+
+
+# --- Recovery and retention -------------------------------------------------------------
+
+_RECOVER_EXPIRED_LEASES = (
+    f"UPDATE audit SET {_queued_or_failed(code='$1::text', message='$2::text')}, "
+    f"lease_until = NULL, updated_at = now() WHERE status = {R} AND {_LEASE_EXPIRED} "
+    "RETURNING id, status"
+)
+_QUEUED_BEFORE = (
+    f"SELECT id, created_at FROM audit WHERE status = {Q} AND updated_at < now() - $1::interval "
+    "{after} ORDER BY created_at, id LIMIT $2"
+)
+_QUEUED_BEFORE_FIRST = _QUEUED_BEFORE.format(after="")
+_QUEUED_BEFORE_NEXT = _QUEUED_BEFORE.format(after="AND (created_at, id) > ($3, $4)")
+_DELETE_FINISHED_BEFORE = (
+    "WITH gone AS (DELETE FROM audit WHERE id IN ("
+    f"SELECT id FROM audit WHERE status IN {sql_list(TERMINAL)} "
+    "AND finished_at < now() - $1::interval LIMIT $2 FOR UPDATE SKIP LOCKED) "
+    "RETURNING 1) SELECT count(*) FROM gone"
+)
+
+
+async def recover_expired_leases(
+    conn: Statements, *, code: str, message: str
+) -> dict[AuditStatus, list[UUID]]:
+    """Running audits whose lease ran out: back to queued, or failed on their last attempt."""
+    recovered: dict[AuditStatus, list[UUID]] = {AuditStatus.QUEUED: [], AuditStatus.FAILED: []}
+    for record in await conn.fetch(_RECOVER_EXPIRED_LEASES, code, message):
+        recovered[AuditStatus(record["status"])].append(record["id"])
+    return recovered
+
+
+async def queued_before(
+    conn: Statements, *, age: timedelta, limit: int, after: Keyset | None = None
+) -> list[Keyset]:
+    """Queued audits untouched for `age`, oldest first after `after`, as (created_at, id).
+
+    A caller walks a backlog of any size a page at a time (the status index serves it).
+    """
+    if after is None:
+        records = await conn.fetch(_QUEUED_BEFORE_FIRST, age, limit)
+    else:
+        records = await conn.fetch(_QUEUED_BEFORE_NEXT, age, limit, *after)
+    return [(record["created_at"], record["id"]) for record in records]
+
+
+async def delete_finished_before(conn: Statements, *, age: timedelta, chunk: int) -> int:
+    """Delete up to `chunk` audits that ended more than `age` ago; how many went.
+
+    Rows another transaction holds are skipped, so a clean-up never blocks the API or a
+    worker's fenced write.
+    """
+    deleted: int = await conn.fetchval(_DELETE_FINISHED_BEFORE, age, chunk)
+    return deleted

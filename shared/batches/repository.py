@@ -1,0 +1,110 @@
+"""Every statement on the `batch` table, and the typed row it returns.
+
+A batch's counts, status and finish time are not stored: they are tallied from its
+audits (shared/audits/repository.py) on every read, so they cannot drift.
+"""
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from datetime import datetime, timedelta
+from typing import Any, Self
+from uuid import UUID
+
+from shared.db import Statements
+
+
+@dataclass(frozen=True, slots=True)
+class BatchRow:
+    """One row of `batch`, every column, by its column name (tests hold it to the table)."""
+
+    id: UUID
+    name: str | None
+    metadata: dict[str, Any]
+    idempotency_key: str | None
+    request_hash: str | None
+    request_id: str | None
+    created_at: datetime
+    cancelled_at: datetime | None
+
+    @classmethod
+    def of(cls, record: Mapping[str, Any]) -> Self:
+        return cls(**record)
+
+
+COLUMNS = tuple(f.name for f in fields(BatchRow))
+_RETURNING = f"RETURNING {', '.join(COLUMNS)}"
+_SELECT = f"SELECT {', '.join(COLUMNS)} FROM batch"
+
+_INSERT = (
+    "INSERT INTO batch (id, name, metadata, idempotency_key, request_hash, request_id) "
+    "VALUES ($1, $2, $3, $4, $5, $6) "
+    "ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING "
+    f"{_RETURNING}"
+)
+_BY_ID = f"{_SELECT} WHERE id = $1"
+_BY_IDEMPOTENCY_KEY = f"{_SELECT} WHERE idempotency_key = $1"
+_PAGE_FIRST = f"{_SELECT} ORDER BY created_at DESC, id DESC LIMIT $1"
+_PAGE_NEXT = (
+    f"{_SELECT} WHERE (created_at, id) < ($2, $3) ORDER BY created_at DESC, id DESC LIMIT $1"
+)
+_STAMP_CANCELLED = (
+    f"UPDATE batch SET cancelled_at = coalesce(cancelled_at, now()) WHERE id = $1 {_RETURNING}"
+)
+# A batch goes once its audits have gone (retention deletes audits first).
+_DELETE_EMPTY_BEFORE = (
+    "WITH gone AS (DELETE FROM batch WHERE created_at < now() - $1::interval "
+    "AND NOT EXISTS (SELECT 1 FROM audit WHERE audit.batch_id = batch.id) RETURNING 1) "
+    "SELECT count(*) FROM gone"
+)
+
+
+async def insert(
+    conn: Statements,
+    *,
+    batch_id: UUID,
+    name: str | None,
+    metadata: dict[str, Any],
+    idempotency_key: str | None,
+    request_hash: str,
+    request_id: str | None,
+) -> BatchRow | None:
+    """Insert a batch; None when its idempotency key is already taken."""
+    record = await conn.fetchrow(
+        _INSERT, batch_id, name, json.dumps(metadata), idempotency_key, request_hash, request_id
+    )
+    return None if record is None else BatchRow.of(record)
+
+
+async def get(conn: Statements, batch_id: UUID) -> BatchRow | None:
+    record = await conn.fetchrow(_BY_ID, batch_id)
+    return None if record is None else BatchRow.of(record)
+
+
+async def get_by_idempotency_key(conn: Statements, key: str) -> BatchRow | None:
+    record = await conn.fetchrow(_BY_IDEMPOTENCY_KEY, key)
+    return None if record is None else BatchRow.of(record)
+
+
+async def page(
+    conn: Statements, *, limit: int, after: tuple[datetime, UUID] | None
+) -> list[BatchRow]:
+    """Up to `limit` batches, newest first, strictly after the keyset `after`."""
+    if after is None:
+        records = await conn.fetch(_PAGE_FIRST, limit)
+    else:
+        records = await conn.fetch(_PAGE_NEXT, limit, *after)
+    return [BatchRow.of(record) for record in records]
+
+
+async def stamp_cancelled(conn: Statements, batch_id: UUID) -> BatchRow:
+    """Note when the batch was first cancelled."""
+    record = await conn.fetchrow(_STAMP_CANCELLED, batch_id)
+    assert record is not None, f"batch {batch_id} vanished inside its own transaction"
+    return BatchRow.of(record)
+
+
+async def delete_empty_before(conn: Statements, *, age: timedelta) -> int:
+    """Delete batches older than `age` whose audits are all gone; how many went."""
+    deleted: int = await conn.fetchval(_DELETE_EMPTY_BEFORE, age)
+    return deleted
