@@ -13,19 +13,21 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from shared.audits.status import AuditStatus
+
 stdout = Console(highlight=False)
 stderr = Console(stderr=True, highlight=False)
 
-STATUS_STYLES = {
-    "queued": "cyan",
-    "running": "blue",
-    "succeeded": "green",
-    "failed": "red",
-    "cancelled": "yellow",
-    "completed": "green",
+STATUS_STYLES: dict[str, str] = {
+    AuditStatus.QUEUED: "cyan",
+    AuditStatus.RUNNING: "blue",
+    AuditStatus.SUCCEEDED: "green",
+    AuditStatus.FAILED: "red",
+    AuditStatus.CANCELLED: "yellow",
+    "completed": "green",  # a batch's
 }
 VERDICT_STYLES = {"pass": "green", "partial": "yellow", "fail": "red", "not_applicable": "dim"}
-COUNTED = ("queued", "running", "succeeded", "failed", "cancelled")
+COUNTED = tuple(AuditStatus)
 
 
 def say(message: str, style: str = "") -> None:

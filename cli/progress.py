@@ -23,10 +23,11 @@ from rich.text import Text
 
 from cli import output
 from cli.api_client import ApiClient, ApiProblem, ApiUnreachable
+from shared.audits.status import TERMINAL
 
 T = TypeVar("T")
 
-TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+
 # How long a wait rides out an API that restarts or whose database blinks.
 PATIENCE_S = 60.0
 EXIT_INTERRUPTED = 130

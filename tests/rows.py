@@ -1,6 +1,6 @@
 """Audit rows in any state, written straight to PostgreSQL as a worker or time would leave them.
 
-The API only ever creates queued audits; lifecycle and reconciler tests need running ones
+The API only ever creates queued audits; repository and reconciler tests need running ones
 with live or expired leases, exhausted ones and finished ones.
 """
 

@@ -6,7 +6,7 @@ core. Celery runs sync tasks, so each task drives the async job with
 `asyncio.run`, as most users of an async code base do: the job is
 `worker.tasks.run_audit` itself (the same claim, simulator call through
 `shared.llm.client.audit_content` and fenced write through
-`shared.audits.lifecycle`), given a `ctx` built by `worker.context.startup` and
+`shared.audits.repository`), given a `ctx` built by `worker.context.startup` and
 closed by `worker.context.shutdown` around each task, because an event loop, and
 every pool and client bound to it, lives only as long as `asyncio.run`.
 

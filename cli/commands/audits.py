@@ -18,10 +18,11 @@ from cli.commands.options import (
 from cli.errors import EXIT_OK, exit_code, reports_errors
 from cli.input_files import read_criteria, read_text
 from cli.progress import wait_for_audit
+from shared.audits.status import RETRYABLE
 
 app = typer.Typer(help="Read audits.", no_args_is_help=True)
 
-UNSUCCESSFUL = ("failed", "cancelled")
+UNSUCCESSFUL = RETRYABLE  # what did not succeed is what can be retried
 
 ContentFile = Annotated[
     Path, typer.Argument(exists=True, dir_okay=False, help="The content to audit (UTF-8 text).")

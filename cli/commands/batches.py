@@ -22,10 +22,11 @@ from cli.commands.options import (
 )
 from cli.errors import EXIT_OK, CliError, exit_code, reports_errors
 from cli.progress import copy_lines, wait_for_batches
+from shared.audits.status import RETRYABLE
 
 app = typer.Typer(help="Submit batches of audits and collect their results.", no_args_is_help=True)
 
-UNSUCCESSFUL = ["failed", "cancelled"]
+UNSUCCESSFUL = sorted(RETRYABLE)  # what did not succeed is what can be retried
 FAILURES_SHOWN = 10
 
 BatchId = Annotated[UUID, typer.Argument(help="The batch's id.")]
