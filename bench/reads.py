@@ -40,7 +40,7 @@ TARGET_BY_ID = 0.8
 TARGET_DEEP = 1.5
 PAGE = 20
 # The deep pages are read unfiltered and filtered by one status.
-PAGE_STATUSES: tuple[AuditStatus | None, ...] = (None, "succeeded")
+PAGE_STATUSES: tuple[AuditStatus | None, ...] = (None, AuditStatus.SUCCEEDED)
 
 _RESULT = (
     '{"score": 82.5, "verdict": "pass", "pass_threshold": 70, "summary": "Simulated.", '
@@ -79,9 +79,9 @@ async def _fill(database_url: str, rows: int) -> None:
         await connection.close()
 
 
-def _list_statement(status: str | None, cursor: str | None) -> tuple[str, list[Any]]:
+def _list_statement(status: AuditStatus | None, cursor: str | None) -> tuple[str, list[Any]]:
     """The very statement `audits.list_page` runs (filters, keyset, `limit + 1`)."""
-    filters = AuditFilters(status=(AuditStatus(status),) if status else ())
+    filters = AuditFilters(status=(status,) if status else ())
     after = None if cursor is None else decode_cursor(cursor)
     return page_query(filters=filters, limit=PAGE + 1, after=after)
 

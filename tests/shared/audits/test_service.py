@@ -266,12 +266,12 @@ async def listed(session_factory: SessionFactory) -> list[UUID]:
         )
         await session.commit()
     shapes: list[tuple[AuditStatus, UUID | None, str | None]] = [
-        ("queued", None, None),
-        ("failed", BATCH, "green_claims"),
-        ("succeeded", BATCH, None),
-        ("cancelled", None, "green_claims"),
-        ("failed", None, None),
-        ("running", BATCH, "green_claims"),
+        (AuditStatus.QUEUED, None, None),
+        (AuditStatus.FAILED, BATCH, "green_claims"),
+        (AuditStatus.SUCCEEDED, BATCH, None),
+        (AuditStatus.CANCELLED, None, "green_claims"),
+        (AuditStatus.FAILED, None, None),
+        (AuditStatus.RUNNING, BATCH, "green_claims"),
     ]
     return [
         await insert_audit(
@@ -290,15 +290,18 @@ async def listed(session_factory: SessionFactory) -> list[UUID]:
     ("filters", "expected"),
     [
         (AuditFilters(), [5, 4, 3, 2, 1, 0]),
-        (AuditFilters(status=["failed"]), [4, 1]),
-        (AuditFilters(status=["failed", "queued", "running"]), [5, 4, 1, 0]),
+        (AuditFilters(status=[AuditStatus.FAILED]), [4, 1]),
+        (
+            AuditFilters(status=[AuditStatus.FAILED, AuditStatus.QUEUED, AuditStatus.RUNNING]),
+            [5, 4, 1, 0],
+        ),
         (AuditFilters(batch_id=BATCH), [5, 2, 1]),
         (AuditFilters(rubric="green_claims"), [5, 3, 1]),
         (AuditFilters(created_after=T0 + timedelta(minutes=2)), [5, 4, 3]),
         (AuditFilters(created_before=T0 + timedelta(minutes=2)), [1, 0]),
         (
             AuditFilters(
-                status=["failed", "running"],
+                status=[AuditStatus.FAILED, AuditStatus.RUNNING],
                 batch_id=BATCH,
                 rubric="green_claims",
                 created_after=T0,
@@ -327,7 +330,7 @@ async def test_list_filters(
 async def test_list_pages_with_the_cursor(
     session_factory: SessionFactory, listed: list[UUID]
 ) -> None:
-    filters = AuditFilters(status=["failed", "queued", "running"])
+    filters = AuditFilters(status=[AuditStatus.FAILED, AuditStatus.QUEUED, AuditStatus.RUNNING])
     pages: list[list[UUID]] = []
     cursor: str | None = None
     async with session_factory() as session:
