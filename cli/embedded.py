@@ -148,7 +148,7 @@ class EmbeddedRedis(EmbeddedServer):
     """redis-server with its files in `<root>/redis`, reached through a unix socket.
 
     Nothing is persisted: PostgreSQL is the source of truth, and the reconciler
-    re-enqueues whatever a Redis restart loses (DESIGN §3).
+    re-enqueues whatever a Redis restart loses.
     """
 
     def __init__(self, root: Path) -> None:

@@ -1,7 +1,7 @@
 """Settings for every auditq process, read from the environment and `.env`.
 
-The variable names are part of the contract (DESIGN §6): deployments and outside
-tools rely on them, so they are spelled exactly as documented in `.env.example`.
+The variable names are part of the contract: deployments and outside tools rely on
+them, so they are spelled exactly as documented in `.env.example` and the README.
 """
 
 from functools import lru_cache

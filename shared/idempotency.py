@@ -1,4 +1,4 @@
-"""Idempotency-Key semantics shared by POST /audits and POST /batches (DESIGN §4).
+"""Idempotency-Key semantics shared by POST /audits and POST /batches.
 
 The key is stored with the resource under a unique index, so two concurrent
 requests with one key cannot both create: the loser's insert does nothing and

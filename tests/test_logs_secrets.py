@@ -1,4 +1,4 @@
-"""No content, model API key or bearer token ever appears in a log line (DESIGN §7).
+"""No content, model API key or bearer token ever appears in a log line.
 
 Every JSON line the API and a worker write to stdout is captured, at DEBUG so that the
 libraries' own logs are in, while audits with distinctive content run through the API and a

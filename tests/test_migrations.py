@@ -119,7 +119,7 @@ def test_models_match_the_migrations(scratch_url: str) -> None:
 
 
 def test_audit_table_has_the_designed_shape(migrated: Schema) -> None:
-    """DESIGN §2: timestamptz times, text statuses under a CHECK, newest-first indexes."""
+    """timestamptz times, text statuses under a CHECK, newest-first indexes."""
     columns = {row[1]: row for row in migrated["columns"] if row[0] == "audit"}
     times = [name for name in columns if name.endswith("_at") or name == "lease_until"]
     assert len(times) == 5

@@ -31,7 +31,7 @@ class JobContext(TypedDict):
 
 
 # arq's line as a job starts, and as it returns: `run_audit` logs both transitions itself,
-# with the audit's id and request id (DESIGN §7). Retries, aborts and failures still show.
+# with the audit's id and request id. Retries, aborts and failures still show.
 _ROUTINE_JOB_LINES = frozenset({"%6.2fs → %s(%s)%s", "%6.2fs ← %s ● %s"})
 
 

@@ -1,4 +1,4 @@
-"""The audits API: submit, read, list, cancel and retry (DESIGN §4)."""
+"""The audits API: submit, read, list, cancel and retry."""
 
 from datetime import UTC, datetime
 from typing import Annotated

@@ -1,4 +1,4 @@
-"""Redis or PostgreSQL down: the API degrades the way DESIGN promises, never with a 500."""
+"""Redis or PostgreSQL down: the API degrades the way the README promises, never with a 500."""
 
 import asyncio
 from typing import Any

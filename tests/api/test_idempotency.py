@@ -1,4 +1,4 @@
-"""`Idempotency-Key` on POST /audits and POST /batches (DESIGN §4): a retried request is safe."""
+"""`Idempotency-Key` on POST /audits and POST /batches: a retried request is safe."""
 
 import asyncio
 import copy

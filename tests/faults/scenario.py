@@ -37,7 +37,7 @@ REPORTED_SETTINGS = ("OPENAI_TIMEOUT_S", "MAX_ATTEMPTS", "WORKER_CONCURRENCY")
 def stack_env(
     *, database_url: str, redis_url: str, simulator: SimulatorHandle, **overrides: str
 ) -> dict[str, str]:
-    """The environment of every process of the stack (the variables of DESIGN §6)."""
+    """The environment of every process of the stack (the variables of `.env.example`)."""
     return {
         "DATABASE_URL": database_url,
         "REDIS_URL": redis_url,

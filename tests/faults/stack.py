@@ -1,7 +1,7 @@
 """auditq as a deployment runs it: the Procfile's `web` and `worker` commands.
 
 Each process is a real child process configured only through the environment variables
-of DESIGN §6 (tests/fixtures/processes.py keeps its output).
+of `.env.example` (tests/fixtures/processes.py keeps its output).
 """
 
 import asyncio

@@ -24,7 +24,7 @@ AUDITS = 1000
 CLIENTS = 50
 FAULT_RATE = 0.2
 EVERY_FAULT = "429,500,hang,malformed,refusal,truncated"
-# Permanent: a later attempt would get the same answer (DESIGN §5).
+# Permanent: a later attempt would get the same answer.
 PERMANENT = {"refusal": "model_refused", "truncated": "output_truncated"}
 
 
@@ -60,7 +60,7 @@ async def test_every_model_fault_kind_under_load_ends_each_audit_once(
             assert outcome.failures_by_code.get(code, 0) == injected.get(kind, 0), (
                 outcome.problems()
             )
-        # Otherwise only a reply malformed twice in a row fails (asked again once, DESIGN §5).
+        # Otherwise only a reply malformed twice in a row fails (asked again once).
         assert set(outcome.failures_by_code) <= {*PERMANENT.values(), "invalid_model_output"}
         assert succeeded_of_survivable >= 97.0, outcome.problems()
 

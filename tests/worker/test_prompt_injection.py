@@ -1,4 +1,4 @@
-"""Content that tries to instruct the model reaches it only as delimited data (DESIGN §5).
+"""Content that tries to instruct the model reaches it only as delimited data.
 
 Each audit goes through the API and a real arq worker to the simulator, which records the
 request as the provider would receive it. The system message must be the fixed
