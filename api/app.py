@@ -6,10 +6,12 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import RedirectResponse
 from starlette.exceptions import HTTPException
 
 from api import problems
 from api.auth import Unauthorized, require_api_key
+from api.examples import document_examples
 from api.middleware import BodyLimit, InternalErrors, RequestContext
 from api.openapi import document_problems_as_sent, problem_of
 from api.routes import audits, batches, health, rubrics
@@ -44,6 +46,11 @@ def _add_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, problems.internal_error)
 
 
+async def root() -> RedirectResponse:
+    """`/` leads to the interactive docs rather than to a 404."""
+    return RedirectResponse("/docs")
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     configure_logging(settings.log_level)
@@ -64,8 +71,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             responses=problem_of(Unauthorized) if guarded else None,
         )
     app.include_router(health.router, prefix=API_PREFIX)
+    app.add_api_route("/", root, include_in_schema=False)
     _add_error_handlers(app)
     document_problems_as_sent(app)
+    document_examples(app, prefix=API_PREFIX)
     app.add_middleware(InternalErrors)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     if settings.cors_origins:  # without origins it would answer no request differently
