@@ -53,7 +53,7 @@ async def root() -> RedirectResponse:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     app = FastAPI(
         title="auditq",
         summary="Audit content against criteria with a language model, at scale.",

@@ -5,7 +5,7 @@ them, so they are spelled exactly as documented in `.env.example` and the README
 """
 
 from functools import lru_cache
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -47,6 +47,8 @@ class Settings(BaseSettings):
     retention_days: int | None = Field(default=None, ge=1)
 
     log_level: str = "INFO"
+    # `auto`: lines for people on a terminal, JSON lines elsewhere (shared/logging.py).
+    log_format: Literal["auto", "json", "console"] = "auto"
     port: int = 8000
 
     @field_validator("allowed_models", "cors_origins", "api_keys", mode="before")

@@ -1,4 +1,4 @@
-"""structlog configured for JSON lines, with context carried in contextvars.
+"""structlog configured for JSON lines (or for people), with context carried in contextvars.
 
 Every event of a request carries its `request_id`; every event of a job carries
 the `audit_id` and the `request_id` of the request that created the audit.
@@ -7,15 +7,24 @@ auditq's own events are rendered by structlog and written straight to stdout: th
 route through the standard library's `logging` (a record, a handler lock, a
 formatter) cost four times as much CPU per event, and the API logs one per
 request. The libraries' records still go through `logging`, rendered alike.
+
+`LOG_FORMAT` picks the rendering: `json` (one object per line, for machines),
+`console` (aligned, coloured lines for people; `NO_COLOR` turns colours off), or
+`auto`, the default: `console` when stdout is a terminal, else `json`. Text stays
+UTF-8 in both: a `◆` in an event is written as `◆`, not `\u25c6`.
 """
 
+import io
 import logging
+import os
 import sys
 import threading
-from typing import TextIO
+from typing import Literal, TextIO
 
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
+
+LogFormat = Literal["auto", "json", "console"]
 
 _LEVELS = logging.getLevelNamesMapping()
 # The level of each method of structlog's bound loggers.
@@ -56,19 +65,33 @@ class _StdoutLogger:
     debug = info = warning = error = critical = exception = msg
 
 
-def _own_processors(shared: list[Processor]) -> list[Processor]:
+def _for_people(log_format: LogFormat) -> bool:
+    if log_format == "auto":
+        return sys.stdout.isatty()
+    return log_format == "console"
+
+
+def _renderer(log_format: LogFormat) -> list[Processor]:
+    """The last processors: exceptions formatted, then the line rendered."""
+    if _for_people(log_format):
+        colours = not os.environ.get("NO_COLOR")
+        # The console renderer formats exceptions itself, with their traceback.
+        return [structlog.dev.ConsoleRenderer(colors=colours, sort_keys=False)]
     return [
-        _below_threshold,
-        *shared,
         structlog.processors.format_exc_info,
-        structlog.processors.JSONRenderer(),
+        structlog.processors.JSONRenderer(ensure_ascii=False),
     ]
 
 
-def configure_logging(level: str = "INFO") -> None:
-    """JSON lines on stdout for auditq's own events and for the libraries' logs."""
+def _own_processors(shared: list[Processor], log_format: LogFormat) -> list[Processor]:
+    return [_below_threshold, *shared, *_renderer(log_format)]
+
+
+def configure_logging(level: str = "INFO", log_format: LogFormat = "auto") -> None:
+    """auditq's own events and the libraries' logs on stdout, rendered as `log_format` says."""
     _Configured.level = _LEVELS[level.upper()]
     _Configured.stream = sys.stdout
+    _never_fail_on_encoding(sys.stdout)
     shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
@@ -77,23 +100,29 @@ def configure_logging(level: str = "INFO") -> None:
     ]
     # The same list object, refilled: loggers cached by an earlier configuration hold it.
     processors: list[Processor] = structlog.get_config()["processors"]
-    processors[:] = _own_processors(shared)
+    processors[:] = _own_processors(shared, log_format)
     structlog.configure(
         processors=processors,
         logger_factory=_StdoutLogger,
         wrapper_class=structlog.make_filtering_bound_logger(logging.NOTSET),
         cache_logger_on_first_use=True,
     )
-    _route_library_logs(shared, level)
+    _route_library_logs(shared, level, log_format)
 
 
-def _route_library_logs(shared: list[Processor], level: str) -> None:
+def _never_fail_on_encoding(stream: TextIO) -> None:
+    """On a stdout that is not UTF-8 (a bare C locale), escape what it cannot hold."""
+    encoding = (getattr(stream, "encoding", None) or "").lower().replace("-", "")
+    if encoding != "utf8" and isinstance(stream, io.TextIOWrapper):
+        stream.reconfigure(errors="backslashreplace")
+
+
+def _route_library_logs(shared: list[Processor], level: str, log_format: LogFormat) -> None:
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=shared,
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-            structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer(),
+            *_renderer(log_format),
         ],
     )
     handler = logging.StreamHandler(sys.stdout)
@@ -101,7 +130,7 @@ def _route_library_logs(shared: list[Processor], level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # Their own handlers would print plain text beside the JSON lines.
+    # Their own handlers would print their own lines beside ours.
     for name in ("arq", "uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers.clear()
         logging.getLogger(name).propagate = True

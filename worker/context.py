@@ -1,6 +1,8 @@
 """What a worker process builds once and its jobs share (`ctx`)."""
 
+import asyncio
 import logging
+from contextlib import suppress
 from typing import Any, NotRequired, TypedDict
 
 from arq.connections import ArqRedis
@@ -11,6 +13,7 @@ from shared.audits.repository import Keyset
 from shared.config import Settings
 from shared.db import SessionFactory, create_engine, create_session_factory
 from shared.llm.client import create_client
+from shared.llm.probe import probe_provider
 from shared.llm.ratelimit import ModelRateLimiter, create_rate_limiter
 from shared.logging import configure_logging
 from worker.timing import JobTiming
@@ -41,7 +44,7 @@ def _not_routine_job_line(record: logging.LogRecord) -> bool:
 
 async def startup(ctx: dict[str, Any]) -> None:
     settings: Settings = ctx["settings"]  # worker/settings.py puts it there
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     logging.getLogger("arq.worker").addFilter(_not_routine_job_line)
     # One pooled connection per concurrent job would idle through the model calls;
     # a job holds a connection only for its short claim and finish statements.
@@ -51,8 +54,15 @@ async def startup(ctx: dict[str, Any]) -> None:
     # Over arq's Redis pool (set in `ctx` before startup): closed with it, nothing of its own.
     ctx["rate_limiter"] = create_rate_limiter(settings, ctx["redis"])
     ctx["timing"] = JobTiming.from_settings(settings)
+    # In the background: a slow or absent provider must not hold up the worker's start.
+    ctx["provider_probe"] = asyncio.create_task(
+        probe_provider(ctx["llm"], model=settings.openai_model)
+    )
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
+    ctx["provider_probe"].cancel()
+    with suppress(asyncio.CancelledError):
+        await ctx["provider_probe"]
     await ctx["llm"].close()
     await ctx["engine"].dispose()

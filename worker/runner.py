@@ -153,5 +153,6 @@ class RedisTolerantWorker(Worker):
 
 def run() -> None:
     settings = get_settings()
-    configure_logging(settings.log_level)  # as `arq` configures its own, before startup
+    # As `arq` configures its own, before startup.
+    configure_logging(settings.log_level, settings.log_format)
     RedisTolerantWorker(**worker_options(settings)).run()

@@ -101,7 +101,11 @@ def classify(exc: Exception) -> ModelError:
             "model_timeout", "the model did not answer within OPENAI_TIMEOUT_S", transient=True
         )
     if isinstance(exc, openai.APIConnectionError):
-        return ModelError("model_unavailable", "could not reach the model provider", transient=True)
+        return ModelError(
+            "model_unavailable",
+            f"could not reach the model provider at {_provider_host(exc)}",
+            transient=True,
+        )
     if isinstance(exc, openai.APIStatusError):
         return _from_status_error(exc)
     if isinstance(exc, openai.APIResponseValidationError):
@@ -116,6 +120,12 @@ def classify(exc: Exception) -> ModelError:
     return ModelError(
         "model_client_error", f"the model call failed with {type(exc).__name__}", transient=False
     )
+
+
+def _provider_host(exc: openai.APIConnectionError) -> str:
+    """`host[:port]` of the URL the call went to: the first thing to check in OPENAI_BASE_URL."""
+    url = exc.request.url
+    return f"{url.host}:{url.port}" if url.port else str(url.host)
 
 
 def _failed_without_timing_out(exc: openai.APITimeoutError) -> bool:

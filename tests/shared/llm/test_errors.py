@@ -79,6 +79,21 @@ def test_classify_routes_each_kind_of_failure(error: Exception, code: str, trans
     assert classified.message
 
 
+@pytest.mark.parametrize(
+    ("url", "host"),
+    [
+        ("https://api.example.test/v1/chat/completions", "api.example.test"),
+        ("http://127.0.0.1:11434/v1/chat/completions", "127.0.0.1:11434"),
+    ],
+)
+def test_an_unreachable_provider_is_named_by_its_host(url: str, host: str) -> None:
+    request = httpx2.Request("POST", url)
+
+    message = classify(openai.APIConnectionError(request=request)).message
+
+    assert message == f"could not reach the model provider at {host}"
+
+
 def test_context_length_is_recognised_by_openai_code() -> None:
     error = status_error(
         400,
