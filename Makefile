@@ -8,23 +8,31 @@ PYTHON ?= python3
 UV = $(shell command -v uv 2>/dev/null || echo "$(PYTHON) -m uv")
 RUN = $(UV) run --no-sync
 PYTEST_ARGS ?=
+# Options of `auditq dev` for `make run`, e.g. make run ARGS="--port 8001 --workers 2"
+ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-faults lint format migrate
+.PHONY: help uv install install-runtime run test test-faults lint format migrate
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
-install: ## Install uv if missing, then the locked dependencies (with the embedded servers)
+uv:
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
 		|| { echo "auditq needs $(PYTHON) >= 3.11" >&2; exit 1; }
 	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m uv --version >/dev/null 2>&1 \
 		|| PIP_BREAK_SYSTEM_PACKAGES=1 $(PYTHON) -m pip install --quiet uv \
 		|| PIP_BREAK_SYSTEM_PACKAGES=1 $(PYTHON) -m pip install --quiet --user uv
+
+install: uv ## Install uv if missing, then every locked dependency (tests, lint, benchmarks)
 	$(UV) sync --all-extras --frozen
 
-run: install ## The whole stack: embedded services, migrations, API, worker, simulator
-	$(RUN) auditq dev
+# What running needs (no test, lint or benchmark tools); --inexact keeps those already there.
+install-runtime: uv
+	$(UV) sync --all-extras --no-default-groups --inexact --frozen
+
+run: install-runtime ## The whole stack (API, worker, simulator); options: make run ARGS="--port 8001"
+	$(RUN) auditq dev $(ARGS)
 
 test: install ## The test suite, less the fault-injection runs and the benchmarks' checks
 	$(RUN) pytest -m "not slow and not bench" $(PYTEST_ARGS)
@@ -45,7 +53,7 @@ format: install ## Fix what ruff can fix, then format
 	$(RUN) ruff check --fix .
 	$(RUN) ruff format .
 
-migrate: install ## alembic upgrade head (on the embedded PostgreSQL when DATABASE_URL is unset)
+migrate: install-runtime ## alembic upgrade head (on the embedded PostgreSQL when DATABASE_URL is unset)
 	$(RUN) auditq migrate
 
 .PHONY: bench

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 EMBEDDED_ROOT = Path(".auditq")
 SIMULATOR_API_KEY = "sk-auditq-simulator"
+# Where the openai SDK goes without OPENAI_BASE_URL.
+OPENAI_DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
 _READY_TIMEOUT_S = 60.0
 _STOP_TIMEOUT_S = 30.0  # the worker gives running audits 25 s to finish on SIGTERM
@@ -53,22 +55,79 @@ class DevError(Exception):
 
 
 @dataclass(frozen=True)
+class SimulatorOptions:
+    """What `auditq simulator` is started with (its own options, without `--host`/`--port`)."""
+
+    latency_ms: str = "0"
+    fault_rate: float = 0.0
+    faults: str | None = None
+
+    def args(self) -> list[str]:
+        args = [f"--latency-ms={self.latency_ms}", f"--fault-rate={self.fault_rate}"]
+        return [*args, f"--faults={self.faults}"] if self.faults is not None else args
+
+
+@dataclass(frozen=True)
 class DevOptions:
     api_only: bool
     host: str
     port: int
     workers: int
+    simulator: SimulatorOptions = SimulatorOptions()
 
 
 def command(
-    api_only: Annotated[bool, typer.Option("--api-only", help="Start no arq worker.")] = False,
+    api_only: Annotated[
+        bool, typer.Option("--api-only", help="Start the API alone: no worker, no simulator.")
+    ] = False,
     host: Annotated[str, typer.Option(help="Interface the API listens on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port the API listens on.")] = 8000,
     workers: Annotated[int, typer.Option(min=1, help="Number of arq worker processes.")] = 1,
+    simulator_latency_ms: Annotated[
+        str,
+        typer.Option(
+            help="The simulator's delay per answer, ms: '500', or a range '200..2000'.",
+            rich_help_panel="Simulator (without OPENAI_API_KEY)",
+        ),
+    ] = "0",
+    simulator_fault_rate: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="Share of the simulator's answers that are faults (429, 500, hang, ...).",
+            rich_help_panel="Simulator (without OPENAI_API_KEY)",
+        ),
+    ] = 0.0,
+    simulator_faults: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated fault kinds to draw from (see `auditq simulator --help`).",
+            rich_help_panel="Simulator (without OPENAI_API_KEY)",
+        ),
+    ] = None,
 ) -> None:
     """Run the API, a worker and, without OPENAI_API_KEY, the model simulator."""
-    options = DevOptions(api_only=api_only, host=host, port=port, workers=workers)
+    simulator = SimulatorOptions(simulator_latency_ms, simulator_fault_rate, simulator_faults)
+    _check_simulator_options(simulator)
+    options = DevOptions(api_only, host, port, workers, simulator)
     raise typer.Exit(run_dev(options))
+
+
+def _check_simulator_options(options: SimulatorOptions) -> None:
+    """Refuse a bad value now, not after the services have started."""
+    from cli.simulator import parse_fault_kinds, parse_latency
+
+    checks: list[tuple[Callable[[str], object], str, str]] = [
+        (parse_latency, options.latency_ms, "--simulator-latency-ms")
+    ]
+    if options.faults is not None:
+        checks.append((parse_fault_kinds, options.faults, "--simulator-faults"))
+    for parse, value, option in checks:
+        try:
+            parse(value)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint=option) from None
 
 
 def migrate_command() -> None:
@@ -79,11 +138,21 @@ def migrate_command() -> None:
 def run_dev(options: DevOptions) -> int:
     """Run the stack until a signal (exit 0) or until one of its processes dies (exit 1)."""
     with _reported_failures() as failed, _stop_on_signals() as stack:
+        _check_port_free(options)
         env = _environment()
         env.update(_embedded_urls(stack, env, redis=True))
         _migrate(env)
         _run_stack(stack.enter_context(Supervisor()), env, options)
     return 1 if failed else 0
+
+
+def _check_port_free(options: DevOptions) -> None:
+    """Before anything starts: a port in use would only show once every service is up."""
+    if _accepts_connections(_reachable(options.host), options.port):
+        raise DevError(
+            f"port {options.port} is in use: stop what listens there, or choose another port"
+            f" (auditq dev --port {options.port + 1}, or make run ARGS='--port {options.port + 1}')"
+        )
 
 
 def run_migrate() -> int:
@@ -99,10 +168,9 @@ def _run_stack(supervisor: "Supervisor", env: dict[str, str], options: DevOption
     _require_module("api.app", "the API (api/app.py) does not exist yet")
     if not options.api_only:
         _require_module("worker.settings", "worker/settings.py does not exist yet: use --api-only")
-    if _accepts_connections(_reachable(options.host), options.port):
-        raise DevError(f"port {options.port} is in use: stop what listens there, or use --port")
-    if not env.get("OPENAI_API_KEY"):
-        env.update(_start_simulator(supervisor, env))
+    _check_port_free(options)  # again: the migrations took a while
+    if not env.get("OPENAI_API_KEY") and not options.api_only:
+        env.update(_start_simulator(supervisor, env, options.simulator))
     api = supervisor.spawn("api", _uvicorn_args(options), {**env, "PORT": str(options.port)})
     if not options.api_only:
         for number in range(1, options.workers + 1):
@@ -128,6 +196,9 @@ def _environment() -> dict[str, str]:
         if value and not env.get(name):
             env[name] = value
     env["PYTHONUNBUFFERED"] = "1"
+    if not env.get("LOG_FORMAT") and sys.stdout.isatty():
+        # The children write into a pipe, where `auto` means JSON; their lines end up here.
+        env["LOG_FORMAT"] = "console"
     return env
 
 
@@ -176,10 +247,13 @@ def _migrate(env: Mapping[str, str]) -> None:
     )
 
 
-def _start_simulator(supervisor: "Supervisor", env: Mapping[str, str]) -> dict[str, str]:
+def _start_simulator(
+    supervisor: "Supervisor", env: Mapping[str, str], options: SimulatorOptions
+) -> dict[str, str]:
     """Start `auditq simulator` on a free port; return the variables that point at it."""
     port = free_port()
-    args = _module_args("cli.main", "simulator", "--host", "127.0.0.1", "--port", str(port))
+    address = ["--host", "127.0.0.1", "--port", str(port)]
+    args = _module_args("cli.main", "simulator", *address, *options.args())
     supervisor.wait_for_port(supervisor.spawn("simulator", args, env), "127.0.0.1", port)
     base_url = f"http://127.0.0.1:{port}/v1"
     _print_simulator_warning(base_url)
@@ -198,10 +272,21 @@ def _print_simulator_warning(base_url: str) -> None:
 def _print_ready(options: DevOptions, env: Mapping[str, str]) -> None:
     base = f"http://{_reachable(options.host)}:{options.port}"
     lines = [f"API   {base}/api/v1", f"docs  {base}/docs"]
-    if env.get("OPENAI_API_KEY") == SIMULATOR_API_KEY:
-        lines.append(f"model SIMULATOR at {env['OPENAI_BASE_URL']}: results are synthetic")
+    if not options.api_only:
+        lines.append(_model_line(env))
     lines.append("Ctrl-C stops everything")
     console.print(Panel("\n".join(lines), title="auditq dev is up", style="bold green"))
+
+
+def _model_line(env: Mapping[str, str]) -> str:
+    """Which model the workers ask, and where: the first thing to check when audits fail."""
+    if env.get("OPENAI_API_KEY") == SIMULATOR_API_KEY:
+        return f"model SIMULATOR at {env['OPENAI_BASE_URL']}: results are synthetic"
+    from shared.config import Settings
+
+    model = env.get("OPENAI_MODEL") or Settings.model_fields["openai_model"].default
+    base_url = env.get("OPENAI_BASE_URL") or f"{OPENAI_DEFAULT_BASE_URL} (OpenAI)"
+    return f"model {model} at {base_url}\n      (a worker that cannot reach it logs why)"
 
 
 def _require_module(name: str, message: str) -> None:
@@ -354,7 +439,8 @@ def _relay(name: str, colour: str, process: "subprocess.Popen[str]") -> None:
     assert process.stdout is not None
     prefix = Text(f"{name:<9}| ", style=colour)
     for line in process.stdout:
-        console.print(prefix + Text(line.rstrip("\n")), soft_wrap=True)
+        # from_ansi: the colours of a child's console log lines are kept, not shown as codes.
+        console.print(prefix + Text.from_ansi(line.rstrip("\n")), soft_wrap=True)
 
 
 def _accepts_connections(host: str, port: int) -> bool:
