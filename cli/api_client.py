@@ -11,7 +11,6 @@ import httpx
 
 from cli.errors import CliError
 
-DEFAULT_API_URL = "http://127.0.0.1:8000"
 # Read from the environment only: a key on the command line would show in `ps` and shell history.
 API_KEY_ENV = "AUDITQ_API_KEY"
 API_PREFIX = "/api/v1"
@@ -165,9 +164,17 @@ def problem_of(response: httpx.Response) -> ApiProblem:
             detail=response.reason_phrase or "the API answered with an error",
             errors=[],
         )
-    if response.status_code == 401:
-        problem.details.append(f"set {API_KEY_ENV} to one of the API's keys")
+    hint = _HINTS.get(problem.code) or _HINTS.get(str(response.status_code))
+    if hint:
+        problem.details.append(hint)
     return problem
+
+
+# What to do about a problem, by its code, or by HTTP status ("401").
+_HINTS = {
+    "401": f"set {API_KEY_ENV} to one of the API's keys",
+    "rubric_not_found": "publish it first: auditq rubric push RUBRIC_FILE",
+}
 
 
 def _issues(errors: Any) -> list[Issue]:

@@ -6,20 +6,34 @@ from what it sends, so running the command again on the same file, after a crash
 or a time-out, gets the batches created the first time instead of new ones.
 """
 
+import difflib
 import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cli.api_client import ApiProblem, Issue
 from cli.errors import CliError
+
+if TYPE_CHECKING:
+    from cli.api_client import ApiProblem, Issue
 
 MAX_BATCH_AUDITS = 1000  # what POST /batches accepts
 # Half the API's default MAX_BODY_BYTES: a batch of long contents is cut short rather than refused.
 MAX_BATCH_BYTES = 8 * 1024 * 1024
 KEY_PREFIX = "auditq-cli:v1"
+# The fields of a POST /audits body, to name a misspelled one.
+AUDIT_FIELDS = (
+    "subject",
+    "content",
+    "criteria",
+    "rubric",
+    "rubric_version",
+    "model",
+    "metadata",
+    "pass_threshold",
+)
 _SHOWN_PROBLEMS = 10
 
 
@@ -66,11 +80,11 @@ class Chunk:
         digest = hashlib.sha256(canonical_json(self.body()).encode()).hexdigest()
         return f"{KEY_PREFIX}:{digest}:{self.index}"
 
-    def issues_in_file(self, problem: ApiProblem) -> list[str]:
+    def issues_in_file(self, problem: "ApiProblem") -> list[str]:
         """The problem's issues, those about an item naming its line in the file."""
         return [self._in_file(issue) for issue in problem.errors]
 
-    def _in_file(self, issue: Issue) -> str:
+    def _in_file(self, issue: "Issue") -> str:
         match issue.loc:
             case ("body", "audits", int(position), *field) if 0 <= position < len(self.lines):
                 where = ".".join(str(part) for part in field) or "the request"
@@ -124,9 +138,21 @@ def _parse(number: int, raw: bytes, *, rubric: str | None) -> Line | None:
         raise ValueError(f"expected a JSON object (one audit request), got {_kind(request)}")
     if "criteria" not in request and "rubric" not in request:
         if rubric is None:
-            raise ValueError("has neither `criteria` nor `rubric` (add one, or pass --rubric)")
+            raise ValueError(_without_criteria(request))
         request["rubric"] = rubric
     return Line(number=number, request=request)
+
+
+def _without_criteria(request: dict[str, Any]) -> str:
+    """Why a line names no criteria: most often a misspelled field, named as the API would."""
+    unknown = [name for name in request if name not in AUDIT_FIELDS]
+    if not unknown:
+        return "has neither `criteria` nor `rubric` (add one, or pass --rubric)"
+    named = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, AUDIT_FIELDS, n=1)
+        named.append(f"`{name}`" + (f" (did you mean `{close[0]}`?)" if close else ""))
+    return f"unknown field {', '.join(named)}; each line needs `criteria` or `rubric`"
 
 
 def _reject_constant(name: str) -> Any:

@@ -21,7 +21,6 @@ from types import FrameType
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from dotenv import dotenv_values
 from rich.console import Console
 from rich.panel import Panel
 from rich.text import Text
@@ -116,7 +115,7 @@ def command(
 
 def _check_simulator_options(options: SimulatorOptions) -> None:
     """Refuse a bad value now, not after the services have started."""
-    from cli.simulator import parse_fault_kinds, parse_latency
+    from cli.simulator_command import parse_fault_kinds, parse_latency
 
     checks: list[tuple[Callable[[str], object], str, str]] = [
         (parse_latency, options.latency_ms, "--simulator-latency-ms")
@@ -191,6 +190,8 @@ def _module_args(module: str, *args: str) -> list[str]:
 
 def _environment() -> dict[str, str]:
     """The children's environment: this one, with `.env` filling what it leaves unset."""
+    from dotenv import dotenv_values
+
     env = dict(os.environ)
     for name, value in dotenv_values(".env").items():
         if value and not env.get(name):

@@ -11,6 +11,7 @@ from cli import output
 EXIT_OK = 0
 EXIT_AUDITS_FAILED = 1  # the command worked, but some audit failed or was cancelled
 EXIT_ERROR = 2  # usage, bad input file, a problem from the API, or no API at all
+EXIT_VERDICT_FAIL = 3  # --fail-on-verdict: the audit ran, and the content failed it
 
 P = ParamSpec("P")
 R = TypeVar("R")

@@ -2,7 +2,7 @@
 
 import typer
 
-from cli import dev, simulator
+from cli import dev, simulator_command
 from cli.commands import audits, batches, rubrics
 
 app = typer.Typer(
@@ -10,11 +10,13 @@ app = typer.Typer(
     help="Run language-model audits at scale.",
     no_args_is_help=True,
     add_completion=False,
+    # Plain help, as click prints it: flags read as flags (no `<bool>`), and no rich to load.
+    rich_markup_mode=None,
 )
 
 app.command("dev")(dev.command)
 app.command("migrate")(dev.migrate_command)
-app.command("simulator")(simulator.command)
+app.command("simulator")(simulator_command.command)
 app.command("submit")(audits.submit)
 app.add_typer(batches.app, name="batch")
 app.add_typer(audits.app, name="audit")

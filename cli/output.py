@@ -59,6 +59,11 @@ def score_text(score: float | None) -> str:
     return "—" if score is None else f"{score:.1f}"
 
 
+def finding_score_text(finding: Mapping[str, Any]) -> str:
+    """A finding that does not apply has no score worth reading (the model sends 0)."""
+    return "n/a" if finding["verdict"] == "not_applicable" else score_text(finding["score"])
+
+
 def audit_view(audit: Mapping[str, Any]) -> RenderableType:
     """An audit: what it judged, its status and, once done, its result or error."""
     facts = Table.grid(padding=(0, 2))
@@ -117,7 +122,7 @@ def findings_table(findings: Iterable[Mapping[str, Any]]) -> Table:
         table.add_row(
             finding["criterion_id"],
             styled(finding["verdict"], VERDICT_STYLES),
-            score_text(finding["score"]),
+            finding_score_text(finding),
             explanation,
         )
     return table

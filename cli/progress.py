@@ -17,7 +17,6 @@ from rich.progress import (
     TaskID,
     TextColumn,
     TimeElapsedColumn,
-    TimeRemainingColumn,
 )
 from rich.text import Text
 
@@ -82,12 +81,52 @@ def wait_for_audit(api: ApiClient, audit_id: str, *, interval: float) -> dict[st
             time.sleep(interval)
 
 
+class Throughput:
+    """Audits finished per second since the wait began, and how long the rest will take.
+
+    Computed from the completions the polls see: rich's own estimate samples the bar's
+    advances over a short window, and polls that advance it in jumps leave it empty.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._start: tuple[float, int] | None = None
+
+    def observe(self, *, done: int, total: int) -> tuple[float | None, float | None]:
+        """(audits per second, seconds left), or None for what cannot be told yet."""
+        now = self._clock()
+        if self._start is None:
+            self._start = (now, done)
+        started_at, done_at_start = self._start
+        elapsed, finished = now - started_at, done - done_at_start
+        if elapsed <= 0 or finished <= 0:
+            return None, None
+        rate = finished / elapsed
+        return rate, (total - done) / rate
+
+
 class RateColumn(ProgressColumn):
-    """Audits finished per second."""
+    """Audits finished per second (the task's `rate` field)."""
 
     def render(self, task: Task) -> Text:
-        speed = task.finished_speed or task.speed
-        return Text("-/s" if speed is None else f"{speed:.1f}/s", style="progress.data.speed")
+        rate = task.fields.get("rate")
+        return Text("-/s" if rate is None else f"{rate:.1f}/s", style="progress.data.speed")
+
+
+class EtaColumn(ProgressColumn):
+    """Time left at the current rate (the task's `eta` field, in seconds)."""
+
+    def render(self, task: Task) -> Text:
+        done = task.total is not None and task.completed >= task.total
+        eta = 0.0 if done else task.fields.get("eta")
+        text = "-:--:--" if eta is None else _clock_text(eta)
+        return Text(f"eta {text}", style="progress.remaining")
+
+
+def _clock_text(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}"
 
 
 def _batch_progress() -> Progress:
@@ -98,8 +137,7 @@ def _batch_progress() -> Progress:
         MofNCompleteColumn(),
         RateColumn(),
         TimeElapsedColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
+        EtaColumn(),
         console=output.stderr,
     )
 
@@ -111,8 +149,9 @@ def wait_for_batches(
     latest: dict[str, dict[str, Any]] = {}
     patience = Patience()
     follow_with = "auditq batch status " + " ".join(batch_ids)
+    throughput = Throughput()
     with _interruptible(follow_with), _batch_progress() as progress:
-        task = progress.add_task("waiting", total=None)
+        task = progress.add_task("waiting", total=None, rate=None, eta=None)
         while True:
             for batch_id in batch_ids:
                 if latest.get(batch_id, {}).get("status", "running") == "running":
@@ -120,15 +159,21 @@ def wait_for_batches(
                     latest[batch_id] = batch or latest.get(batch_id, {})
             batches = [latest[batch_id] for batch_id in batch_ids]
             if all(batches):
-                _show(progress, task, output.total_counts(batches))
+                _show(progress, task, output.total_counts(batches), throughput)
                 if all(batch["status"] != "running" for batch in batches):
                     return batches
             time.sleep(interval)
 
 
-def _show(progress: Progress, task: TaskID, totals: Mapping[str, int]) -> None:
+def _show(
+    progress: Progress, task: TaskID, totals: Mapping[str, int], throughput: Throughput
+) -> None:
     done = totals["succeeded"] + totals["failed"] + totals["cancelled"]
-    progress.update(task, total=totals["total"], completed=done, description=_describe(totals))
+    rate, eta = throughput.observe(done=done, total=totals["total"])
+    description = _describe(totals)
+    progress.update(
+        task, total=totals["total"], completed=done, description=description, rate=rate, eta=eta
+    )
 
 
 def _describe(totals: Mapping[str, int]) -> str:

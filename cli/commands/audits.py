@@ -7,20 +7,19 @@ from uuid import UUID
 import typer
 
 from cli import output
-from cli.api_client import DEFAULT_API_URL, ApiClient
 from cli.commands.options import (
+    DEFAULT_API_URL,
     DEFAULT_POLL_INTERVAL,
     ApiUrl,
     JsonOutput,
     PollInterval,
     Wait,
 )
-from cli.errors import EXIT_OK, exit_code, reports_errors
+from cli.errors import EXIT_OK, EXIT_VERDICT_FAIL, exit_code, reports_errors
 from cli.input_files import read_criteria, read_text
-from cli.progress import wait_for_audit
 from shared.audits.status import RETRYABLE
 
-app = typer.Typer(help="Read audits.", no_args_is_help=True)
+app = typer.Typer(help="Read audits.", no_args_is_help=True, rich_markup_mode=None)
 
 UNSUCCESSFUL = RETRYABLE  # what did not succeed is what can be retried
 
@@ -39,6 +38,13 @@ RubricVersion = Annotated[
 ]
 Subject = Annotated[str | None, typer.Option(help="What the content is; default: FILE's name.")]
 Model = Annotated[str | None, typer.Option(help="A model of the API's ALLOWED_MODELS.")]
+FailOnVerdict = Annotated[
+    bool,
+    typer.Option(
+        "--fail-on-verdict",
+        help="With --wait: exit 3 when the audit succeeded with the verdict `fail` (a CI gate).",
+    ),
+]
 
 
 @reports_errors
@@ -50,15 +56,23 @@ def submit(
     subject: Subject = None,
     model: Model = None,
     wait: Wait = False,
+    fail_on_verdict: FailOnVerdict = False,
     poll_interval: PollInterval = DEFAULT_POLL_INTERVAL,
     api_url: ApiUrl = DEFAULT_API_URL,
     json_output: JsonOutput = False,
 ) -> None:
-    """Audit the text of FILE against --criteria or a published --rubric."""
+    """Audit the text of FILE against --criteria or a published --rubric.
+
+    Exit codes with --wait: 0 succeeded, 1 failed or cancelled, 3 succeeded with the
+    verdict `fail` under --fail-on-verdict; 2 is a usage error or a problem from the API.
+    """
     _check_criteria_options(criteria, rubric, rubric_version)
+    if fail_on_verdict and not wait:
+        raise typer.BadParameter("needs --wait", param_hint="'--fail-on-verdict'")
     _submit(
         _request(file, criteria, rubric, rubric_version, subject=subject, model=model),
         wait=wait,
+        fail_on_verdict=fail_on_verdict,
         poll_interval=poll_interval,
         api_url=api_url,
         json_output=json_output,
@@ -99,8 +113,17 @@ def _request(
 
 
 def _submit(
-    body: dict[str, Any], *, wait: bool, poll_interval: float, api_url: str, json_output: bool
+    body: dict[str, Any],
+    *,
+    wait: bool,
+    fail_on_verdict: bool,
+    poll_interval: float,
+    api_url: str,
+    json_output: bool,
 ) -> None:
+    from cli.api_client import ApiClient
+    from cli.progress import wait_for_audit
+
     with ApiClient(api_url) as api:
         audit = api.post("/audits", body).body
         output.say(f"audit {audit['id']} {audit['status']}")
@@ -109,7 +132,7 @@ def _submit(
         else:
             output.say(f"follow it with: auditq audit get {audit['id']}", "dim")
     _print(audit, json_output=json_output)
-    raise typer.Exit(_exit_code(audit) if wait else EXIT_OK)
+    raise typer.Exit(_exit_code(audit, fail_on_verdict=fail_on_verdict) if wait else EXIT_OK)
 
 
 @app.command("get")
@@ -120,6 +143,8 @@ def get(
     json_output: JsonOutput = False,
 ) -> None:
     """Show one audit, with its result or error; exit 1 if it failed or was cancelled."""
+    from cli.api_client import ApiClient
+
     with ApiClient(api_url) as api:
         audit = api.get(f"/audits/{audit_id}")
     _print(audit, json_output=json_output)
@@ -133,5 +158,8 @@ def _print(audit: dict[str, Any], *, json_output: bool) -> None:
         output.show(output.audit_view(audit))
 
 
-def _exit_code(audit: dict[str, Any]) -> int:
-    return exit_code(unsuccessful=int(audit["status"] in UNSUCCESSFUL))
+def _exit_code(audit: dict[str, Any], *, fail_on_verdict: bool = False) -> int:
+    code = exit_code(unsuccessful=int(audit["status"] in UNSUCCESSFUL))
+    if code == EXIT_OK and fail_on_verdict and (audit.get("result") or {}).get("verdict") == "fail":
+        return EXIT_VERDICT_FAIL
+    return code

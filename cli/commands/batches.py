@@ -5,15 +5,15 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, BinaryIO
+from typing import TYPE_CHECKING, Annotated, Any, BinaryIO
 from uuid import UUID
 
 import typer
 
 from cli import output
-from cli.api_client import DEFAULT_API_URL, ApiClient, ApiProblem, Reply
 from cli.batch_file import Chunk, read_lines, split
 from cli.commands.options import (
+    DEFAULT_API_URL,
     DEFAULT_POLL_INTERVAL,
     ApiUrl,
     JsonOutput,
@@ -21,10 +21,16 @@ from cli.commands.options import (
     Wait,
 )
 from cli.errors import EXIT_OK, CliError, exit_code, reports_errors
-from cli.progress import copy_lines, wait_for_batches
 from shared.audits.status import RETRYABLE
 
-app = typer.Typer(help="Submit batches of audits and collect their results.", no_args_is_help=True)
+if TYPE_CHECKING:
+    from cli.api_client import ApiClient, Reply
+
+app = typer.Typer(
+    help="Submit batches of audits and collect their results.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
 
 UNSUCCESSFUL = sorted(RETRYABLE)  # what did not succeed is what can be retried
 FAILURES_SHOWN = 10
@@ -68,6 +74,9 @@ def submit(
     Every line is checked first: a malformed one submits nothing. Running the
     command again on the same file submits nothing twice.
     """
+    from cli.api_client import ApiClient
+    from cli.progress import wait_for_batches
+
     chunks = split(read_lines(file, rubric=rubric), name=name)
     with ApiClient(api_url) as api:
         batches = _submit_chunks(api, chunks)
@@ -84,7 +93,7 @@ def submit(
     raise typer.Exit(_exit_code(batches) if wait else EXIT_OK)
 
 
-def _submit_chunks(api: ApiClient, chunks: list[Chunk]) -> list[dict[str, Any]]:
+def _submit_chunks(api: "ApiClient", chunks: list[Chunk]) -> list[dict[str, Any]]:
     accepted: list[dict[str, Any]] = []
     for chunk in chunks:
         where = chunk.label(count=len(chunks))
@@ -97,7 +106,7 @@ def _submit_chunks(api: ApiClient, chunks: list[Chunk]) -> list[dict[str, Any]]:
     return accepted
 
 
-def _outcome(reply: Reply) -> str:
+def _outcome(reply: "Reply") -> str:
     if reply.replayed:
         return f"already submitted as {reply.body['id']} (nothing new sent)"
     return f"accepted as {reply.body['id']}"
@@ -107,6 +116,8 @@ def _not_submitted(
     error: CliError, *, where: str, chunk: Chunk, accepted: list[dict[str, Any]]
 ) -> CliError:
     """The error, naming the file's lines and what the batches before it already sent."""
+    from cli.api_client import ApiProblem
+
     details = chunk.issues_in_file(error) if isinstance(error, ApiProblem) else error.details
     if accepted:
         ids = ", ".join(batch["id"] for batch in accepted)
@@ -124,6 +135,8 @@ def status(
     batch_id: BatchId, api_url: ApiUrl = DEFAULT_API_URL, json_output: JsonOutput = False
 ) -> None:
     """Show a batch, its audits counted by status; exit 1 if any failed or was cancelled."""
+    from cli.api_client import ApiClient
+
     with ApiClient(api_url) as api:
         batch = api.get(f"/batches/{batch_id}")
         _print_batches(api, [batch], json_output=json_output, title="Batch")
@@ -136,9 +149,11 @@ def results(
     batch_id: BatchId,
     out: OutputFile = None,
     api_url: ApiUrl = DEFAULT_API_URL,
-    json_output: Annotated[bool, typer.Option("--json", help="Results are always NDJSON.")] = False,
 ) -> None:
     """Stream the batch's results, one JSON object per audit and line (NDJSON)."""
+    from cli.api_client import ApiClient
+    from cli.progress import copy_lines
+
     with ApiClient(api_url) as api:
         total = api.get(f"/batches/{batch_id}")["counts"]["total"]
         with api.stream(f"/batches/{batch_id}/results") as chunks, _sink(out) as sink:
@@ -175,7 +190,7 @@ def _stdout_sink() -> Iterator[BinaryIO]:
 
 
 def _print_batches(
-    api: ApiClient, batches: list[dict[str, Any]], *, json_output: bool, title: str
+    api: "ApiClient", batches: list[dict[str, Any]], *, json_output: bool, title: str
 ) -> None:
     """The batches; for people, also the first audits that did not succeed, and why."""
     if json_output:
@@ -187,7 +202,7 @@ def _print_batches(
         output.show(output.failures_table(failures, total=_unsuccessful(batches)))
 
 
-def _first_failures(api: ApiClient, batches: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _first_failures(api: "ApiClient", batches: list[dict[str, Any]]) -> list[dict[str, Any]]:
     found: list[dict[str, Any]] = []
     for batch in batches:
         if len(found) < FAILURES_SHOWN and _unsuccessful([batch]):

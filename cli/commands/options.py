@@ -1,8 +1,14 @@
-"""Options every client command shares."""
+"""Options every client command shares.
+
+The command modules import nothing heavy at the top (no httpx, no progress bars):
+`auditq --help` and every command's startup pay only for what they use.
+"""
 
 from typing import Annotated
 
 import typer
+
+DEFAULT_API_URL = "http://127.0.0.1:8000"
 
 ApiUrl = Annotated[
     str,

@@ -6,12 +6,15 @@ from typing import Annotated
 import typer
 
 from cli import output
-from cli.api_client import DEFAULT_API_URL, ApiClient
-from cli.commands.options import ApiUrl, JsonOutput
+from cli.commands.options import DEFAULT_API_URL, ApiUrl, JsonOutput
 from cli.errors import reports_errors
 from cli.input_files import read_object
 
-app = typer.Typer(help="Publish rubrics: named, versioned criteria sets.", no_args_is_help=True)
+app = typer.Typer(
+    help="Publish rubrics: named, versioned criteria sets.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
 
 RubricFile = Annotated[
     Path,
@@ -29,6 +32,8 @@ def push(
     file: RubricFile, api_url: ApiUrl = DEFAULT_API_URL, json_output: JsonOutput = False
 ) -> None:
     """Publish FILE; publishing a name again creates its next version."""
+    from cli.api_client import ApiClient
+
     with ApiClient(api_url) as api:
         rubric = api.post("/rubrics", read_object(file)).body
     if json_output:

@@ -31,6 +31,19 @@ def test_blank_lines_are_skipped_and_line_numbers_kept(tmp_path: Path) -> None:
     ]
 
 
+def test_a_misspelled_field_is_named_as_the_api_would(tmp_path: Path) -> None:
+    request = {**audit_request(criteria=None), "rubrc": "green-claims", "colour": "red"}
+    path = write(tmp_path / "a.jsonl", json.dumps(request) + "\n")
+
+    with pytest.raises(BadAuditFile) as raised:
+        read_lines(path, rubric=None)
+
+    assert raised.value.details == [
+        "line 1: unknown field `rubrc` (did you mean `rubric`?), `colour`;"
+        " each line needs `criteria` or `rubric`"
+    ]
+
+
 def test_rubric_fills_only_the_lines_without_criteria_or_rubric(tmp_path: Path) -> None:
     inline, named = audit_request(), audit_request(criteria=None, rubric="other")
     bare: dict[str, Any] = {}

@@ -229,6 +229,7 @@ async def test_submit_of_an_unknown_rubric_is_the_api_problem(auditq: Auditq) ->
 
     assert result.exit_code == 2
     assert "rubric_not_found: " in result.stderr
+    assert "auditq rubric push" in result.stderr
 
 
 # batch submit
@@ -481,3 +482,24 @@ async def test_submit_wait_of_a_failed_audit_exits_1(
     audit = json.loads(result.stdout)
     assert audit["status"] == "failed"
     assert audit["error"]["code"]
+
+
+async def test_fail_on_verdict_gates_on_the_verdict(auditq: Auditq, worker: Worker) -> None:
+    result = await auditq(
+        "submit", EXAMPLES / "product-page.txt", "--criteria", EXAMPLES / "criteria.json",
+        "--wait", "--fail-on-verdict", "--poll-interval", POLL, "--json",
+    )  # fmt: skip
+
+    audit = json.loads(result.stdout)
+    assert audit["status"] == "succeeded"
+    assert result.exit_code == (3 if audit["result"]["verdict"] == "fail" else 0)
+
+
+async def test_fail_on_verdict_needs_wait(auditq: Auditq) -> None:
+    result = await auditq(
+        "submit", EXAMPLES / "product-page.txt", "--criteria", EXAMPLES / "criteria.json",
+        "--fail-on-verdict",
+    )  # fmt: skip
+
+    assert result.exit_code == 2
+    assert "needs --wait" in result.stderr

@@ -11,13 +11,9 @@ import typer
 import uvicorn
 from typer.testing import CliRunner
 
-from cli import simulator
-from cli.simulator import (
-    SimulatorConfig,
-    create_app,
-    parse_fault_kinds,
-    parse_latency,
-)
+from cli import simulator_command
+from cli.simulator import SimulatorConfig, create_app
+from cli.simulator_command import parse_fault_kinds, parse_latency
 from shared.llm.errors import InvalidModelOutput
 from shared.llm.prompt import build_messages, response_format
 from shared.llm.schemas import CriterionText, validate_reply
@@ -324,7 +320,7 @@ def test_parse_fault_kinds() -> None:
 def typer_app() -> typer.Typer:
     """The way cli/main.py registers the command."""
     app = typer.Typer()
-    app.command("simulator")(simulator.command)
+    app.command("simulator")(simulator_command.command)
     app.command("other")(lambda: None)
     return app
 

@@ -1,9 +1,10 @@
 """The worker's one-time look at the model provider: a clear line in the log, never a failure."""
 
-import json
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import structlog
 
 from cli.dev import free_port
 from shared.config import Settings
@@ -13,23 +14,36 @@ from shared.logging import configure_logging
 from tests.fixtures.simulator import SimulatorHandle
 
 
-async def probe(base_url: str, capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
-    """The one event the probe of `base_url` logged."""
+@pytest.fixture
+def events() -> Iterator[list[dict[str, Any]]]:
+    """The events logged during the test, as the JSON renderer would get them."""
     configure_logging("INFO", "json")
-    capsys.readouterr()
+    caught: list[dict[str, Any]] = []
+
+    def collect(logger: object, method: str, event: dict[str, Any]) -> dict[str, Any]:
+        caught.append(dict(event))
+        return event
+
+    # The list every logger holds (shared/logging.py), just before the renderer.
+    processors = structlog.get_config()["processors"]
+    processors.insert(len(processors) - 1, collect)
+    yield caught
+    processors.remove(collect)
+
+
+async def probe(base_url: str, events: list[dict[str, Any]]) -> dict[str, Any]:
+    """The one event the probe of `base_url` logged."""
     settings = Settings(openai_base_url=base_url, openai_api_key=None, openai_timeout_s=5)
     async with create_client(settings) as client:
         await probe_provider(client, model="gpt-4o-mini")
-    lines = capsys.readouterr().out.splitlines()
-    events = [json.loads(line) for line in lines if line.startswith("{")]
     assert len(events) == 1, events
     return events[0]
 
 
 async def test_a_provider_that_answers_is_logged_as_ok(
-    sim: SimulatorHandle, capsys: pytest.CaptureFixture[str]
+    sim: SimulatorHandle, events: list[dict[str, Any]]
 ) -> None:
-    event = await probe(sim.base_url, capsys)
+    event = await probe(sim.base_url, events)
 
     assert (event["event"], event["level"]) == ("model_provider_ok", "info")
     assert event["base_url"] == sim.base_url + "/"
@@ -37,11 +51,11 @@ async def test_a_provider_that_answers_is_logged_as_ok(
 
 
 async def test_an_unreachable_provider_is_a_warning_naming_url_and_reason(
-    capsys: pytest.CaptureFixture[str],
+    events: list[dict[str, Any]],
 ) -> None:
     port = free_port()  # nothing listens there
 
-    event = await probe(f"http://127.0.0.1:{port}/v1", capsys)
+    event = await probe(f"http://127.0.0.1:{port}/v1", events)
 
     assert (event["event"], event["level"]) == ("model_provider_unreachable", "warning")
     assert event["base_url"] == f"http://127.0.0.1:{port}/v1/"
@@ -50,11 +64,11 @@ async def test_an_unreachable_provider_is_a_warning_naming_url_and_reason(
 
 
 async def test_a_server_without_a_model_list_is_not_an_error(
-    sim: SimulatorHandle, capsys: pytest.CaptureFixture[str]
+    sim: SimulatorHandle, events: list[dict[str, Any]]
 ) -> None:
     root_url = sim.base_url.removesuffix("/v1")  # GET /models there is a 404
 
-    event = await probe(root_url, capsys)
+    event = await probe(root_url, events)
 
     assert (event["event"], event["level"]) == ("model_provider_ok", "info")
     assert event["models_listed"] is None
