@@ -72,6 +72,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     app.include_router(health.router, prefix=API_PREFIX)
     app.add_api_route("/", root, include_in_schema=False)
+    app.add_api_route("/problems/{code}", problems.describe_problem, include_in_schema=False)
     _add_error_handlers(app)
     document_problems_as_sent(app)
     document_examples(app, prefix=API_PREFIX)

@@ -18,6 +18,7 @@ _ALWAYS = {
 BODY_PROBLEMS = {
     400: ["bad_request"],
     413: ["payload_too_large"],
+    415: ["unsupported_media_type"],
 }
 
 

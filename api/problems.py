@@ -13,8 +13,10 @@ from starlette.routing import Match
 from shared.db import is_database_unavailable
 from shared.errors import AppError
 
-PROBLEM_TYPE = "https://auditq.dev/problems/"
+# A reference the API itself resolves: GET /problems/{code} describes the code.
+PROBLEM_TYPE = "/problems/"
 MEDIA_TYPE = "application/problem+json"
+JSON_TYPES = ("application/json",)
 
 
 class ValidationIssue(BaseModel):
@@ -68,15 +70,37 @@ def _summary(issues: list[dict[str, Any]]) -> str:
     return f"{where}: {first['msg']}{more}"
 
 
-async def validation_error(_: Request, exc: Exception) -> JSONResponse:
+async def validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     issues = [_issue(error) for error in exc.errors()]
+    media_type = _media_type(request)
+    if media_type and not _is_json(media_type) and any(i["loc"] == ["body"] for i in issues):
+        return unsupported_media_type(media_type)
     return problem_response(
         status=422,
         code="validation_error",
         title="Invalid request",
         detail=_summary(issues),
         errors=issues,
+    )
+
+
+def _media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").partition(";")[0].strip().lower()
+
+
+def _is_json(media_type: str) -> bool:
+    return media_type in JSON_TYPES or media_type.endswith("+json")
+
+
+def unsupported_media_type(media_type: str) -> JSONResponse:
+    """A body FastAPI did not read as JSON, for its content type (curl -d sends a form)."""
+    return problem_response(
+        status=415,
+        code="unsupported_media_type",
+        title="Unsupported media type",
+        detail=f"the body must be JSON, sent with `Content-Type: application/json`"
+        f" (this request said `{media_type}`)",
     )
 
 
@@ -150,3 +174,62 @@ async def internal_error(request: Request, exc: Exception) -> JSONResponse:
     if request_id is not None:
         response.headers["X-Request-ID"] = request_id
     return response
+
+
+class ProblemType(BaseModel):
+    """What a problem `code` means: the document its `type` reference points to."""
+
+    code: str
+    title: str
+    status: list[int] = Field(description="The HTTP statuses it comes with.")
+    description: str
+
+
+# The codes rendered here rather than raised as an `AppError`: (status, code, title, why).
+_PROBLEMS_OF_THE_API = [
+    (422, "validation_error", "Invalid request", "The request does not match the schema; "
+     "`errors[].loc` names each field at fault."),
+    *((status, code, title, f"{title}.") for status, (code, title) in _HTTP_CODES.items()),
+    (415, "unsupported_media_type", "Unsupported media type",
+     "The body must be JSON, sent with `Content-Type: application/json`."),
+    (500, "internal_error", "Internal error",
+     "Something went wrong in auditq; `X-Request-ID` identifies the request in its logs."),
+    (503, "database_unavailable", "Database unavailable",
+     "PostgreSQL cannot be reached; nothing was changed. Retry after `Retry-After` seconds."),
+]  # fmt: skip
+
+
+def problem_types() -> dict[str, ProblemType]:
+    """Every code the API answers with: its own, and every `AppError` loaded."""
+    types: dict[str, ProblemType] = {}
+
+    def add(status: int, code: str, title: str, description: str) -> None:
+        known = types.setdefault(
+            code, ProblemType(code=code, title=title, status=[], description=description)
+        )
+        known.status = sorted({*known.status, status})
+
+    for status, code, title, description in _PROBLEMS_OF_THE_API:
+        add(status, code, title, description)
+    for error in _subclasses(AppError):
+        add(error.status, error.code, error.title, _first_line(error.__doc__) or f"{error.title}.")
+    return types
+
+
+def _subclasses(cls: type[AppError]) -> list[type[AppError]]:
+    found = []
+    for sub in cls.__subclasses__():
+        found += [sub, *_subclasses(sub)]
+    return found
+
+
+def _first_line(text: str | None) -> str:
+    return (text or "").strip().split("\n")[0]
+
+
+async def describe_problem(code: str) -> ProblemType:
+    """`GET /problems/{code}`: what the `type` of a problem detail refers to."""
+    found = problem_types().get(code)
+    if found is None:
+        raise StarletteHTTPException(404, f"auditq answers with no problem code {code!r}")
+    return found

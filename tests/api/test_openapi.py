@@ -13,7 +13,7 @@ PROBLEM_REF = "#/components/schemas/Problem"
 
 # (method, path, success status, success schema, the route's own problem statuses)
 AUDIT_ROUTES = [
-    ("post", "/audits", "202", "AuditRead", {"400", "413"}),
+    ("post", "/audits", "202", "AuditRead", {"400", "413", "415"}),
     ("get", "/audits", "200", "AuditPage", set()),
     ("get", "/audits/{audit_id}", "200", "AuditDetail", {"404"}),
     ("post", "/audits/{audit_id}/cancel", "200", "AuditRead", {"404", "409"}),
