@@ -163,6 +163,33 @@ def failures_table(audits: Sequence[Mapping[str, Any]], *, total: int) -> Table:
     return table
 
 
+def audits_table(audits: Sequence[Mapping[str, Any]]) -> Table:
+    """Audits, one a row: status, score and verdict once done, or why not."""
+    table = Table(title=f"Audits ({len(audits)})", title_justify="left")
+    table.add_column("audit", no_wrap=True, min_width=36)
+    table.add_column("subject")
+    table.add_column("status", no_wrap=True)
+    table.add_column("result")
+    for audit in audits:
+        table.add_row(
+            audit["id"],
+            Text(audit["subject"]),
+            styled(audit["status"], STATUS_STYLES),
+            _outcome_text(audit),
+        )
+    return table
+
+
+def _outcome_text(audit: Mapping[str, Any]) -> Text:
+    result, failure = audit.get("result"), audit.get("error")
+    if result:
+        verdict = result["verdict"]
+        return Text(f"{score_text(result['score'])} {verdict}", style=VERDICT_STYLES[verdict])
+    if failure:
+        return Text(f"{failure['code']}: {failure['message']}", style="red")
+    return Text("")
+
+
 def counts_text(counts: Mapping[str, int]) -> Text:
     """`997/1000 done · 995 succeeded · 2 failed`: the statuses that have audits."""
     done = counts["succeeded"] + counts["failed"] + counts["cancelled"]

@@ -1,7 +1,7 @@
 """The batches API: submit up to 1,000 audits at once, follow them, fetch the results."""
 
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Literal
 from uuid import UUID
 
 from fastapi import APIRouter, Query, Request, Response
@@ -18,9 +18,16 @@ from api.deps import (
     statements,
 )
 from api.openapi import BODY_PROBLEMS, problems
+from shared.audits.status import AuditStatus
 from shared.batches import service as batches
 from shared.batches.exceptions import BatchNotFound
-from shared.batches.schemas import BatchCreate, BatchPage, BatchRead
+from shared.batches.schemas import (
+    BatchCreate,
+    BatchPage,
+    BatchRead,
+    BatchRetried,
+    RequeuedCounts,
+)
 from shared.batches.views import result_line, to_read
 from shared.idempotency import IdempotencyKeyMismatch
 from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT, InvalidCursor
@@ -85,6 +92,26 @@ async def list_batches(
 async def cancel_batch(batch: CurrentBatch, transaction: Transaction) -> BatchRead:
     """Cancel every audit of the batch that is still queued or running."""
     return to_read(await batches.cancel(transaction, batch=batch))
+
+
+@router.post("/{batch_id}/retry", status_code=202, responses=problems(BatchNotFound))
+async def retry_batch(
+    batch: CurrentBatch,
+    transaction: Transaction,
+    settings: SettingsDep,
+    include: Annotated[
+        Literal["cancelled"] | None,
+        Query(description="`cancelled`: queue the cancelled audits again too."),
+    ] = None,
+) -> BatchRetried:
+    """Queue the batch's failed audits again, in one transaction; how many, by status."""
+    statuses = [AuditStatus.FAILED]
+    if include == "cancelled":
+        statuses.append(AuditStatus.CANCELLED)
+    summary, requeued = await batches.retry(
+        transaction, batch=batch, statuses=statuses, settings=settings
+    )
+    return BatchRetried(requeued=RequeuedCounts(**requeued), batch=to_read(summary))
 
 
 @router.get(

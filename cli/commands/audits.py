@@ -19,7 +19,9 @@ from cli.errors import EXIT_OK, EXIT_VERDICT_FAIL, exit_code, reports_errors
 from cli.input_files import read_criteria, read_text
 from shared.audits.status import RETRYABLE
 
-app = typer.Typer(help="Read audits.", no_args_is_help=True, rich_markup_mode=None)
+app = typer.Typer(
+    help="Read, list, cancel and retry audits.", no_args_is_help=True, rich_markup_mode=None
+)
 
 UNSUCCESSFUL = RETRYABLE  # what did not succeed is what can be retried
 
@@ -38,6 +40,11 @@ RubricVersion = Annotated[
 ]
 Subject = Annotated[str | None, typer.Option(help="What the content is; default: FILE's name.")]
 Model = Annotated[str | None, typer.Option(help="A model of the API's ALLOWED_MODELS.")]
+AuditId = Annotated[UUID, typer.Argument(help="The audit's id.")]
+Statuses = Annotated[
+    list[str] | None,
+    typer.Option("--status", help="Only audits in this status; repeat for several."),
+]
 FailOnVerdict = Annotated[
     bool,
     typer.Option(
@@ -138,7 +145,7 @@ def _submit(
 @app.command("get")
 @reports_errors
 def get(
-    audit_id: Annotated[UUID, typer.Argument(help="The audit's id.")],
+    audit_id: AuditId,
     api_url: ApiUrl = DEFAULT_API_URL,
     json_output: JsonOutput = False,
 ) -> None:
@@ -149,6 +156,59 @@ def get(
         audit = api.get(f"/audits/{audit_id}")
     _print(audit, json_output=json_output)
     raise typer.Exit(_exit_code(audit))
+
+
+@app.command("list")
+@reports_errors
+def list_audits(
+    status: Statuses = None,
+    batch_id: Annotated[UUID | None, typer.Option(help="Only the audits of this batch.")] = None,
+    rubric: Annotated[str | None, typer.Option(help="Only audits run with this rubric.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=50, help="Audits per page.")] = 20,
+    cursor: Annotated[str | None, typer.Option(help="The page after a previous one.")] = None,
+    api_url: ApiUrl = DEFAULT_API_URL,
+    json_output: JsonOutput = False,
+) -> None:
+    """List audits, newest first (one page; the next is named at the end)."""
+    from cli.api_client import ApiClient
+
+    batch = str(batch_id) if batch_id else None
+    filters = {"status": status, "batch_id": batch, "rubric": rubric, "cursor": cursor}
+    params = {name: value for name, value in filters.items() if value}
+    with ApiClient(api_url) as api:
+        page = api.get("/audits", limit=limit, **params)
+    if json_output:
+        output.print_json(page)
+        return
+    output.show(output.audits_table(page["items"]))
+    if page["next_cursor"]:
+        output.say(f"more with: --cursor {page['next_cursor']}", "dim")
+
+
+@app.command("cancel")
+@reports_errors
+def cancel(
+    audit_id: AuditId, api_url: ApiUrl = DEFAULT_API_URL, json_output: JsonOutput = False
+) -> None:
+    """Cancel a queued or running audit."""
+    _act(f"/audits/{audit_id}/cancel", api_url=api_url, json_output=json_output)
+
+
+@app.command("retry")
+@reports_errors
+def retry(
+    audit_id: AuditId, api_url: ApiUrl = DEFAULT_API_URL, json_output: JsonOutput = False
+) -> None:
+    """Queue a failed or cancelled audit again."""
+    _act(f"/audits/{audit_id}/retry", api_url=api_url, json_output=json_output)
+
+
+def _act(path: str, *, api_url: str, json_output: bool) -> None:
+    from cli.api_client import ApiClient
+
+    with ApiClient(api_url) as api:
+        audit = api.post(path, None).body
+    _print(audit, json_output=json_output)
 
 
 def _print(audit: dict[str, Any], *, json_output: bool) -> None:

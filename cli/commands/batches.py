@@ -163,6 +163,44 @@ def results(
     output.say(f"{lines} audit result(s) written to {out or 'stdout'}")
 
 
+@app.command("cancel")
+@reports_errors
+def cancel(
+    batch_id: BatchId, api_url: ApiUrl = DEFAULT_API_URL, json_output: JsonOutput = False
+) -> None:
+    """Cancel every audit of the batch that is still queued or running."""
+    from cli.api_client import ApiClient
+
+    with ApiClient(api_url) as api:
+        batch = api.post(f"/batches/{batch_id}/cancel", None).body
+        _print_batches(api, [batch], json_output=json_output, title="Cancelled")
+
+
+@app.command("retry")
+@reports_errors
+def retry(
+    batch_id: BatchId,
+    include_cancelled: Annotated[
+        bool, typer.Option("--include-cancelled", help="Queue the cancelled audits again too.")
+    ] = False,
+    api_url: ApiUrl = DEFAULT_API_URL,
+    json_output: JsonOutput = False,
+) -> None:
+    """Queue the batch's failed audits again, in one call; follow with `auditq batch status`."""
+    from cli.api_client import ApiClient
+
+    query = "?include=cancelled" if include_cancelled else ""
+    with ApiClient(api_url) as api:
+        retried = api.post(f"/batches/{batch_id}/retry{query}", None).body
+    if json_output:
+        output.print_json(retried)
+        return
+    requeued = retried["requeued"]
+    output.say(f"queued again: {requeued['failed']} failed, {requeued['cancelled']} cancelled")
+    output.show(output.batches_table([retried["batch"]], title="Batch"))
+    output.say(f"follow it with: auditq batch status {batch_id}", "dim")
+
+
 @contextmanager
 def _sink(path: Path | None) -> Iterator[BinaryIO]:
     """stdout, or `path`, which appears only once complete (a half download is no result)."""

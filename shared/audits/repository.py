@@ -24,7 +24,7 @@ from uuid import UUID
 from pydantic import TypeAdapter
 
 from shared.audits.schemas import AuditResult, Criterion
-from shared.audits.status import TERMINAL, UNFINISHED, AuditStatus, sql_list
+from shared.audits.status import RETRYABLE, TERMINAL, UNFINISHED, AuditStatus, sql_list
 from shared.db import Statements
 
 Q, R, S, F, C = (f"'{s}'" for s in AuditStatus)  # queued, running, succeeded, failed, cancelled
@@ -288,12 +288,13 @@ _CANCEL = (
     f"RETURNING {', '.join(COLUMNS)}"
 )
 # `attempts` keeps counting (it fences late writes of earlier runs); the budget moves.
-_RETRY = (
+_REQUEUE = (
     f"UPDATE audit SET status = {Q}, attempt_limit = attempts + $2, result = NULL, "
     "error_code = NULL, error_message = NULL, started_at = NULL, finished_at = NULL, "
-    f"lease_until = NULL, updated_at = now() WHERE id = $1 AND status IN ({F}, {C}) "
-    f"RETURNING {', '.join(COLUMNS)}"
+    "lease_until = NULL, updated_at = now()"
 )
+_RETRY = f"{_REQUEUE} WHERE id = $1 AND status IN ({F}, {C}) RETURNING {', '.join(COLUMNS)}"
+_RETRY_BATCH = f"{_REQUEUE} WHERE batch_id = $1 AND status = $3 RETURNING id"
 _CANCEL_BATCH = (
     f"UPDATE audit SET status = {C}, finished_at = now(), lease_until = NULL, "
     f"updated_at = now() WHERE batch_id = $1 AND status IN {sql_list(UNFINISHED)} RETURNING id"
@@ -310,6 +311,14 @@ async def requeue_for_retry(conn: Statements, audit_id: UUID, *, attempts: int) 
     """Queue a failed or cancelled audit again with `attempts` more; None otherwise."""
     record = await conn.fetchrow(_RETRY, audit_id, attempts)
     return None if record is None else AuditRow.of(record)
+
+
+async def requeue_batch_for_retry(
+    conn: Statements, batch_id: UUID, *, status: AuditStatus, attempts: int
+) -> list[UUID]:
+    """Queue the batch's audits in `status` (failed or cancelled) again; their ids."""
+    assert status in RETRYABLE, status
+    return [record["id"] for record in await conn.fetch(_RETRY_BATCH, batch_id, attempts, status)]
 
 
 async def cancel_batch(conn: Statements, batch_id: UUID) -> list[UUID]:

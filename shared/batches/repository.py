@@ -51,6 +51,7 @@ _PAGE_NEXT = (
 _STAMP_CANCELLED = (
     f"UPDATE batch SET cancelled_at = coalesce(cancelled_at, now()) WHERE id = $1 {_RETURNING}"
 )
+_UNSTAMP_CANCELLED = f"UPDATE batch SET cancelled_at = NULL WHERE id = $1 {_RETURNING}"
 # A batch goes once its audits have gone (retention deletes audits first).
 _DELETE_EMPTY_BEFORE = (
     "WITH gone AS (DELETE FROM batch WHERE created_at < now() - $1::interval "
@@ -100,6 +101,13 @@ async def page(
 async def stamp_cancelled(conn: Statements, batch_id: UUID) -> BatchRow:
     """Note when the batch was first cancelled."""
     record = await conn.fetchrow(_STAMP_CANCELLED, batch_id)
+    assert record is not None, f"batch {batch_id} vanished inside its own transaction"
+    return BatchRow.of(record)
+
+
+async def unstamp_cancelled(conn: Statements, batch_id: UUID) -> BatchRow:
+    """Take the batch's cancellation back: its cancelled audits were queued again."""
+    record = await conn.fetchrow(_UNSTAMP_CANCELLED, batch_id)
     assert record is not None, f"batch {batch_id} vanished inside its own transaction"
     return BatchRow.of(record)
 

@@ -51,3 +51,15 @@ class BatchPage(BaseModel):
     next_cursor: str | None = Field(
         description="Pass as `cursor` for the next page; null at the end."
     )
+
+
+class RequeuedCounts(BaseModel):
+    """Audits of a batch queued again, by the status they had."""
+
+    failed: int = 0
+    cancelled: int = 0
+
+
+class BatchRetried(BaseModel):
+    requeued: RequeuedCounts
+    batch: BatchRead

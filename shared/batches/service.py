@@ -18,7 +18,7 @@ from shared.audits import repository as audits
 from shared.audits import service as audit_service
 from shared.audits.repository import BatchTally, ResultRow
 from shared.audits.schemas import AuditCreate
-from shared.audits.status import UNFINISHED
+from shared.audits.status import UNFINISHED, AuditStatus
 from shared.batches import repository as batches
 from shared.batches.exceptions import BatchNotFound
 from shared.batches.repository import BatchRow
@@ -183,6 +183,27 @@ async def cancel(conn: Statements, *, batch: BatchRow) -> BatchSummary:
     if cancelled:
         batch = await batches.stamp_cancelled(conn, batch.id)
     return await summarize(conn, batch)
+
+
+async def retry(
+    conn: Statements, *, batch: BatchRow, statuses: Sequence[AuditStatus], settings: Settings
+) -> tuple[BatchSummary, dict[str, int]]:
+    """Queue the batch's audits in `statuses` (failed, cancelled) again; how many of each.
+
+    One UPDATE per status, so that each count is exact, in the caller's transaction.
+    Queuing cancelled audits again takes the batch's cancellation back.
+    """
+    requeued: dict[str, int] = {}
+    for status in statuses:
+        ids = await audits.requeue_batch_for_retry(
+            conn, batch.id, status=status, attempts=settings.max_attempts
+        )
+        for audit_id in ids:
+            defer_run(conn, audit_id)
+        requeued[status] = len(ids)
+    if requeued.get(AuditStatus.CANCELLED):
+        batch = await batches.unstamp_cancelled(conn, batch.id)
+    return await summarize(conn, batch), requeued
 
 
 async def iter_results(

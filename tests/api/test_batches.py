@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.config import Settings
 from tests.api.checks import assert_nothing_written, assert_problem, queued_jobs, row_counts
+from tests.api.support import assert_job_queued
 from tests.factories import audit_request, batch_request, criterion, rubric_request
 
 READ_FIELDS = {"id", "name", "metadata", "status", "counts", "usage", "created_at", "finished_at"}
@@ -506,3 +507,68 @@ async def test_cancelling_an_unknown_batch_writes_nothing(
     await client.post(f"/batches/{uuid4()}/cancel")
 
     assert await row_counts(engine) == {"audit": 0, "batch": 0, "rubric": 0}
+
+
+# POST /batches/{id}/retry
+
+
+async def test_retry_requeues_the_failed_audits_in_one_call(
+    client: AsyncClient, engine: AsyncEngine, redis: ArqRedis, settings: Settings
+) -> None:
+    batch = await submit_batch(client, batch_request(4))
+    succeeded, failed, other_failed, cancelled = await audit_ids(engine, batch["id"])
+    await finish(engine, succeeded, "succeeded", finished_at=T0)
+    for audit_id in (failed, other_failed):
+        await finish(engine, audit_id, "failed", finished_at=T0, error_code="model_refused")
+    await finish(engine, cancelled, "cancelled", finished_at=T0)
+    # The jobs of the submission are gone, as once the audits have run.
+    await redis.delete(
+        settings.queue_name, *(job_key_prefix + f"audit:{i}" for i in (failed, other_failed))
+    )
+
+    response = await client.post(f"/batches/{batch['id']}/retry")
+
+    assert response.status_code == 202, response.text
+    retried = response.json()
+    assert retried["requeued"] == {"failed": 2, "cancelled": 0}
+    assert retried["batch"]["counts"] == counts(succeeded=1, queued=2, cancelled=1)
+    assert retried["batch"]["status"] == "running"
+    for audit_id in (failed, other_failed):
+        audit = (await client.get(f"/audits/{audit_id}")).json()
+        assert (audit["status"], audit["error"]) == ("queued", None)
+        await assert_job_queued(redis, settings, audit_id)
+
+
+async def test_retry_with_include_cancelled_takes_the_cancellation_back(
+    client: AsyncClient, engine: AsyncEngine
+) -> None:
+    batch = await submit_batch(client, batch_request(2))
+    first, second = await audit_ids(engine, batch["id"])
+    await client.post(f"/batches/{batch['id']}/cancel")
+    await finish(engine, first, "failed", finished_at=T0, error_code="model_refused")
+
+    response = await client.post(f"/batches/{batch['id']}/retry", params={"include": "cancelled"})
+
+    retried = response.json()
+    assert retried["requeued"] == {"failed": 1, "cancelled": 1}
+    assert retried["batch"]["counts"] == counts(queued=2)
+    await finish(engine, first, "succeeded", finished_at=T0)
+    await finish(engine, second, "succeeded", finished_at=T0)
+    assert (await client.get(f"/batches/{batch['id']}")).json()["status"] == "completed"
+
+
+async def test_retry_of_a_batch_with_nothing_failed_changes_nothing(client: AsyncClient) -> None:
+    batch = await submit_batch(client, batch_request(2))
+
+    response = await client.post(f"/batches/{batch['id']}/retry")
+
+    assert response.status_code == 202
+    assert response.json()["requeued"] == {"failed": 0, "cancelled": 0}
+    assert response.json()["batch"]["counts"] == counts(queued=2)
+
+
+async def test_retry_of_an_unknown_batch_is_a_404(client: AsyncClient) -> None:
+    response = await client.post(f"/batches/{uuid4()}/retry")
+
+    assert response.status_code == 404
+    assert response.json()["code"] == "batch_not_found"

@@ -503,3 +503,56 @@ async def test_fail_on_verdict_needs_wait(auditq: Auditq) -> None:
 
     assert result.exit_code == 2
     assert "needs --wait" in result.stderr
+
+
+# recovering: batch retry and cancel, audit list, cancel and retry
+
+
+async def test_a_batchs_failures_are_retried_in_one_command(
+    auditq: Auditq, worker: Worker, sim: SimulatorHandle, tmp_path: Path
+) -> None:
+    sim.script(["refusal", "refusal"])
+    path = audits_file(tmp_path / "audits.jsonl", 3)
+    [batch] = json.loads(
+        (await auditq("batch", "submit", path, "--wait", "--poll-interval", POLL, "--json")).stdout
+    )["batches"]
+    failed = parsed(await auditq("audit", "list", "--status", "failed", "--json"))["items"]
+    assert {audit["batch_id"] for audit in failed} == {batch["id"]}
+    assert len(failed) == 2
+
+    retried = parsed(await auditq("batch", "retry", batch["id"], "--json"))
+    waited = await auditq("batch", "submit", path, "--wait", "--poll-interval", POLL)
+
+    assert retried["requeued"] == {"failed": 2, "cancelled": 0}
+    assert waited.exit_code == 0, waited.stderr  # the same batch, replayed, now all succeeded
+    assert "already submitted" in waited.stderr
+
+
+async def test_audit_cancel_then_retry(auditq: Auditq, tmp_path: Path) -> None:
+    submitted = await auditq(
+        "submit", EXAMPLES / "product-page.txt", "--criteria", EXAMPLES / "criteria.json", "--json"
+    )
+    audit_id = parsed(submitted)["id"]
+
+    cancelled = parsed(await auditq("audit", "cancel", audit_id, "--json"))
+    retried = parsed(await auditq("audit", "retry", audit_id, "--json"))
+    again = await auditq("audit", "retry", audit_id)
+    listed = await auditq("audit", "list", "--limit", "5")
+
+    assert (cancelled["status"], retried["status"]) == ("cancelled", "queued")
+    assert again.exit_code == 2
+    assert "audit_not_retryable" in again.stderr
+    assert audit_id in listed.stdout
+
+
+async def test_batch_cancel_cancels_what_has_not_ended(auditq: Auditq, tmp_path: Path) -> None:
+    path = audits_file(tmp_path / "audits.jsonl", 2)
+    [batch] = parsed(await auditq("batch", "submit", path, "--json"))["batches"]
+
+    cancelled = parsed(await auditq("batch", "cancel", batch["id"], "--json"))["batches"][0]
+    retried = parsed(await auditq("batch", "retry", batch["id"], "--include-cancelled", "--json"))
+
+    assert cancelled["status"] == "cancelled"
+    assert cancelled["counts"]["cancelled"] == 2
+    assert retried["requeued"] == {"failed": 0, "cancelled": 2}
+    assert retried["batch"]["status"] == "running"
