@@ -4,6 +4,7 @@ from typing import Any
 
 import pytest
 from rich.progress import Progress, ProgressColumn
+from rich.text import Text
 
 from cli.api_client import ApiProblem, ApiUnreachable
 from cli.progress import EtaColumn, Patience, RateColumn, Throughput
@@ -62,7 +63,9 @@ def test_rate_and_eta_come_from_the_completions_seen() -> None:
 def rendered(column: ProgressColumn, completed: int = 4, **fields: Any) -> str:
     progress = Progress()
     task_id = progress.add_task("waiting", total=10, completed=completed, **fields)
-    return column.render(progress.tasks[task_id]).plain  # type: ignore[union-attr]
+    text = column.render(progress.tasks[task_id])
+    assert isinstance(text, Text)
+    return text.plain
 
 
 def test_the_bar_shows_the_rate_and_time_left() -> None:
