@@ -1,4 +1,4 @@
-"""`run_audit`: rate limits → claim → ask the model → validate → finish, fenced (DESIGN §3, §5)."""
+"""`run_audit`: rate limits → claim → ask the model → validate → finish, fenced."""
 
 import asyncio
 from collections.abc import Awaitable, Callable

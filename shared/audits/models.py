@@ -1,4 +1,4 @@
-"""The `audit` table (DESIGN §2): its schema, for alembic and the repository's column list."""
+"""The `audit` table: its schema, for alembic and the repository's column list."""
 
 from datetime import datetime
 from typing import Any

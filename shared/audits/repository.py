@@ -6,7 +6,7 @@ what is one statement (submit, read, cancel or retry one audit, a page of a list
 worker's claim and fenced writes), a session's transaction for units of work (a batch
 and its audits, a batch's cancel, the reconciler's recovery, retention).
 
-The worker's transitions (DESIGN §3) are each one conditional UPDATE:
+The worker's transitions are each one conditional UPDATE:
 - `claim` takes a queued audit, or a running one whose lease expired, and counts the
   attempt. Nothing claimed means the job is a duplicate.
 - Every later write is fenced by `status = 'running' AND attempts = <attempt>`, so

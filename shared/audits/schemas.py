@@ -1,4 +1,4 @@
-"""Request and response bodies of the audits API (DESIGN §4)."""
+"""Request and response bodies of the audits API."""
 
 import math
 from collections import Counter

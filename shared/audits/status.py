@@ -1,4 +1,4 @@
-"""The one vocabulary of an audit's status (DESIGN §3).
+"""The one vocabulary of an audit's status.
 
 The code, the SQL and the table's CHECK constraint all spell statuses from here
 (tests/test_migrations.py holds the migrated constraint to this enum).

@@ -1,4 +1,4 @@
-"""How an audit is shown to clients (DESIGN §4 "Audit representation").
+"""How an audit is shown to clients.
 
 Built from the typed row the repository returns, validated once into the response model.
 """

@@ -6,7 +6,7 @@ maps those to its findings and does the scoring (shared/audits/findings.py).
 
 Decisions taken here:
 - Findings may come back in any order; they are returned in the criteria's order.
-  DESIGN asks for every criterion id exactly once and nothing else; the order is ours
+  The contract asks for every criterion id exactly once and nothing else; the order is ours
   to impose, and a second paid call to fix it would buy nothing.
 - Keys the schema does not name are ignored rather than rejected: they change nothing
   we store. Missing keys, wrong types (no string for a number) and scores outside 0-100

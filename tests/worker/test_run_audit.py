@@ -1,7 +1,7 @@
 """`run_audit` end to end: submitted through the API, run by a real arq worker, model simulated.
 
-Every fault the simulator injects is routed to the retry or the terminal error DESIGN §5
-asks for; duplicate, late and cancelled runs never write a second outcome (DESIGN §3).
+Every fault the simulator injects is routed to the retry or the terminal error the README
+promises; duplicate, late and cancelled runs never write a second outcome.
 """
 
 import asyncio

@@ -1,4 +1,4 @@
-"""The audit repository's transitions: claim, fenced finishes, lease recovery (DESIGN §3)."""
+"""The audit repository's transitions: claim, fenced finishes, lease recovery."""
 
 from datetime import datetime, timedelta
 from typing import Any
