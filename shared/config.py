@@ -11,6 +11,9 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 CommaList = Annotated[list[str], NoDecode]
+# The context of today's usual hosted models (gpt-4o, gpt-4o-mini); a smaller
+# self-hosted model is named in MODEL_CONTEXT_TOKENS.
+DEFAULT_CONTEXT_TOKENS = 128_000
 # `gpt-4o-mini=500,gpt-4o=100`: a limit per model; a model not named has none.
 ModelLimits = Annotated[dict[str, int], NoDecode]
 
@@ -38,6 +41,13 @@ class Settings(BaseSettings):
     queue_name: str = "auditq:queue"
 
     max_content_chars: int = Field(default=100_000, ge=1)
+    # The criteria's descriptions together, of an audit and of a rubric: each is sent
+    # with every call and shown in every list item.
+    max_criteria_chars: int = Field(default=10_000, ge=1)
+    # A model's context window in tokens, `gpt-4o-mini=128000,llama3=8192`: an audit whose
+    # estimated prompt is larger is refused at submit (`prompt_too_large`). A model not
+    # named here falls back on DEFAULT_CONTEXT_TOKENS.
+    model_context_tokens: ModelLimits = Field(default_factory=dict)
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
 
     cors_origins: CommaList = Field(default_factory=lambda: ["*"])
@@ -58,14 +68,14 @@ class Settings(BaseSettings):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
 
-    @field_validator("model_rpm_limits", "model_tpm_limits", mode="before")
+    @field_validator("model_rpm_limits", "model_tpm_limits", "model_context_tokens", mode="before")
     @classmethod
     def split_model_limits(cls, value: object) -> object:
         if isinstance(value, str):
             return parse_model_limits(value)
         return value
 
-    @field_validator("model_rpm_limits", "model_tpm_limits")
+    @field_validator("model_rpm_limits", "model_tpm_limits", "model_context_tokens")
     @classmethod
     def positive_limits(cls, value: dict[str, int]) -> dict[str, int]:
         for model, limit in value.items():
@@ -86,6 +96,10 @@ class Settings(BaseSettings):
     def models(self) -> list[str]:
         """Models a request may ask for: `ALLOWED_MODELS`, or just the default one."""
         return self.allowed_models or [self.openai_model]
+
+    def context_tokens(self, model: str) -> int:
+        """The context window of `model`: `MODEL_CONTEXT_TOKENS`, else the default."""
+        return self.model_context_tokens.get(model, DEFAULT_CONTEXT_TOKENS)
 
 
 def parse_model_limits(value: str) -> dict[str, int]:

@@ -9,10 +9,13 @@ from typing import Any
 from uuid import UUID, uuid4
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from shared.audits.models import Audit
 from shared.db import SessionFactory, session_scope
+from shared.rubrics.models import Rubric
 
 CONTENT = "Our toothbrush is 100% biodegradable and carbon neutral."
 CRITERIA = [
@@ -42,9 +45,26 @@ def ago(seconds: float) -> Any:
     return sa.func.now() - timedelta(seconds=seconds)
 
 
+async def ensure_rubrics(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
+    """Rows naming a rubric reference it, as the API writes them: the rubric exists, the
+    row's own criteria are NULL."""
+    for row in rows:
+        if row.get("rubric_name") is None:
+            continue
+        row["criteria"] = sa.null()  # SQL NULL, not JSON null
+        rubric = {
+            "name": row["rubric_name"],
+            "version": row.get("rubric_version") or 1,
+            "description": "",
+            "criteria": CRITERIA,
+        }
+        await session.execute(pg_insert(Rubric).values(rubric).on_conflict_do_nothing())
+
+
 async def insert_audit(factory: SessionFactory, **overrides: Any) -> UUID:
     values = audit_values(**overrides)
     async with session_scope(factory) as session:
+        await ensure_rubrics(session, [values])
         await session.execute(sa.insert(Audit).values(values))
     audit_id: UUID = values["id"]
     return audit_id

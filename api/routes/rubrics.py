@@ -4,7 +4,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 
-from api.deps import Transaction, set_location, statements
+from api.deps import SettingsDep, Transaction, set_location, statements
 from api.openapi import BODY_PROBLEMS, problems
 from shared.audits.schemas import MAX_RUBRIC_VERSION
 from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT, InvalidCursor
@@ -22,10 +22,14 @@ def to_read(rubric: RubricRow) -> RubricRead:
 
 @router.post("", status_code=201, responses=problems(extra=BODY_PROBLEMS))
 async def publish_rubric(
-    body: RubricCreate, transaction: Transaction, request: Request, response: Response
+    body: RubricCreate,
+    transaction: Transaction,
+    settings: SettingsDep,
+    request: Request,
+    response: Response,
 ) -> RubricRead:
     """Publish a rubric; an existing name gets its next version (rubrics never change)."""
-    rubric = await rubrics.publish(transaction, data=body)
+    rubric = await rubrics.publish(transaction, data=body, settings=settings)
     query = f"version={rubric.version}"
     set_location(request, response, "get_rubric", name=rubric.name, query=query)
     return to_read(rubric)

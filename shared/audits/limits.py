@@ -1,16 +1,23 @@
-"""The limits of a submission that a deployment sets (`MAX_CONTENT_CHARS`, `ALLOWED_MODELS`).
+"""The limits of a submission that a deployment sets.
 
-The request schemas check what never changes; these checks take the process's
-`Settings`, passed in, and answer as request validation does: 422 `validation_error`
-with every problem in `errors`, each at its `loc`.
+`MAX_CONTENT_CHARS`, `ALLOWED_MODELS` and `MAX_CRITERIA_CHARS` (the criteria's
+descriptions together, inline or a rubric's) are checked as request validation
+checks: 422 `validation_error`, every problem in `errors` at its `loc`. The
+request schemas check what never changes; these take the process's `Settings`.
+
+Once the criteria are known (a rubric's are read first), the prompt is estimated
+as the rate limiter estimates it (shared/llm/ratelimit.py): one larger than the
+model's context (`MODEL_CONTEXT_TOKENS`) is refused with 422 `prompt_too_large`
+before anything is written, rather than failing at the model after a queue wait.
 """
 
 from collections.abc import Sequence
 from typing import Any
 
-from shared.audits.schemas import AuditCreate
+from shared.audits.schemas import AuditCreate, Criterion
 from shared.config import Settings
 from shared.errors import InvalidRequest
+from shared.llm.ratelimit import estimate_prompt_tokens
 
 Loc = tuple[str | int, ...]
 
@@ -26,8 +33,28 @@ class SubmissionInvalid(InvalidRequest):
         super().__init__(f"{where}: {first['msg']}{more}", errors=list(issues))
 
 
-def _issue(loc: Loc, msg: str) -> dict[str, Any]:
-    return {"loc": list(loc), "msg": f"Value error, {msg}", "type": "value_error"}
+class PromptTooLarge(SubmissionInvalid):
+    code = "prompt_too_large"
+    title = "Prompt larger than the model's context"
+
+
+def _issue(loc: Loc, msg: str, kind: str = "value_error") -> dict[str, Any]:
+    prefix = "Value error, " if kind == "value_error" else ""
+    return {"loc": list(loc), "msg": prefix + msg, "type": kind}
+
+
+def criteria_problems(
+    criteria: Sequence[Criterion], settings: Settings, *, loc: Loc
+) -> list[dict[str, Any]]:
+    """Criteria whose descriptions together exceed `MAX_CRITERIA_CHARS`."""
+    chars = sum(len(c.description) for c in criteria)
+    if chars <= settings.max_criteria_chars:
+        return []
+    msg = (
+        f"descriptions must be at most {settings.max_criteria_chars} characters together "
+        f"(MAX_CRITERIA_CHARS), got {chars}"
+    )
+    return [_issue(loc, msg)]
 
 
 def problems_of(
@@ -42,6 +69,8 @@ def problems_of(
     if data.model is not None and data.model not in settings.models:
         msg = f"must be one of ALLOWED_MODELS: {', '.join(settings.models)}"
         issues.append(_issue((*loc, "model"), msg))
+    if data.criteria is not None:
+        issues += criteria_problems(data.criteria, settings, loc=(*loc, "criteria"))
     return issues
 
 
@@ -60,3 +89,26 @@ def check_all(items: Sequence[AuditCreate], settings: Settings) -> None:
     ]
     if issues:
         raise SubmissionInvalid(issues)
+
+
+def prompt_problems(
+    data: AuditCreate, criteria: Sequence[Criterion], model: str, settings: Settings, *, loc: Loc
+) -> list[dict[str, Any]]:
+    """The audit's estimated prompt, if it exceeds the model's context."""
+    text = len(data.subject) + len(data.content)
+    text += sum(len(c.id) + len(c.description) for c in criteria)
+    tokens = estimate_prompt_tokens(prompt_chars=text)
+    context = settings.context_tokens(model)
+    if tokens <= context:
+        return []
+    msg = (
+        f"the prompt would be about {tokens} tokens, more than the {context} of {model} "
+        "(MODEL_CONTEXT_TOKENS); send less content or fewer criteria"
+    )
+    return [_issue((*loc, "content"), msg, kind="prompt_too_large")]
+
+
+def check_prompts(problems: list[dict[str, Any]]) -> None:
+    """Refuse the submission if any of its audits' prompts is too large."""
+    if problems:
+        raise PromptTooLarge(problems)

@@ -29,6 +29,13 @@ class Audit(SQLModel, table=True):
     __table_args__ = (
         sa.CheckConstraint(f"status IN {sql_list(AuditStatus)}", name="status"),
         sa.CheckConstraint("attempts >= 0", name="attempts"),
+        # An audit runs with inline criteria, or with a rubric version it references.
+        sa.CheckConstraint(
+            "(criteria IS NULL) = (rubric_name IS NOT NULL)", name="criteria_or_rubric"
+        ),
+        sa.ForeignKeyConstraint(
+            ["rubric_name", "rubric_version"], ["rubric.name", "rubric.version"]
+        ),
         sa.Index("ix_audit_created", sa.text("created_at DESC"), sa.text("id DESC")),
         sa.Index(
             "ix_audit_status_created", "status", sa.text("created_at DESC"), sa.text("id DESC")
@@ -66,7 +73,7 @@ class Audit(SQLModel, table=True):
     status: str = _text(nullable=False, default=AuditStatus.QUEUED)
     subject: str = _text(nullable=False)
     content: str = _text(nullable=False)
-    criteria: list[dict[str, Any]] = _jsonb()
+    criteria: list[dict[str, Any]] | None = _jsonb(nullable=True)
     rubric_name: str | None = _text()
     rubric_version: int | None = None
     model: str = _text(nullable=False)

@@ -97,7 +97,19 @@ class AuditRow:
 _NEW_COLUMNS = tuple(f.name for f in fields(NewAudit))
 COLUMNS = tuple(f.name for f in fields(AuditRow))
 _JSONB = frozenset({"criteria", "metadata", "result"})
-_SELECT = f"SELECT {', '.join(COLUMNS)} FROM audit"
+# An audit of a rubric stores a reference to its version, not a copy of its criteria
+# (versions never change); reads join the rubric back in.
+_WITH_RUBRIC = (
+    "LEFT JOIN rubric ON (rubric.name, rubric.version) = (audit.rubric_name, audit.rubric_version)"
+)
+_CRITERIA = "coalesce(audit.criteria, rubric.criteria)"
+_ROW = ", ".join(f"{_CRITERIA} AS criteria" if c == "criteria" else f"audit.{c}" for c in COLUMNS)
+_SELECT = f"SELECT {_ROW} FROM audit {_WITH_RUBRIC}"
+
+
+def _returning_row(update: str) -> str:
+    """An UPDATE … RETURNING audit.*, answered as `_SELECT` answers."""
+    return f"WITH audit AS ({update} RETURNING audit.*) SELECT {_ROW} FROM audit {_WITH_RUBRIC}"
 
 
 def _json(name: str, value: Any) -> Any:
@@ -105,8 +117,15 @@ def _json(name: str, value: Any) -> Any:
     return json.dumps(value) if name in _JSONB and value is not None else value
 
 
+def _stored(audit: NewAudit, name: str) -> Any:
+    """A column's value as stored: a rubric's criteria stay in the rubric."""
+    if name == "criteria" and audit.rubric_name is not None:
+        return None
+    return _json(name, getattr(audit, name))
+
+
 def _parameters(audit: NewAudit) -> list[Any]:
-    return [_json(name, getattr(audit, name)) for name in _NEW_COLUMNS]
+    return [_stored(audit, name) for name in _NEW_COLUMNS]
 
 
 # --- Creating ---------------------------------------------------------------------------
@@ -146,14 +165,14 @@ _INSERT_MANY = (
 
 async def insert_many(conn: Statements, audits: Sequence[NewAudit]) -> None:
     """Insert many audits in one statement (no idempotency key: a batch carries it)."""
-    columns = [[_json(n, getattr(a, n)) for a in audits] for n in _NEW_COLUMNS]
+    columns = [[_stored(a, n) for a in audits] for n in _NEW_COLUMNS]
     await conn.execute(_INSERT_MANY, *columns)
 
 
 # --- Reading ----------------------------------------------------------------------------
 
-_BY_ID = f"{_SELECT} WHERE id = $1"
-_BY_IDEMPOTENCY_KEY = f"{_SELECT} WHERE idempotency_key = $1"
+_BY_ID = f"{_SELECT} WHERE audit.id = $1"
+_BY_IDEMPOTENCY_KEY = f"{_SELECT} WHERE audit.idempotency_key = $1"
 _STATUS = "SELECT status FROM audit WHERE id = $1"
 
 
@@ -200,19 +219,26 @@ def page_query(*, filters: AuditFilters, limit: int, after: Keyset | None) -> tu
     args = _Arguments()
     conditions = []
     if filters.status:
-        conditions.append(f"status IN ({', '.join(args.add(str(s)) for s in filters.status)})")
+        conditions.append(
+            f"audit.status IN ({', '.join(args.add(str(s)) for s in filters.status)})"
+        )
     if filters.batch_id:
-        conditions.append(f"batch_id = {args.add(filters.batch_id)}")
+        conditions.append(f"audit.batch_id = {args.add(filters.batch_id)}")
     if filters.rubric:
-        conditions.append(f"rubric_name = {args.add(filters.rubric)}")
+        conditions.append(f"audit.rubric_name = {args.add(filters.rubric)}")
     if filters.created_after:
-        conditions.append(f"created_at > {args.add(filters.created_after)}")
+        conditions.append(f"audit.created_at > {args.add(filters.created_after)}")
     if filters.created_before:
-        conditions.append(f"created_at < {args.add(filters.created_before)}")
+        conditions.append(f"audit.created_at < {args.add(filters.created_before)}")
     if after is not None:
-        conditions.append(f"(created_at, id) < ({args.add(after[0])}, {args.add(after[1])})")
+        conditions.append(
+            f"(audit.created_at, audit.id) < ({args.add(after[0])}, {args.add(after[1])})"
+        )
     where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
-    return f"{_SELECT}{where} ORDER BY created_at DESC, id DESC LIMIT {args.add(limit)}", args
+    return (
+        f"{_SELECT}{where} ORDER BY audit.created_at DESC, audit.id DESC LIMIT {args.add(limit)}",
+        args,
+    )
 
 
 async def page(
@@ -282,10 +308,9 @@ async def batch_results(
 
 # --- Client transitions -----------------------------------------------------------------
 
-_CANCEL = (
+_CANCEL = _returning_row(
     f"UPDATE audit SET status = {C}, finished_at = now(), lease_until = NULL, "
-    f"updated_at = now() WHERE id = $1 AND status IN {sql_list(UNFINISHED)} "
-    f"RETURNING {', '.join(COLUMNS)}"
+    f"updated_at = now() WHERE id = $1 AND status IN {sql_list(UNFINISHED)}"
 )
 # `attempts` keeps counting (it fences late writes of earlier runs); the budget moves.
 _REQUEUE = (
@@ -293,7 +318,7 @@ _REQUEUE = (
     "error_code = NULL, error_message = NULL, started_at = NULL, finished_at = NULL, "
     "lease_until = NULL, updated_at = now()"
 )
-_RETRY = f"{_REQUEUE} WHERE id = $1 AND status IN ({F}, {C}) RETURNING {', '.join(COLUMNS)}"
+_RETRY = _returning_row(f"{_REQUEUE} WHERE id = $1 AND status IN {sql_list(RETRYABLE)}")
 _RETRY_BATCH = f"{_REQUEUE} WHERE batch_id = $1 AND status = $3 RETURNING id"
 _CANCEL_BATCH = (
     f"UPDATE audit SET status = {C}, finished_at = now(), lease_until = NULL, "
@@ -355,14 +380,16 @@ def _finish(assignments: str) -> str:
 # decompressing it, and it is at least the length in characters.
 _NEXT_CALL = (
     "SELECT model, octet_length(subject) + octet_length(content) "
-    "+ octet_length(criteria::text) AS text_chars, jsonb_array_length(criteria) AS criteria "
-    f"FROM audit WHERE id = $1 AND {_CLAIMABLE}"
+    f"+ octet_length({_CRITERIA}::text) AS text_chars, "
+    f"jsonb_array_length({_CRITERIA}) AS criteria "
+    f"FROM audit {_WITH_RUBRIC} WHERE audit.id = $1 AND {_CLAIMABLE}"
 )
 _CLAIM = (
-    f"UPDATE audit SET status = {R}, attempts = attempts + 1, lease_until = now() + $2, "
-    "started_at = coalesce(started_at, now()), updated_at = now() "
-    f"WHERE id = $1 AND {_CLAIMABLE} "
-    "RETURNING id, attempts, model, subject, content, criteria, pass_threshold, request_id"
+    f"WITH audit AS (UPDATE audit SET status = {R}, attempts = attempts + 1, "
+    "lease_until = now() + $2, started_at = coalesce(started_at, now()), updated_at = now() "
+    f"WHERE id = $1 AND {_CLAIMABLE} RETURNING audit.*) "
+    f"SELECT audit.id, attempts, model, subject, content, {_CRITERIA} AS criteria, "
+    f"pass_threshold, request_id FROM audit {_WITH_RUBRIC}"
 )
 _SUCCEED = _finish(
     f"status = {S}, result = $3, prompt_tokens = $4, completion_tokens = $5, "
@@ -406,7 +433,7 @@ class ClaimedAudit:
     request_id: str | None
 
 
-_CRITERIA = TypeAdapter(list[Criterion])
+_CLAIMED_CRITERIA = TypeAdapter(list[Criterion])
 
 
 async def claim(conn: Statements, *, audit_id: UUID, lease: timedelta) -> ClaimedAudit | None:
@@ -414,7 +441,8 @@ async def claim(conn: Statements, *, audit_id: UUID, lease: timedelta) -> Claime
     record = await conn.fetchrow(_CLAIM, audit_id, lease)
     if record is None:
         return None
-    return ClaimedAudit(**{**record, "criteria": _CRITERIA.validate_python(record["criteria"])})
+    criteria = _CLAIMED_CRITERIA.validate_python(record["criteria"])
+    return ClaimedAudit(**{**record, "criteria": criteria})
 
 
 async def succeed(

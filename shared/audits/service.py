@@ -7,6 +7,7 @@ transaction. Jobs are deferred on the connection and sent after it (shared/queue
 """
 
 from dataclasses import dataclass
+from typing import Any
 from uuid import UUID, uuid4
 
 from shared.audits import limits
@@ -95,6 +96,7 @@ async def create(
         idempotency_key=idempotency_key,
         request_hash=digest,
     )
+    limits.check_prompts(prompt_problems(data, audit, settings))
     row = await audits.insert(conn, audit)
     if row is None:  # a concurrent request with the same key won the insert
         assert idempotency_key is not None
@@ -103,6 +105,14 @@ async def create(
         return winner
     defer_run(conn, row.id)
     return Created(row)
+
+
+def prompt_problems(
+    data: AuditCreate, audit: NewAudit, settings: Settings, *, loc: limits.Loc = ("body",)
+) -> list[dict[str, Any]]:
+    """`limits.prompt_problems` of a new audit, with the criteria and model it will run with."""
+    criteria = [Criterion.model_validate(c) for c in audit.criteria]
+    return limits.prompt_problems(data, criteria, audit.model, settings, loc=loc)
 
 
 async def _replay(conn: Statements, key: str, digest: str | None) -> Created[AuditRow] | None:

@@ -108,6 +108,15 @@ async def _insert_audits(
         )
         for index, item in enumerate(items)
     ]
+    limits.check_prompts(
+        [
+            problem
+            for index, (item, audit) in enumerate(zip(items, new, strict=True))
+            for problem in audit_service.prompt_problems(
+                item, audit, settings, loc=("body", "audits", index)
+            )
+        ]
+    )
     await audits.insert_many(conn, new)
     for audit in new:
         defer_run(conn, audit.id)

@@ -1,5 +1,7 @@
 """Named, versioned criteria sets. Functions take a `Statements` first and never commit."""
 
+from shared.audits import limits
+from shared.config import Settings
 from shared.db import Statements
 from shared.pagination import decode_name_cursor, encode_name_cursor, split_page
 from shared.rubrics import repository as rubrics
@@ -8,8 +10,10 @@ from shared.rubrics.repository import RubricRow
 from shared.rubrics.schemas import RubricCreate
 
 
-async def publish(conn: Statements, *, data: RubricCreate) -> RubricRow:
+async def publish(conn: Statements, *, data: RubricCreate, settings: Settings) -> RubricRow:
     """Store `data` as the next version of its name (1 for a new name); in a transaction."""
+    if issues := limits.criteria_problems(data.criteria, settings, loc=("body", "criteria")):
+        raise limits.SubmissionInvalid(issues)
     return await rubrics.insert_next_version(
         conn,
         name=data.name,

@@ -20,6 +20,7 @@ from shared.audits.service import ResolvedCriteria, new_audit
 from shared.config import Settings
 from shared.db import SessionFactory, session_scope
 from tests.factories import audit_request
+from tests.rows import ensure_rubrics
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
@@ -50,6 +51,7 @@ def newest_first(rows: Sequence[Seeded]) -> list[UUID]:
 
 async def insert(factory: SessionFactory, rows: list[dict[str, Any]]) -> None:
     async with session_scope(factory) as session:
+        await ensure_rubrics(session, rows)
         await session.execute(sa.insert(Audit).values(rows))
 
 

@@ -95,7 +95,7 @@ async def test_claim_starts_the_first_attempt_of_a_queued_audit(
         model=stored.model,
         subject=stored.subject,
         content=stored.content,
-        criteria=[Criterion.model_validate(c) for c in stored.criteria],
+        criteria=[Criterion.model_validate(c) for c in stored.criteria or []],
         pass_threshold=stored.pass_threshold,
         request_id=stored.request_id,
     )

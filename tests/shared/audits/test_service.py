@@ -64,7 +64,7 @@ async def test_create_records_a_queued_audit_and_sends_its_job_after_its_insert(
     assert (stored.status, stored.attempts, stored.attempt_limit) == ("queued", 0, 5)
     assert stored.request_id == "req-1"
     assert stored.model == "gpt-4o-mini"
-    assert [c["id"] for c in stored.criteria] == ["claims_substantiated", "no_vague_terms"]
+    assert [c["id"] for c in stored.criteria or []] == ["claims_substantiated", "no_vague_terms"]
     assert stored.metadata_ == {"sku": "TB-01"}
     # What create returns is the stored row, column by column.
     columns = sa.inspect(Audit).column_attrs
@@ -91,6 +91,7 @@ async def test_create_with_a_rubric_snapshots_its_latest_or_named_version(
             criteria = [{"id": "tone", "description": description}]
             await rubrics.publish(
                 SessionStatements(session),
+                settings=SETTINGS,
                 data=RubricCreate(name="house_style", description="", criteria=criteria),
             )
         await session.commit()
