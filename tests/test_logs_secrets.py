@@ -18,6 +18,7 @@ from asgi_lifespan import LifespanManager
 from openai import AsyncOpenAI
 
 from api.app import create_app
+from shared.audits.runs import Clock
 from shared.config import Settings
 from tests.factories import audit_request
 from tests.fixtures.simulator import SimulatorHandle
@@ -48,8 +49,12 @@ async def api(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
             yield client
 
 
+# Retries come back at once.
+NO_BACKOFF = Clock(retry_delay=lambda attempt, *, retry_after=None: 0.0)
+
+
 async def run_worker(settings: Settings) -> None:
-    worker = build_worker(settings)
+    worker = build_worker(settings, clock=NO_BACKOFF)
     try:
         await worker.main()
     finally:
@@ -99,17 +104,11 @@ async def exercise_the_api(client: httpx.AsyncClient) -> None:
     assert (await client.post("/audits", json=huge, headers=BEARER)).status_code == 413
 
 
-@pytest.fixture
-def no_retry_delay(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("worker.tasks.retry_delay", lambda attempt, retry_after=None: 0.0)
-
-
 async def test_no_secret_appears_in_any_log_line(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
     settings: Settings,
     sim: SimulatorHandle,
-    no_retry_delay: None,
 ) -> None:
     settings = settings.model_copy(
         update={

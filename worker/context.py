@@ -10,12 +10,14 @@ from openai import AsyncOpenAI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.audits.repository import Keyset
+from shared.audits.runs import Clock
 from shared.config import Settings
 from shared.db import SessionFactory, create_engine, create_session_factory
 from shared.llm.client import create_client
 from shared.llm.probe import probe_provider
 from shared.llm.ratelimit import ModelRateLimiter, create_rate_limiter
 from shared.logging import configure_logging
+from worker.backoff import retry_delay
 from worker.timing import JobTiming
 
 
@@ -28,6 +30,7 @@ class JobContext(TypedDict):
     llm: AsyncOpenAI
     rate_limiter: ModelRateLimiter
     timing: JobTiming
+    clock: Clock
     redis: ArqRedis
     job_try: int
     reconcile_after: NotRequired[Keyset | None]
@@ -54,6 +57,8 @@ async def startup(ctx: dict[str, Any]) -> None:
     # Over arq's Redis pool (set in `ctx` before startup): closed with it, nothing of its own.
     ctx["rate_limiter"] = create_rate_limiter(settings, ctx["redis"])
     ctx["timing"] = JobTiming.from_settings(settings)
+    # Given in `ctx` by tests whose retries should come back at once.
+    ctx.setdefault("clock", Clock(retry_delay=retry_delay, sleep=asyncio.sleep))
     # In the background: a slow or absent provider must not hold up the worker's start.
     ctx["provider_probe"] = asyncio.create_task(
         probe_provider(ctx["llm"], model=settings.openai_model)

@@ -19,9 +19,11 @@ from fastapi import FastAPI
 from httpx import AsyncClient
 from structlog.typing import EventDict
 
+from shared.audits.runs import Clock
 from shared.config import Settings
 from tests.factories import audit_request
 from tests.fixtures.simulator import SimulatorHandle
+from worker.backoff import retry_delay
 from worker.context import JobContext, shutdown, startup
 from worker.settings import worker_options
 
@@ -42,10 +44,18 @@ def worker_settings(settings: Settings, sim: SimulatorHandle) -> Settings:
 
 
 def build_worker(
-    settings: Settings, worker_class: type[Worker] = Worker, **overrides: Any
+    settings: Settings,
+    worker_class: type[Worker] = Worker,
+    *,
+    clock: Clock | None = None,
+    **overrides: Any,
 ) -> Worker:
+    """A burst worker; its jobs keep time by `clock` when one is given."""
+    options = worker_options(settings)
+    if clock is not None:
+        options["ctx"] = {**options["ctx"], "clock": clock}
     options = {
-        **worker_options(settings),
+        **options,
         "burst": True,
         "poll_delay": 0,
         "handle_signals": False,
@@ -61,12 +71,33 @@ async def close_worker(worker: Worker) -> None:
         await worker.close()
 
 
+class RetryDelays:
+    """The backoff of the test's jobs: the real one, or none once `at_once` is set.
+
+    Keeps the (attempt, retry_after) each retry asked for.
+    """
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[int, float | None]] = []
+        self.at_once = False
+
+    def __call__(self, attempt: int, *, retry_after: float | None = None) -> float:
+        self.asked.append((attempt, retry_after))
+        return 0.0 if self.at_once else retry_delay(attempt, retry_after=retry_after)
+
+
 @pytest.fixture
-def run_worker(worker_settings: Settings) -> RunWorker:
+def job_clock() -> Clock:
+    """The clock the test's jobs run by (`ctx["clock"]`)."""
+    return Clock(retry_delay=RetryDelays())
+
+
+@pytest.fixture
+def run_worker(worker_settings: Settings, job_clock: Clock) -> RunWorker:
     """Run a burst worker until its queue is empty; `settings=` overrides the test's."""
 
     async def run(settings: Settings | None = None, **overrides: Any) -> Worker:
-        worker = build_worker(settings or worker_settings, **overrides)
+        worker = build_worker(settings or worker_settings, clock=job_clock, **overrides)
         try:
             await asyncio.wait_for(worker.main(), WORKER_DEADLINE_S)
         finally:
@@ -77,25 +108,27 @@ def run_worker(worker_settings: Settings) -> RunWorker:
 
 
 @pytest.fixture
-async def worker_ctx(worker_settings: Settings, redis: ArqRedis) -> AsyncIterator[JobContext]:
+async def worker_ctx(
+    worker_settings: Settings, redis: ArqRedis, job_clock: Clock
+) -> AsyncIterator[JobContext]:
     """The `ctx` a worker process builds, as arq would pass it to a job's first try."""
-    ctx: dict[str, Any] = {"settings": worker_settings, "redis": redis, "job_try": 1}
+    ctx: dict[str, Any] = {
+        "settings": worker_settings,
+        "redis": redis,
+        "job_try": 1,
+        "clock": job_clock,
+    }
     await startup(ctx)
     yield cast(JobContext, ctx)
     await shutdown(ctx)
 
 
 @pytest.fixture
-def retry_delays(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, float | None]]:
+def retry_delays(job_clock: Clock) -> list[tuple[int, float | None]]:
     """Deferred retries come back at once; the (attempt, retry_after) asked for are kept."""
-    asked: list[tuple[int, float | None]] = []
-
-    def no_delay(attempt: int, *, retry_after: float | None = None) -> float:
-        asked.append((attempt, retry_after))
-        return 0.0
-
-    monkeypatch.setattr("worker.tasks.retry_delay", no_delay)
-    return asked
+    assert isinstance(job_clock.retry_delay, RetryDelays)
+    job_clock.retry_delay.at_once = True
+    return job_clock.retry_delay.asked
 
 
 @pytest.fixture

@@ -18,22 +18,17 @@ from arq.connections import ArqRedis
 from arq.constants import job_key_prefix
 from httpx import AsyncClient
 
-import worker.tasks
 from shared.audits.schemas import AuditResult
 from shared.config import Settings
-from shared.db import SessionFactory, create_engine
-from shared.llm.client import audit_content
+from shared.db import SessionFactory
 from shared.llm.prompt import PROMPT_VERSION
-from shared.llm.schemas import ModelOutcome
 from shared.queue import audit_job_id, enqueue_runs
 from tests.factories import audit_request
-from tests.fixtures.pgproxy import proxy_closing_late
 from tests.fixtures.simulator import RETRY_AFTER_S, SimulatorHandle
-from tests.rows import expire_lease, load_audit
+from tests.rows import load_audit
 from tests.worker.conftest import (
     LogEvents,
     RunWorker,
-    eventually,
     fetch,
     model_called,
     submit,
@@ -349,139 +344,6 @@ async def test_the_same_job_run_again_later_changes_nothing(
     assert first["status"] == "succeeded"
     assert sim.stats()["requests"] == 1
     assert job_logs.of(submitted["id"]) == ["job_skipped"]
-
-
-class Gate:
-    """Holds the first model call of a run until `open()`, the way a stalled worker would."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.calls = 0
-        self._open = asyncio.Event()
-        self._real = audit_content
-        monkeypatch.setattr(worker.tasks, "audit_content", self._audit_content)
-
-    async def _audit_content(self, *args: Any, **kwargs: Any) -> ModelOutcome:
-        self.calls += 1
-        if self.calls == 1:
-            await self._open.wait()
-        return await self._real(*args, **kwargs)
-
-    def open(self) -> None:
-        self._open.set()
-
-
-async def start_stalled_run(ctx: JobContext, audit_id: str, gate: Gate) -> "asyncio.Task[None]":
-    stalled = asyncio.create_task(run_audit(ctx, audit_id))
-
-    async def calls() -> int:
-        return gate.calls
-
-    await eventually(calls, lambda n: n == 1)
-    return stalled
-
-
-async def test_a_zombies_late_finish_is_discarded(
-    client: AsyncClient,
-    sim: SimulatorHandle,
-    worker_ctx: JobContext,
-    session_factory: SessionFactory,
-    monkeypatch: pytest.MonkeyPatch,
-    job_logs: LogEvents,
-) -> None:
-    gate = Gate(monkeypatch)
-    submitted = await submit(client)
-    zombie = await start_stalled_run(worker_ctx, submitted["id"], gate)
-    # Its lease runs out (as if its process had frozen); the job is delivered again.
-    await expire_lease(session_factory, submitted["id"])
-    await run_audit(worker_ctx, submitted["id"])
-    finished = await fetch(client, submitted["id"])
-    assert (finished["status"], finished["attempts"]) == ("succeeded", 2)
-    job_logs.clear()
-
-    gate.open()
-    await zombie
-
-    assert await fetch(client, submitted["id"]) == finished
-    assert sim.stats()["requests"] == 2  # the zombie did ask; its answer was thrown away
-    assert job_logs.of(submitted["id"]) == ["finish_discarded"]
-    discarded = [e for e in job_logs.events if e["event"] == "finish_discarded"]
-    assert [(e["attempt"], e["would_have_been"]) for e in discarded] == [(1, "audit_succeeded")]
-
-
-async def test_a_finish_whose_reply_was_lost_counts_as_written(
-    client: AsyncClient,
-    sim: SimulatorHandle,
-    worker_ctx: JobContext,
-    monkeypatch: pytest.MonkeyPatch,
-    job_logs: LogEvents,
-) -> None:
-    # PostgreSQL commits the result, then the connection breaks before the reply arrives.
-    answer = audit_content
-
-    async def answer_then_cut(*args: Any, **kwargs: Any) -> ModelOutcome:
-        outcome = await answer(*args, **kwargs)
-        proxy.cut_reply_carrying(b"succeeded")  # the finish write's RETURNING status
-        return outcome
-
-    monkeypatch.setattr(worker.tasks, "audit_content", answer_then_cut)
-    direct = worker_ctx["engine"]
-    async with proxy_closing_late(worker_ctx["settings"].database_url, late_by_s=0) as proxy:
-        proxied = worker_ctx["settings"].model_copy(update={"database_url": proxy.url})
-        worker_ctx["engine"] = create_engine(proxied)
-        try:
-            submitted = await submit(client)
-            await run_audit(worker_ctx, submitted["id"])
-        finally:
-            await worker_ctx["engine"].dispose()
-            worker_ctx["engine"] = direct
-
-    audit = await fetch(client, submitted["id"])
-    assert (audit["status"], audit["attempts"]) == ("succeeded", 1)
-    assert sim.stats()["requests"] == 1
-    events = job_logs.of(submitted["id"])
-    assert events == ["audit_started", "finish_write_retry", "audit_succeeded"], events
-
-
-async def test_an_interrupted_last_attempt_fails_the_audit_and_says_so(
-    client: AsyncClient,
-    worker_ctx: JobContext,
-    monkeypatch: pytest.MonkeyPatch,
-    max_attempts: Callable[[int], None],
-    job_logs: LogEvents,
-) -> None:
-    max_attempts(1)
-    submitted = await submit(client)
-    stalled = await start_stalled_run(worker_ctx, submitted["id"], Gate(monkeypatch))
-
-    stalled.cancel()  # what shutdown or arq's job timeout does to a running job
-    with pytest.raises(asyncio.CancelledError):
-        await stalled
-
-    audit = await fetch(client, submitted["id"])
-    assert (audit["status"], audit["error"]["code"]) == ("failed", "attempt_interrupted")
-    assert job_logs.of(submitted["id"]) == ["audit_started", "audit_interrupted", "audit_failed"]
-
-
-async def test_a_cancel_that_arrives_during_the_model_call_wins(
-    client: AsyncClient,
-    sim: SimulatorHandle,
-    worker_ctx: JobContext,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    gate = Gate(monkeypatch)
-    submitted = await submit(client)
-    run = await start_stalled_run(worker_ctx, submitted["id"], gate)
-    response = await client.post(f"/audits/{submitted['id']}/cancel")
-    assert response.status_code == 200, response.text
-    cancelled = await fetch(client, submitted["id"])
-
-    gate.open()  # nobody aborts this run: its answer arrives after the cancel
-    await run
-
-    assert await fetch(client, submitted["id"]) == cancelled
-    assert cancelled["status"] == "cancelled"
-    assert cancelled["result"] is None
-    assert sim.stats()["requests"] == 1
 
 
 async def test_cancel_aborts_the_running_job_and_the_audit_stays_cancelled(

@@ -1,0 +1,297 @@
+"""One attempt at an audit: admission → claim → the model → one fenced finish.
+
+`run_attempt` says what became of the attempt, and the worker's task maps that to arq.
+What the attempt talks to comes in as arguments: PostgreSQL (a connection factory), the
+rate limits (`Admission`), the model (`AskModel`) and time (`Clock`: the backoff before
+the next attempt and the pause between finish-write tries), so the whole state machine
+runs in tests with a fake model and clock against a real PostgreSQL.
+
+- Nothing is claimed until the rate limits admit the call: a job sent back then, or
+  while PostgreSQL is out of reach, spends none of the audit's attempts.
+- Every write after the claim is fenced (shared/audits/repository.py): an attempt that
+  lost its audit (a zombie, a cancel) changes nothing and says so (`finish_discarded`).
+- The model's answer is paid for, so its write is tried again while PostgreSQL restarts.
+- An attempt cancelled mid-call (shutdown, arq's timeout, an abort) hands the audit
+  back at once, in a write the cancellation cannot interrupt.
+"""
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Protocol
+from uuid import UUID
+
+import structlog
+
+from shared.audits import repository
+from shared.audits.findings import audit_findings
+from shared.audits.repository import ClaimedAudit
+from shared.audits.schemas import AuditResult
+from shared.audits.scoring import build_result
+from shared.audits.status import AuditStatus
+from shared.db import DATABASE_ERRORS, StatementConnection, is_database_unavailable
+from shared.llm.errors import ModelError
+from shared.llm.ratelimit import Reservation
+from shared.llm.schemas import ModelOutcome
+
+# The name operators and dashboards know the events of an audit's job by.
+log = structlog.get_logger("worker.run_audit")
+
+INTERRUPTED = "attempt_interrupted"
+# A fenced write that finds PostgreSQL out of reach is tried again after these pauses:
+# 7.5 s in all, within the job timeout's margin for the database (worker/timing.py).
+FINISH_RETRY_DELAYS_S = (0.5, 1.0, 2.0, 4.0)
+DATABASE_DOWN_DEFER_S = 2.0
+_NOT_CLAIMABLE = "audit is not claimable (duplicate job, finished or cancelled)"
+
+
+@dataclass(frozen=True)
+class Succeeded:
+    """The model answered; `written` is False when the attempt had lost the audit."""
+
+    result: AuditResult
+    written: bool
+
+
+@dataclass(frozen=True)
+class Failed:
+    """The audit failed with `code`; `written` is False when the attempt had lost it."""
+
+    code: str
+    written: bool
+
+
+@dataclass(frozen=True)
+class RetryIn:
+    """Run the job again in `seconds`: a transient error, no room in the rate limits,
+    or PostgreSQL out of reach (the last two before any attempt was spent)."""
+
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """Nothing to run: a duplicate job, or an audit finished or cancelled meanwhile."""
+
+    reason: str
+
+
+AttemptOutcome = Succeeded | Failed | RetryIn | Skipped
+
+Connect = Callable[[], AbstractAsyncContextManager[StatementConnection]]
+AskModel = Callable[[ClaimedAudit], Awaitable[ModelOutcome]]
+# The new status an attempt's finish left the audit in; None when it was fenced out.
+_FinishWrite = Callable[[StatementConnection], Awaitable[AuditStatus | None]]
+
+
+class RetryDelay(Protocol):
+    def __call__(self, attempt: int, *, retry_after: float | None = None) -> float: ...
+
+
+@dataclass(frozen=True)
+class Clock:
+    """Where time enters an attempt."""
+
+    # How long after this failed attempt (1, 2, …) the next may start, given `Retry-After`.
+    retry_delay: RetryDelay
+    # The pause between two tries of a finish write.
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+
+
+class Admission(Protocol):
+    """The rate limits around the model call of an attempt."""
+
+    async def reserve(self, audit_id: UUID) -> Reservation | RetryIn:
+        """The call's share of its model's limits, or when to come back for it."""
+        ...
+
+    async def settle(
+        self, audit: ClaimedAudit, reserved: Reservation, outcome: ModelOutcome
+    ) -> None:
+        """Count what the answered call used beyond its reservation."""
+        ...
+
+    async def on_model_error(self, audit: ClaimedAudit, error: ModelError) -> None:
+        """Learn from a failed call (a provider's 429 pauses the model for everyone)."""
+        ...
+
+
+async def run_attempt(
+    audit_id: UUID,
+    *,
+    connect: Connect,
+    lease: timedelta,
+    admission: Admission,
+    ask_model: AskModel,
+    clock: Clock,
+) -> AttemptOutcome:
+    """Run one attempt of the audit, unless it is not there to claim or must wait.
+
+    Re-raises `CancelledError` once the audit is handed back.
+    """
+    try:
+        reserved = await admission.reserve(audit_id)
+        if isinstance(reserved, RetryIn):
+            return reserved
+        async with connect() as conn:
+            audit = await repository.claim(conn, audit_id=audit_id, lease=lease)
+    except DATABASE_ERRORS as exc:
+        if not is_database_unavailable(exc):
+            raise
+        # Back in a moment, rather than failed with a traceback and left for the
+        # reconciler, as every job picked up during a restart would be.
+        log.warning("database_unavailable", retry_in_s=DATABASE_DOWN_DEFER_S)
+        return RetryIn(DATABASE_DOWN_DEFER_S)
+    if audit is None:
+        log.info("job_skipped", reason=_NOT_CLAIMABLE)
+        return Skipped(_NOT_CLAIMABLE)
+    structlog.contextvars.bind_contextvars(request_id=audit.request_id, attempt=audit.attempts)
+    log.info("audit_started", model=audit.model, criteria=len(audit.criteria))
+    attempt = _Attempt(audit, connect, clock)
+    try:
+        outcome = await ask_model(audit)
+    except ModelError as error:
+        await admission.on_model_error(audit, error)
+        return await attempt.model_failed(error)
+    except asyncio.CancelledError:
+        await asyncio.shield(attempt.interrupted())
+        raise
+    await admission.settle(audit, reserved, outcome)
+    return await attempt.model_answered(outcome)
+
+
+@dataclass(frozen=True)
+class _Attempt:
+    """The finishes of a claimed attempt, each one fenced write."""
+
+    audit: ClaimedAudit
+    connect: Connect
+    clock: Clock
+
+    async def model_answered(self, outcome: ModelOutcome) -> Succeeded:
+        audit = self.audit
+        result = build_result(
+            findings=audit_findings(outcome.findings),
+            criteria=audit.criteria,
+            summary=outcome.summary,
+            pass_threshold=audit.pass_threshold,
+            dropped_quotes=outcome.dropped_quotes,
+        )
+
+        async def succeed(conn: StatementConnection) -> AuditStatus | None:
+            written = await repository.succeed(
+                conn,
+                audit_id=audit.id,
+                attempt=audit.attempts,
+                result=result,
+                prompt_tokens=outcome.prompt_tokens,
+                completion_tokens=outcome.completion_tokens,
+                prompt_version=outcome.prompt_version,
+                provider_request_id=outcome.request_id,
+            )
+            return AuditStatus.SUCCEEDED if written else None
+
+        written = await self._finish(succeed) == AuditStatus.SUCCEEDED
+        _log_finish(
+            written,
+            "audit_succeeded",
+            score=result.score,
+            verdict=result.verdict,
+            dropped_quotes=outcome.dropped_quotes,
+            prompt_tokens=outcome.prompt_tokens,
+            completion_tokens=outcome.completion_tokens,
+            provider_request_id=outcome.request_id,
+        )
+        return Succeeded(result, written=written)
+
+    async def model_failed(self, error: ModelError) -> Failed | RetryIn:
+        if not error.transient:
+            return await self._fail(error)
+        status = await self._requeue_or_fail(code=error.code, message=error.message)
+        if status == AuditStatus.QUEUED:
+            delay = self.clock.retry_delay(self.audit.attempts, retry_after=error.retry_after)
+            log.warning("audit_retry_scheduled", error_code=error.code, retry_in_s=round(delay, 2))
+            return RetryIn(delay)
+        written = status is not None
+        _log_finish(written, "audit_failed", error_code=error.code, attempts_exhausted=True)
+        return Failed(error.code, written=written)
+
+    async def interrupted(self) -> None:
+        """Cancelled by shutdown, arq's timeout or an abort: give the attempt back at once.
+
+        A cancelled audit is no longer `running`, so the fenced write leaves it alone.
+        """
+        message = "the attempt was interrupted (worker shutdown or job timeout)"
+        status = await self._requeue_or_fail(code=INTERRUPTED, message=message)
+        log.warning("audit_interrupted", new_status=status)
+        if status == AuditStatus.FAILED:  # that was the last attempt: the audit ends here
+            _log_finish(True, "audit_failed", error_code=INTERRUPTED, attempts_exhausted=True)
+
+    async def _fail(self, error: ModelError) -> Failed:
+        audit = self.audit
+
+        async def fail(conn: StatementConnection) -> AuditStatus | None:
+            written = await repository.fail(
+                conn,
+                audit_id=audit.id,
+                attempt=audit.attempts,
+                code=error.code,
+                message=error.message,
+                usage=error.usage,
+            )
+            return AuditStatus.FAILED if written else None
+
+        written = await self._finish(fail) == AuditStatus.FAILED
+        _log_finish(written, "audit_failed", error_code=error.code, permanent=True)
+        return Failed(error.code, written=written)
+
+    async def _requeue_or_fail(self, *, code: str, message: str) -> AuditStatus | None:
+        """`queued` or `failed` as attempts remain; None when the attempt had lost the audit."""
+        audit = self.audit
+
+        async def requeue_or_fail(conn: StatementConnection) -> AuditStatus | None:
+            return await repository.requeue_or_fail(
+                conn, audit_id=audit.id, attempt=audit.attempts, code=code, message=message
+            )
+
+        status = await self._finish(requeue_or_fail)
+        return status if status in (AuditStatus.QUEUED, AuditStatus.FAILED) else None
+
+    async def _finish(self, write: _FinishWrite) -> AuditStatus | None:
+        """One fenced write of the attempt's outcome, tried again while PostgreSQL restarts.
+
+        The model's answer is paid for: a restart must not throw it away and leave the audit
+        `running` until its lease runs out. The fence makes a second try harmless: a write
+        that committed before its connection broke finds the audit no longer running, and
+        the status the attempt left is read instead, so that write still counts, and is
+        logged, as written.
+        """
+        for tries, delay in enumerate(FINISH_RETRY_DELAYS_S):
+            try:
+                return await self._finish_once(write, retried=tries > 0)
+            except DATABASE_ERRORS as exc:
+                if not is_database_unavailable(exc):
+                    raise
+                log.warning("finish_write_retry", error=type(exc).__name__, retry_in_s=delay)
+                await self.clock.sleep(delay)
+        return await self._finish_once(write, retried=True)
+
+    async def _finish_once(self, write: _FinishWrite, *, retried: bool) -> AuditStatus | None:
+        async with self.connect() as conn:
+            status = await write(conn)
+            if status is not None or not retried:
+                return status
+            return await repository.status_left_by(
+                conn, audit_id=self.audit.id, attempt=self.audit.attempts
+            )
+
+
+def _log_finish(written: bool, event: str, **fields: Any) -> None:
+    if written:
+        log.info(event, **fields)
+    else:
+        log.info(
+            "finish_discarded", would_have_been=event, reason="attempt no longer owns the audit"
+        )

@@ -1,0 +1,516 @@
+"""One attempt at an audit as a domain service: its outcomes, its fenced finishes, its restarts.
+
+`run_attempt` runs against the real PostgreSQL, with the model, the rate limits and the
+clock faked; tests/worker runs it end to end through arq, the simulator and Redis.
+"""
+
+import asyncio
+from collections.abc import Iterator
+from contextlib import AbstractAsyncContextManager
+from datetime import timedelta
+from functools import partial
+from typing import Any
+from uuid import UUID
+
+import pytest
+import structlog
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from shared.audits import service as audits
+from shared.audits.repository import ClaimedAudit
+from shared.audits.runs import (
+    DATABASE_DOWN_DEFER_S,
+    FINISH_RETRY_DELAYS_S,
+    INTERRUPTED,
+    AttemptOutcome,
+    Clock,
+    Connect,
+    Failed,
+    RetryIn,
+    Skipped,
+    Succeeded,
+    run_attempt,
+)
+from shared.config import Settings
+from shared.db import SessionFactory, StatementConnection, create_engine
+from shared.db import statement_connection as connect_to
+from shared.llm.errors import ModelError
+from shared.llm.ratelimit import Reservation
+from shared.llm.schemas import ModelOutcome, ReplyFinding
+from shared.logging import configure_logging
+from tests.fixtures.pgproxy import proxy_closing_late
+from tests.rows import expire_lease, insert_audit, load_audit
+from tests.worker.conftest import LogEvents, eventually
+
+pytestmark = pytest.mark.usefixtures("clean")
+
+LEASE = timedelta(seconds=60)
+RETRY_DELAY_S = 7.0
+RESERVED = Reservation(requests=1, tokens=500)
+
+
+def answer_to(audit: ClaimedAudit) -> ModelOutcome:
+    """A valid answer: every criterion passes, quoting nothing."""
+    findings = [
+        ReplyFinding(criterion_id=c.id, verdict="pass", score=90, rationale="Fine.", evidence=[])
+        for c in audit.criteria
+    ]
+    return ModelOutcome(
+        findings=findings,
+        summary="All good.",
+        dropped_quotes=0,
+        prompt_tokens=100,
+        completion_tokens=20,
+        request_id="req-1",
+        prompt_version="v-test",
+    )
+
+
+class FakeModel:
+    """Answers each call with the next of `replies` (None: a valid answer; else the error).
+
+    With `held`, calls wait until `release()`, as a stalled provider would keep them.
+    """
+
+    def __init__(self, *replies: ModelError | None, held: bool = False) -> None:
+        self.replies = list(replies) or [None]
+        self.calls = 0
+        self._released = asyncio.Event()
+        if not held:
+            self._released.set()
+
+    async def __call__(self, audit: ClaimedAudit) -> ModelOutcome:
+        self.calls += 1
+        reply = self.replies.pop(0) if len(self.replies) > 1 else self.replies[0]
+        await self._released.wait()
+        if reply is not None:
+            raise reply
+        return answer_to(audit)
+
+    def release(self) -> None:
+        self._released.set()
+
+
+class FakeAdmission:
+    """Admits every call (or sends each back `refuse_for` seconds), noting what it is told."""
+
+    def __init__(self, refuse_for: float | None = None) -> None:
+        self.refuse_for = refuse_for
+        self.settled: list[tuple[Reservation, ModelOutcome]] = []
+        self.errors: list[str] = []
+
+    async def reserve(self, audit_id: UUID) -> Reservation | RetryIn:
+        return RESERVED if self.refuse_for is None else RetryIn(self.refuse_for)
+
+    async def settle(
+        self, audit: ClaimedAudit, reserved: Reservation, outcome: ModelOutcome
+    ) -> None:
+        self.settled.append((reserved, outcome))
+
+    async def on_model_error(self, audit: ClaimedAudit, error: ModelError) -> None:
+        self.errors.append(error.code)
+
+
+class FakeClock:
+    """Asked for delays, it answers `RETRY_DELAY_S` at once; asked to sleep, it notes it."""
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[int, float | None]] = []
+        self.slept: list[float] = []
+
+    def retry_delay(self, attempt: int, *, retry_after: float | None = None) -> float:
+        self.asked.append((attempt, retry_after))
+        return max(RETRY_DELAY_S, retry_after or 0.0)
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+
+    def clock(self) -> Clock:
+        return Clock(retry_delay=self.retry_delay, sleep=self.sleep)
+
+
+class Outage:
+    """Connections to PostgreSQL, refused while `refusing` is above zero (one per try)."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.refusing = 0
+
+    def __call__(self) -> AbstractAsyncContextManager[StatementConnection]:
+        if self.refusing > 0:
+            self.refusing -= 1
+            raise ConnectionRefusedError("PostgreSQL is restarting")
+        return connect_to(self.engine)
+
+
+def transient(retry_after: float | None = None) -> ModelError:
+    return ModelError(
+        "model_server_error", "the provider failed", transient=True, retry_after=retry_after
+    )
+
+
+def permanent() -> ModelError:
+    return ModelError("model_refused", "the model refused", transient=False).charged(40, 5)
+
+
+@pytest.fixture
+def events() -> Iterator[LogEvents]:
+    configure_logging()
+    events = LogEvents()
+    processors = structlog.get_config()["processors"]
+    processors.insert(len(processors) - 1, events)
+    yield events
+    processors.remove(events)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def admission() -> FakeAdmission:
+    return FakeAdmission()
+
+
+@pytest.fixture
+def run(engine: AsyncEngine, admission: FakeAdmission, clock: FakeClock) -> Any:
+    """Run an attempt of the audit with the model given, the test's fakes and PostgreSQL."""
+
+    async def run(
+        audit_id: UUID, model: FakeModel, *, connect: Connect | None = None
+    ) -> AttemptOutcome:
+        return await run_attempt(
+            audit_id,
+            connect=connect or partial(connect_to, engine),
+            lease=LEASE,
+            admission=admission,
+            ask_model=model,
+            clock=clock.clock(),
+        )
+
+    return run
+
+
+def names(events: LogEvents) -> list[str]:
+    return [e["event"] for e in events.events if e.get("logger") == "worker.run_audit"]
+
+
+# Outcomes
+
+
+async def test_an_answered_attempt_succeeds_and_records_the_result(
+    run: Any, session_factory: SessionFactory, admission: FakeAdmission, events: LogEvents
+) -> None:
+    audit_id = await insert_audit(session_factory)
+
+    outcome = await run(audit_id, FakeModel())
+
+    assert isinstance(outcome, Succeeded)
+    assert outcome.written
+    assert (outcome.result.score, outcome.result.verdict) == (90.0, "pass")
+    row = await load_audit(session_factory, audit_id)
+    assert (row.status, row.attempts, row.lease_until) == ("succeeded", 1, None)
+    assert row.result is not None
+    assert row.result["summary"] == "All good."
+    assert (row.prompt_tokens, row.completion_tokens) == (100, 20)
+    assert (row.prompt_version, row.provider_request_id) == ("v-test", "req-1")
+    assert [reserved for reserved, _ in admission.settled] == [RESERVED]
+    assert names(events) == ["audit_started", "audit_succeeded"]
+
+
+async def test_an_audit_that_is_not_claimable_is_skipped_without_asking_the_model(
+    run: Any, session_factory: SessionFactory, events: LogEvents
+) -> None:
+    audit_id = await insert_audit(session_factory)
+    await run(audit_id, FakeModel())
+    model = FakeModel()
+
+    outcome = await run(audit_id, model)
+
+    assert isinstance(outcome, Skipped)
+    assert model.calls == 0
+    assert (await load_audit(session_factory, audit_id)).attempts == 1
+    assert names(events)[-1] == "job_skipped"
+
+
+async def test_a_call_the_rate_limits_refuse_comes_back_later_without_spending_an_attempt(
+    run: Any, session_factory: SessionFactory, admission: FakeAdmission
+) -> None:
+    admission.refuse_for = 12.5
+    audit_id = await insert_audit(session_factory)
+    model = FakeModel()
+
+    assert await run(audit_id, model) == RetryIn(12.5)
+
+    row = await load_audit(session_factory, audit_id)
+    assert (row.status, row.attempts, row.started_at) == ("queued", 0, None)
+    assert model.calls == 0
+
+
+async def test_postgresql_out_of_reach_before_the_claim_comes_back_without_spending_an_attempt(
+    run: Any, engine: AsyncEngine, session_factory: SessionFactory, events: LogEvents
+) -> None:
+    audit_id = await insert_audit(session_factory)
+    outage = Outage(engine)
+    outage.refusing = 1
+    model = FakeModel()
+
+    assert await run(audit_id, model, connect=outage) == RetryIn(DATABASE_DOWN_DEFER_S)
+
+    row = await load_audit(session_factory, audit_id)
+    assert (row.status, row.attempts) == ("queued", 0)
+    assert model.calls == 0
+    assert names(events) == ["database_unavailable"]
+
+
+async def test_a_permanent_model_error_fails_the_audit_at_once(
+    run: Any,
+    session_factory: SessionFactory,
+    admission: FakeAdmission,
+    clock: FakeClock,
+    events: LogEvents,
+) -> None:
+    audit_id = await insert_audit(session_factory)
+
+    outcome = await run(audit_id, FakeModel(permanent()))
+
+    assert outcome == Failed("model_refused", written=True)
+    row = await load_audit(session_factory, audit_id)
+    assert (row.status, row.attempts, row.error_code) == ("failed", 1, "model_refused")
+    assert (row.prompt_tokens, row.completion_tokens) == (40, 5)  # the refusal was paid for
+    assert admission.errors == ["model_refused"]
+    assert clock.asked == []
+    failed = [e for e in events.events if e["event"] == "audit_failed"]
+    assert [(e["error_code"], e["permanent"]) for e in failed] == [("model_refused", True)]
+
+
+async def test_a_transient_model_error_requeues_the_audit_after_the_backoff(
+    run: Any, session_factory: SessionFactory, clock: FakeClock, events: LogEvents
+) -> None:
+    audit_id = await insert_audit(session_factory)
+
+    outcome = await run(audit_id, FakeModel(transient(retry_after=30.0)))
+
+    assert outcome == RetryIn(30.0)  # never sooner than the provider's Retry-After
+    assert clock.asked == [(1, 30.0)]
+    row = await load_audit(session_factory, audit_id)
+    assert (row.status, row.attempts, row.lease_until) == ("queued", 1, None)
+    assert row.error_code is None  # the last error is kept only when it ends the audit
+    assert names(events) == ["audit_started", "audit_retry_scheduled"]
+
+    assert isinstance(await run(audit_id, FakeModel()), Succeeded)
+    assert (await load_audit(session_factory, audit_id)).attempts == 2
+
+
+async def test_a_transient_model_error_on_the_last_attempt_fails_the_audit(
+    run: Any, session_factory: SessionFactory, clock: FakeClock, events: LogEvents
+) -> None:
+    audit_id = await insert_audit(session_factory, attempts=2, attempt_limit=3)
+
+    outcome = await run(audit_id, FakeModel(transient()))
+
+    assert outcome == Failed("model_server_error", written=True)
+    assert clock.asked == []
+    row = await load_audit(session_factory, audit_id)
+    assert (row.status, row.attempts, row.error_code) == ("failed", 3, "model_server_error")
+    failed = [e for e in events.events if e["event"] == "audit_failed"]
+    assert [e["attempts_exhausted"] for e in failed] == [True]
+
+
+# Attempts that lost their audit
+
+
+async def start_held(run: Any, audit_id: UUID, model: FakeModel) -> "asyncio.Task[Any]":
+    """An attempt whose model call is in flight, held until `model.release()`."""
+    task = asyncio.create_task(run(audit_id, model))
+
+    async def calls() -> int:
+        return model.calls
+
+    await eventually(calls, lambda n: n == 1)
+    return task
+
+
+async def test_a_zombies_late_answer_is_discarded(
+    run: Any, session_factory: SessionFactory, events: LogEvents
+) -> None:
+    audit_id = await insert_audit(session_factory)
+    stalled = FakeModel(held=True)
+    zombie = await start_held(run, audit_id, stalled)
+    await expire_lease(session_factory, audit_id)  # as if its process had frozen
+    assert isinstance(await run(audit_id, FakeModel()), Succeeded)
+    finished = (await load_audit(session_factory, audit_id)).model_dump()
+    events.clear()
+
+    stalled.release()
+    outcome = await zombie
+
+    assert outcome == Succeeded(outcome.result, written=False)
+    assert (await load_audit(session_factory, audit_id)).model_dump() == finished
+    assert finished["attempts"] == 2
+    assert names(events) == ["finish_discarded"]
+    discarded = [e for e in events.events if e["event"] == "finish_discarded"]
+    assert [(e["attempt"], e["would_have_been"]) for e in discarded] == [(1, "audit_succeeded")]
+
+
+async def cancel(engine: AsyncEngine, audit_id: UUID) -> None:
+    """What `POST /audits/{id}/cancel` does to the row."""
+    async with connect_to(engine) as conn:
+        await audits.cancel(conn, audit_id=audit_id)
+
+
+@pytest.mark.parametrize("reply", [None, permanent(), transient()])
+async def test_a_cancel_that_arrives_during_the_model_call_wins(
+    run: Any,
+    engine: AsyncEngine,
+    session_factory: SessionFactory,
+    events: LogEvents,
+    reply: ModelError | None,
+) -> None:
+    audit_id = await insert_audit(session_factory)
+    model = FakeModel(reply, held=True)
+    running = await start_held(run, audit_id, model)
+    await cancel(engine, audit_id)
+    cancelled = (await load_audit(session_factory, audit_id)).model_dump()
+
+    model.release()  # nobody aborts this attempt: its answer arrives after the cancel
+    outcome = await running
+
+    assert isinstance(outcome, Succeeded | Failed)
+    assert not outcome.written
+    assert (await load_audit(session_factory, audit_id)).model_dump() == cancelled
+    assert cancelled["status"] == "cancelled"
+    assert names(events)[-1] == "finish_discarded"
+
+
+# Interrupted attempts
+
+
+@pytest.mark.parametrize(
+    ("attempt_limit", "status", "logged"),
+    [
+        (5, "queued", ["audit_started", "audit_interrupted"]),
+        (1, "failed", ["audit_started", "audit_interrupted", "audit_failed"]),
+    ],
+)
+async def test_an_interrupted_attempt_hands_the_audit_back(
+    run: Any,
+    session_factory: SessionFactory,
+    events: LogEvents,
+    attempt_limit: int,
+    status: str,
+    logged: list[str],
+) -> None:
+    audit_id = await insert_audit(session_factory, attempt_limit=attempt_limit)
+    stalled = await start_held(run, audit_id, FakeModel(held=True))
+
+    stalled.cancel()  # what shutdown, arq's job timeout or an abort does to a running job
+    with pytest.raises(asyncio.CancelledError):
+        await stalled
+
+    row = await load_audit(session_factory, audit_id)
+    assert (row.status, row.attempts, row.lease_until) == (status, 1, None)
+    assert row.error_code == (INTERRUPTED if status == "failed" else None)
+    assert names(events) == logged
+    interrupted = [e for e in events.events if e["event"] == "audit_interrupted"]
+    assert [e["new_status"] for e in interrupted] == [status]
+
+
+# Finish writes while PostgreSQL restarts
+
+
+class RefusedAfterClaim(Outage):
+    """Connections refused `refusals` times from the first after the claim's."""
+
+    def __init__(self, engine: AsyncEngine, refusals: int) -> None:
+        super().__init__(engine)
+        self.refusals_after_claim = refusals
+        self.connections = 0
+
+    def __call__(self) -> AbstractAsyncContextManager[StatementConnection]:
+        self.connections += 1
+        if self.connections == 2:
+            self.refusing = self.refusals_after_claim
+        return super().__call__()
+
+
+async def test_a_finish_write_is_tried_again_while_postgresql_restarts(
+    run: Any,
+    engine: AsyncEngine,
+    session_factory: SessionFactory,
+    clock: FakeClock,
+    events: LogEvents,
+) -> None:
+    audit_id = await insert_audit(session_factory)
+    restarting = RefusedAfterClaim(engine, refusals=2)
+
+    outcome = await run(audit_id, FakeModel(), connect=restarting)
+
+    assert isinstance(outcome, Succeeded)
+    assert outcome.written
+    assert (await load_audit(session_factory, audit_id)).status == "succeeded"
+    assert clock.slept == list(FINISH_RETRY_DELAYS_S[:2])
+    assert names(events) == [
+        "audit_started",
+        "finish_write_retry",
+        "finish_write_retry",
+        "audit_succeeded",
+    ]
+
+
+@pytest.mark.parametrize("reply", [None, permanent(), transient()])
+async def test_a_retried_finish_of_an_audit_cancelled_meanwhile_is_discarded(
+    run: Any,
+    engine: AsyncEngine,
+    session_factory: SessionFactory,
+    events: LogEvents,
+    reply: ModelError | None,
+) -> None:
+    audit_id = await insert_audit(session_factory)
+    model = FakeModel(reply, held=True)
+    running = await start_held(
+        partial(run, connect=RefusedAfterClaim(engine, refusals=1)), audit_id, model
+    )
+    await cancel(engine, audit_id)
+
+    model.release()
+    outcome = await running
+
+    assert isinstance(outcome, Succeeded | Failed)
+    assert not outcome.written
+    assert (await load_audit(session_factory, audit_id)).status == "cancelled"
+    assert names(events)[-2:] == ["finish_write_retry", "finish_discarded"]
+
+
+async def test_a_finish_write_gives_up_once_its_tries_are_spent(
+    run: Any, engine: AsyncEngine, session_factory: SessionFactory, clock: FakeClock
+) -> None:
+    audit_id = await insert_audit(session_factory)
+    down = RefusedAfterClaim(engine, refusals=len(FINISH_RETRY_DELAYS_S) + 1)
+
+    with pytest.raises(ConnectionRefusedError):
+        await run(audit_id, FakeModel(), connect=down)
+
+    assert clock.slept == list(FINISH_RETRY_DELAYS_S)
+    # Left running: the lease runs out and the reconciler hands it to another attempt.
+    assert (await load_audit(session_factory, audit_id)).status == "running"
+
+
+async def test_a_finish_whose_reply_was_lost_counts_as_written(
+    run: Any, settings: Settings, session_factory: SessionFactory, events: LogEvents
+) -> None:
+    audit_id = await insert_audit(session_factory)
+    async with proxy_closing_late(settings.database_url, late_by_s=0) as proxy:
+        proxied = create_engine(settings.model_copy(update={"database_url": proxy.url}))
+        # PostgreSQL commits the result, then the connection breaks before the reply arrives.
+        proxy.cut_reply_carrying(b"succeeded")  # the finish write's RETURNING status
+        try:
+            outcome = await run(audit_id, FakeModel(), connect=partial(connect_to, proxied))
+        finally:
+            await proxied.dispose()
+
+    assert outcome == Succeeded(outcome.result, written=True)
+    row = await load_audit(session_factory, audit_id)
+    assert (row.status, row.attempts) == ("succeeded", 1)
+    assert names(events) == ["audit_started", "finish_write_retry", "audit_succeeded"]
