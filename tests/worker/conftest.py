@@ -71,7 +71,7 @@ async def close_worker(worker: Worker) -> None:
         await worker.close()
 
 
-class RetryDelays:
+class RecordedBackoff:
     """The backoff of the test's jobs: the real one, or none once `at_once` is set.
 
     Keeps the (attempt, retry_after) each retry asked for.
@@ -87,9 +87,14 @@ class RetryDelays:
 
 
 @pytest.fixture
-def job_clock() -> Clock:
+def backoff() -> RecordedBackoff:
+    return RecordedBackoff()
+
+
+@pytest.fixture
+def job_clock(backoff: RecordedBackoff) -> Clock:
     """The clock the test's jobs run by (`ctx["clock"]`)."""
-    return Clock(retry_delay=RetryDelays())
+    return Clock(retry_delay=backoff)
 
 
 @pytest.fixture
@@ -124,11 +129,10 @@ async def worker_ctx(
 
 
 @pytest.fixture
-def retry_delays(job_clock: Clock) -> list[tuple[int, float | None]]:
+def retry_delays(backoff: RecordedBackoff) -> list[tuple[int, float | None]]:
     """Deferred retries come back at once; the (attempt, retry_after) asked for are kept."""
-    assert isinstance(job_clock.retry_delay, RetryDelays)
-    job_clock.retry_delay.at_once = True
-    return job_clock.retry_delay.asked
+    backoff.at_once = True
+    return backoff.asked
 
 
 @pytest.fixture
