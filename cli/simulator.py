@@ -4,7 +4,8 @@ It answers `POST /v1/chat/completions` the way a model asked by `shared.llm` wou
 the criterion ids from the reply schema and the content from the data message, and returns
 findings that are deterministic for a given request (seeded by a hash of its body) and
 quote the content for evidence. Faults are injected at random (`fault_rate`, drawn
-uniformly from `faults`) or scripted by tests through `/_control/script`.
+uniformly from `faults`) or scripted by tests through `/_control/script`, for every
+request or for the audits of one subject.
 
 Everything is async and in memory, so one process serves hundreds of concurrent requests;
 only the last `record_limit` request bodies are kept. The command and its options are
@@ -34,6 +35,12 @@ ScriptStep = Literal["ok"] | FaultKind
 MODEL_ID = "auditq-simulator"
 UNKNOWN_CRITERION_ID = "sim_unknown_criterion"
 _MAX_QUOTE_CHARS = 200
+# The hostile reply of issue 8's probe: valid in shape, with six quotes per finding of
+# 20,000 words of "a" then "b" (against content of "a a a …" each missed by its last
+# word), and a rationale of a million characters.
+_HOSTILE_QUOTE = " ".join(["a"] * 20_000 + ["b"])
+_HOSTILE_QUOTES = 6
+_HOSTILE_RATIONALE_CHARS = 1_000_000
 
 # kind -> (HTTP status, OpenAI error code, message)
 _STATUS_FAULTS: dict[str, tuple[int, str | None, str]] = {
@@ -91,14 +98,19 @@ class SimulatorState:
     def __init__(self, config: SimulatorConfig) -> None:
         self.config = config
         self.script: deque[ScriptStep] = deque()
+        # Scripts for the audits of one subject, used before the script for any request.
+        self.subject_scripts: dict[str, deque[ScriptStep]] = {}
         self.received: deque[Any] = deque(maxlen=config.record_limit)
         # When each recorded request arrived (`time.time()`), in the same order.
         self.received_at: deque[float] = deque(maxlen=config.record_limit)
         self.outcomes: Counter[str] = Counter()
         self._random = random.Random(config.seed)
 
-    def next_outcome(self) -> ScriptStep:
+    def next_outcome(self, subject: str | None = None) -> ScriptStep:
         """The scripted step if any is left, else a random fault at `fault_rate`, else ok."""
+        subject_script = self.subject_scripts.get(subject) if subject is not None else None
+        if subject_script:
+            return subject_script.popleft()
         if self.script:
             return self.script.popleft()
         if self._random.random() < self.config.fault_rate:
@@ -111,17 +123,22 @@ class SimulatorState:
 
     def reset(self) -> None:
         self.script.clear()
+        self.subject_scripts.clear()
         self.received.clear()
         self.received_at.clear()
         self.outcomes.clear()
 
 
 class Script(BaseModel):
-    """Body of `POST /_control/script`: what the next requests get, in order."""
+    """Body of `POST /_control/script`: what the next requests get, in order.
+
+    With `subject`, only the requests auditing content of that subject follow it.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
     faults: list[ScriptStep]
+    subject: str | None = None
 
 
 def create_app(config: SimulatorConfig) -> FastAPI:
@@ -153,14 +170,14 @@ async def chat_completions(request: Request) -> Response:
         return _error_response(400, "invalid_request_error", "The body is not valid JSON.")
     state.received.append(body)
     state.received_at.append(received_at)
-    outcome = state.next_outcome()
+    audit = _audit_request(body)
+    outcome = state.next_outcome(audit.data.subject if audit else None)
     state.outcomes[outcome] += 1
     if outcome == "hang":
         return await _hang(request, state.config.hang_s)
     await asyncio.sleep(state.latency_s())
     if outcome in _STATUS_FAULTS:
         return _status_fault(outcome, retry_after_s=state.config.retry_after_s)
-    audit = _audit_request(body)
     if audit is None:
         message = "Expected auditq's data message and a json_schema response_format."
         return _error_response(400, "invalid_request_error", message)
@@ -178,11 +195,13 @@ async def health() -> dict[str, str]:
 
 
 async def set_script(script: Script, request: Request) -> dict[str, int]:
-    """Replace the script: the next requests get these outcomes before random faults apply."""
+    """Replace a script: the next requests get these outcomes before random faults apply."""
     state = _state(request)
-    state.script.clear()
-    state.script.extend(script.faults)
-    return {"queued": len(state.script)}
+    if script.subject is None:
+        state.script = deque(script.faults)
+        return {"queued": len(state.script)}
+    state.subject_scripts[script.subject] = deque(script.faults)
+    return {"queued": len(script.faults)}
 
 
 async def recorded_requests(request: Request) -> dict[str, list[Any]]:
@@ -290,6 +309,8 @@ def _reply_message(answer: dict[str, Any], outcome: str) -> tuple[dict[str, Any]
         content, finish_reason = None, "content_filter"
     elif outcome == "wrong_ids":
         content = json.dumps(_with_unknown_id(answer), ensure_ascii=False)
+    elif outcome == "hostile":
+        content = json.dumps(_hostile(answer), ensure_ascii=False)
     message = {"role": "assistant", "content": content, "refusal": refusal}
     return message, finish_reason
 
@@ -300,6 +321,13 @@ def _with_unknown_id(answer: dict[str, Any]) -> dict[str, Any]:
         *answer["findings"][:-1],
         {**answer["findings"][-1], "criterion_id": UNKNOWN_CRITERION_ID},
     ]
+    return {**answer, "findings": findings}
+
+
+def _hostile(answer: dict[str, Any]) -> dict[str, Any]:
+    """The answer made hostile: huge quotes that miss, and one huge rationale."""
+    findings = [{**f, "evidence": [_HOSTILE_QUOTE] * _HOSTILE_QUOTES} for f in answer["findings"]]
+    findings[0] = {**findings[0], "rationale": "a" * _HOSTILE_RATIONALE_CHARS}
     return {**answer, "findings": findings}
 
 

@@ -28,6 +28,7 @@ FaultKind = Literal[
     "truncated",
     "wrong_ids",
     "content_filter",
+    "hostile",
 ]
 FAULT_KINDS: tuple[str, ...] = get_args(FaultKind)
 DEFAULT_FAULTS: tuple[FaultKind, ...] = (

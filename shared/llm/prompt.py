@@ -18,15 +18,15 @@ from openai.types.chat import (
 )
 from openai.types.shared_params import ResponseFormatJSONSchema
 
-from shared.llm.schemas import VERDICTS, CriterionText
+from shared.llm.schemas import REPLY_LIMITS, VERDICTS, CriterionText
 
-PROMPT_VERSION = "2026-11-29.1"
+PROMPT_VERSION = "2026-12-04.1"
 """Stored with every audit. Bump it whenever the instructions, the data message or the
 reply schema change, so results from different prompts can be told apart."""
 
 REPLY_SCHEMA_NAME = "audit_findings"
 
-SYSTEM_PROMPT = """\
+SYSTEM_PROMPT = f"""\
 You are a meticulous auditor. You judge a piece of content against a list of criteria \
 and answer with JSON that follows the response schema.
 
@@ -48,12 +48,16 @@ it in part, "fail" when it does not meet it, "not_applicable" when the criterion
 apply to this content;
 - "score": from 0 to 100, how well the content meets the criterion (100: fully, \
 0: not at all); use 0 for "not_applicable";
-- "rationale": one to three sentences explaining the verdict;
+- "rationale": one to three sentences explaining the verdict \
+(at most {REPLY_LIMITS.rationale_chars:,} characters);
 - "evidence": short passages that support the verdict, each copied verbatim, character for \
 character, from the content; never paraphrase, never quote the criteria or the subject. \
-Use an empty list when there is nothing to quote, for example when something is missing.
+Give at most as many passages as the response schema allows, each at most \
+{REPLY_LIMITS.quote_chars:,} characters. Use an empty list when there is nothing to quote, \
+for example when something is missing.
 
-Then write "summary": two to four sentences on the content as a whole.
+Then write "summary": two to four sentences on the content as a whole \
+(at most {REPLY_LIMITS.summary_chars:,} characters).
 """
 
 
@@ -131,16 +135,23 @@ def reply_schema(criterion_ids: Sequence[str]) -> dict[str, Any]:
 
     Only keywords OpenAI's structured outputs support in strict mode are used:
     `minimum`/`maximum` for numbers and `minItems`/`maxItems` for arrays are among
-    them. Servers that ignore those keywords are caught by `validate_reply`.
+    them; `maxLength` for strings is not in the subset strict mode accepts, so the
+    lengths of `REPLY_LIMITS` are said in descriptions. Servers that ignore any of these
+    are caught by `validate_reply`, which enforces every bound.
     """
+    limits = REPLY_LIMITS
     finding = {
         "type": "object",
         "properties": {
             "criterion_id": {"type": "string", "enum": list(criterion_ids)},
             "verdict": {"type": "string", "enum": list(VERDICTS)},
             "score": {"type": "number", "minimum": 0, "maximum": 100},
-            "rationale": {"type": "string"},
-            "evidence": {"type": "array", "items": {"type": "string"}},
+            "rationale": _text(limits.rationale_chars),
+            "evidence": {
+                "type": "array",
+                "items": _text(limits.quote_chars),
+                "maxItems": limits.quotes_per_finding(len(criterion_ids)),
+            },
         },
         "required": ["criterion_id", "verdict", "score", "rationale", "evidence"],
         "additionalProperties": False,
@@ -153,10 +164,14 @@ def reply_schema(criterion_ids: Sequence[str]) -> dict[str, Any]:
     }
     return {
         "type": "object",
-        "properties": {"findings": findings, "summary": {"type": "string"}},
+        "properties": {"findings": findings, "summary": _text(limits.summary_chars)},
         "required": ["findings", "summary"],
         "additionalProperties": False,
     }
+
+
+def _text(max_chars: int) -> dict[str, str]:
+    return {"type": "string", "description": f"At most {max_chars:,} characters."}
 
 
 def response_format(criterion_ids: Sequence[str]) -> ResponseFormatJSONSchema:

@@ -15,11 +15,27 @@ Decisions taken here:
   collapsed on both sides (models re-flow line breaks and indentation); case and every
   other character must match. A kept quote is stored as the exact span of the content it
   matched, so evidence is always a literal substring of the content. Quotes that do not
-  match, empty ones included, are dropped and counted.
+  match, empty ones included, are dropped and counted. The search is linear
+  (shared/llm/quotes.py).
+- A reply is bounded (`REPLY_LIMITS`), so that no reply, however verbose or hostile, can
+  hold the worker's event loop or bloat the audit row. At most:
+  - 1,000 characters per evidence quote (a passage, not the page);
+  - 5 quotes per finding, and 100 per reply: for more than 20 criteria, 100 // criteria
+    each (2 for 50 criteria). Each quote is one search of the whole content, so the count
+    bounds the search;
+  - 2,000 characters per rationale ("one to three sentences"), 4,000 for the summary;
+  - the reply's text: six times the largest reply these allow (a character of a JSON
+    string takes at most six), refused before it is parsed.
+
+  The quote counts travel in the reply schema (`maxItems`); OpenAI's strict structured
+  outputs accept no length keyword for strings, so lengths are named in the schema's
+  descriptions and enforced here. A reply beyond a bound is invalid output: asked again
+  once, with the bound named, then `invalid_model_output`. The worst reply the bounds
+  allow, against 100,000 characters of content, is validated in milliseconds
+  (bench/RESULTS.md, section 7), where one 40,000-character quote took 8 s before.
 """
 
 import json
-import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,11 +44,44 @@ from typing import Annotated, Literal, NoReturn, get_args
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shared.llm.errors import InvalidModelOutput
+from shared.llm.quotes import QuoteFinder
 
 Verdict = Literal["pass", "partial", "fail", "not_applicable"]
 VERDICTS: tuple[str, ...] = get_args(Verdict)
 
 _MAX_ECHOED_ID = 64
+# A character of a JSON string takes at most six: `\uXXXX`.
+_JSON_ESCAPE_FACTOR = 6
+# Keys, criterion id, verdict and score of a finding, generously.
+_FINDING_OVERHEAD_CHARS = 300
+
+
+@dataclass(frozen=True)
+class ReplyLimits:
+    """How large a reply may be (see the module docstring for why these numbers)."""
+
+    quote_chars: int = 1_000
+    quotes_per_finding_cap: int = 5
+    quotes_per_reply: int = 100
+    rationale_chars: int = 2_000
+    summary_chars: int = 4_000
+
+    def quotes_per_finding(self, criteria: int) -> int:
+        """Evidence quotes one finding may give when the reply has `criteria` findings."""
+        return max(1, min(self.quotes_per_finding_cap, self.quotes_per_reply // max(criteria, 1)))
+
+    def reply_chars(self, criteria: int) -> int:
+        """The longest reply text worth parsing: beyond it, some bound is exceeded."""
+        finding = (
+            self.quotes_per_finding(criteria) * self.quote_chars
+            + self.rationale_chars
+            + _FINDING_OVERHEAD_CHARS
+        )
+        largest = criteria * finding + self.summary_chars + _FINDING_OVERHEAD_CHARS
+        return _JSON_ESCAPE_FACTOR * largest
+
+
+REPLY_LIMITS = ReplyLimits()
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +92,9 @@ class CriterionText:
     description: str
 
 
+Quote = Annotated[str, Field(max_length=REPLY_LIMITS.quote_chars)]
+
+
 class ReplyFinding(BaseModel):
     """One finding as the reply schema describes it."""
 
@@ -51,8 +103,8 @@ class ReplyFinding(BaseModel):
     criterion_id: str
     verdict: Verdict
     score: Annotated[float, Field(ge=0, le=100)]
-    rationale: str
-    evidence: list[str]
+    rationale: Annotated[str, Field(max_length=REPLY_LIMITS.rationale_chars)]
+    evidence: Annotated[list[Quote], Field(max_length=REPLY_LIMITS.quotes_per_finding_cap)]
 
 
 class Reply(BaseModel):
@@ -61,7 +113,7 @@ class Reply(BaseModel):
     model_config = ConfigDict(strict=True)
 
     findings: list[ReplyFinding]
-    summary: str
+    summary: Annotated[str, Field(max_length=REPLY_LIMITS.summary_chars)]
 
 
 @dataclass(frozen=True)
@@ -86,21 +138,26 @@ def validate_reply(
 
     Raises `InvalidModelOutput` saying what is wrong when the reply cannot be used.
     """
-    reply = _parse_reply(raw)
+    reply = _parse_reply(raw, limit=REPLY_LIMITS.reply_chars(len(criteria)))
     by_id = _findings_by_id(reply.findings, [c.id for c in criteria])
-    checked = [_keep_present_quotes(by_id[criterion.id], content) for criterion in criteria]
+    _check_quote_counts(reply.findings, REPLY_LIMITS.quotes_per_finding(len(criteria)))
+    finder = QuoteFinder(content)
+    checked = [_keep_present_quotes(by_id[criterion.id], finder) for criterion in criteria]
     return [finding for finding, _ in checked], reply.summary, sum(n for _, n in checked)
 
 
-def _keep_present_quotes(finding: ReplyFinding, content: str) -> tuple[ReplyFinding, int]:
+def _keep_present_quotes(finding: ReplyFinding, finder: QuoteFinder) -> tuple[ReplyFinding, int]:
     """The finding with only the quotes found in the content, and how many were dropped."""
-    found = [find_quote(content, quote) for quote in finding.evidence]
+    found = [finder.find(quote) for quote in finding.evidence]
     evidence = [span for span in found if span is not None]
     kept = finding.model_copy(update={"evidence": evidence})
     return kept, len(found) - len(evidence)
 
 
-def _parse_reply(raw: str) -> Reply:
+def _parse_reply(raw: str, *, limit: int) -> Reply:
+    if len(raw) > limit:
+        # Checked before parsing: whatever it holds, some bound is exceeded.
+        raise InvalidModelOutput(f"the reply is longer than {limit:,} characters")
     try:
         document = json.loads(raw, parse_constant=_reject_constant)
     except ValueError as exc:
@@ -128,8 +185,9 @@ def _describe(exc: ValidationError) -> str:
 
 def _findings_by_id(findings: list[ReplyFinding], expected: list[str]) -> dict[str, ReplyFinding]:
     counts = Counter(f.criterion_id for f in findings)
+    known = set(expected)
     problems = [
-        _listed("unknown criterion ids", [i for i in counts if i not in expected]),
+        _listed("unknown criterion ids", [i for i in counts if i not in known]),
         _listed("repeated criterion ids", [i for i in expected if counts[i] > 1]),
         _listed("missing criterion ids", [i for i in expected if i not in counts]),
     ]
@@ -138,20 +196,14 @@ def _findings_by_id(findings: list[ReplyFinding], expected: list[str]) -> dict[s
     return {f.criterion_id: f for f in findings}
 
 
+def _check_quote_counts(findings: list[ReplyFinding], limit: int) -> None:
+    over = [f.criterion_id for f in findings if len(f.evidence) > limit]
+    if over:
+        label = f"more than {limit} evidence quotes (the limit for this many criteria) for"
+        raise InvalidModelOutput(_listed(label, over))
+
+
 def _listed(label: str, ids: list[str]) -> str:
     if not ids:
         return ""
     return f"{label}: " + ", ".join(repr(i[:_MAX_ECHOED_ID]) for i in ids)
-
-
-def find_quote(text: str, quote: str) -> str | None:
-    """The span of `text` the quote matches, whitespace runs aside; None when it is not there."""
-    words = quote.split()
-    if not words:
-        return None
-    exact = quote.strip()
-    if exact in text:
-        return exact
-    # Words in order, separated by any whitespace: finds re-flowed quotes in one C-level scan.
-    match = re.search(r"\s+".join(map(re.escape, words)), text)
-    return match.group() if match else None

@@ -194,6 +194,35 @@ async def test_wrong_ids_break_the_id_rule_only(client: httpx.AsyncClient) -> No
         validate_reply(reply["message"]["content"], criteria=CRITERIA, content=CONTENT)
 
 
+async def test_a_hostile_reply_is_issue_8s_probe(client: httpx.AsyncClient) -> None:
+    reply = await scripted(client, "hostile")
+
+    document = json.loads(reply["message"]["content"])
+    probe = " ".join(["a"] * 20000 + ["b"])
+    assert [f["criterion_id"] for f in document["findings"]] == [c.id for c in CRITERIA]
+    assert all(f["evidence"] == [probe] * 6 for f in document["findings"])
+    assert len(document["findings"][0]["rationale"]) == 1_000_000
+    with pytest.raises(InvalidModelOutput, match="the reply is longer than"):
+        validate_reply(reply["message"]["content"], criteria=CRITERIA, content=CONTENT)
+
+
+async def test_a_subjects_script_applies_to_its_audits_only(client: httpx.AsyncClient) -> None:
+    other = audit_body()
+    targeted = {
+        **other,
+        "messages": build_messages(subject="T", content=CONTENT, criteria=CRITERIA),
+    }
+    await client.post("/_control/script", json={"faults": ["500", "429"], "subject": "T"})
+    await client.post("/_control/script", json={"faults": ["503"]})
+
+    statuses = [
+        (await complete(client, body)).status_code
+        for body in (other, targeted, other, targeted, targeted)
+    ]
+
+    assert statuses == [503, 500, 200, 429, 200]
+
+
 async def test_an_unknown_script_step_is_refused(client: httpx.AsyncClient) -> None:
     response = await client.post("/_control/script", json={"faults": ["ok", "explode"]})
 

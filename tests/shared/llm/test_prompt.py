@@ -9,7 +9,7 @@ from shared.llm.prompt import (
     reply_schema,
     response_format,
 )
-from shared.llm.schemas import CriterionText
+from shared.llm.schemas import REPLY_LIMITS, CriterionText
 
 CRITERIA = [
     CriterionText(id="claims", description="Every claim is substantiated."),
@@ -120,8 +120,43 @@ def test_reply_schema_pins_ids_verdicts_scores_and_count() -> None:
     assert finding["criterion_id"]["enum"] == ["claims", "tone"]
     assert finding["verdict"]["enum"] == ["pass", "partial", "fail", "not_applicable"]
     assert (finding["score"]["minimum"], finding["score"]["maximum"]) == (0, 100)
-    assert finding["evidence"] == {"type": "array", "items": {"type": "string"}}
     assert (findings["minItems"], findings["maxItems"]) == (2, 2)
+
+
+def test_reply_schema_bounds_quotes_and_names_the_lengths() -> None:
+    few = reply_schema(["claims", "tone"])["properties"]
+    many = reply_schema([f"c{i}" for i in range(50)])["properties"]
+
+    evidence = few["findings"]["items"]["properties"]["evidence"]
+    assert evidence["maxItems"] == REPLY_LIMITS.quotes_per_finding(2) == 5
+    assert many["findings"]["items"]["properties"]["evidence"]["maxItems"] == 2
+    assert evidence["items"]["description"] == "At most 1,000 characters."
+    rationale = few["findings"]["items"]["properties"]["rationale"]
+    assert rationale["description"] == "At most 2,000 characters."
+    assert few["summary"]["description"] == "At most 4,000 characters."
+
+
+# What OpenAI's strict structured outputs accept: a schema with any other keyword is refused.
+STRICT_KEYWORDS = {
+    "type", "properties", "required", "additionalProperties", "items", "enum", "description",
+    "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf",
+    "minItems", "maxItems", "pattern", "format", "anyOf", "$defs", "$ref", "const",
+}  # fmt: skip
+
+
+def _keywords(schema: Any) -> set[str]:
+    if isinstance(schema, list):
+        return {k for item in schema for k in _keywords(item)}
+    if not isinstance(schema, dict):
+        return set()
+    nested = [v for k, v in schema.items() if k in ("items", "anyOf")]
+    nested += list(schema.get("properties", {}).values())
+    return set(schema) | {k for child in nested for k in _keywords(child)}
+
+
+def test_reply_schema_uses_only_keywords_strict_mode_accepts() -> None:
+    # `maxLength` in particular is not among them: string lengths are checked on receipt.
+    assert _keywords(reply_schema(["claims", "tone"])) <= STRICT_KEYWORDS
 
 
 def test_response_format_asks_for_strict_json_schema() -> None:

@@ -1,10 +1,11 @@
 import json
+import time
 from typing import Any
 
 import pytest
 
 from shared.llm.errors import InvalidModelOutput
-from shared.llm.schemas import CriterionText, find_quote, validate_reply
+from shared.llm.schemas import REPLY_LIMITS, CriterionText, validate_reply
 
 CRITERIA = [
     CriterionText(id="claims", description="Claims are substantiated."),
@@ -207,20 +208,106 @@ def test_a_quote_with_different_whitespace_is_kept_as_the_content_has_it() -> No
     assert findings[0].evidence[0] in CONTENT
 
 
+# Bounds of a reply (REPLY_LIMITS)
+
+LIMITS = REPLY_LIMITS
+PROBE_CONTENT = ("a " * 50000)[:100000]
+
+
+def largest_reply(criteria: int, quotes: list[str]) -> tuple[list[CriterionText], str]:
+    """Rationales and summary at their limits, each finding quoting `quotes`."""
+    ids = [f"c{i}" for i in range(criteria)]
+    findings = [finding(i, rationale="r" * LIMITS.rationale_chars, evidence=quotes) for i in ids]
+    raw = reply(*findings, summary="s" * LIMITS.summary_chars)
+    return [CriterionText(id=i, description="d") for i in ids], raw
+
+
+def test_the_limits_are_the_documented_ones() -> None:
+    assert (LIMITS.quote_chars, LIMITS.rationale_chars, LIMITS.summary_chars) == (1000, 2000, 4000)
+    assert [LIMITS.quotes_per_finding(n) for n in (1, 20, 21, 34, 50, 200)] == [5, 5, 4, 2, 2, 1]
+
+
 @pytest.mark.parametrize(
-    ("text", "quote", "span"),
+    ("overrides", "problem"),
     [
-        ("abc", "abc", "abc"),
-        ("  a\n\nb  c ", "a b", "a\n\nb"),
-        ("one two three", "wo thr", "wo thr"),
-        ("x\u00a0y z", "x y", "x\u00a0y"),
-        ("repeat, repeat", "repeat", "repeat"),
+        ({"evidence": ["x" * 1001]}, "findings.0.evidence.0: String should have at most 1000"),
+        ({"evidence": ["Shipping"] * 6}, "findings.0.evidence: List should have at most 5 items"),
+        ({"rationale": "r" * 2001}, "findings.0.rationale: String should have at most 2000"),
     ],
 )
-def test_find_quote_returns_the_matching_span(text: str, quote: str, span: str) -> None:
-    assert find_quote(text, quote) == span
+def test_a_finding_beyond_a_bound_is_invalid(overrides: dict[str, Any], problem: str) -> None:
+    raw = reply(finding("claims", **overrides), *all_findings()[1:])
+
+    assert problem in invalid(raw)
 
 
-@pytest.mark.parametrize("quote", ["", "   ", "abd", "a  b  c d"])
-def test_find_quote_misses(quote: str) -> None:
-    assert find_quote("abc a b c", quote) is None
+def test_a_summary_beyond_its_bound_is_invalid() -> None:
+    raw = reply(*all_findings(), summary="s" * 2001 * 2)
+
+    assert "summary: String should have at most 4000 characters" in invalid(raw)
+
+
+def test_quotes_per_finding_shrink_as_criteria_grow() -> None:
+    criteria, raw = largest_reply(50, ["a b"] * 3)
+
+    with pytest.raises(InvalidModelOutput) as caught:
+        validate_reply(raw, criteria=criteria, content="a b")
+
+    assert "more than 2 evidence quotes (the limit for this many criteria) for: 'c0'" in (
+        caught.value.message
+    )
+
+
+def test_a_reply_longer_than_any_valid_one_is_refused_before_parsing() -> None:
+    limit = LIMITS.reply_chars(len(CRITERIA))
+    raw = reply(*all_findings(), summary=" " * limit)
+
+    assert f"the reply is longer than {limit:,} characters" in invalid(raw)
+
+
+def test_a_reply_at_every_bound_is_valid() -> None:
+    quotes = [f"{n} " + "q" * (LIMITS.quote_chars - 2) for n in range(5)]
+    criteria, raw = largest_reply(20, quotes)
+
+    findings, summary, dropped = validate_reply(raw, criteria=criteria, content=" ".join(quotes))
+
+    assert [f.criterion_id for f in findings] == [c.id for c in criteria]
+    assert all(f.evidence == quotes for f in findings)
+    assert all(len(f.rationale) == LIMITS.rationale_chars for f in findings)
+    assert len(summary) == LIMITS.summary_chars
+    assert dropped == 0
+
+
+@pytest.mark.parametrize("criteria", [1, 10, 50])
+def test_the_largest_reply_against_the_probe_content_is_validated_quickly(criteria: int) -> None:
+    # Every quote at its length limit, missing by its last character: each search reads the
+    # whole content. The figure is in bench/RESULTS.md (section 7); this bound is generous.
+    count = LIMITS.quotes_per_finding(criteria)
+    quotes = [("a " * LIMITS.quote_chars)[: LIMITS.quote_chars - 2] + f"b{n}" for n in range(count)]
+    asked, raw = largest_reply(criteria, quotes)
+    begun = time.process_time()
+
+    findings, _, dropped = validate_reply(raw, criteria=asked, content=PROBE_CONTENT)
+
+    assert time.process_time() - begun < 1.0
+    assert dropped == criteria * count
+    assert len(findings) == criteria
+
+
+def test_the_probes_hostile_reply_is_refused_quickly() -> None:
+    # Issue 8: six quotes of 20,000 words of "a" then "b" per finding. Searching them took
+    # about 8 s each; refused on the reply's length, they are not even parsed.
+    quote = " ".join(["a"] * 20000 + ["b"])
+    raw = reply(*(finding(c.id, evidence=[quote] * 6) for c in CRITERIA))
+    begun = time.process_time()
+
+    message = invalid_for(raw, PROBE_CONTENT)
+
+    assert time.process_time() - begun < 1.0
+    assert "the reply is longer than" in message
+
+
+def invalid_for(raw: str, content: str) -> str:
+    with pytest.raises(InvalidModelOutput) as caught:
+        validate_reply(raw, criteria=CRITERIA, content=content)
+    return caught.value.message
