@@ -12,12 +12,12 @@ that is part of getting one answer, not a new attempt at the audit.
 Temperature and output limits are left to the provider: reasoning models reject
 `temperature`, and a cap on output tokens would truncate audits with many criteria.
 
-The call goes through the SDK's `post` (its way to any endpoint) with the body as the
-Chat Completions API takes it, and only the fields used here are read from the reply's
-JSON. The typed `chat.completions.create` walks the request through the SDK's type
-transforms and builds a whole `ChatCompletion` from the reply: about a millisecond of
-the worker's CPU per call (bench/RESULTS.md), for a request that is plain JSON already.
-Errors, timeouts and headers are the SDK's, as with `create`.
+The call is the SDK's typed `chat.completions.create`. A shortcut through its `post`,
+with the body as JSON and the reply read by a small model of our own, saved a fraction of
+a millisecond of CPU per call (bench/RESULTS.md, section 7) on a call that waits seconds
+for the model: not worth a private copy of the response model. The SDK builds the
+`ChatCompletion` without validating it (providers' variations must not break the client),
+so the few fields read here are checked here (`_reply_of`).
 
 Requests go through the SDK's aiohttp transport (`DefaultAioHttpClient`, the
 `openai[aiohttp]` extra) rather than its default HTTP stack, which scans every idle
@@ -31,12 +31,12 @@ the one error the transport mislabels.
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-import httpx2
 import openai
 from openai import AsyncOpenAI, DefaultAioHttpClient
-from openai.types.chat import ChatCompletionMessageParam
+from openai.types import CompletionUsage
+from openai.types.chat import ChatCompletion, ChatCompletionMessage, ChatCompletionMessageParam
+from openai.types.chat.chat_completion import Choice
 from openai.types.shared_params import ResponseFormatJSONSchema
-from pydantic import BaseModel, ValidationError
 
 from shared.config import Settings
 from shared.llm.errors import InvalidModelOutput, ModelError, classify, reply_error
@@ -46,7 +46,6 @@ from shared.llm.schemas import CriterionText, ModelOutcome, validate_reply
 # OpenAI-compatible servers run locally (vLLM, Ollama, the simulator) need no key,
 # but the SDK refuses to start without one.
 PLACEHOLDER_API_KEY = "no-key-configured"
-CHAT_COMPLETIONS = "/chat/completions"
 
 
 def create_client(settings: Settings) -> AsyncOpenAI:
@@ -58,28 +57,6 @@ def create_client(settings: Settings) -> AsyncOpenAI:
         max_retries=0,
         http_client=DefaultAioHttpClient(),
     )
-
-
-class _Message(BaseModel):
-    content: str | None = None
-    refusal: str | None = None
-
-
-class _Choice(BaseModel):
-    finish_reason: str | None = None
-    message: _Message
-
-
-class _Usage(BaseModel):
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-
-
-class _Completion(BaseModel):
-    """The parts of a Chat Completions response auditq reads; the rest is ignored."""
-
-    choices: list[_Choice] = []
-    usage: _Usage | None = None
 
 
 @dataclass(frozen=True)
@@ -130,33 +107,57 @@ async def _ask(
     messages: list[ChatCompletionMessageParam],
     schema: ResponseFormatJSONSchema,
 ) -> _Reply:
-    body = {"model": model, "messages": messages, "response_format": schema}
     try:
-        response = await client.post(CHAT_COMPLETIONS, body=body, cast_to=httpx2.Response)
+        completion: object = await client.chat.completions.create(
+            model=model, messages=messages, response_format=schema
+        )
     except openai.OpenAIError as exc:
         raise classify(exc) from exc
-    return _reply_of(response)
+    except ValueError:
+        # A body the provider labelled JSON that is not: the SDK's `json.loads` raised.
+        raise _malformed() from None
+    return _reply_of(completion)
 
 
-def _reply_of(response: httpx2.Response) -> _Reply:
-    """The reply, or the permanent error a refusal or an unfinished reply stands for."""
-    try:
-        completion = _Completion.model_validate_json(response.content)
-    except ValidationError:
-        raise ModelError(
-            "model_server_error", "the provider answered with a malformed response", transient=True
-        ) from None
-    choice = completion.choices[0] if completion.choices else None
-    usage = completion.usage or _Usage()
-    if choice is not None:
-        error = reply_error(finish_reason=choice.finish_reason, refusal=choice.message.refusal)
-        if error is not None:
-            raise error.charged(usage.prompt_tokens, usage.completion_tokens)
-    return _Reply(
-        text=choice.message.content if choice else None,
-        prompt_tokens=usage.prompt_tokens,
-        completion_tokens=usage.completion_tokens,
-        request_id=response.headers.get("x-request-id"),
+def _reply_of(completion: object) -> _Reply:
+    """The reply, or the error it stands for: refused or unfinished (permanent), malformed.
+
+    The SDK hands back the body's text when it is not JSON, and builds a completion of the
+    wrong shape as it came; either is the provider's malformed answer (transient).
+    """
+    if not isinstance(completion, ChatCompletion) or not isinstance(completion.choices, list):
+        raise _malformed()
+    prompt_tokens, completion_tokens = _tokens(completion.usage)
+    if not completion.choices:
+        return _Reply(None, prompt_tokens, completion_tokens, completion._request_id)
+    choice = completion.choices[0]
+    message = choice.message if isinstance(choice, Choice) else None
+    if not isinstance(message, ChatCompletionMessage) or not all(
+        value is None or isinstance(value, str)
+        for value in (message.content, message.refusal, choice.finish_reason)
+    ):
+        raise _malformed()
+    error = reply_error(finish_reason=choice.finish_reason, refusal=message.refusal)
+    if error is not None:
+        raise error.charged(prompt_tokens, completion_tokens)
+    return _Reply(message.content, prompt_tokens, completion_tokens, completion._request_id)
+
+
+def _tokens(usage: object) -> tuple[int, int]:
+    """(prompt, completion) tokens; a provider that sends no usage is counted as zero."""
+    if usage is None:
+        return 0, 0
+    if not isinstance(usage, CompletionUsage):
+        raise _malformed()
+    counts = (usage.prompt_tokens or 0, usage.completion_tokens or 0)
+    if not all(type(n) is int and n >= 0 for n in counts):
+        raise _malformed()
+    return counts
+
+
+def _malformed() -> ModelError:
+    return ModelError(
+        "model_server_error", "the provider answered with a malformed response", transient=True
     )
 
 

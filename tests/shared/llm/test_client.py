@@ -11,8 +11,8 @@ from openai import AsyncOpenAI
 
 from shared.config import Settings
 from shared.llm import PROMPT_VERSION, InvalidModelOutput, ModelError, audit_content, create_client
-from shared.llm.client import PLACEHOLDER_API_KEY, _reply_of
-from shared.llm.prompt import SYSTEM_PROMPT
+from shared.llm.client import PLACEHOLDER_API_KEY, _ask
+from shared.llm.prompt import SYSTEM_PROMPT, response_format
 from shared.llm.schemas import CriterionText
 from tests.fixtures.simulator import RETRY_AFTER_S, SimulatorHandle
 
@@ -169,6 +169,31 @@ async def test_wrong_ids_are_asked_again_with_the_problem_named(
     assert len(outcome.findings) == 3
 
 
+async def test_a_hostile_reply_is_asked_again_with_the_bound_named(
+    client: AsyncOpenAI, sim: SimulatorHandle
+) -> None:
+    sim.script(["hostile", "ok"])
+
+    outcome = await audit(client)
+
+    correction = sim.requests()[1]["messages"][2]["content"]
+    assert "the reply is longer than" in correction
+    assert len(outcome.findings) == 3
+    assert outcome.model_calls == 2
+
+
+async def test_a_hostile_reply_twice_fails_as_invalid_output(
+    client: AsyncOpenAI, sim: SimulatorHandle
+) -> None:
+    sim.script(["hostile", "hostile"])
+
+    error = await failure(client)
+
+    assert isinstance(error, InvalidModelOutput)
+    assert error.usage is not None
+    assert error.usage[1] > 1_000_000 // 4, "both replies' tokens are counted"
+
+
 async def test_output_invalid_twice_fails_the_audit(
     client: AsyncOpenAI, sim: SimulatorHandle
 ) -> None:
@@ -222,29 +247,68 @@ async def test_an_unreachable_provider_is_transient() -> None:
     assert (error.code, error.transient) == ("model_unavailable", True)
 
 
-def provider_response(content: bytes) -> httpx2.Response:
-    return httpx2.Response(200, content=content, headers={"x-request-id": "req-1"})
+def provider_answering(content: bytes, content_type: str = "application/json") -> AsyncOpenAI:
+    """A client whose provider answers every call with this body (through the SDK's parsing)."""
+
+    def answer(request: httpx2.Request) -> httpx2.Response:
+        headers = {"content-type": content_type, "x-request-id": "req-1"}
+        return httpx2.Response(200, content=content, headers=headers)
+
+    transport = httpx2.MockTransport(answer)
+    return AsyncOpenAI(
+        api_key="k",
+        base_url="http://provider/v1",
+        max_retries=0,
+        http_client=httpx2.AsyncClient(transport=transport),
+    )
 
 
-def test_a_reply_is_read_from_the_fields_auditq_uses() -> None:
+def reply_body(content: object = "{}", **extra: object) -> bytes:
+    choice = {"index": 0, "finish_reason": "stop", "message": {"content": content}}
     body = {
         "id": "chatcmpl-1",
-        "choices": [{"index": 0, "finish_reason": "stop", "message": {"content": "{}"}}],
+        "choices": [choice],
         "usage": {"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15},
-        "system_fingerprint": None,
+        **extra,
     }
+    return json.dumps(body).encode()
 
-    reply = _reply_of(provider_response(json.dumps(body).encode()))
+
+async def ask(client: AsyncOpenAI) -> Any:
+    async with client:
+        return await _ask(client, model="m", messages=[], schema=response_format(["a"]))
+
+
+async def test_a_reply_is_read_from_the_fields_auditq_uses() -> None:
+    reply = await ask(provider_answering(reply_body(system_fingerprint=None, extra_field=[1])))
 
     assert (reply.text, reply.prompt_tokens, reply.completion_tokens) == ("{}", 12, 3)
     assert reply.request_id == "req-1"
 
 
+async def test_a_reply_without_usage_counts_no_tokens() -> None:
+    reply = await ask(provider_answering(reply_body(usage=None)))
+
+    assert (reply.text, reply.prompt_tokens, reply.completion_tokens) == ("{}", 0, 0)
+
+
 @pytest.mark.parametrize(
-    "content", [b"<html>bad gateway</html>", b'{"choices": [{"message": 7}]}', b"[]"]
+    ("content", "content_type"),
+    [
+        (b"<html>bad gateway</html>", "text/html"),
+        (b"{not json", "application/json"),
+        (b"[]", "application/json"),
+        (b'{"choices": "abc"}', "application/json"),
+        (b'{"choices": [{"message": 7}]}', "application/json"),
+        (reply_body(content=5), "application/json"),
+        (reply_body(usage={"prompt_tokens": "many"}), "application/json"),
+        (reply_body(usage=[1, 2]), "application/json"),
+    ],
 )
-def test_a_malformed_response_is_a_transient_server_error(content: bytes) -> None:
+async def test_a_malformed_response_is_a_transient_server_error(
+    content: bytes, content_type: str
+) -> None:
     with pytest.raises(ModelError) as caught:
-        _reply_of(provider_response(content))
+        await ask(provider_answering(content, content_type))
 
     assert (caught.value.code, caught.value.transient) == ("model_server_error", True)
