@@ -1,6 +1,10 @@
 from pathlib import Path
 
+import pytest
+
 from tests.bench.quick import numbers, run_quick
+
+pytestmark = pytest.mark.bench
 
 
 def test_model_call_quick_measures_both_calls_and_the_worst_reply(tmp_path: Path) -> None:
