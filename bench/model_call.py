@@ -129,7 +129,7 @@ def run(run_: Run) -> list[Section]:
 def _section(
     figures: dict[str, list[float]], worst: dict[int, list[float]], *, rounds: int, calls: int
 ) -> Section:
-    section = Section("model-call", "7. The model call: CPU per call, the worst reply validated")
+    section = Section("model-call", "8. The model call: CPU per call, the worst reply validated")
     med = {name: statistics.median(values) for name, values in figures.items()}
     section.add(
         f"In one process, {calls:,} calls per round, {IN_FLIGHT} in flight, {rounds} rounds "
@@ -144,7 +144,7 @@ def _section(
     ]
     section.table(["variant", "CPU per call"], rows)
     section.target(
-        "7 model call CPU, typed create vs post shortcut",
+        "8 model call CPU, typed create vs post shortcut",
         "—",
         f"{med['create']:.2f} vs {med['post']:.2f} ms (+{med['create'] - med['post']:.2f})",
         None,
@@ -166,7 +166,7 @@ def _section(
     section.table(["criteria", "quotes", "CPU (median, max)"], rows)
     worst_ms = max(max(times) for times in worst.values())
     section.target(
-        "7 worst reply validated (100k content)", "≤ 50 ms", f"{worst_ms:.1f} ms", worst_ms <= 50
+        "8 worst reply validated (100k content)", "≤ 50 ms", f"{worst_ms:.1f} ms", worst_ms <= 50
     )
     return section
 

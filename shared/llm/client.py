@@ -139,7 +139,7 @@ async def _chat_completion(
     The SDK's `post` with the body as the API takes it, instead of its typed
     `chat.completions.create`, which walks the request through its TypedDict transforms
     and builds a whole `ChatCompletion` without validating it. Measured both ways against
-    the simulator (bench/RESULTS.md, section 7), `create` cost 0.7-1.0 ms more CPU per call
+    the simulator (bench/RESULTS.md, section 8), `create` cost 0.7-1.0 ms more CPU per call
     (about twice this call's), and one worker at a fixed 500 ms did 93-94 audits/s with it
     against 119-132 with this, on a busy 2-core machine. Errors, timeouts, headers, the
     transport and the settings stay the SDK's.

@@ -32,7 +32,7 @@ Decisions taken here:
   descriptions and enforced here. A reply beyond a bound is invalid output: asked again
   once, with the bound named, then `invalid_model_output`. The worst reply the bounds
   allow, against 100,000 characters of content, is validated in milliseconds
-  (bench/RESULTS.md, section 7), where one 40,000-character quote took 8 s before.
+  (bench/RESULTS.md, section 8), where one 40,000-character quote took 8 s before.
 """
 
 import json

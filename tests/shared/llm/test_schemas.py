@@ -281,7 +281,7 @@ def test_a_reply_at_every_bound_is_valid() -> None:
 @pytest.mark.parametrize("criteria", [1, 10, 50])
 def test_the_largest_reply_against_the_probe_content_is_validated_quickly(criteria: int) -> None:
     # Every quote at its length limit, missing by its last character: each search reads the
-    # whole content. The figure is in bench/RESULTS.md (section 7); this bound is generous.
+    # whole content. The figure is in bench/RESULTS.md (section 8); this bound is generous.
     count = LIMITS.quotes_per_finding(criteria)
     quotes = [("a " * LIMITS.quote_chars)[: LIMITS.quote_chars - 2] + f"b{n}" for n in range(count)]
     asked, raw = largest_reply(criteria, quotes)
