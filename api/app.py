@@ -11,15 +11,19 @@ from starlette.exceptions import HTTPException
 
 from api import problems
 from api.auth import Unauthorized, require_api_key
+from api.bodies import BodyBudget
 from api.examples import document_examples
-from api.middleware import BodyLimit, InternalErrors, RequestContext
+from api.memory import freeze_startup_objects
+from api.middleware import BodyLimit, InternalErrors, RequestContext, TrustedHosts
 from api.openapi import document_problems_as_sent, problem_of
 from api.routes import audits, batches, health, rubrics
+from api.streams import StreamSlots
 from shared.config import Settings, get_settings
 from shared.db import DATABASE_ERRORS, create_engine, create_session_factory
 from shared.errors import AppError
 from shared.logging import configure_logging
 from shared.queue import create_redis
+from shared.secret import secret_key
 
 API_PREFIX = "/api/v1"
 
@@ -30,6 +34,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.engine = create_engine(settings)
     app.state.session_factory = create_session_factory(app.state.engine)
     app.state.redis = create_redis(settings)
+    freeze_startup_objects()
     try:
         yield
     finally:
@@ -59,8 +64,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Audit content against criteria with a language model, at scale.",
         version="0.1.0",
         lifespan=lifespan,
+        # A redirect would be built from the client's Host header: a 404 instead.
+        redirect_slashes=False,
     )
     app.state.settings = settings
+    app.state.cursor_key = secret_key(settings)
+    app.state.result_streams = StreamSlots(settings.max_result_streams)
     # Without API_KEYS the document must not ask clients for a bearer token they don't need.
     guarded = bool(settings.api_keys)
     for router in (audits.router, batches.router, rubrics.router):
@@ -77,6 +86,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     document_problems_as_sent(app)
     document_examples(app, prefix=API_PREFIX)
     app.add_middleware(InternalErrors)
+    app.add_middleware(
+        BodyBudget,
+        budget_bytes=settings.max_inflight_body_bytes,
+        max_body_bytes=settings.max_body_bytes,
+        read_timeout_s=settings.request_read_timeout_s,
+    )
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     if settings.cors_origins:  # without origins it would answer no request differently
         app.add_middleware(
@@ -86,5 +101,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["*"],
             expose_headers=["Location", "X-Request-ID", "Idempotent-Replayed"],
         )
+    app.add_middleware(
+        TrustedHosts, allowed=settings.allowed_hosts, exempt_prefix=f"{API_PREFIX}/health/"
+    )
     app.add_middleware(RequestContext)
     return app

@@ -57,6 +57,12 @@ def statements(request: Request) -> AbstractAsyncContextManager[StatementConnect
     return queue_statements(request.app.state.engine, get_redis(request))
 
 
+async def get_cursor_key(request: Request) -> bytes:
+    """The key that signs this process's cursors (shared/secret.py)."""
+    key: bytes = request.app.state.cursor_key
+    return key
+
+
 async def get_request_id(request: Request) -> str | None:
     request_id: str | None = request.state.request_id
     return request_id
@@ -65,6 +71,7 @@ async def get_request_id(request: Request) -> str | None:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 Transaction = Annotated[SessionStatements, Depends(get_transaction, scope="function")]
 RequestId = Annotated[str | None, Depends(get_request_id)]
+CursorKey = Annotated[bytes, Depends(get_cursor_key)]
 IdempotencyKey = Annotated[
     str | None,
     Header(

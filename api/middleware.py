@@ -70,6 +70,45 @@ class RequestContext:
             )
 
 
+class TrustedHosts:
+    """Answers only requests whose `Host` is in `ALLOWED_HOSTS` (`*.example.com` allowed).
+
+    What a client puts in `Host` must not reach anything that builds a URL from it.
+    The health probes are answered whatever the `Host`: load balancers and orchestrators
+    probe by address.
+    """
+
+    def __init__(self, app: ASGIApp, allowed: list[str], exempt_prefix: str) -> None:
+        self.app = app
+        self.any = "*" in allowed
+        self.exact = {host.lower() for host in allowed if not host.startswith("*.")}
+        self.suffixes = tuple(host[1:].lower() for host in allowed if host.startswith("*."))
+        self.exempt_prefix = exempt_prefix
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.any or scope["type"] != "http" or scope["path"].startswith(self.exempt_prefix):
+            await self.app(scope, receive, send)
+            return
+        host = _host_name(_header(scope, b"host") or "")
+        if host in self.exact or host.endswith(self.suffixes):
+            await self.app(scope, receive, send)
+            return
+        response = problems.problem_response(
+            status=400,
+            code="invalid_host",
+            title="Invalid host",
+            detail="The Host header names no host this API serves (ALLOWED_HOSTS).",
+        )
+        await response(scope, receive, send)
+
+
+def _host_name(host: str) -> str:
+    """`Host` without its port: `example.com:8000` -> `example.com`, `[::1]:80` -> `[::1]`."""
+    if host.startswith("["):
+        return host[: host.find("]") + 1].lower()
+    return host.rsplit(":", 1)[0].lower()
+
+
 class BodyLimit:
     """Refuses bodies over `max_bytes` with 413 before they are read in full or parsed."""
 

@@ -54,9 +54,11 @@ def problem_response(
 
 async def app_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, AppError)
-    return problem_response(
+    response = problem_response(
         status=exc.status, code=exc.code, title=exc.title, detail=exc.detail, **exc.extra
     )
+    response.headers.update(exc.headers)
+    return response
 
 
 def _issue(error: dict[str, Any]) -> dict[str, Any]:
@@ -109,6 +111,7 @@ _HTTP_CODES = {
     400: ("bad_request", "Bad request"),
     404: ("not_found", "Not found"),
     405: ("method_not_allowed", "Method not allowed"),
+    408: ("request_timeout", "Request timeout"),
     413: ("payload_too_large", "Payload too large"),
 }
 

@@ -338,9 +338,14 @@ def redis_key_exists(redis_url: str, key: str) -> Callable[[], bool]:
 # --- the auditq stack ---------------------------------------------------------------------
 
 
+# The API's SECRET_KEY, so that a benchmark can build the cursors it would hand out.
+SECRET_KEY = "bench-secret-key-not-for-production"
+
+
 def auditq_env(database_url: str, redis_url: str, queue_name: str, **extra: str) -> dict[str, str]:
     """The environment of an auditq process, as a deployment would set it."""
     return {
+        "SECRET_KEY": SECRET_KEY,
         "DATABASE_URL": database_url,
         "REDIS_URL": redis_url,
         "QUEUE_NAME": queue_name,

@@ -6,7 +6,7 @@ apart. Then, side by side:
 - `GET /api/v1/audits/{id}` (random ids) on auditq and on the baseline
   (`bench/baselines/read_app.py`: FastAPI, one asyncpg `SELECT * … WHERE id = $1`);
 - `GET /api/v1/audits?limit=20`: the first page against the page at depth 900,000
-  (90% of the table), reached by a cursor built with `shared.pagination.encode_cursor`
+  (90% of the table), reached by a cursor signed with the API's `SECRET_KEY`
   for the row at that depth, with and without `status=succeeded`; one connection,
   requests back to back, the median latency of each.
 EXPLAIN (ANALYZE, BUFFERS) of auditq's own statements shows the plans.
@@ -20,6 +20,7 @@ from uuid import UUID
 import asyncpg
 
 from bench.common import (
+    SECRET_KEY,
     Load,
     Run,
     asyncpg_dsn,
@@ -33,8 +34,9 @@ from bench.common import (
 )
 from bench.results import Section
 from shared.audits.repository import AuditFilters, page_query
+from shared.audits.service import page_cursors
 from shared.audits.status import AuditStatus
-from shared.pagination import decode_cursor, encode_cursor
+from shared.pagination import Cursors
 
 TARGET_BY_ID = 0.8
 TARGET_DEEP = 1.5
@@ -79,11 +81,19 @@ async def _fill(database_url: str, rows: int) -> None:
         await connection.close()
 
 
+def _filters(status: AuditStatus | None) -> AuditFilters:
+    return AuditFilters(status=(status,) if status else ())
+
+
+def _cursors(status: AuditStatus | None) -> Cursors:
+    """The cursors the API hands out for `GET /audits` with this status filter."""
+    return page_cursors(SECRET_KEY.encode(), _filters(status))
+
+
 def _list_statement(status: AuditStatus | None, cursor: str | None) -> tuple[str, list[Any]]:
     """The very statement `audits.list_page` runs (filters, keyset, `limit + 1`)."""
-    filters = AuditFilters(status=(status,) if status else ())
-    after = None if cursor is None else decode_cursor(cursor)
-    return page_query(filters=filters, limit=PAGE + 1, after=after)
+    after = None if cursor is None else _cursors(status).read_keyset(cursor)
+    return page_query(filters=_filters(status), limit=PAGE + 1, after=after)
 
 
 async def _explain(connection: asyncpg.Connection, statement: tuple[str, list[Any]]) -> str:
@@ -110,7 +120,7 @@ async def _prepare(database_url: str, depth: int) -> dict[str, Any]:
                 depth - 1,
             )
             created_at: datetime = row["created_at"]
-            cursors[status] = encode_cursor(created_at, row["id"])
+            cursors[status] = _cursors(status).keyset(created_at, row["id"])
         plans = {
             (status, deep): await _explain(
                 connection, _list_statement(status, cursors[status] if deep else None)

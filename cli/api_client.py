@@ -109,9 +109,10 @@ class ApiClient:
         return self._reply(response)
 
     @contextmanager
-    def stream(self, path: str) -> Iterator[Iterator[bytes]]:
+    def stream(self, path: str, **params: Any) -> Iterator[Iterator[bytes]]:
         """The response body of a GET, as it arrives, never held in memory as a whole."""
-        with self._transport_errors(), self._http.stream("GET", path) as response:
+        query = {name: value for name, value in params.items() if value is not None}
+        with self._transport_errors(), self._http.stream("GET", path, params=query) as response:
             if response.is_error:
                 response.read()
                 raise problem_of(response)

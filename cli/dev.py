@@ -2,11 +2,13 @@
 
 Where `DATABASE_URL` / `REDIS_URL` are unset (in the environment and in `.env`),
 the embedded PostgreSQL and Redis are started under `.auditq/`; where
-`OPENAI_API_KEY` is unset, the bundled simulator stands in for the model.
+`OPENAI_API_KEY` is unset, the bundled simulator stands in for the model; where
+`SECRET_KEY` is unset, one is made once and kept in `.auditq/secret_key`.
 """
 
 import importlib.util
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -139,6 +141,7 @@ def run_dev(options: DevOptions) -> int:
     with _reported_failures() as failed, _stop_on_signals() as stack:
         _check_port_free(options)
         env = _environment()
+        env["SECRET_KEY"] = env.get("SECRET_KEY") or kept_secret_key(EMBEDDED_ROOT)
         env.update(_embedded_urls(stack, env, redis=True))
         _migrate(env)
         _run_stack(stack.enter_context(Supervisor()), env, options)
@@ -181,7 +184,9 @@ def _run_stack(supervisor: "Supervisor", env: dict[str, str], options: DevOption
 
 def _uvicorn_args(options: DevOptions) -> list[str]:
     address = ["--host", options.host, "--port", str(options.port)]
-    return _module_args("uvicorn", "api.app:create_app", "--factory", *address)
+    # The Procfile's `web` command: the HTTP protocol with read deadlines (api/protocol.py).
+    http = ["--http", "api.protocol:HttpWithDeadlines"]
+    return _module_args("uvicorn", "api.app:create_app", "--factory", *http, *address)
 
 
 def _module_args(module: str, *args: str) -> list[str]:
@@ -201,6 +206,20 @@ def _environment() -> dict[str, str]:
         # The children write into a pipe, where `auto` means JSON; their lines end up here.
         env["LOG_FORMAT"] = "console"
     return env
+
+
+def kept_secret_key(root: Path) -> str:
+    """The stack's SECRET_KEY: made once, kept in `<root>/secret_key`, readable by its owner.
+
+    Kept rather than made per run, so that cursors a client holds survive a restart.
+    """
+    path = root / "secret_key"
+    if not path.exists():
+        root.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as file:
+            file.write(secrets.token_urlsafe(32))
+    return path.read_text().strip()
 
 
 def _embedded_urls(stack: ExitStack, env: Mapping[str, str], *, redis: bool) -> dict[str, str]:

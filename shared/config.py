@@ -7,7 +7,7 @@ them, so they are spelled exactly as documented in `.env.example` and the README
 from functools import lru_cache
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 CommaList = Annotated[list[str], NoDecode]
@@ -49,8 +49,18 @@ class Settings(BaseSettings):
     # named here falls back on DEFAULT_CONTEXT_TOKENS.
     model_context_tokens: ModelLimits = Field(default_factory=dict)
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    # Request bodies one API process holds at once, all requests together (api/bodies.py).
+    max_inflight_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    # Seconds a client may take to send a request's headers, and then its body.
+    request_read_timeout_s: float = Field(default=30.0, gt=0)
+    # `GET /batches/{id}/results` streams one API process serves at once.
+    max_result_streams: int = Field(default=8, ge=1)
 
     cors_origins: CommaList = Field(default_factory=lambda: ["*"])
+    # Host headers the API answers (`*.example.com` allowed); `*` answers any.
+    allowed_hosts: CommaList = Field(default_factory=lambda: ["*"])
+    # Signs cursors; unset: a random key per process (shared/secret.py).
+    secret_key: SecretStr | None = Field(default=None, min_length=16)
     # Empty: every endpoint is public. Set: Bearer keys for all but /health and the docs.
     api_keys: CommaList = Field(default_factory=list)
     # Finished audits older than this many days are deleted; unset keeps them forever.
@@ -61,7 +71,7 @@ class Settings(BaseSettings):
     log_format: Literal["auto", "json", "console"] = "auto"
     port: int = 8000
 
-    @field_validator("allowed_models", "cors_origins", "api_keys", mode="before")
+    @field_validator("allowed_models", "cors_origins", "allowed_hosts", "api_keys", mode="before")
     @classmethod
     def split_commas(cls, value: object) -> object:
         if isinstance(value, str):
@@ -91,6 +101,15 @@ class Settings(BaseSettings):
             if value.startswith(prefix):
                 return "postgresql+asyncpg://" + value.removeprefix(prefix)
         return value
+
+    @model_validator(mode="after")
+    def budget_holds_one_body(self) -> "Settings":
+        if self.max_inflight_body_bytes < self.max_body_bytes:
+            raise ValueError(
+                "MAX_INFLIGHT_BODY_BYTES must be at least MAX_BODY_BYTES, "
+                "or a body of the largest size allowed could never be read"
+            )
+        return self
 
     @property
     def models(self) -> list[str]:

@@ -1,5 +1,6 @@
 """The one error base of the domain layer; the API renders it as a problem detail."""
 
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 
@@ -10,9 +11,12 @@ class AppError(Exception):
     code: ClassVar[str] = "bad_request"
     title: ClassVar[str] = "Bad request"
 
-    def __init__(self, detail: str, **extra: Any) -> None:
+    def __init__(
+        self, detail: str, *, headers: Mapping[str, str] | None = None, **extra: Any
+    ) -> None:
         super().__init__(detail)
         self.detail = detail
+        self.headers = dict(headers or {})
         self.extra = extra
 
 

@@ -9,6 +9,7 @@ from pydantic import AfterValidator, BeforeValidator
 
 from api.deps import (
     CurrentAudit,
+    CursorKey,
     IdempotencyKey,
     SettingsDep,
     mark_created,
@@ -95,6 +96,7 @@ async def get_audit(audit: CurrentAudit) -> AuditDetail:
 @router.get("", responses=problems(InvalidCursor))
 async def list_audits(
     request: Request,
+    cursor_key: CursorKey,
     status: Annotated[
         list[AuditStatus] | None, Query(description="Repeat to match several.")
     ] = None,
@@ -115,7 +117,7 @@ async def list_audits(
     )
     async with statements(request) as conn:
         rows, next_cursor = await audits.list_page(
-            conn, filters=filters, limit=limit, cursor=cursor
+            conn, filters=filters, limit=limit, cursor=cursor, cursor_key=cursor_key
         )
     return AuditPage(items=[to_read(row) for row in rows], next_cursor=next_cursor)
 

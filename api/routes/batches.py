@@ -1,15 +1,14 @@
 """The batches API: submit up to 1,000 audits at once, follow them, fetch the results."""
 
-from collections.abc import AsyncIterator
 from typing import Annotated, Literal
 from uuid import UUID
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.deps import (
     CurrentBatch,
+    CursorKey,
     IdempotencyKey,
     RequestId,
     SettingsDep,
@@ -18,9 +17,11 @@ from api.deps import (
     statements,
 )
 from api.openapi import BODY_PROBLEMS, problems
+from api.streams import StreamSlot, TooManyStreams
 from shared.audits.status import AuditStatus
 from shared.batches import service as batches
-from shared.batches.exceptions import BatchNotFound
+from shared.batches.exceptions import AuditNotInBatch, BatchNotFound
+from shared.batches.results import CHUNK, stream_results
 from shared.batches.schemas import (
     BatchCreate,
     BatchPage,
@@ -28,7 +29,7 @@ from shared.batches.schemas import (
     BatchRetried,
     RequeuedCounts,
 )
-from shared.batches.views import result_line, to_read
+from shared.batches.views import to_read
 from shared.idempotency import IdempotencyKeyMismatch
 from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT, InvalidCursor
 from shared.rubrics.exceptions import UnknownRubric
@@ -79,12 +80,15 @@ async def get_batch(batch: CurrentBatch, request: Request) -> BatchRead:
 @router.get("", responses=problems(InvalidCursor))
 async def list_batches(
     request: Request,
+    cursor_key: CursorKey,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
 ) -> BatchPage:
     """Batches, newest first; follow `next_cursor` for the next page."""
     async with statements(request) as conn:
-        rows, next_cursor = await batches.list_page(conn, limit=limit, cursor=cursor)
+        rows, next_cursor = await batches.list_page(
+            conn, limit=limit, cursor=cursor, cursor_key=cursor_key
+        )
     return BatchPage(items=[to_read(row) for row in rows], next_cursor=next_cursor)
 
 
@@ -120,18 +124,30 @@ async def retry_batch(
     responses={
         200: {
             "description": "One JSON object per line and audit: `id`, `subject`, `metadata`, "
-            "`status`, `result`, `error`, `usage`; oldest first.",
+            "`status`, `result`, `error`, `usage`; oldest first. A stream cut short ends "
+            "with a line without `id`: `code` `results_interrupted` and `after`, the id to "
+            "resume after.",
             "content": {NDJSON: {"schema": {"type": "string"}}},
         },
-        **problems(BatchNotFound),
+        **problems(BatchNotFound, AuditNotInBatch, TooManyStreams),
     },
 )
-async def batch_results(batch: CurrentBatch, request: Request) -> StreamingResponse:
-    """Stream the batch's audits as NDJSON, without loading the batch into memory."""
-    engine = request.app.state.engine
-    return StreamingResponse(_lines(engine, batch.id), media_type=NDJSON)
+async def batch_results(
+    slot: StreamSlot,
+    batch: CurrentBatch,
+    request: Request,
+    after: Annotated[
+        UUID | None, Query(description="Start after this audit of the batch (to resume).")
+    ] = None,
+) -> StreamingResponse:
+    """Stream the batch's audits as NDJSON, a chunk at a time, without holding a connection.
 
-
-async def _lines(engine: AsyncEngine, batch_id: UUID) -> AsyncIterator[bytes]:
-    async for rows in batches.iter_results(engine, batch_id=batch_id):
-        yield b"".join(result_line(row) for row in rows)
+    At most `MAX_RESULT_STREAMS` at once per API process: beyond, 429 `too_many_streams`
+    with `Retry-After`.
+    """
+    async with statements(request) as conn:
+        first = await batches.results_after(conn, batch_id=batch.id, after=after, limit=CHUNK)
+    if first is None:
+        raise AuditNotInBatch(f"Audit {after} is not an audit of batch {batch.id}.")
+    lines = stream_results(request.app.state.engine, batch_id=batch.id, first=first)
+    return StreamingResponse(lines, media_type=NDJSON)

@@ -4,7 +4,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 
-from api.deps import SettingsDep, Transaction, set_location, statements
+from api.deps import CursorKey, SettingsDep, Transaction, set_location, statements
 from api.openapi import BODY_PROBLEMS, problems
 from shared.audits.schemas import MAX_RUBRIC_VERSION
 from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT, InvalidCursor
@@ -38,12 +38,15 @@ async def publish_rubric(
 @router.get("", responses=problems(InvalidCursor))
 async def list_rubrics(
     request: Request,
+    cursor_key: CursorKey,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
 ) -> RubricPage:
     """The latest version of every rubric, by name."""
     async with statements(request) as conn:
-        rows, next_cursor = await rubrics.list_latest(conn, limit=limit, cursor=cursor)
+        rows, next_cursor = await rubrics.list_latest(
+            conn, limit=limit, cursor=cursor, cursor_key=cursor_key
+        )
     return RubricPage(items=[to_read(row) for row in rows], next_cursor=next_cursor)
 
 

@@ -1,5 +1,6 @@
 """`auditq batch submit|status|results`: many audits at once, for people and schedulers."""
 
+import json
 import os
 import sys
 from collections.abc import Iterator
@@ -156,9 +157,10 @@ def results(
 
     with ApiClient(api_url) as api:
         total = api.get(f"/batches/{batch_id}")["counts"]["total"]
-        with api.stream(f"/batches/{batch_id}/results") as chunks, _sink(out) as sink:
+        with _sink(out) as sink:
             # A progress bar would garble NDJSON shown on the same terminal.
             show_progress = out is not None or not sys.stdout.isatty()
+            chunks = _result_lines(api, batch_id)
             lines = copy_lines(chunks, sink, total=total, show_progress=show_progress)
     output.say(f"{lines} audit result(s) written to {out or 'stdout'}")
 
@@ -199,6 +201,39 @@ def retry(
     output.say(f"queued again: {requeued['failed']} failed, {requeued['cancelled']} cancelled")
     output.show(output.batches_table([retried["batch"]], title="Batch"))
     output.say(f"follow it with: auditq batch status {batch_id}", "dim")
+
+
+def _result_lines(api: "ApiClient", batch_id: UUID) -> Iterator[bytes]:
+    """The batch's result lines; a stream the API cut short is resumed where it stopped.
+
+    A stream cut short ends with a line without `id`, `{"code": "results_interrupted", …}`,
+    naming the audit to resume after; every result line starts with its `id`.
+    """
+    after: str | None = None
+    while True:
+        with api.stream(f"/batches/{batch_id}/results", after=after) as chunks:
+            for line in _lines(chunks):
+                if not line.startswith(b'{"code":'):
+                    yield line
+                    continue
+                after = json.loads(line).get("after")
+                if after is None:
+                    raise CliError("the API could not read the results to the end: run it again")
+                break
+            else:
+                return
+
+
+def _lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """Whole lines, each with its newline, whatever the chunks' boundaries."""
+    pending = b""
+    for chunk in chunks:
+        pending += chunk
+        *complete, pending = pending.split(b"\n")
+        for line in complete:
+            yield line + b"\n"
+    if pending:
+        yield pending
 
 
 @contextmanager

@@ -6,7 +6,7 @@ statement connection; a batch runs `new_audit` and `resolve_criteria` inside its
 transaction. Jobs are deferred on the connection and sent after it (shared/queue.py).
 """
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -19,7 +19,7 @@ from shared.audits.status import AuditStatus
 from shared.config import Settings
 from shared.db import Statements
 from shared.idempotency import Created, replay, request_hash
-from shared.pagination import decode_cursor, encode_cursor, split_page
+from shared.pagination import Cursors, listing, split_page
 from shared.queue import defer_abort, defer_run
 from shared.rubrics import repository as rubrics
 from shared.rubrics.exceptions import UnknownRubric
@@ -166,12 +166,23 @@ def _not_found(audit_id: UUID) -> AuditNotFound:
 
 
 async def list_page(
-    conn: Statements, *, filters: AuditFilters, limit: int, cursor: str | None
+    conn: Statements,
+    *,
+    filters: AuditFilters,
+    limit: int,
+    cursor: str | None,
+    cursor_key: bytes,
 ) -> tuple[list[AuditRow], str | None]:
     """A page of audits, newest first, and the cursor of the next page (None at the end)."""
-    after = None if cursor is None else decode_cursor(cursor)
+    cursors = page_cursors(cursor_key, filters)
+    after = None if cursor is None else cursors.read_keyset(cursor)
     rows = await audits.page(conn, filters=filters, limit=limit + 1, after=after)
-    return split_page(rows, limit=limit, cursor_of=lambda a: encode_cursor(a.created_at, a.id))
+    return split_page(rows, limit=limit, cursor_of=lambda a: cursors.keyset(a.created_at, a.id))
+
+
+def page_cursors(key: bytes, filters: AuditFilters) -> Cursors:
+    """The cursors of `GET /audits` with these filters: valid with the same filters only."""
+    return Cursors(key, listing("audits", asdict(filters)))
 
 
 async def cancel(conn: Statements, *, audit_id: UUID) -> AuditRow:

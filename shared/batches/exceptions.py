@@ -1,6 +1,11 @@
-from shared.errors import NotFound
+from shared.errors import InvalidRequest, NotFound
 
 
 class BatchNotFound(NotFound):
     code = "batch_not_found"
     title = "Batch not found"
+
+
+class AuditNotInBatch(InvalidRequest):
+    code = "audit_not_in_batch"
+    title = "Audit not in batch"

@@ -6,17 +6,15 @@ is a statement or two. A batch's counts, status and finish time are derived from
 its audits on every read, so they cannot drift.
 """
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from uuid import UUID, uuid4
 
-from sqlalchemy.ext.asyncio import AsyncEngine
-
 from shared.audits import limits
 from shared.audits import repository as audits
 from shared.audits import service as audit_service
-from shared.audits.repository import BatchTally, ResultRow
+from shared.audits.repository import BatchTally, ResultLine
 from shared.audits.schemas import AuditCreate
 from shared.audits.status import UNFINISHED, AuditStatus
 from shared.batches import repository as batches
@@ -24,9 +22,9 @@ from shared.batches.exceptions import BatchNotFound
 from shared.batches.repository import BatchRow
 from shared.batches.schemas import BatchCounts, BatchCreate, BatchStatus
 from shared.config import Settings
-from shared.db import Statements, statement_connection
+from shared.db import Statements
 from shared.idempotency import Created, replay, request_hash
-from shared.pagination import decode_cursor, encode_cursor, split_page
+from shared.pagination import Cursors, listing, split_page
 from shared.queue import defer_abort, defer_run
 from shared.rubrics.exceptions import UnknownRubric
 
@@ -169,14 +167,15 @@ def _summary(batch: BatchRow, tallies: list[BatchTally]) -> BatchSummary:
 
 
 async def list_page(
-    conn: Statements, *, limit: int, cursor: str | None
+    conn: Statements, *, limit: int, cursor: str | None, cursor_key: bytes
 ) -> tuple[list[BatchSummary], str | None]:
     """Batches, newest first, with their counts."""
-    after = None if cursor is None else decode_cursor(cursor)
+    cursors = Cursors(cursor_key, listing("batches"))
+    after = None if cursor is None else cursors.read_keyset(cursor)
     rows, next_cursor = split_page(
         await batches.page(conn, limit=limit + 1, after=after),
         limit=limit,
-        cursor_of=lambda b: encode_cursor(b.created_at, b.id),
+        cursor_of=lambda b: cursors.keyset(b.created_at, b.id),
     )
     return (await _summaries(conn, rows) if rows else []), next_cursor
 
@@ -215,22 +214,9 @@ async def retry(
     return await summarize(conn, batch), requeued
 
 
-async def iter_results(
-    engine: AsyncEngine, *, batch_id: UUID, chunk: int = 500
-) -> AsyncIterator[list[ResultRow]]:
-    """The batch's audits in the order they were submitted, in chunks.
-
-    Each chunk is a short query on a connection of its own: a streamed response outlives
-    the request, and a server-side cursor would hold a connection for as long as the
-    client takes to read; keyset chunks keep memory flat too.
-    """
-    after = -1
-    while True:
-        async with statement_connection(engine) as conn:
-            rows = await audits.batch_results(
-                conn, batch_id=batch_id, after_index=after, limit=chunk
-            )
-        if not rows:
-            return
-        yield rows
-        after = rows[-1].batch_index
+async def results_after(
+    conn: Statements, *, batch_id: UUID, after: UUID | None, limit: int
+) -> list[ResultLine] | None:
+    """The next `limit` lines of the batch's results after the audit `after` (None: not
+    an audit of this batch)."""
+    return await audits.batch_results(conn, batch_id=batch_id, after=after, limit=limit)

@@ -3,7 +3,7 @@
 from shared.audits import limits
 from shared.config import Settings
 from shared.db import Statements
-from shared.pagination import decode_name_cursor, encode_name_cursor, split_page
+from shared.pagination import Cursors, listing, split_page
 from shared.rubrics import repository as rubrics
 from shared.rubrics.exceptions import RubricNotFound
 from shared.rubrics.repository import RubricRow
@@ -32,9 +32,10 @@ async def get_or_raise(conn: Statements, *, name: str, version: int | None = Non
 
 
 async def list_latest(
-    conn: Statements, *, limit: int, cursor: str | None
+    conn: Statements, *, limit: int, cursor: str | None, cursor_key: bytes
 ) -> tuple[list[RubricRow], str | None]:
     """The latest version of each rubric, by name."""
-    after = "" if cursor is None else decode_name_cursor(cursor)
+    cursors = Cursors(cursor_key, listing("rubrics"))
+    after = "" if cursor is None else cursors.read_name(cursor)
     rows = await rubrics.latest_versions(conn, after_name=after, limit=limit + 1)
-    return split_page(rows, limit=limit, cursor_of=lambda r: encode_name_cursor(r.name))
+    return split_page(rows, limit=limit, cursor_of=lambda r: cursors.name(r.name))

@@ -5,11 +5,12 @@ from typing import Any
 
 import pytest
 from arq.connections import ArqRedis
+from fastapi import FastAPI
 from httpx import AsyncClient
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.config import Settings
-from shared.pagination import encode_name_cursor
+from shared.pagination import Cursors, listing
 from tests.api.checks import assert_nothing_written, assert_problem, audit_row
 from tests.factories import audit_request, criterion, rubric_request
 
@@ -287,7 +288,8 @@ async def test_an_audit_gives_criteria_or_a_rubric_not_both(
     await assert_nothing_written(engine, redis, settings, rubrics=1)
 
 
-async def test_a_forged_cursor_naming_no_slug_is_refused(client: AsyncClient) -> None:
-    response = await client.get("/rubrics", params={"cursor": encode_name_cursor("a\x00b")})
+async def test_a_signed_cursor_naming_no_slug_is_refused(app: FastAPI, client: AsyncClient) -> None:
+    cursor = Cursors(app.state.cursor_key, listing("rubrics")).name("a\x00b")
+    response = await client.get("/rubrics", params={"cursor": cursor})
 
     assert_problem(response, 422, "invalid_cursor")

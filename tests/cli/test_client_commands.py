@@ -30,7 +30,9 @@ from typer.testing import CliRunner, Result
 
 from cli.batch_file import MAX_BATCH_AUDITS
 from cli.main import app
+from shared.batches import results
 from shared.config import Settings
+from tests.api.test_result_streams import fail_after
 from tests.factories import audit_request
 from tests.fixtures.simulator import SimulatorHandle
 from worker.settings import worker_options
@@ -329,6 +331,22 @@ async def test_rubric_fills_the_lines_that_name_no_criteria(
 
 
 # batch status and results
+
+
+async def test_batch_results_resumes_a_stream_the_api_cut_short(
+    auditq: Auditq, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = audits_file(tmp_path / "audits.jsonl", 250)
+    batch_id = parsed(await auditq("batch", "submit", path, "--json"))["batches"][0]["id"]
+    out = tmp_path / "out.jsonl"
+    monkeypatch.setattr(results, "results_after", fail_after(calls=1))  # cut after 200
+
+    done = await auditq("batch", "results", batch_id, "-o", out)
+
+    assert done.exit_code == 0, done.stderr
+    assert "250 audit result(s) written to" in done.stderr
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [line["subject"] for line in lines] == [f"Page {n}" for n in range(1, 251)]
 
 
 async def test_batch_status_and_results(auditq: Auditq, tmp_path: Path) -> None:

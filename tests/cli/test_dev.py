@@ -1,6 +1,7 @@
 """`auditq dev` (what `make run` runs): options, early checks, and what it starts."""
 
 import socket
+import stat
 import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -11,6 +12,7 @@ from typer.testing import CliRunner
 
 from cli import dev
 from cli.main import app
+from shared.config import Settings
 
 
 @pytest.fixture
@@ -115,3 +117,15 @@ def test_an_explicit_log_format_is_kept(monkeypatch: pytest.MonkeyPatch, tmp_pat
     monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
 
     assert dev._environment()["LOG_FORMAT"] == "json"
+
+
+def test_the_secret_key_is_made_once_and_kept_private(tmp_path: Path) -> None:
+    root = tmp_path / ".auditq"
+
+    first = dev.kept_secret_key(root)
+    again = dev.kept_secret_key(root)
+
+    assert first == again
+    assert Settings(secret_key=first).secret_key is not None  # long enough to be accepted
+    assert stat.S_IMODE((root / "secret_key").stat().st_mode) == 0o600
+    assert dev.kept_secret_key(tmp_path / "another checkout") != first

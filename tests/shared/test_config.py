@@ -44,3 +44,13 @@ def test_model_limits_can_be_given_as_a_mapping() -> None:
     assert Settings(model_rpm_limits={"gpt-4o-mini": 60}).model_rpm_limits == {"gpt-4o-mini": 60}
     with pytest.raises(ValidationError, match="positive"):
         Settings(model_rpm_limits={"gpt-4o-mini": 0})
+
+
+def test_a_body_budget_smaller_than_one_body_is_refused_at_startup() -> None:
+    with pytest.raises(ValidationError, match="MAX_INFLIGHT_BODY_BYTES"):
+        Settings(max_body_bytes=2 * 1024 * 1024, max_inflight_body_bytes=1024 * 1024)
+
+
+def test_a_short_secret_key_is_refused_at_startup() -> None:
+    with pytest.raises(ValidationError, match="secret_key"):
+        Settings(secret_key="short")

@@ -1,24 +1,26 @@
 """Properties of the cursor codec: what it issues comes back intact; nothing else gets in.
 
 Whatever a client sends as `cursor`, decoding either gives back a key the API issued or
-raises `InvalidCursor` (a 422); any other exception would be a 500.
+raises `InvalidCursor` (a 422); any other exception would be a 500. A cursor is good
+only for the listing it was issued for, under the key that signed it.
 """
 
 import re
 from datetime import UTC, datetime
 from uuid import UUID
 
+import pytest
 from hypothesis import assume, example, given
 from hypothesis import strategies as st
 
-from shared.pagination import (
-    InvalidCursor,
-    _encode,
-    decode_cursor,
-    decode_name_cursor,
-    encode_cursor,
-    encode_name_cursor,
-)
+from shared.pagination import Cursors, InvalidCursor, listing
+
+CURSORS = Cursors(b"k" * 32, "audits")
+decode_cursor = CURSORS.read_keyset
+encode_cursor = CURSORS.keyset
+decode_name_cursor = CURSORS.read_name
+encode_name_cursor = CURSORS.name
+_encode = CURSORS._encode
 
 SLUG = r"[a-z0-9][a-z0-9_-]{0,63}"
 SLUGS = st.from_regex(rf"\A{SLUG}\Z")
@@ -120,7 +122,34 @@ def test_any_text_is_refused_or_decodes_to_a_slug(text: str) -> None:
     assert re.fullmatch(SLUG, name)
 
 
-# The checksum catches mistakes, not forgers: anyone can sign what they like.
+@given(
+    moment=st.datetimes(timezones=st.just(UTC)),
+    row_id=st.uuids(),
+    other=st.sampled_from(
+        [
+            Cursors(b"another key, same listing".ljust(32), "audits"),
+            Cursors(b"k" * 32, "batches"),
+            Cursors(b"k" * 32, listing("audits", {"status": ["failed"]})),
+        ]
+    ),
+)
+def test_a_cursor_is_refused_under_another_key_or_listing(
+    moment: datetime, row_id: UUID, other: Cursors
+) -> None:
+    with pytest.raises(InvalidCursor):
+        other.read_keyset(encode_cursor(moment, row_id))
+
+
+def test_a_listing_is_spelled_the_same_whatever_the_order_of_its_filters() -> None:
+    first = listing("audits", {"status": ["queued", "failed"], "rubric": None, "batch_id": "b"})
+    second = listing("audits", {"batch_id": "b", "status": ("failed", "queued"), "rubric": None})
+
+    assert first == second == "audits?batch_id=b&status=failed,queued"
+    assert listing("audits", {"status": ()}) == "audits"
+
+
+# Signed with the right key (the key is a secret, so only the API can do this): what is
+# inside is still checked, so a bug that issued a bad key would be a 422, not a 500.
 MOMENTS = st.datetimes(timezones=st.none() | st.timezones()).map(datetime.isoformat)
 PARTS = MOMENTS | st.uuids().map(str) | st.text(CHARACTERS, max_size=40)
 

@@ -27,6 +27,8 @@ from shared.rubrics.schemas import RubricCreate
 from tests.factories import audit_request
 from tests.rows import insert_audit, load_audit
 
+KEY = b"a key of 32 bytes for the cursors"
+
 pytestmark = pytest.mark.usefixtures("clean")
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -321,7 +323,7 @@ async def test_list_filters(
 ) -> None:
     async with session_factory() as session:
         rows, cursor = await audits.list_page(
-            SessionStatements(session), filters=filters, limit=50, cursor=None
+            SessionStatements(session), filters=filters, limit=50, cursor=None, cursor_key=KEY
         )
 
     assert [row.id for row in rows] == [listed[index] for index in expected]
@@ -337,7 +339,7 @@ async def test_list_pages_with_the_cursor(
     async with session_factory() as session:
         while True:
             rows, cursor = await audits.list_page(
-                SessionStatements(session), filters=filters, limit=3, cursor=cursor
+                SessionStatements(session), filters=filters, limit=3, cursor=cursor, cursor_key=KEY
             )
             pages.append([row.id for row in rows])
             if cursor is None:

@@ -1,5 +1,6 @@
 """The batches service against real PostgreSQL and Redis, without the HTTP layer."""
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -14,6 +15,7 @@ from sqlmodel import col
 
 from shared.audits.models import Audit
 from shared.batches import service as batches
+from shared.batches.results import stream_results
 from shared.batches.schemas import BatchCounts, BatchCreate
 from shared.config import Settings
 from shared.db import SessionStatements
@@ -130,7 +132,7 @@ async def test_summaries_of_several_batches_come_from_one_grouped_query(
 
     with statements(engine) as sent:
         page, next_cursor = await batches.list_page(
-            SessionStatements(session), limit=10, cursor=None
+            SessionStatements(session), limit=10, cursor=None, cursor_key=b"k" * 32
         )
 
     assert len(sent) == 2  # the page of batches, then the counts of all of them
@@ -165,29 +167,52 @@ async def test_cancel_aborts_only_the_audits_that_had_not_ended(
     assert await redis.zscore(abort_jobs_ss, f"audit:{done.id}") is None
 
 
-async def test_iter_results_reads_in_chunks_in_submission_order(
-    session: AsyncSession, engine: AsyncEngine
-) -> None:
+async def test_results_after_reads_in_chunks_in_submission_order(session: AsyncSession) -> None:
     summary = await create(session, 10)
     await create(session, 4)  # another batch, not to be mixed in
+    conn = SessionStatements(session)
 
-    chunks = [
-        chunk async for chunk in batches.iter_results(engine, batch_id=summary.batch.id, chunk=3)
-    ]
+    chunks = []
+    after = None
+    while chunk := await batches.results_after(
+        conn, batch_id=summary.batch.id, after=after, limit=3
+    ):
+        chunks.append(chunk)
+        after = chunk[-1].id
 
     assert [len(chunk) for chunk in chunks] == [3, 3, 3, 1]
-    rows = [row for chunk in chunks for row in chunk]
-    assert [row.batch_index for row in rows] == list(range(10))
-    assert [row.subject for row in rows] == [f"Page {i}" for i in range(10)]
+    lines = [json.loads(row.line) for chunk in chunks for row in chunk]
+    assert [line["subject"] for line in lines] == [f"Page {i}" for i in range(10)]
+    assert [line["id"] for line in lines] == [str(row.id) for chunk in chunks for row in chunk]
 
 
-async def test_iter_results_ends_without_an_empty_chunk(
+async def test_results_after_an_audit_of_another_batch_is_none(session: AsyncSession) -> None:
+    summary = await create(session, 2)
+    other = await create(session, 1)
+    conn = SessionStatements(session)
+    strangers = await batches.results_after(conn, batch_id=other.batch.id, after=None, limit=5)
+    assert strangers
+
+    after_a_stranger = await batches.results_after(
+        conn, batch_id=summary.batch.id, after=strangers[0].id, limit=5
+    )
+
+    assert after_a_stranger is None
+
+
+async def test_a_stream_ends_without_an_empty_chunk(
     session: AsyncSession, engine: AsyncEngine
 ) -> None:
     summary = await create(session, 6)
+    await session.commit()
+    batch_id = summary.batch.id
+    first = await batches.results_after(
+        SessionStatements(session), batch_id=batch_id, after=None, limit=3
+    )
+    assert first is not None
 
     chunks = [
-        chunk async for chunk in batches.iter_results(engine, batch_id=summary.batch.id, chunk=3)
+        chunk async for chunk in stream_results(engine, batch_id=batch_id, first=first, chunk=3)
     ]
 
-    assert [len(chunk) for chunk in chunks] == [3, 3]
+    assert [chunk.count(b"\n") for chunk in chunks] == [3, 3]
