@@ -92,6 +92,7 @@ class LoadReport:
     refused: list[str] = field(default_factory=list)  # 4xx: a bug of the plan or of the API
     unsent: int = 0  # submissions still not accepted at the deadline
     wall_s: float = 0.0
+    latencies_s: list[float] = field(default_factory=list)  # of every answered request
 
     @property
     def accepted(self) -> int:
@@ -114,6 +115,7 @@ class LoadReport:
             "refused_4xx": len(self.refused),
             "unsent": self.unsent,
             "submit_wall_s": round(self.wall_s, 1),
+            "submit_latency_ms": latency_figures(self.latencies_s),
         }
 
 
@@ -122,10 +124,12 @@ async def _send(
 ) -> None:
     """Send until the API accepts it; a lost answer or a 503 is retried with the same key."""
     while time.monotonic() < deadline:
+        started = time.monotonic()
         try:
             response = await http.post(
                 item.path, json=item.body(), headers={"Idempotency-Key": item.key}
             )
+            report.latencies_s.append(time.monotonic() - started)
         except httpx.TransportError as exc:
             report.transport_errors[type(exc).__name__] += 1
             await asyncio.sleep(RETRY_PAUSE_S)
@@ -144,6 +148,21 @@ async def _send(
             return
         await asyncio.sleep(RETRY_PAUSE_S)
     report.unsent += 1
+
+
+def percentile(values: list[float], share: float) -> float:
+    """The value `share` of them are at or under (nearest rank)."""
+    ordered = sorted(values)
+    return ordered[max(0, min(len(ordered) - 1, round(share * len(ordered)) - 1))]
+
+
+def latency_figures(latencies_s: list[float]) -> dict[str, float] | None:
+    if not latencies_s:
+        return None
+    return {
+        name: round(percentile(latencies_s, share) * 1000, 1)
+        for name, share in (("p50", 0.5), ("p99", 0.99), ("max", 1.0))
+    }
 
 
 def _accepted(item: Submission, response: httpx.Response, report: LoadReport) -> None:
