@@ -195,6 +195,11 @@ _PROBLEMS_OF_THE_API = [
     *((status, code, title, f"{title}.") for status, (code, title) in _HTTP_CODES.items()),
     (415, "unsupported_media_type", "Unsupported media type",
      "The body must be JSON, sent with `Content-Type: application/json`."),
+    (400, "invalid_host", "Invalid host",
+     "The `Host` header names no host this API serves (`ALLOWED_HOSTS`)."),
+    (429, "server_busy", "Server busy",
+     "The API process is reading as many request bodies as it may (`MAX_INFLIGHT_BODY_BYTES`);"
+     " retry after `Retry-After` seconds."),
     (500, "internal_error", "Internal error",
      "Something went wrong in auditq; `X-Request-ID` identifies the request in its logs."),
     (503, "database_unavailable", "Database unavailable",

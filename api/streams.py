@@ -20,6 +20,8 @@ RETRY_AFTER_S = (1, 3)
 
 
 class TooManyStreams(AppError):
+    """The API process serves `MAX_RESULT_STREAMS` streams already; retry after `Retry-After`."""
+
     status = 429
     code = "too_many_streams"
     title = "Too many result streams"

@@ -7,5 +7,7 @@ class BatchNotFound(NotFound):
 
 
 class AuditNotInBatch(InvalidRequest):
+    """`after` names no audit of this batch: pass the `after` of the stream's last line."""
+
     code = "audit_not_in_batch"
     title = "Audit not in batch"
