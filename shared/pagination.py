@@ -113,7 +113,9 @@ class Cursors:
         """The parts of a cursor issued for this listing; ValueError for anything else."""
         token = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         *values, mac = token.split("|")
-        if len(values) != parts or not hmac.compare_digest(mac, self._mac("|".join(values))):
+        expected = self._mac("|".join(values)).encode()
+        # As bytes: compare_digest refuses `str` with non-ASCII characters (a TypeError).
+        if len(values) != parts or not hmac.compare_digest(mac.encode(), expected):
             raise ValueError("not a cursor issued for this listing")
         return values
 

@@ -114,6 +114,7 @@ def test_any_text_is_refused_or_decodes_to_a_key(text: str) -> None:
 
 
 @given(text=st.text(CHARACTERS, max_size=600))
+@example(text="YXzDqQ")  # `a|é`: a MAC that is not ASCII
 def test_any_text_is_refused_or_decodes_to_a_slug(text: str) -> None:
     try:
         name = decode_name_cursor(text)
