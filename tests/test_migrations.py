@@ -152,4 +152,4 @@ async def test_the_status_check_allows_exactly_the_statuses_of_the_enum(database
     ids=["audit", "batch", "rubric"],
 )
 def test_each_typed_row_has_every_column_of_its_table(row: type[Any], table: Any) -> None:
-    assert [f.name for f in fields(row)] == [column.name for column in table.__table__.columns]
+    assert {f.name for f in fields(row)} == {column.name for column in table.__table__.columns}

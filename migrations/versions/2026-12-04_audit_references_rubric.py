@@ -1,5 +1,10 @@
 """audits that use a rubric reference it instead of copying its criteria
 
+Rows written before keep their copies (reads prefer an audit's own criteria, and a
+copy is that version's criteria), so processes of the previous release keep working
+while this one rolls out: they write copies, which the CHECK allows. Roll the
+workers before the API: an older worker cannot run an audit that holds no copy.
+
 Revision ID: 0004
 Revises: 0003
 Create Date: 2026-12-04
@@ -18,8 +23,6 @@ depends_on: str | Sequence[str] | None = None
 
 def upgrade() -> None:
     op.alter_column("audit", "criteria", nullable=True)
-    # Rubric versions are immutable: the reference is the snapshot.
-    op.execute("UPDATE audit SET criteria = NULL WHERE rubric_name IS NOT NULL")
     op.create_foreign_key(
         op.f("fk_audit_rubric_name_rubric"),
         "audit",
@@ -30,7 +33,7 @@ def upgrade() -> None:
     op.create_check_constraint(
         op.f("ck_audit_criteria_or_rubric"),
         "audit",
-        sa.text("(criteria IS NULL) = (rubric_name IS NOT NULL)"),
+        sa.text("criteria IS NOT NULL OR rubric_name IS NOT NULL"),
     )
 
 

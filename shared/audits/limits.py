@@ -5,9 +5,10 @@ descriptions together, inline or a rubric's) are checked as request validation
 checks: 422 `validation_error`, every problem in `errors` at its `loc`. The
 request schemas check what never changes; these take the process's `Settings`.
 
-Once the criteria are known (a rubric's are read first), the prompt is estimated
-as the rate limiter estimates it (shared/llm/ratelimit.py): one larger than the
-model's context (`MODEL_CONTEXT_TOKENS`) is refused with 422 `prompt_too_large`
+Once the criteria are known (a rubric's are read first), the prompt and its reply
+are estimated as the rate limiter estimates a call (shared/llm/ratelimit.py): an
+audit that would not fit the model's context (`MODEL_CONTEXT_TOKENS`) is refused
+with 422 `prompt_too_large`
 before anything is written, rather than failing at the model after a queue wait.
 """
 
@@ -17,7 +18,7 @@ from typing import Any
 from shared.audits.schemas import AuditCreate, Criterion
 from shared.config import Settings
 from shared.errors import InvalidRequest
-from shared.llm.ratelimit import estimate_prompt_tokens
+from shared.llm.ratelimit import estimate_tokens
 
 Loc = tuple[str | int, ...]
 
@@ -94,16 +95,17 @@ def check_all(items: Sequence[AuditCreate], settings: Settings) -> None:
 def prompt_problems(
     data: AuditCreate, criteria: Sequence[Criterion], model: str, settings: Settings, *, loc: Loc
 ) -> list[dict[str, Any]]:
-    """The audit's estimated prompt, if it exceeds the model's context."""
+    """The audit's estimated prompt and reply, if they exceed the model's context."""
     text = len(data.subject) + len(data.content)
     text += sum(len(c.id) + len(c.description) for c in criteria)
-    tokens = estimate_prompt_tokens(prompt_chars=text)
+    # The reply shares the context: its estimate grows with the criteria.
+    tokens = estimate_tokens(prompt_chars=text, criteria=len(criteria))
     context = settings.context_tokens(model)
     if tokens <= context:
         return []
     msg = (
-        f"the prompt would be about {tokens} tokens, more than the {context} of {model} "
-        "(MODEL_CONTEXT_TOKENS); send less content or fewer criteria"
+        f"the prompt and its reply would be about {tokens} tokens, more than the {context} "
+        f"of {model} (MODEL_CONTEXT_TOKENS); send less content or fewer criteria"
     )
     return [_issue((*loc, "content"), msg, kind="prompt_too_large")]
 

@@ -54,23 +54,10 @@ class NewAudit:
 
 
 @dataclass(frozen=True, slots=True)
-class AuditRow:
-    """One row of `audit`, every column, by its column name (tests hold it to the table)."""
+class AuditRow(NewAudit):
+    """One row of `audit`, every column by its column name (tests hold it to the table):
+    what it was inserted with, and what the database and the worker added."""
 
-    id: UUID
-    status: AuditStatus
-    subject: str
-    content: str
-    criteria: list[dict[str, Any]]
-    rubric_name: str | None
-    rubric_version: int | None
-    model: str
-    metadata: dict[str, Any]
-    pass_threshold: float
-    batch_id: UUID | None
-    batch_index: int | None
-    attempts: int
-    attempt_limit: int
     result: dict[str, Any] | None
     error_code: str | None
     error_message: str | None
@@ -78,9 +65,6 @@ class AuditRow:
     completion_tokens: int | None
     prompt_version: str | None
     provider_request_id: str | None
-    request_id: str | None
-    idempotency_key: str | None
-    request_hash: str | None
     lease_until: datetime | None
     created_at: datetime
     updated_at: datetime
@@ -98,7 +82,8 @@ _NEW_COLUMNS = tuple(f.name for f in fields(NewAudit))
 COLUMNS = tuple(f.name for f in fields(AuditRow))
 _JSONB = frozenset({"criteria", "metadata", "result"})
 # An audit of a rubric stores a reference to its version, not a copy of its criteria
-# (versions never change); reads join the rubric back in.
+# (versions never change); reads join the rubric back in. Rows written before that
+# (migration 0004) keep their copy, which reads prefer: it is the same criteria.
 _WITH_RUBRIC = (
     "LEFT JOIN rubric ON (rubric.name, rubric.version) = (audit.rubric_name, audit.rubric_version)"
 )
@@ -387,8 +372,8 @@ def _finish(assignments: str) -> str:
     )
 
 
-# `octet_length` takes the size from the stored value's header, without fetching or
-# decompressing it, and it is at least the length in characters.
+# At least the text's length in characters: `octet_length` reads the content's size
+# from its stored header, without fetching it; a rubric's criteria are cast to text.
 _NEXT_CALL = (
     "SELECT model, octet_length(subject) + octet_length(content) "
     f"+ octet_length({_CRITERIA}::text) AS text_chars, "
@@ -399,8 +384,8 @@ _CLAIM = (
     f"WITH audit AS (UPDATE audit SET status = {R}, attempts = attempts + 1, "
     "lease_until = now() + $2, started_at = coalesce(started_at, now()), updated_at = now() "
     f"WHERE id = $1 AND {_CLAIMABLE} RETURNING audit.*) "
-    f"SELECT audit.id, attempts, model, subject, content, {_CRITERIA} AS criteria, "
-    f"pass_threshold, request_id FROM audit {_WITH_RUBRIC}"
+    f"SELECT audit.id, audit.attempts, audit.model, audit.subject, audit.content, "
+    f"{_CRITERIA} AS criteria, audit.pass_threshold, audit.request_id FROM audit {_WITH_RUBRIC}"
 )
 _SUCCEED = _finish(
     f"status = {S}, result = $3, prompt_tokens = $4, completion_tokens = $5, "

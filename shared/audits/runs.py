@@ -153,13 +153,28 @@ async def run_attempt(
     try:
         outcome = await ask_model(audit)
     except ModelError as error:
-        await admission.on_model_error(audit, error)
+        await _count(admission.on_model_error(audit, error))
         return await attempt.model_failed(error)
     except asyncio.CancelledError:
         await asyncio.shield(attempt.interrupted())
         raise
-    await admission.settle(audit, reserved, outcome)
-    return await attempt.model_answered(outcome)
+    # The answer is written before the rate limits hear of it: it is paid for, and a
+    # Redis hiccup while counting must not leave the audit running until its lease ends.
+    answered = await attempt.model_answered(outcome)
+    await _count(admission.settle(audit, reserved, outcome))
+    return answered
+
+
+async def _count(accounting: Awaitable[None]) -> None:
+    """Tell the rate limits what a call did; a failure to count is logged, never raised.
+
+    The limits are shared bookkeeping in Redis: missing one call's count costs at worst
+    a 429 from the provider later, which the attempt's retries absorb.
+    """
+    try:
+        await accounting
+    except Exception as exc:  # whatever the limiter's store raises, the audit goes on
+        log.warning("rate_limit_accounting_failed", error=type(exc).__name__)
 
 
 @dataclass(frozen=True)

@@ -57,7 +57,7 @@ def new_audit(
         criteria=[c.model_dump() for c in criteria.criteria],
         rubric_name=criteria.rubric_name,
         rubric_version=criteria.rubric_version,
-        model=data.model or settings.openai_model,
+        model=model_of(data, settings),
         metadata=data.metadata,
         pass_threshold=data.pass_threshold,
         batch_id=batch_id,
@@ -88,15 +88,16 @@ async def create(
     digest = None if idempotency_key is None else request_hash(data)
     if idempotency_key is not None and (earlier := await _replay(conn, idempotency_key, digest)):
         return earlier
+    criteria = await resolve_criteria(conn, data=data)
+    limits.check_prompts(prompt_problems(data, criteria, settings))
     audit = new_audit(
         data,
         settings=settings,
-        criteria=await resolve_criteria(conn, data=data),
+        criteria=criteria,
         request_id=request_id,
         idempotency_key=idempotency_key,
         request_hash=digest,
     )
-    limits.check_prompts(prompt_problems(data, audit, settings))
     row = await audits.insert(conn, audit)
     if row is None:  # a concurrent request with the same key won the insert
         assert idempotency_key is not None
@@ -107,12 +108,21 @@ async def create(
     return Created(row)
 
 
+def model_of(data: AuditCreate, settings: Settings) -> str:
+    """The model an audit runs with: the one it asks for, else `OPENAI_MODEL`."""
+    return data.model or settings.openai_model
+
+
 def prompt_problems(
-    data: AuditCreate, audit: NewAudit, settings: Settings, *, loc: limits.Loc = ("body",)
+    data: AuditCreate,
+    criteria: ResolvedCriteria,
+    settings: Settings,
+    *,
+    loc: limits.Loc = ("body",),
 ) -> list[dict[str, Any]]:
-    """`limits.prompt_problems` of a new audit, with the criteria and model it will run with."""
-    criteria = [Criterion.model_validate(c) for c in audit.criteria]
-    return limits.prompt_problems(data, criteria, audit.model, settings, loc=loc)
+    """`limits.prompt_problems` of an audit, with the criteria and model it will run with."""
+    model = model_of(data, settings)
+    return limits.prompt_problems(data, criteria.criteria, model, settings, loc=loc)
 
 
 async def _replay(conn: Statements, key: str, digest: str | None) -> Created[AuditRow] | None:

@@ -95,26 +95,30 @@ async def _insert_audits(
 ) -> None:
     """All audits in one INSERT, not a round trip each."""
     cache: audit_service.RubricCache = {}
-    new = [
-        audit_service.new_audit(
-            item,
-            settings=settings,
-            criteria=await _item_criteria(conn, item, index=index, cache=cache),
-            batch_id=batch.id,
-            batch_index=index,
-            request_id=batch.request_id,
-        )
+    resolved = [
+        await _item_criteria(conn, item, index=index, cache=cache)
         for index, item in enumerate(items)
     ]
     limits.check_prompts(
         [
             problem
-            for index, (item, audit) in enumerate(zip(items, new, strict=True))
+            for index, (item, criteria) in enumerate(zip(items, resolved, strict=True))
             for problem in audit_service.prompt_problems(
-                item, audit, settings, loc=("body", "audits", index)
+                item, criteria, settings, loc=("body", "audits", index)
             )
         ]
     )
+    new = [
+        audit_service.new_audit(
+            item,
+            settings=settings,
+            criteria=criteria,
+            batch_id=batch.id,
+            batch_index=index,
+            request_id=batch.request_id,
+        )
+        for index, (item, criteria) in enumerate(zip(items, resolved, strict=True))
+    ]
     await audits.insert_many(conn, new)
     for audit in new:
         defer_run(conn, audit.id)

@@ -23,7 +23,8 @@ async def probe_provider(client: AsyncOpenAI, *, model: str) -> None:
     `model_listed` is informative only: many servers (the simulator, some proxies) accept
     model names they do not list.
     """
-    base_url = str(client.base_url)
+    # Without credentials a URL may carry (`https://user:key@host/v1`).
+    base_url = str(client.base_url.copy_with(username=None, password=None))
     try:
         page = await client.with_options(timeout=PROBE_TIMEOUT_S).models.list()
     except openai.NotFoundError:

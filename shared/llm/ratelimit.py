@@ -118,14 +118,9 @@ class Clock(Protocol):
         ...
 
 
-def estimate_prompt_tokens(*, prompt_chars: int) -> int:
-    """The tokens of a call's prompt, when the audit's own text is `prompt_chars` long."""
-    return math.ceil((FIXED_PROMPT_CHARS + prompt_chars) / CHARS_PER_TOKEN)
-
-
 def estimate_tokens(*, prompt_chars: int, criteria: int) -> int:
     """The tokens a call should use: its prompt (the audit's text is `prompt_chars`) and reply."""
-    prompt = estimate_prompt_tokens(prompt_chars=prompt_chars)
+    prompt = math.ceil((FIXED_PROMPT_CHARS + prompt_chars) / CHARS_PER_TOKEN)
     return prompt + REPLY_BASE_TOKENS + REPLY_TOKENS_PER_CRITERION * criteria
 
 

@@ -7,7 +7,8 @@ from typing import Any
 import pytest
 
 from cli.api_client import ApiProblem, Issue
-from cli.batch_file import MAX_BATCH_BYTES, BadAuditFile, Line, read_lines, split
+from cli.batch_file import AUDIT_FIELDS, MAX_BATCH_BYTES, BadAuditFile, Line, read_lines, split
+from shared.audits.schemas import AuditCreate
 from tests.factories import audit_request
 
 
@@ -123,3 +124,7 @@ def test_problems_about_items_name_the_line_of_the_file() -> None:
         "line 9: content: too short",
         "body.name: too long",
     ]
+
+
+def test_the_fields_it_knows_are_those_of_the_audit_request() -> None:
+    assert set(AUDIT_FIELDS) == set(AuditCreate.model_fields)
