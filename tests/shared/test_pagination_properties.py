@@ -26,7 +26,7 @@ SLUG = r"[a-z0-9][a-z0-9_-]{0,63}"
 SLUGS = st.from_regex(rf"\A{SLUG}\Z")
 # What travels in a query string: any text, the cursor alphabet, and what base64 ignores.
 # A query string is UTF-8, which cannot carry a lone surrogate (category Cs).
-CHARACTERS = st.characters(exclude_categories=("Cs",)) | st.sampled_from("ABCxyz019-_=+/|.: \n\x00")
+CHARACTERS = st.characters(exclude_categories=["Cs"]) | st.sampled_from("ABCxyz019-_=+/|.: \n\x00")
 
 
 def utc_twin(moment: datetime) -> datetime | None:
