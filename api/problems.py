@@ -11,7 +11,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from shared.db import is_database_unavailable
-from shared.errors import AppError
+from shared.errors import AppError, summarize_issues
 
 # A reference the API itself resolves: GET /problems/{code} describes the code.
 PROBLEM_TYPE = "/problems/"
@@ -65,13 +65,6 @@ def _issue(error: dict[str, Any]) -> dict[str, Any]:
     return {"loc": list(error["loc"]), "msg": error["msg"], "type": error["type"]}
 
 
-def _summary(issues: list[dict[str, Any]]) -> str:
-    first = issues[0]
-    where = ".".join(str(part) for part in first["loc"])
-    more = f" (and {len(issues) - 1} more problem(s), see `errors`)" if len(issues) > 1 else ""
-    return f"{where}: {first['msg']}{more}"
-
-
 async def validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     issues = [_issue(error) for error in exc.errors()]
@@ -82,7 +75,7 @@ async def validation_error(request: Request, exc: Exception) -> JSONResponse:
         status=422,
         code="validation_error",
         title="Invalid request",
-        detail=_summary(issues),
+        detail=summarize_issues(issues),
         errors=issues,
     )
 

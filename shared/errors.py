@@ -1,6 +1,6 @@
 """The one error base of the domain layer; the API renders it as a problem detail."""
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 
@@ -36,3 +36,11 @@ class InvalidRequest(AppError):
     status = 422
     code = "invalid_request"
     title = "Invalid request"
+
+
+def summarize_issues(issues: Sequence[Mapping[str, Any]]) -> str:
+    """The `detail` of a validation problem: where the first issue is, and how many more."""
+    first = issues[0]
+    where = ".".join(str(part) for part in first["loc"])
+    more = f" (and {len(issues) - 1} more problem(s), see `errors`)" if len(issues) > 1 else ""
+    return f"{where}: {first['msg']}{more}"

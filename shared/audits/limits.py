@@ -8,8 +8,8 @@ request schemas check what never changes; these take the process's `Settings`.
 Once the criteria are known (a rubric's are read first), the prompt and its reply
 are estimated as the rate limiter estimates a call (shared/llm/ratelimit.py): an
 audit that would not fit the model's context (`MODEL_CONTEXT_TOKENS`) is refused
-with 422 `prompt_too_large`
-before anything is written, rather than failing at the model after a queue wait.
+with 422 `prompt_too_large` before anything is written, rather than failing at the
+model after a queue wait.
 """
 
 from collections.abc import Sequence
@@ -17,7 +17,7 @@ from typing import Any
 
 from shared.audits.schemas import AuditCreate, Criterion
 from shared.config import Settings
-from shared.errors import InvalidRequest
+from shared.errors import InvalidRequest, summarize_issues
 from shared.llm.ratelimit import estimate_tokens
 
 Loc = tuple[str | int, ...]
@@ -28,10 +28,7 @@ class SubmissionInvalid(InvalidRequest):
     title = "Invalid request"
 
     def __init__(self, issues: Sequence[dict[str, Any]]) -> None:
-        first = issues[0]
-        where = ".".join(str(part) for part in first["loc"])
-        more = f" (and {len(issues) - 1} more problem(s), see `errors`)" if len(issues) > 1 else ""
-        super().__init__(f"{where}: {first['msg']}{more}", errors=list(issues))
+        super().__init__(summarize_issues(issues), errors=list(issues))
 
 
 class PromptTooLarge(SubmissionInvalid):

@@ -304,10 +304,11 @@ async def batch_results(
 
 # --- Client transitions -----------------------------------------------------------------
 
-_CANCEL = _returning_row(
+_CANCEL_UNFINISHED = (
     f"UPDATE audit SET status = {C}, finished_at = now(), lease_until = NULL, "
-    f"updated_at = now() WHERE id = $1 AND status IN {sql_list(UNFINISHED)}"
+    f"updated_at = now() WHERE status IN {sql_list(UNFINISHED)}"
 )
+_CANCEL = _returning_row(f"{_CANCEL_UNFINISHED} AND id = $1")
 # `attempts` keeps counting (it fences late writes of earlier runs); the budget moves.
 _REQUEUE = (
     f"UPDATE audit SET status = {Q}, attempt_limit = attempts + $2, result = NULL, "
@@ -316,10 +317,7 @@ _REQUEUE = (
 )
 _RETRY = _returning_row(f"{_REQUEUE} WHERE id = $1 AND status IN {sql_list(RETRYABLE)}")
 _RETRY_BATCH = f"{_REQUEUE} WHERE batch_id = $1 AND status = $3 RETURNING id"
-_CANCEL_BATCH = (
-    f"UPDATE audit SET status = {C}, finished_at = now(), lease_until = NULL, "
-    f"updated_at = now() WHERE batch_id = $1 AND status IN {sql_list(UNFINISHED)} RETURNING id"
-)
+_CANCEL_BATCH = f"{_CANCEL_UNFINISHED} AND batch_id = $1 RETURNING id"
 
 
 async def cancel(conn: Statements, audit_id: UUID) -> AuditRow | None:
