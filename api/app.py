@@ -3,19 +3,19 @@
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import Depends, FastAPI
+from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import RedirectResponse
 from starlette.exceptions import HTTPException
 
 from api import problems
-from api.auth import Unauthorized, require_api_key
+from api.auth import Unauthorized
 from api.bodies import BodyBudget
 from api.examples import document_examples
 from api.memory import freeze_startup_objects
 from api.middleware import BodyLimit, InternalErrors, RequestContext, TrustedHosts
-from api.openapi import document_problems_as_sent, problem_of
+from api.openapi import document_bearer_keys, document_problems_as_sent, problem_of
 from api.routes import audits, batches, health, rubrics
 from api.streams import StreamSlots
 from shared.config import Settings, get_settings
@@ -24,6 +24,8 @@ from shared.errors import AppError
 from shared.logging import configure_logging
 from shared.queue import create_redis
 from shared.secret import secret_key
+from shared.tenants.directory import Directory
+from shared.tenants.quotas import SubmitRate
 
 API_PREFIX = "/api/v1"
 
@@ -34,10 +36,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.engine = create_engine(settings)
     app.state.session_factory = create_session_factory(app.state.engine)
     app.state.redis = create_redis(settings)
+    app.state.submit_rate = SubmitRate(app.state.redis, key_prefix=f"{settings.queue_name}:tenants")
+    app.state.directory = Directory(app.state.engine, settings)
+    await app.state.directory.start()
     freeze_startup_objects()
     try:
         yield
     finally:
+        await app.state.directory.stop()
         await app.state.redis.aclose()
         await app.state.engine.dispose()
 
@@ -70,20 +76,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.cursor_key = secret_key(settings)
     app.state.result_streams = StreamSlots(settings.max_result_streams)
-    # Without API_KEYS the document must not ask clients for a bearer token they don't need.
-    guarded = bool(settings.api_keys)
+    # Every route of these authenticates (`CurrentCaller`); without keys the document
+    # must not ask clients for a bearer token they don't need.
+    guarded = settings.uses_keys
     for router in (audits.router, batches.router, rubrics.router):
         app.include_router(
-            router,
-            prefix=API_PREFIX,
-            dependencies=[Depends(require_api_key)] if guarded else None,
-            responses=problem_of(Unauthorized) if guarded else None,
+            router, prefix=API_PREFIX, responses=problem_of(Unauthorized) if guarded else None
         )
     app.include_router(health.router, prefix=API_PREFIX)
     app.add_api_route("/", root, include_in_schema=False)
     app.add_api_route("/problems/{code}", problems.describe_problem, include_in_schema=False)
     _add_error_handlers(app)
     document_problems_as_sent(app)
+    if guarded:
+        document_bearer_keys(app)
     document_examples(app, prefix=API_PREFIX)
     app.add_middleware(InternalErrors)
     app.add_middleware(

@@ -1,22 +1,26 @@
 """Request dependencies: the transaction of a request, and loading resources by id."""
 
 from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Annotated, Any
 from uuid import UUID
 
 from arq.connections import ArqRedis
-from fastapi import Depends, Header, Request, Response
+from fastapi import Depends, Header, Query, Request, Response
 
+from api.auth import CurrentCaller
 from shared.audits import service as audits
 from shared.audits.repository import AuditRow
 from shared.batches import service as batches
 from shared.batches.repository import BatchRow
 from shared.config import Settings
-from shared.db import SessionStatements, StatementConnection
+from shared.db import SessionStatements, StatementConnection, Statements
 from shared.idempotency import MAX_KEY_LENGTH, Created
-from shared.queue import discard_pending, send_pending
+from shared.queue import discard_pending, send_pending, transaction
 from shared.queue import statements as queue_statements
+from shared.tenants.caller import Caller
+from shared.tenants.directory import Directory, TenantLimits
+from shared.tenants.quotas import SubmitRate
 
 
 # The dependencies below that do no I/O are `async def` all the same: FastAPI runs a
@@ -69,6 +73,14 @@ async def get_request_id(request: Request) -> str | None:
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+TenantFilter = Annotated[
+    str | None,
+    Query(
+        min_length=1,
+        max_length=64,
+        description="Admin keys: only this tenant's. A member key always sees its own.",
+    ),
+]
 Transaction = Annotated[SessionStatements, Depends(get_transaction, scope="function")]
 RequestId = Annotated[str | None, Depends(get_request_id)]
 CursorKey = Annotated[bytes, Depends(get_cursor_key)]
@@ -100,16 +112,39 @@ def mark_created(
         response.headers["Idempotent-Replayed"] = "true"
 
 
+@asynccontextmanager
+async def _counted_transaction(request: Request) -> AsyncIterator[SessionStatements]:
+    async with transaction(request.app.state.session_factory, get_redis(request)) as session:
+        yield SessionStatements(session)
+
+
+def submission(request: Request, limits: TenantLimits) -> AbstractAsyncContextManager[Statements]:
+    """The handle of a submit: a statement connection, or, where the tenant's queued
+    audits are counted, a transaction that the count and the insert share."""
+    if limits.max_queued is None:
+        return statements(request)
+    return _counted_transaction(request)
+
+
+async def tenant_limits(request: Request, caller: Caller) -> TenantLimits:
+    """The caller's tenant's quotas, after counting this submission against its rate."""
+    directory: Directory = request.app.state.directory
+    limits = await directory.limits(caller.tenant)
+    submit_rate: SubmitRate = request.app.state.submit_rate
+    await submit_rate.take(caller.tenant, per_minute=limits.submit_rpm)
+    return limits
+
+
 # Plain `async def`s, each on a statement connection of its own, closed before the
-# route runs: loading a resource is one statement.
-async def get_audit_or_404(audit_id: UUID, request: Request) -> AuditRow:
+# route runs: loading a resource is one statement. Another tenant's is not found.
+async def get_audit_or_404(audit_id: UUID, caller: CurrentCaller, request: Request) -> AuditRow:
     async with statements(request) as conn:
-        return await audits.get_or_raise(conn, audit_id=audit_id)
+        return await audits.get_or_raise(conn, audit_id=audit_id, tenant=caller.scope)
 
 
-async def get_batch_or_404(batch_id: UUID, request: Request) -> BatchRow:
+async def get_batch_or_404(batch_id: UUID, caller: CurrentCaller, request: Request) -> BatchRow:
     async with statements(request) as conn:
-        return await batches.get_or_raise(conn, batch_id=batch_id)
+        return await batches.get_or_raise(conn, batch_id=batch_id, tenant=caller.scope)
 
 
 CurrentAudit = Annotated[AuditRow, Depends(get_audit_or_404)]

@@ -20,6 +20,8 @@ BODY_PROBLEMS = {
     413: ["payload_too_large"],
     415: ["unsupported_media_type"],
 }
+# A submission also counts against its tenant's quotas (shared/tenants/quotas.py).
+SUBMIT_PROBLEMS = {**BODY_PROBLEMS, 429: ["quota_exceeded", "rate_limited"]}
 
 
 def problems(
@@ -65,6 +67,31 @@ def document_problems_as_sent(app: FastAPI) -> None:
         return document
 
     # FastAPI's documented way to change the schema is to replace this method.
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def document_bearer_keys(app: FastAPI) -> None:
+    """Mark every operation that can answer 401 as wanting a Bearer key.
+
+    Routes read the key themselves (api/auth.py): one dependency fewer per request
+    than FastAPI's `HTTPBearer`, whose only other effect is this entry.
+    """
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        document = build()
+        schemes = document.setdefault("components", {}).setdefault("securitySchemes", {})
+        schemes["bearer"] = {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "A key of `auditq key create` (or one of `API_KEYS`).",
+        }
+        for operations in document.get("paths", {}).values():
+            for operation in operations.values():
+                if "401" in operation.get("responses", {}):
+                    operation["security"] = [{"bearer": []}]
+        return document
+
     app.openapi = openapi  # type: ignore[method-assign]
 
 

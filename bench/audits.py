@@ -20,7 +20,6 @@ import asyncpg
 from arq.connections import ArqRedis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bench.common import asyncpg_dsn
 from bench.workload import audit_body
 from shared.audits import service as audits
 from shared.audits.schemas import AuditCreate
@@ -28,8 +27,15 @@ from shared.audits.status import TERMINAL, sql_list
 from shared.batches import service as batches
 from shared.batches.schemas import BatchCreate
 from shared.config import Settings
-from shared.db import SessionFactory, SessionStatements, create_engine, create_session_factory
+from shared.db import (
+    SessionFactory,
+    SessionStatements,
+    asyncpg_dsn,
+    create_engine,
+    create_session_factory,
+)
 from shared.queue import create_redis, statements, transaction
+from shared.tenants.caller import DEFAULT_TENANT
 
 CHUNK = 1000
 
@@ -72,7 +78,7 @@ async def submit(c: Client, count: int, *, start: int = 0) -> list[UUID]:
         )
         async with transaction(c.factory, c.redis) as session:
             created = await batches.create(
-                SessionStatements(session), data=data, settings=c.settings
+                SessionStatements(session), data=data, tenant=DEFAULT_TENANT, settings=c.settings
             )
         ids.append(created.resource.batch.id)
     return ids
@@ -84,7 +90,7 @@ async def submit_one_by_one(c: Client, count: int, *, gap_s: tuple[float, float]
     for index in range(count):
         data = AuditCreate.model_validate(audit_body(index))
         async with statements(c.engine, c.redis) as conn:
-            await audits.create(conn, data=data, settings=c.settings)
+            await audits.create(conn, data=data, tenant=DEFAULT_TENANT, settings=c.settings)
         await asyncio.sleep(rng.uniform(*gap_s))
 
 

@@ -35,6 +35,7 @@ import redis
 from sqlalchemy.engine import make_url
 
 from cli.dev import free_port
+from shared.db import asyncpg_dsn
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK_DIR = ROOT / ".auditq" / "bench"
@@ -89,11 +90,6 @@ def find_servers() -> Servers:
     urls = EmbeddedServices(WORK_DIR / "embedded").start()
     admin = make_url(urls.database_url).set(database="postgres")
     return Servers(admin.render_as_string(hide_password=False), urls.redis_url, "embedded")
-
-
-def asyncpg_dsn(url: str) -> str:
-    """A URL asyncpg accepts (no `+asyncpg` driver suffix)."""
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 def sqlalchemy_url(url: str) -> str:

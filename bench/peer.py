@@ -24,7 +24,6 @@ from bench.common import (
     Proc,
     Run,
     Stack,
-    asyncpg_dsn,
     auditq_env,
     celery_broker_url,
     drop_queue,
@@ -38,7 +37,8 @@ from bench.common import (
 from bench.results import Section
 from shared.batches import service as batches
 from shared.batches.schemas import BatchCreate
-from shared.db import SessionStatements, session_scope
+from shared.db import SessionStatements, asyncpg_dsn, session_scope
+from shared.tenants.caller import DEFAULT_TENANT
 
 
 class PeakMemory:
@@ -75,7 +75,7 @@ async def _record_without_jobs(
         data = BatchCreate(audits=[AuditCreate.model_validate(audit_body(i)) for i in range(count)])
         async with session_scope(c.factory) as session:
             created = await batches.create(
-                SessionStatements(session), data=data, settings=c.settings
+                SessionStatements(session), data=data, tenant=DEFAULT_TENANT, settings=c.settings
             )
             session.info.clear()  # the deferred arq jobs are never sent
         batch_id: UUID = created.resource.batch.id

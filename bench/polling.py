@@ -19,7 +19,6 @@ from bench import audits
 from bench.common import (
     Load,
     Run,
-    asyncpg_dsn,
     auditq_env,
     drop_queue,
     new_queue_name,
@@ -31,6 +30,7 @@ from bench.common import (
     start_worker,
 )
 from bench.results import Section
+from shared.db import asyncpg_dsn
 
 TARGET_P99_MS = 100.0
 TARGET_THROUGHPUT = 0.9

@@ -23,7 +23,6 @@ from bench.common import (
     SECRET_KEY,
     Load,
     Run,
-    asyncpg_dsn,
     auditq_env,
     median,
     new_queue_name,
@@ -36,6 +35,7 @@ from bench.results import Section
 from shared.audits.repository import AuditFilters, page_query
 from shared.audits.service import page_cursors
 from shared.audits.status import AuditStatus
+from shared.db import asyncpg_dsn
 from shared.pagination import Cursors
 
 TARGET_BY_ID = 0.8

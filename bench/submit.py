@@ -15,7 +15,6 @@ from bench.common import (
     Load,
     Proc,
     Run,
-    asyncpg_dsn,
     auditq_env,
     drop_queue,
     median,
@@ -28,6 +27,7 @@ from bench.common import (
 )
 from bench.results import Section
 from bench.workload import audit_json
+from shared.db import asyncpg_dsn
 
 TARGET_RATIO = 0.8
 PATH = "/api/v1/audits"

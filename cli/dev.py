@@ -166,6 +166,16 @@ def run_migrate() -> int:
     return 1 if failed else 0
 
 
+@contextmanager
+def ops_database() -> Iterator[str]:
+    """The database of an ops command: `DATABASE_URL` (or `.env`'s), else the embedded
+    PostgreSQL, started for the command and stopped after it unless a process uses it."""
+    with _stop_on_signals() as stack:
+        env = _environment()
+        env.update(_embedded_urls(stack, env, redis=False))
+        yield env["DATABASE_URL"]
+
+
 def _run_stack(supervisor: "Supervisor", env: dict[str, str], options: DevOptions) -> None:
     _require_module("api.app", "the API (api/app.py) does not exist yet")
     if not options.api_only:

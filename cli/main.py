@@ -3,7 +3,7 @@
 import typer
 
 from cli import dev, simulator_command
-from cli.commands import audits, batches, rubrics
+from cli.commands import audits, batches, rubrics, tenants
 
 app = typer.Typer(
     name="auditq",
@@ -21,6 +21,8 @@ app.command("submit")(audits.submit)
 app.add_typer(batches.app, name="batch")
 app.add_typer(audits.app, name="audit")
 app.add_typer(rubrics.app, name="rubric")
+app.add_typer(tenants.keys_app, name="key")
+app.add_typer(tenants.tenants_app, name="tenant")
 
 if __name__ == "__main__":
     app()

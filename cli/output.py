@@ -7,6 +7,7 @@ Data goes to stdout; progress, status and error messages go to stderr, so that
 import json
 import sys
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 from rich.console import Console, Group, RenderableType
@@ -218,3 +219,47 @@ def rubric_view(rubric: Mapping[str, Any]) -> RenderableType:
     for criterion in rubric["criteria"]:
         table.add_row(criterion["id"], f"{criterion['weight']:g}", criterion["description"])
     return Group(heading, table)
+
+
+def _when(moment: datetime | None) -> str:
+    return "" if moment is None else moment.strftime("%Y-%m-%d %H:%M")
+
+
+def keys_table(rows: Sequence[Any]) -> Table:
+    """Keys by their display prefix (`KeyRow`s): the keys themselves are never kept."""
+    table = Table(title=f"{len(rows)} key(s)", title_justify="left")
+    for column in ("prefix", "tenant", "role", "label", "created", "last used", "revoked"):
+        table.add_column(column, no_wrap=column != "label")
+    for key in rows:
+        style = "dim" if key.revoked_at else ""
+        table.add_row(
+            f"{key.prefix}…",
+            key.tenant,
+            str(key.role),
+            key.label or "",
+            _when(key.created_at),
+            _when(key.last_used_at),
+            _when(key.revoked_at),
+            style=style,
+        )
+    return table
+
+
+def tenants_table(rows: Sequence[Any]) -> Table:
+    """Tenants (`TenantRow`s); a quota left to its setting shows as `default`."""
+    table = Table(title=f"{len(rows)} tenant(s)", title_justify="left")
+    for column in ("tenant", "max queued", "submit rpm", "weight", "created"):
+        table.add_column(column, no_wrap=True)
+    for tenant in rows:
+        table.add_row(
+            tenant.name,
+            _quota(tenant.max_queued),
+            _quota(tenant.submit_rpm),
+            str(tenant.weight),
+            _when(tenant.created_at),
+        )
+    return table
+
+
+def _quota(value: int | None) -> str:
+    return "default" if value is None else str(value)

@@ -61,8 +61,15 @@ class Settings(BaseSettings):
     allowed_hosts: CommaList = Field(default_factory=lambda: ["*"])
     # Signs cursors; unset: a random key per process (shared/secret.py).
     secret_key: SecretStr | None = Field(default=None, min_length=16)
-    # Empty: every endpoint is public. Set: Bearer keys for all but /health and the docs.
+    # `none`: public, everything belongs to tenant `default`. `keys`: a Bearer key of
+    # `auditq key create` on every route but /health, the docs and /metrics.
+    auth: Literal["none", "keys"] = "none"
+    # Admin keys of tenant `default`, outside the database; setting them implies AUTH=keys.
     api_keys: CommaList = Field(default_factory=list)
+    # A tenant's queued and running audits at most, and its submissions a minute;
+    # empty: unlimited. `auditq tenant set` overrides both per tenant.
+    tenant_max_queued: int | None = Field(default=None, ge=1)
+    tenant_submit_rpm: int | None = Field(default=None, ge=1)
     # Finished audits older than this many days are deleted; unset keeps them forever.
     retention_days: int | None = Field(default=None, ge=1)
 
@@ -110,6 +117,11 @@ class Settings(BaseSettings):
                 "or a body of the largest size allowed could never be read"
             )
         return self
+
+    @property
+    def uses_keys(self) -> bool:
+        """Whether requests need a key: `AUTH=keys`, or `API_KEYS` set (which implies it)."""
+        return self.auth == "keys" or bool(self.api_keys)
 
     @property
     def models(self) -> list[str]:

@@ -13,6 +13,7 @@ from typing import Any, Protocol, cast
 import asyncpg
 import sqlalchemy.exc
 from sqlalchemy import CursorResult, MetaData, event
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import InvalidatePoolError
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
@@ -37,6 +38,12 @@ metadata: MetaData = SQLModel.metadata
 metadata.naming_convention = NAMING_CONVENTION
 
 SessionFactory = async_sessionmaker[AsyncSession]
+
+
+def asyncpg_dsn(database_url: str) -> str:
+    """What asyncpg accepts for `DATABASE_URL` (a SQLAlchemy URL: no `+asyncpg`)."""
+    url = make_url(database_url).set(drivername="postgresql")
+    return url.render_as_string(hide_password=False)
 
 
 # A pooled connection idle for longer than this is pinged before it is used again.

@@ -3,5 +3,6 @@
 from shared.audits.models import Audit
 from shared.batches.models import Batch
 from shared.rubrics.models import Rubric
+from shared.tenants.models import ApiKey, Tenant
 
-__all__ = ["Audit", "Batch", "Rubric"]
+__all__ = ["ApiKey", "Audit", "Batch", "Rubric", "Tenant"]

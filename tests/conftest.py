@@ -24,7 +24,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from shared.config import Settings, get_settings
-from shared.db import SessionFactory, create_engine, create_session_factory
+from shared.db import SessionFactory, asyncpg_dsn, create_engine, create_session_factory
 from shared.queue import create_redis
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,12 +48,8 @@ def server_urls() -> Iterator[tuple[str, str]]:
         yield database_url or embedded.database_url, redis_url or embedded.redis_url
 
 
-def _asyncpg_dsn(url: str) -> str:
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
 async def _administer(server_url: str, *statements: str) -> None:
-    connection = await asyncpg.connect(_asyncpg_dsn(server_url))
+    connection = await asyncpg.connect(asyncpg_dsn(server_url))
     try:
         for statement in statements:
             await connection.execute(statement)

@@ -16,6 +16,7 @@ from sqlmodel import col
 from shared.audits.models import Audit
 from shared.db import SessionFactory, session_scope
 from shared.rubrics.models import Rubric
+from shared.tenants.caller import DEFAULT_TENANT
 
 CONTENT = "Our toothbrush is 100% biodegradable and carbon neutral."
 CRITERIA = [
@@ -28,6 +29,7 @@ def audit_values(**overrides: Any) -> dict[str, Any]:
     """The columns of a queued audit with two criteria; `overrides` replace any of them."""
     return {
         "id": uuid4(),
+        "tenant": DEFAULT_TENANT,
         "status": "queued",
         "subject": "Product page: bamboo toothbrush",
         "content": CONTENT,
@@ -53,6 +55,7 @@ async def ensure_rubrics(session: AsyncSession, rows: list[dict[str, Any]]) -> N
             continue
         row["criteria"] = sa.null()  # SQL NULL, not JSON null
         rubric = {
+            "tenant": row["tenant"],
             "name": row["rubric_name"],
             "version": row.get("rubric_version") or 1,
             "description": "",

@@ -23,6 +23,7 @@ from shared.audits.repository import AuditRow
 from shared.audits.status import AuditStatus
 from shared.batches.models import Batch
 from shared.batches.repository import BatchRow
+from shared.db import asyncpg_dsn
 from shared.rubrics.models import Rubric
 from shared.rubrics.repository import RubricRow
 from tests.conftest import migrate
@@ -47,16 +48,11 @@ SCHEMA_QUERIES = {
 }
 
 
-def _dsn(url: str) -> str:
-    """What asyncpg accepts for a SQLAlchemy URL."""
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
 @pytest.fixture(scope="module")
 async def scratch_url(database_url: str) -> AsyncIterator[str]:
     """A new database on the test server, migrated to head; the test database is left alone."""
     name = f"auditq_migrations_{uuid4().hex[:12]}"
-    admin = await asyncpg.connect(_dsn(database_url))
+    admin = await asyncpg.connect(asyncpg_dsn(database_url))
     try:
         await admin.execute(f"CREATE DATABASE {name}")
         url = make_url(database_url).set(database=name).render_as_string(hide_password=False)
@@ -74,7 +70,7 @@ async def migrated(scratch_url: str) -> Schema:
 
 
 async def schema(url: str) -> Schema:
-    connection = await asyncpg.connect(_dsn(url))
+    connection = await asyncpg.connect(asyncpg_dsn(url))
     try:
         return {
             kind: [tuple(row) for row in await connection.fetch(query)]
@@ -135,7 +131,7 @@ def test_audit_table_has_the_designed_shape(migrated: Schema) -> None:
 
 
 async def test_the_status_check_allows_exactly_the_statuses_of_the_enum(database_url: str) -> None:
-    connection = await asyncpg.connect(_dsn(database_url))
+    connection = await asyncpg.connect(asyncpg_dsn(database_url))
     try:
         definition = await connection.fetchval(
             "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conname = 'ck_audit_status'"

@@ -7,16 +7,20 @@ from uuid import UUID
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import AfterValidator, BeforeValidator
 
+from api.auth import CurrentCaller
 from api.deps import (
     CurrentAudit,
     CursorKey,
     IdempotencyKey,
     SettingsDep,
+    TenantFilter,
     mark_created,
     set_location,
     statements,
+    submission,
+    tenant_limits,
 )
-from api.openapi import BODY_PROBLEMS, problems
+from api.openapi import SUBMIT_PROBLEMS, problems
 from shared.audits import service as audits
 from shared.audits.exceptions import (
     AuditNotCancellable,
@@ -61,10 +65,11 @@ Timestamp = Annotated[datetime, BeforeValidator(_not_a_number), AfterValidator(_
 @router.post(
     "",
     status_code=202,
-    responses=problems(UnknownRubric, IdempotencyKeyMismatch, extra=BODY_PROBLEMS),
+    responses=problems(UnknownRubric, IdempotencyKeyMismatch, extra=SUBMIT_PROBLEMS),
 )
 async def create_audit(
     body: AuditCreate,
+    caller: CurrentCaller,
     request: Request,
     response: Response,
     settings: SettingsDep,
@@ -72,14 +77,18 @@ async def create_audit(
 ) -> AuditRead:
     """Record an audit and queue it; poll `Location` for its progress.
 
-    With an `Idempotency-Key` seen before, the audit it created is returned
-    (header `Idempotent-Replayed: true`) and nothing new is queued.
+    With an `Idempotency-Key` the tenant has sent before, the audit it created is
+    returned (header `Idempotent-Replayed: true`) and nothing new is queued. Beyond the
+    tenant's quotas: 429 `quota_exceeded` or `rate_limited`, with `Retry-After`.
     """
-    async with statements(request) as conn:
+    limits = await tenant_limits(request, caller)
+    async with submission(request, limits) as conn:
         created = await audits.create(
             conn,
             data=body,
+            tenant=caller.tenant,
             settings=settings,
+            max_queued=limits.max_queued,
             request_id=request.state.request_id,
             idempotency_key=idempotency_key,
         )
@@ -96,7 +105,9 @@ async def get_audit(audit: CurrentAudit) -> AuditDetail:
 @router.get("", responses=problems(InvalidCursor))
 async def list_audits(
     request: Request,
+    caller: CurrentCaller,
     cursor_key: CursorKey,
+    tenant: TenantFilter = None,
     status: Annotated[
         list[AuditStatus] | None, Query(description="Repeat to match several.")
     ] = None,
@@ -109,6 +120,7 @@ async def list_audits(
 ) -> AuditPage:
     """Audits, newest first; follow `next_cursor` for the next page."""
     filters = AuditFilters(
+        tenant=caller.listing(tenant),
         status=status or (),
         batch_id=batch_id,
         rubric=rubric,
@@ -125,20 +137,24 @@ async def list_audits(
 # Cancel and retry take the id, not `CurrentAudit`: each is one conditional UPDATE, and
 # only when it changes nothing is the audit read, to say why.
 @router.post("/{audit_id}/cancel", responses=problems(AuditNotFound, AuditNotCancellable))
-async def cancel_audit(audit_id: UUID, request: Request) -> AuditRead:
+async def cancel_audit(audit_id: UUID, caller: CurrentCaller, request: Request) -> AuditRead:
     """Cancel a queued or running audit (a running model call is aborted, best effort)."""
     async with statements(request) as conn:
-        return to_read(await audits.cancel(conn, audit_id=audit_id))
+        return to_read(await audits.cancel(conn, audit_id=audit_id, tenant=caller.scope))
 
 
 @router.post(
     "/{audit_id}/retry", status_code=202, responses=problems(AuditNotFound, AuditNotRetryable)
 )
 async def retry_audit(
-    audit_id: UUID, request: Request, response: Response, settings: SettingsDep
+    audit_id: UUID,
+    caller: CurrentCaller,
+    request: Request,
+    response: Response,
+    settings: SettingsDep,
 ) -> AuditRead:
     """Queue a failed or cancelled audit again."""
     async with statements(request) as conn:
-        audit = await audits.retry(conn, audit_id=audit_id, settings=settings)
+        audit = await audits.retry(conn, audit_id=audit_id, tenant=caller.scope, settings=settings)
     set_location(request, response, "get_audit", audit_id=audit_id)
     return to_read(audit)

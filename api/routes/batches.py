@@ -6,17 +6,20 @@ from uuid import UUID
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
+from api.auth import CurrentCaller
 from api.deps import (
     CurrentBatch,
     CursorKey,
     IdempotencyKey,
     RequestId,
     SettingsDep,
+    TenantFilter,
     Transaction,
     mark_created,
     statements,
+    tenant_limits,
 )
-from api.openapi import BODY_PROBLEMS, problems
+from api.openapi import SUBMIT_PROBLEMS, problems
 from api.streams import StreamSlot, TooManyStreams
 from shared.audits.status import AuditStatus
 from shared.batches import service as batches
@@ -42,10 +45,11 @@ NDJSON = "application/x-ndjson"
 @router.post(
     "",
     status_code=202,
-    responses=problems(UnknownRubric, IdempotencyKeyMismatch, extra=BODY_PROBLEMS),
+    responses=problems(UnknownRubric, IdempotencyKeyMismatch, extra=SUBMIT_PROBLEMS),
 )
 async def create_batch(
     body: BatchCreate,
+    caller: CurrentCaller,
     transaction: Transaction,
     settings: SettingsDep,
     request_id: RequestId,
@@ -56,12 +60,16 @@ async def create_batch(
     """Record 1 to 1,000 audits in one transaction, all or nothing, and queue them.
 
     One invalid item rejects the whole batch; the problem's `errors[].loc` names
-    the item's index and field, e.g. `["body", "audits", 517, "content"]`.
+    the item's index and field, e.g. `["body", "audits", 517, "content"]`. A batch
+    that would take the tenant past its quota is refused whole (429 `quota_exceeded`).
     """
+    limits = await tenant_limits(request, caller)
     created = await batches.create(
         transaction,
         data=body,
+        tenant=caller.tenant,
         settings=settings,
+        max_queued=limits.max_queued,
         idempotency_key=idempotency_key,
         request_id=request_id,
     )
@@ -80,14 +88,20 @@ async def get_batch(batch: CurrentBatch, request: Request) -> BatchRead:
 @router.get("", responses=problems(InvalidCursor))
 async def list_batches(
     request: Request,
+    caller: CurrentCaller,
     cursor_key: CursorKey,
+    tenant: TenantFilter = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
 ) -> BatchPage:
     """Batches, newest first; follow `next_cursor` for the next page."""
     async with statements(request) as conn:
         rows, next_cursor = await batches.list_page(
-            conn, limit=limit, cursor=cursor, cursor_key=cursor_key
+            conn,
+            tenant=caller.listing(tenant),
+            limit=limit,
+            cursor=cursor,
+            cursor_key=cursor_key,
         )
     return BatchPage(items=[to_read(row) for row in rows], next_cursor=next_cursor)
 

@@ -4,7 +4,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 
-from api.deps import CursorKey, SettingsDep, Transaction, set_location, statements
+from api.auth import CurrentCaller
+from api.deps import CursorKey, SettingsDep, TenantFilter, Transaction, set_location, statements
 from api.openapi import BODY_PROBLEMS, problems
 from shared.audits.schemas import MAX_RUBRIC_VERSION
 from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT, InvalidCursor
@@ -23,13 +24,14 @@ def to_read(rubric: RubricRow) -> RubricRead:
 @router.post("", status_code=201, responses=problems(extra=BODY_PROBLEMS))
 async def publish_rubric(
     body: RubricCreate,
+    caller: CurrentCaller,
     transaction: Transaction,
     settings: SettingsDep,
     request: Request,
     response: Response,
 ) -> RubricRead:
     """Publish a rubric; an existing name gets its next version (rubrics never change)."""
-    rubric = await rubrics.publish(transaction, data=body, settings=settings)
+    rubric = await rubrics.publish(transaction, data=body, tenant=caller.tenant, settings=settings)
     query = f"version={rubric.version}"
     set_location(request, response, "get_rubric", name=rubric.name, query=query)
     return to_read(rubric)
@@ -38,14 +40,20 @@ async def publish_rubric(
 @router.get("", responses=problems(InvalidCursor))
 async def list_rubrics(
     request: Request,
+    caller: CurrentCaller,
     cursor_key: CursorKey,
+    tenant: TenantFilter = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
 ) -> RubricPage:
-    """The latest version of every rubric, by name."""
+    """The latest version of each of the tenant's rubrics, by name (names are per tenant)."""
     async with statements(request) as conn:
         rows, next_cursor = await rubrics.list_latest(
-            conn, limit=limit, cursor=cursor, cursor_key=cursor_key
+            conn,
+            tenant=caller.rubrics_of(tenant),
+            limit=limit,
+            cursor=cursor,
+            cursor_key=cursor_key,
         )
     return RubricPage(items=[to_read(row) for row in rows], next_cursor=next_cursor)
 
@@ -53,11 +61,16 @@ async def list_rubrics(
 @router.get("/{name}", responses=problems(RubricNotFound))
 async def get_rubric(
     name: RubricName,
+    caller: CurrentCaller,
     request: Request,
+    tenant: TenantFilter = None,
     version: Annotated[
         int | None, Query(ge=1, le=MAX_RUBRIC_VERSION, description="Default: the latest.")
     ] = None,
 ) -> RubricRead:
     """A rubric's latest version, or the one asked for."""
     async with statements(request) as conn:
-        return to_read(await rubrics.get_or_raise(conn, name=name, version=version))
+        rubric = await rubrics.get_or_raise(
+            conn, tenant=caller.rubrics_of(tenant), name=name, version=version
+        )
+    return to_read(rubric)

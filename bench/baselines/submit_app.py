@@ -22,6 +22,7 @@ from bench.baselines.pool import health, lifespan
 from shared.audits.schemas import AuditCreate
 from shared.audits.service import ResolvedCriteria, new_audit
 from shared.config import Settings
+from shared.tenants.caller import DEFAULT_TENANT
 
 SETTINGS = Settings()
 
@@ -34,7 +35,7 @@ def _insert(columns: tuple[str, ...]) -> str:
 
 async def create_audit(body: AuditCreate, request: Request) -> dict[str, Any]:
     criteria = ResolvedCriteria(criteria=list(body.criteria or []))
-    row = asdict(new_audit(body, settings=SETTINGS, criteria=criteria))
+    row = asdict(new_audit(body, tenant=DEFAULT_TENANT, settings=SETTINGS, criteria=criteria))
     await request.app.state.db.execute(_insert(tuple(row)), *row.values())
     audit_id = str(row["id"])
     await request.app.state.redis.enqueue_job(

@@ -34,7 +34,20 @@ class Audit(SQLModel, table=True):
             "(criteria IS NULL) = (rubric_name IS NOT NULL)", name="criteria_or_rubric"
         ),
         sa.ForeignKeyConstraint(
-            ["rubric_name", "rubric_version"], ["rubric.name", "rubric.version"]
+            ["tenant", "rubric_name", "rubric_version"],
+            ["rubric.tenant", "rubric.name", "rubric.version"],
+        ),
+        # A member's lists, newest first, with and without a status filter; and the
+        # quota's count of a tenant's queued and running audits.
+        sa.Index(
+            "ix_audit_tenant_created", "tenant", sa.text("created_at DESC"), sa.text("id DESC")
+        ),
+        sa.Index(
+            "ix_audit_tenant_status_created",
+            "tenant",
+            "status",
+            sa.text("created_at DESC"),
+            sa.text("id DESC"),
         ),
         sa.Index("ix_audit_created", sa.text("created_at DESC"), sa.text("id DESC")),
         sa.Index(
@@ -63,6 +76,7 @@ class Audit(SQLModel, table=True):
         ),
         sa.Index(
             "uq_audit_idempotency_key",
+            "tenant",
             "idempotency_key",
             unique=True,
             postgresql_where=sa.text("idempotency_key IS NOT NULL"),
@@ -70,6 +84,7 @@ class Audit(SQLModel, table=True):
     )
 
     id: UUID = Field(default_factory=uuid4, primary_key=True)
+    tenant: str = _text(nullable=False)
     status: str = _text(nullable=False, default=AuditStatus.QUEUED)
     subject: str = _text(nullable=False)
     content: str = _text(nullable=False)

@@ -35,6 +35,7 @@ class NewAudit:
     """The columns a new audit is inserted with; the rest start NULL or at their default."""
 
     id: UUID
+    tenant: str
     status: AuditStatus
     subject: str
     content: str
@@ -85,7 +86,8 @@ _JSONB = frozenset({"criteria", "metadata", "result"})
 # (versions never change); reads join the rubric back in. Rows written before that
 # (migration 0004) keep their copy, which reads prefer: it is the same criteria.
 _WITH_RUBRIC = (
-    "LEFT JOIN rubric ON (rubric.name, rubric.version) = (audit.rubric_name, audit.rubric_version)"
+    "LEFT JOIN rubric ON (rubric.tenant, rubric.name, rubric.version) "
+    "= (audit.tenant, audit.rubric_name, audit.rubric_version)"
 )
 _CRITERIA = "coalesce(audit.criteria, rubric.criteria)"
 _ROW = ", ".join(f"{_CRITERIA} AS criteria" if c == "criteria" else f"audit.{c}" for c in COLUMNS)
@@ -118,7 +120,7 @@ def _parameters(audit: NewAudit) -> list[Any]:
 _INSERT = (
     f"INSERT INTO audit ({', '.join(_NEW_COLUMNS)}) "
     f"VALUES ({', '.join(f'${n}' for n in range(1, len(_NEW_COLUMNS) + 1))}) "
-    "ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING "
+    "ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING "
     "RETURNING created_at, updated_at"
 )
 
@@ -156,28 +158,55 @@ async def insert_many(conn: Statements, audits: Sequence[NewAudit]) -> None:
 
 # --- Reading ----------------------------------------------------------------------------
 
-_BY_ID = f"{_SELECT} WHERE audit.id = $1"
-_BY_IDEMPOTENCY_KEY = f"{_SELECT} WHERE audit.idempotency_key = $1"
-_STATUS = "SELECT status FROM audit WHERE id = $1"
+
+@dataclass(frozen=True, slots=True)
+class Scoped:
+    """A statement on one audit by id, as any tenant's (an admin) or as one tenant's.
+
+    Two statements rather than `$n IS NULL OR …`, so each is planned for what it does.
+    The tenant's takes it as one more parameter, after the others.
+    """
+
+    any_tenant: str
+    one_tenant: str
+
+    def bind(self, tenant: str | None, *args: Any) -> tuple[Any, ...]:
+        """The statement for `tenant` (None: any) and its arguments."""
+        return (self.any_tenant, *args) if tenant is None else (self.one_tenant, *args, tenant)
 
 
-async def get(conn: Statements, audit_id: UUID) -> AuditRow | None:
-    record = await conn.fetchrow(_BY_ID, audit_id)
+def _scoped(statement: str, *, parameters: int = 1) -> Scoped:
+    """`statement` with `{owned}` where the tenant's condition goes (after `parameters`)."""
+    return Scoped(
+        statement.format(owned=""),
+        statement.format(owned=f" AND audit.tenant = ${parameters + 1}"),
+    )
+
+
+_BY_ID = _scoped(f"{_SELECT} WHERE audit.id = $1{{owned}}")
+_STATUS = _scoped("SELECT status FROM audit WHERE audit.id = $1{owned}")
+_BY_IDEMPOTENCY_KEY = f"{_SELECT} WHERE audit.tenant = $1 AND audit.idempotency_key = $2"
+
+
+async def get(conn: Statements, audit_id: UUID, *, tenant: str | None) -> AuditRow | None:
+    """The audit `audit_id`, if `tenant` (None: any tenant) owns it."""
+    record = await conn.fetchrow(*_BY_ID.bind(tenant, audit_id))
     return None if record is None else AuditRow.of(record)
 
 
-async def get_by_idempotency_key(conn: Statements, key: str) -> AuditRow | None:
-    record = await conn.fetchrow(_BY_IDEMPOTENCY_KEY, key)
+async def get_by_idempotency_key(conn: Statements, *, tenant: str, key: str) -> AuditRow | None:
+    record = await conn.fetchrow(_BY_IDEMPOTENCY_KEY, tenant, key)
     return None if record is None else AuditRow.of(record)
 
 
-async def status_of(conn: Statements, audit_id: UUID) -> AuditStatus | None:
-    status = await conn.fetchval(_STATUS, audit_id)
+async def status_of(conn: Statements, audit_id: UUID, *, tenant: str | None) -> AuditStatus | None:
+    status = await conn.fetchval(*_STATUS.bind(tenant, audit_id))
     return None if status is None else AuditStatus(status)
 
 
 @dataclass(frozen=True)
 class AuditFilters:
+    tenant: str | None = None
     status: Sequence[AuditStatus] = ()
     batch_id: UUID | None = None
     rubric: str | None = None
@@ -203,6 +232,8 @@ def page_query(*, filters: AuditFilters, limit: int, after: Keyset | None) -> tu
     """
     args = _Arguments()
     conditions = []
+    if filters.tenant is not None:
+        conditions.append(f"audit.tenant = {args.add(filters.tenant)}")
     if filters.status:
         conditions.append(
             f"audit.status IN ({', '.join(args.add(str(s)) for s in filters.status)})"
@@ -302,33 +333,64 @@ async def batch_results(
     return [] if await conn.fetchval(_IN_BATCH, batch_id, after) else None
 
 
+# --- Quotas -----------------------------------------------------------------------------
+
+# Transaction-scoped: held until the submission that took it commits or rolls back.
+_LOCK_SUBMISSIONS = "SELECT pg_advisory_xact_lock(hashtext('auditq.submissions'), hashtext($1))"
+# Counted up to `$2` at most: a check against a quota of N reads no more than N rows.
+_COUNT_UNFINISHED = (
+    "SELECT count(*) FROM (SELECT 1 FROM audit WHERE tenant = $1 "
+    f"AND status IN {sql_list(UNFINISHED)} LIMIT $2) AS held"
+)
+
+
+async def lock_submissions(conn: Statements, *, tenant: str) -> None:
+    """Serialize the tenant's counted submissions until this transaction ends.
+
+    Under READ COMMITTED each statement sees what committed before it began, so the
+    next submitter's count, made once it holds the lock, includes this one's audits.
+    """
+    await conn.fetchval(_LOCK_SUBMISSIONS, tenant)
+
+
+async def count_unfinished(conn: Statements, *, tenant: str, at_most: int) -> int:
+    """The tenant's queued and running audits, counted up to `at_most`."""
+    count: int = await conn.fetchval(_COUNT_UNFINISHED, tenant, at_most)
+    return count
+
+
 # --- Client transitions -----------------------------------------------------------------
 
 _CANCEL_UNFINISHED = (
     f"UPDATE audit SET status = {C}, finished_at = now(), lease_until = NULL, "
     f"updated_at = now() WHERE status IN {sql_list(UNFINISHED)}"
 )
-_CANCEL = _returning_row(f"{_CANCEL_UNFINISHED} AND id = $1")
+_CANCEL = _scoped(_returning_row(f"{_CANCEL_UNFINISHED} AND id = $1{{owned}}"))
 # `attempts` keeps counting (it fences late writes of earlier runs); the budget moves.
 _REQUEUE = (
     f"UPDATE audit SET status = {Q}, attempt_limit = attempts + $2, result = NULL, "
     "error_code = NULL, error_message = NULL, started_at = NULL, finished_at = NULL, "
     "lease_until = NULL, updated_at = now()"
 )
-_RETRY = _returning_row(f"{_REQUEUE} WHERE id = $1 AND status IN {sql_list(RETRYABLE)}")
+_RETRY = _scoped(
+    _returning_row(f"{_REQUEUE} WHERE id = $1 AND status IN {sql_list(RETRYABLE)}{{owned}}"),
+    parameters=2,
+)
 _RETRY_BATCH = f"{_REQUEUE} WHERE batch_id = $1 AND status = $3 RETURNING id"
 _CANCEL_BATCH = f"{_CANCEL_UNFINISHED} AND batch_id = $1 RETURNING id"
 
 
-async def cancel(conn: Statements, audit_id: UUID) -> AuditRow | None:
-    """Cancel a queued or running audit; None when it is neither (or does not exist)."""
-    record = await conn.fetchrow(_CANCEL, audit_id)
+async def cancel(conn: Statements, audit_id: UUID, *, tenant: str | None) -> AuditRow | None:
+    """Cancel a queued or running audit; None when it is neither (or not `tenant`'s)."""
+    record = await conn.fetchrow(*_CANCEL.bind(tenant, audit_id))
     return None if record is None else AuditRow.of(record)
 
 
-async def requeue_for_retry(conn: Statements, audit_id: UUID, *, attempts: int) -> AuditRow | None:
+async def requeue_for_retry(
+    conn: Statements, audit_id: UUID, *, tenant: str | None, attempts: int
+) -> AuditRow | None:
     """Queue a failed or cancelled audit again with `attempts` more; None otherwise."""
-    record = await conn.fetchrow(_RETRY, audit_id, attempts)
+    record = await conn.fetchrow(*_RETRY.bind(tenant, audit_id, attempts))
     return None if record is None else AuditRow.of(record)
 
 
@@ -382,7 +444,7 @@ _CLAIM = (
     f"WITH audit AS (UPDATE audit SET status = {R}, attempts = attempts + 1, "
     "lease_until = now() + $2, started_at = coalesce(started_at, now()), updated_at = now() "
     f"WHERE id = $1 AND {_CLAIMABLE} RETURNING audit.*) "
-    f"SELECT audit.id, audit.attempts, audit.model, audit.subject, audit.content, "
+    f"SELECT audit.id, audit.tenant, audit.attempts, audit.model, audit.subject, audit.content, "
     f"{_CRITERIA} AS criteria, audit.pass_threshold, audit.request_id FROM audit {_WITH_RUBRIC}"
 )
 _SUCCEED = _finish(
@@ -418,6 +480,7 @@ class ClaimedAudit:
     """What an attempt needs of the audit it claimed."""
 
     id: UUID
+    tenant: str
     attempts: int
     model: str
     subject: str

@@ -158,6 +158,7 @@ class AuditRead(BaseModel):
     """An audit as clients see it in lists (without its content)."""
 
     id: UUID
+    tenant: str = Field(description="The tenant that owns it (`default` without keys).")
     status: AuditStatus
     subject: str
     model: str

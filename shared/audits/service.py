@@ -23,6 +23,7 @@ from shared.pagination import Cursors, listing, split_page
 from shared.queue import defer_abort, defer_run
 from shared.rubrics import repository as rubrics
 from shared.rubrics.exceptions import UnknownRubric
+from shared.tenants import quotas
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ RubricCache = dict[tuple[str, int | None], ResolvedCriteria]
 def new_audit(
     data: AuditCreate,
     *,
+    tenant: str,
     settings: Settings,
     criteria: ResolvedCriteria,
     batch_id: UUID | None = None,
@@ -51,6 +53,7 @@ def new_audit(
     """A new queued audit, for single and batch inserts."""
     return NewAudit(
         id=uuid4(),
+        tenant=tenant,
         status=AuditStatus.QUEUED,
         subject=data.subject,
         content=data.content,
@@ -74,24 +77,34 @@ async def create(
     conn: Statements,
     *,
     data: AuditCreate,
+    tenant: str,
     settings: Settings,
+    max_queued: int | None = None,
     request_id: str | None = None,
     idempotency_key: str | None = None,
 ) -> Created[AuditRow]:
-    """Record a queued audit in one INSERT; its job is sent after it.
+    """Record a queued audit of `tenant` in one INSERT; its job is sent after it.
 
-    With an `idempotency_key` already used, the earlier audit is returned instead.
-    The rubric it names, if any, is read first: rubric versions never change, so the
-    two statements need no common transaction.
+    With an `idempotency_key` the tenant already used, the earlier audit is returned
+    instead. The rubric it names, if any, is read first: rubric versions never change,
+    so the statements need no common transaction, unless the tenant has a quota
+    (`max_queued`): then `conn` must be a transaction, which its count and insert share.
     """
     limits.check(data, settings)
     digest = None if idempotency_key is None else request_hash(data)
-    if idempotency_key is not None and (earlier := await _replay(conn, idempotency_key, digest)):
+    if max_queued is not None:
+        await quotas.lock(conn, tenant=tenant)
+    if idempotency_key is not None and (
+        earlier := await _replay(conn, tenant, idempotency_key, digest)
+    ):
         return earlier
-    criteria = await resolve_criteria(conn, data=data)
+    if max_queued is not None:
+        await quotas.check_room(conn, tenant=tenant, max_queued=max_queued, adding=1)
+    criteria = await resolve_criteria(conn, tenant=tenant, data=data)
     limits.check_prompts(prompt_problems(data, criteria, settings))
     audit = new_audit(
         data,
+        tenant=tenant,
         settings=settings,
         criteria=criteria,
         request_id=request_id,
@@ -101,7 +114,7 @@ async def create(
     row = await audits.insert(conn, audit)
     if row is None:  # a concurrent request with the same key won the insert
         assert idempotency_key is not None
-        winner = await _replay(conn, idempotency_key, digest)
+        winner = await _replay(conn, tenant, idempotency_key, digest)
         assert winner is not None
         return winner
     defer_run(conn, row.id)
@@ -125,9 +138,12 @@ def prompt_problems(
     return limits.prompt_problems(data, criteria.criteria, model, settings, loc=loc)
 
 
-async def _replay(conn: Statements, key: str, digest: str | None) -> Created[AuditRow] | None:
-    """The audit an earlier request with this key created, if any (same body or 422)."""
-    earlier = await audits.get_by_idempotency_key(conn, key)
+async def _replay(
+    conn: Statements, tenant: str, key: str, digest: str | None
+) -> Created[AuditRow] | None:
+    """The audit an earlier request of the tenant with this key created, if any (same body
+    or 422)."""
+    earlier = await audits.get_by_idempotency_key(conn, tenant=tenant, key=key)
     if earlier is None:
         return None
     assert digest is not None
@@ -135,9 +151,9 @@ async def _replay(conn: Statements, key: str, digest: str | None) -> Created[Aud
 
 
 async def resolve_criteria(
-    conn: Statements, *, data: AuditCreate, cache: RubricCache | None = None
+    conn: Statements, *, tenant: str, data: AuditCreate, cache: RubricCache | None = None
 ) -> ResolvedCriteria:
-    """The criteria an audit will run with: inline ones, or a snapshot of a rubric's.
+    """The criteria an audit will run with: inline ones, or the tenant's rubric's.
 
     A batch passes a `cache`, so each rubric it names is read once, not per item.
     """
@@ -147,7 +163,9 @@ async def resolve_criteria(
     cache = {} if cache is None else cache
     wanted = (data.rubric, data.rubric_version)
     if wanted not in cache:
-        rubric = await rubrics.find(conn, name=data.rubric, version=data.rubric_version)
+        rubric = await rubrics.find(
+            conn, tenant=tenant, name=data.rubric, version=data.rubric_version
+        )
         if rubric is None:
             raise UnknownRubric(_unknown_rubric(*wanted), rubric=data.rubric)
         cache[wanted] = ResolvedCriteria(
@@ -164,8 +182,9 @@ def _unknown_rubric(name: str, version: int | None) -> str:
     return f"Rubric {name!r} has no version {version}."
 
 
-async def get_or_raise(conn: Statements, *, audit_id: UUID) -> AuditRow:
-    audit = await audits.get(conn, audit_id)
+async def get_or_raise(conn: Statements, *, audit_id: UUID, tenant: str | None) -> AuditRow:
+    """The audit, if `tenant` owns it (None: any tenant); another tenant's is not found."""
+    audit = await audits.get(conn, audit_id, tenant=tenant)
     if audit is None:
         raise _not_found(audit_id)
     return audit
@@ -195,11 +214,11 @@ def page_cursors(key: bytes, filters: AuditFilters) -> Cursors:
     return Cursors(key, listing("audits", asdict(filters)))
 
 
-async def cancel(conn: Statements, *, audit_id: UUID) -> AuditRow:
+async def cancel(conn: Statements, *, audit_id: UUID, tenant: str | None) -> AuditRow:
     """Cancel a queued or running audit; a running job is aborted after commit."""
-    audit = await audits.cancel(conn, audit_id)
+    audit = await audits.cancel(conn, audit_id, tenant=tenant)
     if audit is None:
-        status = await _status_or_raise(conn, audit_id)
+        status = await _status_or_raise(conn, audit_id, tenant)
         raise AuditNotCancellable(
             f"Audit {audit_id} is already {status}; only queued or running audits "
             "can be cancelled.",
@@ -209,11 +228,15 @@ async def cancel(conn: Statements, *, audit_id: UUID) -> AuditRow:
     return audit
 
 
-async def retry(conn: Statements, *, audit_id: UUID, settings: Settings) -> AuditRow:
+async def retry(
+    conn: Statements, *, audit_id: UUID, tenant: str | None, settings: Settings
+) -> AuditRow:
     """Queue a failed or cancelled audit again, with a fresh budget of `MAX_ATTEMPTS`."""
-    audit = await audits.requeue_for_retry(conn, audit_id, attempts=settings.max_attempts)
+    audit = await audits.requeue_for_retry(
+        conn, audit_id, tenant=tenant, attempts=settings.max_attempts
+    )
     if audit is None:
-        status = await _status_or_raise(conn, audit_id)
+        status = await _status_or_raise(conn, audit_id, tenant)
         raise AuditNotRetryable(
             f"Audit {audit_id} is {status}; only failed or cancelled audits can be retried.",
             audit_status=status,
@@ -222,8 +245,8 @@ async def retry(conn: Statements, *, audit_id: UUID, settings: Settings) -> Audi
     return audit
 
 
-async def _status_or_raise(conn: Statements, audit_id: UUID) -> AuditStatus:
-    status = await audits.status_of(conn, audit_id)
+async def _status_or_raise(conn: Statements, audit_id: UUID, tenant: str | None) -> AuditStatus:
+    status = await audits.status_of(conn, audit_id, tenant=tenant)
     if status is None:
         raise _not_found(audit_id)
     return status

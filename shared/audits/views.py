@@ -27,6 +27,7 @@ def _error(audit: AuditRow) -> AuditError | None:
 def _fields(audit: AuditRow) -> dict[str, Any]:
     return {
         "id": audit.id,
+        "tenant": audit.tenant,
         "status": audit.status,
         "subject": audit.subject,
         "model": audit.model,

@@ -16,7 +16,11 @@ class Batch(SQLModel, table=True):
     __table_args__ = (
         sa.Index("ix_batch_created", sa.text("created_at DESC"), sa.text("id DESC")),
         sa.Index(
+            "ix_batch_tenant_created", "tenant", sa.text("created_at DESC"), sa.text("id DESC")
+        ),
+        sa.Index(
             "uq_batch_idempotency_key",
+            "tenant",
             "idempotency_key",
             unique=True,
             postgresql_where=sa.text("idempotency_key IS NOT NULL"),
@@ -24,6 +28,7 @@ class Batch(SQLModel, table=True):
     )
 
     id: UUID = Field(default_factory=uuid4, primary_key=True)
+    tenant: str = Field(sa_type=sa.Text)
     name: str | None = Field(default=None, sa_type=sa.Text)
     metadata_: dict[str, Any] = Field(
         default_factory=dict, sa_column=sa.Column("metadata", JSONB, nullable=False)

@@ -19,6 +19,7 @@ class BatchRow:
     """One row of `batch`, every column, by its column name (tests hold it to the table)."""
 
     id: UUID
+    tenant: str
     name: str | None
     metadata: dict[str, Any]
     idempotency_key: str | None
@@ -37,17 +38,14 @@ _RETURNING = f"RETURNING {', '.join(COLUMNS)}"
 _SELECT = f"SELECT {', '.join(COLUMNS)} FROM batch"
 
 _INSERT = (
-    "INSERT INTO batch (id, name, metadata, idempotency_key, request_hash, request_id) "
-    "VALUES ($1, $2, $3, $4, $5, $6) "
-    "ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING "
+    "INSERT INTO batch (id, tenant, name, metadata, idempotency_key, request_hash, request_id) "
+    "VALUES ($1, $2, $3, $4, $5, $6, $7) "
+    "ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING "
     f"{_RETURNING}"
 )
 _BY_ID = f"{_SELECT} WHERE id = $1"
-_BY_IDEMPOTENCY_KEY = f"{_SELECT} WHERE idempotency_key = $1"
-_PAGE_FIRST = f"{_SELECT} ORDER BY created_at DESC, id DESC LIMIT $1"
-_PAGE_NEXT = (
-    f"{_SELECT} WHERE (created_at, id) < ($2, $3) ORDER BY created_at DESC, id DESC LIMIT $1"
-)
+_BY_ID_OF_TENANT = f"{_BY_ID} AND tenant = $2"
+_BY_IDEMPOTENCY_KEY = f"{_SELECT} WHERE tenant = $1 AND idempotency_key = $2"
 _STAMP_CANCELLED = (
     f"UPDATE batch SET cancelled_at = coalesce(cancelled_at, now()) WHERE id = $1 {_RETURNING}"
 )
@@ -64,6 +62,7 @@ async def insert(
     conn: Statements,
     *,
     batch_id: UUID,
+    tenant: str,
     name: str | None,
     metadata: dict[str, Any],
     idempotency_key: str | None,
@@ -72,30 +71,47 @@ async def insert(
 ) -> BatchRow | None:
     """Insert a batch; None when its idempotency key is already taken."""
     record = await conn.fetchrow(
-        _INSERT, batch_id, name, json.dumps(metadata), idempotency_key, request_hash, request_id
+        _INSERT,
+        batch_id,
+        tenant,
+        name,
+        json.dumps(metadata),
+        idempotency_key,
+        request_hash,
+        request_id,
     )
     return None if record is None else BatchRow.of(record)
 
 
-async def get(conn: Statements, batch_id: UUID) -> BatchRow | None:
-    record = await conn.fetchrow(_BY_ID, batch_id)
+async def get(conn: Statements, batch_id: UUID, *, tenant: str | None) -> BatchRow | None:
+    """The batch `batch_id`, if `tenant` (None: any tenant) owns it."""
+    if tenant is None:
+        record = await conn.fetchrow(_BY_ID, batch_id)
+    else:
+        record = await conn.fetchrow(_BY_ID_OF_TENANT, batch_id, tenant)
     return None if record is None else BatchRow.of(record)
 
 
-async def get_by_idempotency_key(conn: Statements, key: str) -> BatchRow | None:
-    record = await conn.fetchrow(_BY_IDEMPOTENCY_KEY, key)
+async def get_by_idempotency_key(conn: Statements, *, tenant: str, key: str) -> BatchRow | None:
+    record = await conn.fetchrow(_BY_IDEMPOTENCY_KEY, tenant, key)
     return None if record is None else BatchRow.of(record)
 
 
 async def page(
-    conn: Statements, *, limit: int, after: tuple[datetime, UUID] | None
+    conn: Statements, *, tenant: str | None, limit: int, after: tuple[datetime, UUID] | None
 ) -> list[BatchRow]:
-    """Up to `limit` batches, newest first, strictly after the keyset `after`."""
-    if after is None:
-        records = await conn.fetch(_PAGE_FIRST, limit)
-    else:
-        records = await conn.fetch(_PAGE_NEXT, limit, *after)
-    return [BatchRow.of(record) for record in records]
+    """Up to `limit` batches of `tenant` (None: every tenant), newest first, after `after`."""
+    conditions: list[str] = []
+    args: list[Any] = [limit]
+    if tenant is not None:
+        args.append(tenant)
+        conditions.append(f"tenant = ${len(args)}")
+    if after is not None:
+        args.extend(after)
+        conditions.append(f"(created_at, id) < (${len(args) - 1}, ${len(args)})")
+    where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+    query = f"{_SELECT}{where} ORDER BY created_at DESC, id DESC LIMIT $1"
+    return [BatchRow.of(record) for record in await conn.fetch(query, *args)]
 
 
 async def stamp_cancelled(conn: Statements, batch_id: UUID) -> BatchRow:

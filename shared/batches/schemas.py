@@ -34,6 +34,7 @@ class BatchCounts(BaseModel):
 
 class BatchRead(BaseModel):
     id: UUID
+    tenant: str = Field(description="The tenant that owns it (`default` without keys).")
     name: str | None
     metadata: dict[str, Any]
     status: BatchStatus = Field(

@@ -27,6 +27,7 @@ from shared.idempotency import Created, replay, request_hash
 from shared.pagination import Cursors, listing, split_page
 from shared.queue import defer_abort, defer_run
 from shared.rubrics.exceptions import UnknownRubric
+from shared.tenants import quotas
 
 
 @dataclass(frozen=True)
@@ -54,18 +55,29 @@ async def create(
     conn: Statements,
     *,
     data: BatchCreate,
+    tenant: str,
     settings: Settings,
+    max_queued: int | None = None,
     idempotency_key: str | None = None,
     request_id: str | None = None,
 ) -> Created[BatchSummary]:
-    """Record the batch and all its audits in one statement each; jobs go after commit."""
+    """Record the batch of `tenant` and all its audits in one statement each; jobs go after
+    commit. With a quota (`max_queued`) the batch fits whole or is refused whole."""
     limits.check_all(data.audits, settings)
     digest = request_hash(data)
-    if idempotency_key is not None and (earlier := await _replay(conn, idempotency_key, digest)):
+    if max_queued is not None:
+        await quotas.lock(conn, tenant=tenant)
+    if idempotency_key is not None and (
+        earlier := await _replay(conn, tenant, idempotency_key, digest)
+    ):
         return earlier
+    if max_queued is not None:
+        adding = len(data.audits)
+        await quotas.check_room(conn, tenant=tenant, max_queued=max_queued, adding=adding)
     batch = await batches.insert(
         conn,
         batch_id=uuid4(),
+        tenant=tenant,
         name=data.name,
         metadata=data.metadata,
         idempotency_key=idempotency_key,
@@ -74,16 +86,19 @@ async def create(
     )
     if batch is None:  # a concurrent request with the same key won the insert
         assert idempotency_key is not None
-        winner = await _replay(conn, idempotency_key, digest)
+        winner = await _replay(conn, tenant, idempotency_key, digest)
         assert winner is not None
         return winner
     await _insert_audits(conn, batch=batch, items=data.audits, settings=settings)
     return Created(await summarize(conn, batch))
 
 
-async def _replay(conn: Statements, key: str, digest: str) -> Created[BatchSummary] | None:
-    """The batch an earlier request with this key created, if any (same body or 422)."""
-    earlier = await batches.get_by_idempotency_key(conn, key)
+async def _replay(
+    conn: Statements, tenant: str, key: str, digest: str
+) -> Created[BatchSummary] | None:
+    """The batch an earlier request of the tenant with this key created, if any (same
+    body or 422)."""
+    earlier = await batches.get_by_idempotency_key(conn, tenant=tenant, key=key)
     if earlier is None:
         return None
     summary = await summarize(conn, earlier)
@@ -96,7 +111,7 @@ async def _insert_audits(
     """All audits in one INSERT, not a round trip each."""
     cache: audit_service.RubricCache = {}
     resolved = [
-        await _item_criteria(conn, item, index=index, cache=cache)
+        await _item_criteria(conn, item, batch=batch, index=index, cache=cache)
         for index, item in enumerate(items)
     ]
     limits.check_prompts(
@@ -111,6 +126,7 @@ async def _insert_audits(
     new = [
         audit_service.new_audit(
             item,
+            tenant=batch.tenant,
             settings=settings,
             criteria=criteria,
             batch_id=batch.id,
@@ -125,11 +141,18 @@ async def _insert_audits(
 
 
 async def _item_criteria(
-    conn: Statements, item: AuditCreate, *, index: int, cache: audit_service.RubricCache
+    conn: Statements,
+    item: AuditCreate,
+    *,
+    batch: BatchRow,
+    index: int,
+    cache: audit_service.RubricCache,
 ) -> audit_service.ResolvedCriteria:
     """An item's criteria; an unknown rubric is reported at the item that names it."""
     try:
-        return await audit_service.resolve_criteria(conn, data=item, cache=cache)
+        return await audit_service.resolve_criteria(
+            conn, tenant=batch.tenant, data=item, cache=cache
+        )
     except UnknownRubric as error:
         loc = ["body", "audits", index, "rubric"]
         raise UnknownRubric(
@@ -139,8 +162,9 @@ async def _item_criteria(
         ) from error
 
 
-async def get_or_raise(conn: Statements, *, batch_id: UUID) -> BatchRow:
-    batch = await batches.get(conn, batch_id)
+async def get_or_raise(conn: Statements, *, batch_id: UUID, tenant: str | None) -> BatchRow:
+    """The batch, if `tenant` owns it (None: any tenant); another tenant's is not found."""
+    batch = await batches.get(conn, batch_id, tenant=tenant)
     if batch is None:
         raise BatchNotFound(f"No batch has id {batch_id}.")
     return batch
@@ -171,13 +195,13 @@ def _summary(batch: BatchRow, tallies: list[BatchTally]) -> BatchSummary:
 
 
 async def list_page(
-    conn: Statements, *, limit: int, cursor: str | None, cursor_key: bytes
+    conn: Statements, *, tenant: str | None, limit: int, cursor: str | None, cursor_key: bytes
 ) -> tuple[list[BatchSummary], str | None]:
-    """Batches, newest first, with their counts."""
-    cursors = Cursors(cursor_key, listing("batches"))
+    """Batches of `tenant` (None: every tenant), newest first, with their counts."""
+    cursors = Cursors(cursor_key, listing("batches", {"tenant": tenant}))
     after = None if cursor is None else cursors.read_keyset(cursor)
     rows, next_cursor = split_page(
-        await batches.page(conn, limit=limit + 1, after=after),
+        await batches.page(conn, tenant=tenant, limit=limit + 1, after=after),
         limit=limit,
         cursor_of=lambda b: cursors.keyset(b.created_at, b.id),
     )

@@ -10,6 +10,7 @@ def to_read(summary: BatchSummary) -> BatchRead:
     return BatchRead.model_validate(
         {
             "id": batch.id,
+            "tenant": batch.tenant,
             "name": batch.name,
             "metadata": batch.metadata,
             "status": summary.status,

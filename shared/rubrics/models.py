@@ -1,4 +1,4 @@
-"""The `rubric` table: named criteria sets, immutable, one row per version."""
+"""The `rubric` table: named criteria sets, immutable, one row per version; names are per tenant."""
 
 from datetime import datetime
 from typing import Any
@@ -13,6 +13,7 @@ from shared.db import metadata  # noqa: F401  (naming convention must be set fir
 class Rubric(SQLModel, table=True):
     __tablename__ = "rubric"
 
+    tenant: str = Field(primary_key=True, sa_type=sa.Text)
     name: str = Field(primary_key=True, sa_type=sa.Text)
     version: int = Field(primary_key=True)
     description: str = Field(sa_type=sa.Text)

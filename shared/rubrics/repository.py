@@ -18,6 +18,7 @@ from shared.db import Statements
 class RubricRow:
     """One version of a rubric, every column (tests hold it to the table)."""
 
+    tenant: str
     name: str
     version: int
     description: str
@@ -31,42 +32,48 @@ class RubricRow:
 
 COLUMNS = tuple(f.name for f in fields(RubricRow))
 _SELECT = f"SELECT {', '.join(COLUMNS)} FROM rubric"
-_LATEST = f"{_SELECT} WHERE name = $1 ORDER BY version DESC LIMIT 1"
-_VERSION = f"{_SELECT} WHERE name = $1 AND version = $2"
+_LATEST = f"{_SELECT} WHERE tenant = $1 AND name = $2 ORDER BY version DESC LIMIT 1"
+_VERSION = f"{_SELECT} WHERE tenant = $1 AND name = $2 AND version = $3"
 # A transaction-scoped advisory lock on the name serialises concurrent publishers, so
 # two of them get versions n+1 and n+2, not a key conflict.
-_LOCK_NAME = "SELECT pg_advisory_xact_lock(hashtext($1))"
+_LOCK_NAME = "SELECT pg_advisory_xact_lock(hashtext($1), hashtext($2))"
 _INSERT_NEXT_VERSION = (
-    "INSERT INTO rubric (name, version, description, criteria) "
-    "SELECT $1, coalesce(max(version), 0) + 1, $2, $3 FROM rubric WHERE name = $1 "
-    f"RETURNING {', '.join(COLUMNS)}"
+    "INSERT INTO rubric (tenant, name, version, description, criteria) "
+    "SELECT $1, $2, coalesce(max(version), 0) + 1, $3, $4 FROM rubric "
+    f"WHERE tenant = $1 AND name = $2 RETURNING {', '.join(COLUMNS)}"
 )
 _LATEST_PAGE = (
-    f"SELECT DISTINCT ON (name) {', '.join(COLUMNS)} FROM rubric WHERE name > $1 "
-    "ORDER BY name, version DESC LIMIT $2"
+    f"SELECT DISTINCT ON (name) {', '.join(COLUMNS)} FROM rubric WHERE tenant = $1 "
+    "AND name > $2 ORDER BY name, version DESC LIMIT $3"
 )
 
 
-async def find(conn: Statements, *, name: str, version: int | None = None) -> RubricRow | None:
-    """A given version of a rubric, or its latest when `version` is None."""
+async def find(
+    conn: Statements, *, tenant: str, name: str, version: int | None = None
+) -> RubricRow | None:
+    """A given version of a tenant's rubric, or its latest when `version` is None."""
     if version is None:
-        record = await conn.fetchrow(_LATEST, name)
+        record = await conn.fetchrow(_LATEST, tenant, name)
     else:
-        record = await conn.fetchrow(_VERSION, name, version)
+        record = await conn.fetchrow(_VERSION, tenant, name, version)
     return None if record is None else RubricRow.of(record)
 
 
 async def insert_next_version(
-    conn: Statements, *, name: str, description: str, criteria: list[dict[str, Any]]
+    conn: Statements, *, tenant: str, name: str, description: str, criteria: list[dict[str, Any]]
 ) -> RubricRow:
-    """Store the next version of `name` (1 for a new name); inside a transaction."""
-    await conn.fetchval(_LOCK_NAME, name)
-    record = await conn.fetchrow(_INSERT_NEXT_VERSION, name, description, json.dumps(criteria))
+    """Store the next version of the tenant's `name` (1 for a new name); in a transaction."""
+    await conn.fetchval(_LOCK_NAME, tenant, name)
+    record = await conn.fetchrow(
+        _INSERT_NEXT_VERSION, tenant, name, description, json.dumps(criteria)
+    )
     assert record is not None, "INSERT … SELECT of an aggregate returns one row"
     return RubricRow.of(record)
 
 
-async def latest_versions(conn: Statements, *, after_name: str, limit: int) -> list[RubricRow]:
-    """The latest version of each rubric named after `after_name`, by name."""
-    records = await conn.fetch(_LATEST_PAGE, after_name, limit)
+async def latest_versions(
+    conn: Statements, *, tenant: str, after_name: str, limit: int
+) -> list[RubricRow]:
+    """The latest version of each of the tenant's rubrics named after `after_name`, by name."""
+    records = await conn.fetch(_LATEST_PAGE, tenant, after_name, limit)
     return [RubricRow.of(record) for record in records]

@@ -23,6 +23,7 @@ class RubricCreate(BaseModel):
 
 
 class RubricRead(BaseModel):
+    tenant: str = Field(description="The tenant that owns it (`default` without keys).")
     name: str
     version: int
     description: str

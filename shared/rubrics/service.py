@@ -10,21 +10,27 @@ from shared.rubrics.repository import RubricRow
 from shared.rubrics.schemas import RubricCreate
 
 
-async def publish(conn: Statements, *, data: RubricCreate, settings: Settings) -> RubricRow:
-    """Store `data` as the next version of its name (1 for a new name); in a transaction."""
+async def publish(
+    conn: Statements, *, data: RubricCreate, tenant: str, settings: Settings
+) -> RubricRow:
+    """Store `data` as the next version of the tenant's name (1 for a new name); in a
+    transaction."""
     if issues := limits.criteria_problems(data.criteria, settings, loc=("body", "criteria")):
         raise limits.SubmissionInvalid(issues)
     return await rubrics.insert_next_version(
         conn,
+        tenant=tenant,
         name=data.name,
         description=data.description,
         criteria=[c.model_dump() for c in data.criteria],
     )
 
 
-async def get_or_raise(conn: Statements, *, name: str, version: int | None = None) -> RubricRow:
-    """A given version of a rubric, or its latest when `version` is None."""
-    rubric = await rubrics.find(conn, name=name, version=version)
+async def get_or_raise(
+    conn: Statements, *, tenant: str, name: str, version: int | None = None
+) -> RubricRow:
+    """A given version of the tenant's rubric, or its latest when `version` is None."""
+    rubric = await rubrics.find(conn, tenant=tenant, name=name, version=version)
     if rubric is None:
         suffix = "" if version is None else f" at version {version}"
         raise RubricNotFound(f"No rubric {name!r}{suffix}.")
@@ -32,10 +38,10 @@ async def get_or_raise(conn: Statements, *, name: str, version: int | None = Non
 
 
 async def list_latest(
-    conn: Statements, *, limit: int, cursor: str | None, cursor_key: bytes
+    conn: Statements, *, tenant: str, limit: int, cursor: str | None, cursor_key: bytes
 ) -> tuple[list[RubricRow], str | None]:
-    """The latest version of each rubric, by name."""
-    cursors = Cursors(cursor_key, listing("rubrics"))
+    """The latest version of each of the tenant's rubrics, by name."""
+    cursors = Cursors(cursor_key, listing("rubrics", {"tenant": tenant}))
     after = "" if cursor is None else cursors.read_name(cursor)
-    rows = await rubrics.latest_versions(conn, after_name=after, limit=limit + 1)
+    rows = await rubrics.latest_versions(conn, tenant=tenant, after_name=after, limit=limit + 1)
     return split_page(rows, limit=limit, cursor_of=lambda r: cursors.name(r.name))

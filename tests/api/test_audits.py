@@ -18,6 +18,7 @@ from tests.factories import audit_request, criterion
 from tests.rows import load_audit, update_audit
 
 READ_FIELDS = {
+    "tenant",
     "id",
     "status",
     "subject",

@@ -19,6 +19,7 @@ from shared.audits.schemas import AuditCreate
 from shared.audits.service import ResolvedCriteria, new_audit
 from shared.config import Settings
 from shared.db import SessionFactory, session_scope
+from shared.tenants.caller import DEFAULT_TENANT
 from tests.factories import audit_request
 from tests.rows import ensure_rubrics
 
@@ -62,7 +63,11 @@ def audit_rows(count: int, *, batches: Sequence[UUID], start: int = 0) -> list[d
     rows = []
     for index in range(start, start + count):
         new = new_audit(
-            data, settings=Settings(), criteria=criteria, batch_id=[*batches, None][index % 4]
+            data,
+            tenant=DEFAULT_TENANT,
+            settings=Settings(),
+            criteria=criteria,
+            batch_id=[*batches, None][index % 4],
         )
         row = asdict(new)
         row.update(
@@ -81,7 +86,7 @@ async def batches(session_factory: SessionFactory, clean: None) -> list[UUID]:
     async with session_scope(session_factory) as session:
         for batch_id in ids:
             await session.execute(
-                sa.text("INSERT INTO batch (id, metadata) VALUES (:id, '{}')"), {"id": batch_id}
+                sa.text("INSERT INTO batch (id, tenant, metadata) VALUES (:id, 'default', '{}')"), {"id": batch_id}
             )
     return ids
 

@@ -52,5 +52,7 @@ async def test_health_and_docs_stay_open(guarded: AsyncClient, path: str) -> Non
 
 async def test_the_schema_documents_the_bearer_scheme(guarded: AsyncClient) -> None:
     document = (await guarded.get("/openapi.json")).json()
-    assert "HTTPBearer" in document["components"]["securitySchemes"]
-    assert "401" in document["paths"]["/api/v1/audits"]["post"]["responses"]
+    assert document["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    submit = document["paths"]["/api/v1/audits"]["post"]
+    assert "401" in submit["responses"]
+    assert submit["security"] == [{"bearer": []}]

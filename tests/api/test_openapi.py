@@ -13,7 +13,7 @@ PROBLEM_REF = "#/components/schemas/Problem"
 
 # (method, path, success status, success schema, the route's own problem statuses)
 AUDIT_ROUTES = [
-    ("post", "/audits", "202", "AuditRead", {"400", "413", "415"}),
+    ("post", "/audits", "202", "AuditRead", {"400", "413", "415", "429"}),
     ("get", "/audits", "200", "AuditPage", set()),
     ("get", "/audits/{audit_id}", "200", "AuditDetail", {"404"}),
     ("post", "/audits/{audit_id}/cancel", "200", "AuditRead", {"404", "409"}),
@@ -96,6 +96,7 @@ def test_problem_responses_are_problem_json(
         ("post", "/audits", "422", {"validation_error", "rubric_not_found"}),
         ("post", "/audits", "400", {"bad_request"}),
         ("post", "/audits", "413", {"payload_too_large"}),
+        ("post", "/audits", "429", {"quota_exceeded", "rate_limited"}),
         ("get", "/audits", "422", {"validation_error", "invalid_cursor"}),
         ("get", "/audits/{audit_id}", "404", {"audit_not_found"}),
         ("post", "/audits/{audit_id}/cancel", "409", {"audit_not_cancellable"}),
@@ -131,6 +132,7 @@ def test_list_documents_its_filters(document: dict[str, Any]) -> None:
     parameters = {p["name"]: p for p in operation(document, "get", "/audits")["parameters"]}
 
     assert set(parameters) == {
+        "tenant",
         "status",
         "batch_id",
         "rubric",

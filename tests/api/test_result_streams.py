@@ -20,10 +20,10 @@ from httpx import AsyncClient, Response
 
 from shared.batches import results
 from shared.batches import service as batches_service
+from shared.db import asyncpg_dsn
 from tests.api.checks import assert_problem
 from tests.api.conftest import ClientFactory
 from tests.api.test_batches import audit_ids, ndjson, submit_batch
-from tests.conftest import _asyncpg_dsn
 from tests.factories import batch_request
 
 CAP = 4
@@ -34,7 +34,7 @@ WITHIN_S = 60.0  # a bound for a hang, not a measure of speed
 @asynccontextmanager
 async def audit_table_locked(database_url: str) -> AsyncIterator[None]:
     """Every query on `audit` waits until the block ends (ACCESS EXCLUSIVE lock)."""
-    connection = await asyncpg.connect(_asyncpg_dsn(database_url))
+    connection = await asyncpg.connect(asyncpg_dsn(database_url))
     try:
         async with connection.transaction():
             await connection.execute("LOCK TABLE audit IN ACCESS EXCLUSIVE MODE")

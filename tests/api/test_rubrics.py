@@ -14,7 +14,7 @@ from shared.pagination import Cursors, listing
 from tests.api.checks import assert_nothing_written, assert_problem, audit_row
 from tests.factories import audit_request, criterion, rubric_request
 
-READ_FIELDS = {"name", "version", "description", "criteria", "created_at"}
+READ_FIELDS = {"tenant", "name", "version", "description", "criteria", "created_at"}
 V1_CRITERIA = [criterion() | {"weight": 1.0}, criterion("no_vague_terms", weight=2.0)]
 V2_CRITERIA = [criterion("cites_certification", weight=3.0)]
 

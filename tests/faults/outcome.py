@@ -20,7 +20,7 @@ from typing import Any
 
 import asyncpg
 
-from tests.conftest import _asyncpg_dsn
+from shared.db import asyncpg_dsn
 from tests.faults.load import LoadReport
 from tests.fixtures.processes import ROOT
 
@@ -38,7 +38,7 @@ async def query(
     deadline = time.monotonic() + within
     while True:
         try:
-            connection = await asyncpg.connect(_asyncpg_dsn(database_url), timeout=5)
+            connection = await asyncpg.connect(asyncpg_dsn(database_url), timeout=5)
             try:
                 return list(await connection.fetch(sql, *args))
             finally:

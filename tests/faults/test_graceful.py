@@ -156,7 +156,7 @@ async def test_sigterm_to_the_api_answers_the_requests_in_flight(
 ) -> None:
     import asyncpg
 
-    from tests.conftest import _asyncpg_dsn
+    from shared.db import asyncpg_dsn
 
     with simulator_process(tmp_path) as sim:
         stack = Stack(
@@ -165,7 +165,7 @@ async def test_sigterm_to_the_api_answers_the_requests_in_flight(
         stacks.append(stack)
         api = await stack.start_web()
         # Hold every insert into `audit` so the requests are surely in flight.
-        blocker = await asyncpg.connect(_asyncpg_dsn(scratch_db))
+        blocker = await asyncpg.connect(asyncpg_dsn(scratch_db))
         transaction = blocker.transaction()
         await transaction.start()
         await blocker.execute("LOCK TABLE audit IN EXCLUSIVE MODE")

@@ -17,6 +17,7 @@ from shared.audits.schemas import AuditResult, Criterion
 from shared.config import Settings
 from shared.db import SessionFactory, SessionStatements, session_scope, statement_connection
 from shared.queue import audit_job_id, transaction
+from shared.tenants.caller import DEFAULT_TENANT
 from tests.rows import ago, expire_lease, insert_audit, load_audit, running_audit
 
 pytestmark = pytest.mark.usefixtures("clean")
@@ -91,6 +92,7 @@ async def test_claim_starts_the_first_attempt_of_a_queued_audit(
     assert stored.lease_until - stored.started_at == LEASE
     assert claimed == repository.ClaimedAudit(
         id=audit_id,
+        tenant=DEFAULT_TENANT,
         attempts=1,
         model=stored.model,
         subject=stored.subject,
@@ -241,7 +243,7 @@ async def test_a_run_cancelled_meanwhile_cannot_succeed(
     claimed = await claim(engine, audit_id)
     assert claimed is not None
     async with session_scope(session_factory) as session:
-        await audits.cancel(SessionStatements(session), audit_id=audit_id)
+        await audits.cancel(SessionStatements(session), tenant=None, audit_id=audit_id)
     cancelled = await load_audit(session_factory, audit_id)
 
     assert await succeed(engine, audit_id, attempt=claimed.attempts) is False

@@ -357,7 +357,7 @@ async def test_a_zombies_late_answer_is_discarded(
 async def cancel(engine: AsyncEngine, audit_id: UUID) -> None:
     """What `POST /audits/{id}/cancel` does to the row."""
     async with connect_to(engine) as conn:
-        await audits.cancel(conn, audit_id=audit_id)
+        await audits.cancel(conn, tenant=None, audit_id=audit_id)
 
 
 @pytest.mark.parametrize("reply", [None, permanent(), transient()])

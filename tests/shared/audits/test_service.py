@@ -24,6 +24,7 @@ from shared.queue import audit_job_id, send_pending, transaction
 from shared.rubrics import service as rubrics
 from shared.rubrics.exceptions import UnknownRubric
 from shared.rubrics.schemas import RubricCreate
+from shared.tenants.caller import DEFAULT_TENANT
 from tests.factories import audit_request
 from tests.rows import insert_audit, load_audit
 
@@ -54,7 +55,9 @@ async def test_create_records_a_queued_audit_and_sends_its_job_after_its_insert(
     engine: AsyncEngine, session_factory: SessionFactory, redis: ArqRedis, settings: Settings
 ) -> None:
     async with statement_connection(engine) as conn:
-        created = await audits.create(conn, settings=SETTINGS, data=request(), request_id="req-1")
+        created = await audits.create(
+            conn, tenant=DEFAULT_TENANT, settings=SETTINGS, data=request(), request_id="req-1"
+        )
         audit = created.resource
         # Deferred, not sent: the caller sends it once the statement has returned.
         assert await queued(redis, settings) == set()
@@ -80,7 +83,9 @@ async def test_create_budgets_max_attempts(
 ) -> None:
     async with statement_connection(engine) as conn:
         three = Settings(max_attempts=3)
-        audit = (await audits.create(conn, settings=three, data=request())).resource
+        audit = (
+            await audits.create(conn, tenant=DEFAULT_TENANT, settings=three, data=request())
+        ).resource
 
     assert (await load_audit(session_factory, audit.id)).attempt_limit == 3
 
@@ -93,6 +98,7 @@ async def test_create_with_a_rubric_snapshots_its_latest_or_named_version(
             criteria = [{"id": "tone", "description": description}]
             await rubrics.publish(
                 SessionStatements(session),
+                tenant=DEFAULT_TENANT,
                 settings=SETTINGS,
                 data=RubricCreate(name="house_style", description="", criteria=criteria),
             )
@@ -101,12 +107,16 @@ async def test_create_with_a_rubric_snapshots_its_latest_or_named_version(
     async with statement_connection(engine) as conn:
         latest = (
             await audits.create(
-                conn, settings=SETTINGS, data=request(criteria=None, rubric="house_style")
+                conn,
+                tenant=DEFAULT_TENANT,
+                settings=SETTINGS,
+                data=request(criteria=None, rubric="house_style"),
             )
         ).resource
         first = (
             await audits.create(
                 conn,
+                tenant=DEFAULT_TENANT,
                 settings=SETTINGS,
                 data=request(criteria=None, rubric="house_style", rubric_version=1),
             )
@@ -114,6 +124,7 @@ async def test_create_with_a_rubric_snapshots_its_latest_or_named_version(
         with pytest.raises(UnknownRubric, match="no version 3"):
             await audits.create(
                 conn,
+                tenant=DEFAULT_TENANT,
                 settings=SETTINGS,
                 data=request(criteria=None, rubric="house_style", rubric_version=3),
             )
@@ -130,10 +141,10 @@ async def test_get_or_raise(engine: AsyncEngine, session_factory: SessionFactory
     unknown = uuid4()
 
     async with statement_connection(engine) as conn:
-        assert (await audits.get_or_raise(conn, audit_id=audit_id)).id == audit_id
-        assert await repository.get(conn, unknown) is None
+        assert (await audits.get_or_raise(conn, audit_id=audit_id, tenant=None)).id == audit_id
+        assert await repository.get(conn, unknown, tenant=None) is None
         with pytest.raises(AuditNotFound, match=str(unknown)):
-            await audits.get_or_raise(conn, audit_id=unknown)
+            await audits.get_or_raise(conn, audit_id=unknown, tenant=None)
 
 
 # cancel
@@ -146,7 +157,7 @@ async def test_cancel_an_unfinished_audit_and_abort_its_job_after_commit(
     audit_id = await insert_audit(session_factory, status=status, lease_until=T0)
 
     async with transaction(session_factory, redis) as session:
-        audit = await audits.cancel(SessionStatements(session), audit_id=audit_id)
+        audit = await audits.cancel(SessionStatements(session), tenant=None, audit_id=audit_id)
         assert await redis.zscore(abort_jobs_ss, audit_job_id(audit_id)) is None
 
     assert await redis.zscore(abort_jobs_ss, audit_job_id(audit_id)) is not None
@@ -164,7 +175,7 @@ async def test_cancel_a_finished_audit_changes_nothing(
 
     async with session_factory() as session:
         with pytest.raises(AuditNotCancellable, match=f"already {status}") as raised:
-            await audits.cancel(SessionStatements(session), audit_id=audit_id)
+            await audits.cancel(SessionStatements(session), tenant=None, audit_id=audit_id)
 
     assert raised.value.extra == {"audit_status": status}
     stored = await load_audit(session_factory, audit_id)
@@ -174,7 +185,7 @@ async def test_cancel_a_finished_audit_changes_nothing(
 async def test_cancel_an_unknown_audit(session_factory: SessionFactory) -> None:
     async with session_factory() as session:
         with pytest.raises(AuditNotFound):
-            await audits.cancel(SessionStatements(session), audit_id=uuid4())
+            await audits.cancel(SessionStatements(session), tenant=None, audit_id=uuid4())
 
 
 # retry
@@ -199,7 +210,9 @@ async def test_retry_requeues_with_a_fresh_budget_and_keeps_attempts(
     audit_id = await insert_audit(session_factory, **{**FAILED_AFTER_FIVE, "status": status})
 
     async with transaction(session_factory, redis) as session:
-        audit = await audits.retry(SessionStatements(session), audit_id=audit_id, settings=SETTINGS)
+        audit = await audits.retry(
+            SessionStatements(session), tenant=None, audit_id=audit_id, settings=SETTINGS
+        )
         assert await queued(redis, settings) == set()
 
     assert await queued(redis, settings) == {audit_job_id(audit_id)}
@@ -216,7 +229,7 @@ async def test_retry_moves_the_budget_by_max_attempts(session_factory: SessionFa
 
     async with session_factory() as session:
         two = Settings(max_attempts=2)
-        await audits.retry(SessionStatements(session), audit_id=audit_id, settings=two)
+        await audits.retry(SessionStatements(session), tenant=None, audit_id=audit_id, settings=two)
         await session.commit()
 
     stored = await load_audit(session_factory, audit_id)
@@ -231,7 +244,9 @@ async def test_retry_of_an_audit_that_did_not_fail_changes_nothing(
 
     async with transaction(session_factory, redis) as session:
         with pytest.raises(AuditNotRetryable, match=f"is {status}") as raised:
-            await audits.retry(SessionStatements(session), audit_id=audit_id, settings=SETTINGS)
+            await audits.retry(
+                SessionStatements(session), tenant=None, audit_id=audit_id, settings=SETTINGS
+            )
 
     assert raised.value.extra == {"audit_status": status}
     assert await queued(redis, settings) == set()
@@ -243,15 +258,21 @@ async def test_retry_twice_is_refused_the_second_time(session_factory: SessionFa
     audit_id = await insert_audit(session_factory, **FAILED_AFTER_FIVE)
 
     async with session_factory() as session:
-        await audits.retry(SessionStatements(session), audit_id=audit_id, settings=SETTINGS)
+        await audits.retry(
+            SessionStatements(session), tenant=None, audit_id=audit_id, settings=SETTINGS
+        )
         with pytest.raises(AuditNotRetryable, match="is queued"):
-            await audits.retry(SessionStatements(session), audit_id=audit_id, settings=SETTINGS)
+            await audits.retry(
+                SessionStatements(session), tenant=None, audit_id=audit_id, settings=SETTINGS
+            )
 
 
 async def test_retry_an_unknown_audit(session_factory: SessionFactory) -> None:
     async with session_factory() as session:
         with pytest.raises(AuditNotFound):
-            await audits.retry(SessionStatements(session), audit_id=uuid4(), settings=SETTINGS)
+            await audits.retry(
+                SessionStatements(session), tenant=None, audit_id=uuid4(), settings=SETTINGS
+            )
 
 
 # list_page
@@ -265,7 +286,7 @@ async def listed(session_factory: SessionFactory) -> list[UUID]:
     """Six audits, newest last, spread over statuses, a batch, a rubric and time."""
     async with session_factory() as session:
         await session.execute(
-            sa.text("INSERT INTO batch (id, metadata) VALUES (:id, '{}')"), {"id": BATCH}
+            sa.text("INSERT INTO batch (id, tenant, metadata) VALUES (:id, 'default', '{}')"), {"id": BATCH}
         )
         await session.commit()
     shapes: list[tuple[AuditStatus, UUID | None, str | None]] = [

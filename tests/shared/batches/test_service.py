@@ -20,6 +20,7 @@ from shared.batches.schemas import BatchCounts, BatchCreate
 from shared.config import Settings
 from shared.db import SessionStatements
 from shared.queue import send_pending
+from shared.tenants.caller import DEFAULT_TENANT
 from tests.factories import batch_request
 
 
@@ -44,7 +45,11 @@ def statements(engine: AsyncEngine) -> Iterator[list[str]]:
 
 async def create(session: AsyncSession, size: int) -> batches.BatchSummary:
     created = await batches.create(
-        SessionStatements(session), settings=Settings(), data=batch_of(size), request_id="req-1"
+        SessionStatements(session),
+        tenant=DEFAULT_TENANT,
+        settings=Settings(),
+        data=batch_of(size),
+        request_id="req-1",
     )
     await session.commit()
     assert not created.replayed
@@ -75,7 +80,7 @@ async def test_create_defers_the_jobs_until_the_caller_sends_them(
     session: AsyncSession, redis: ArqRedis, settings: Settings
 ) -> None:
     created = await batches.create(
-        SessionStatements(session), settings=Settings(), data=batch_of(5)
+        SessionStatements(session), tenant=DEFAULT_TENANT, settings=Settings(), data=batch_of(5)
     )
     await session.commit()
 
@@ -94,6 +99,7 @@ async def test_create_with_a_used_key_returns_the_first_batch_and_queues_nothing
 ) -> None:
     first = await batches.create(
         SessionStatements(session),
+        tenant=DEFAULT_TENANT,
         settings=Settings(),
         data=batch_of(2),
         idempotency_key="nightly-1",
@@ -104,6 +110,7 @@ async def test_create_with_a_used_key_returns_the_first_batch_and_queues_nothing
 
     again = await batches.create(
         SessionStatements(session),
+        tenant=DEFAULT_TENANT,
         settings=Settings(),
         data=batch_of(2),
         idempotency_key="nightly-1",
@@ -132,7 +139,7 @@ async def test_summaries_of_several_batches_come_from_one_grouped_query(
 
     with statements(engine) as sent:
         page, next_cursor = await batches.list_page(
-            SessionStatements(session), limit=10, cursor=None, cursor_key=b"k" * 32
+            SessionStatements(session), tenant=None, limit=10, cursor=None, cursor_key=b"k" * 32
         )
 
     assert len(sent) == 2  # the page of batches, then the counts of all of them

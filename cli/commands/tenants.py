@@ -1,0 +1,173 @@
+"""`auditq key …` and `auditq tenant …`: keys and quotas, for ops.
+
+These talk to PostgreSQL through `DATABASE_URL`, as `auditq migrate` does (the
+embedded server where it is unset), not to the API: they are how the first key is
+made. Every change reaches the running API processes as it commits.
+"""
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from cli import output
+from cli.errors import CliError, reports_errors
+
+T = TypeVar("T")
+
+keys_app = typer.Typer(
+    help="API keys: each acts for one tenant (AUTH=keys).",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+tenants_app = typer.Typer(
+    help="Tenants: their quotas and scheduling weight.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+
+Tenant = Annotated[str, typer.Option("--tenant", help="The tenant's name, e.g. acme.")]
+
+
+def _limit(value: str | None) -> int | None:
+    """`N` or `default` (the setting's value): a quota option's text."""
+    if value is None or value == "default":
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise typer.BadParameter("a whole number of at least 1, or `default`")
+    return int(value)
+
+
+def _in_database(work: Callable[[Any], Awaitable[T]]) -> T:
+    """Run `work` in one transaction on the ops database; problems become CLI errors."""
+    from cli.dev import ops_database
+
+    with ops_database() as database_url:
+        return asyncio.run(_transaction(database_url, work))
+
+
+async def _transaction(database_url: str, work: Callable[[Any], Awaitable[T]]) -> T:
+    import asyncpg
+
+    from shared.config import Settings
+    from shared.db import SessionStatements, create_engine, create_session_factory, session_scope
+    from shared.errors import AppError
+
+    engine = create_engine(Settings(database_url=database_url), pool_size=1)
+    try:
+        async with session_scope(create_session_factory(engine)) as session:
+            return await work(SessionStatements(session))
+    except AppError as error:
+        raise CliError(error.detail) from None
+    except Exception as error:
+        if isinstance(getattr(error, "orig", None), asyncpg.UndefinedTableError) or (
+            "UndefinedTableError" in str(error)
+        ):
+            raise CliError(
+                "the database has no auditq tables: run `auditq migrate` first"
+            ) from None
+        raise
+    finally:
+        await engine.dispose()
+
+
+@keys_app.command("create")
+@reports_errors
+def create_key(
+    tenant: Tenant,
+    label: Annotated[str | None, typer.Option(help="What the key is for, shown by `list`.")] = None,
+    admin: Annotated[bool, typer.Option("--admin", help="See and manage every tenant.")] = False,
+) -> None:
+    """Create a key of TENANT (and the tenant, on its first key); the key is printed once,
+    alone on the last line."""
+    from shared.tenants import service
+    from shared.tenants.caller import Role
+
+    role = Role.ADMIN if admin else Role.MEMBER
+    created = _in_database(
+        lambda conn: service.create_key(conn, tenant=tenant, label=label, role=role)
+    )
+    output.say(
+        f"{role} key {created.row.prefix}… of tenant {created.row.tenant} created; "
+        "it is shown this once:"
+    )
+    print(created.secret, flush=True)
+
+
+@keys_app.command("list")
+@reports_errors
+def list_keys(
+    tenant: Annotated[str | None, typer.Option("--tenant", help="Only this tenant's.")] = None,
+) -> None:
+    """List keys by prefix (never the keys themselves), revoked ones too."""
+    from shared.tenants import repository
+
+    rows = _in_database(lambda conn: repository.keys(conn, tenant=tenant))
+    output.show(output.keys_table(rows))
+
+
+@keys_app.command("revoke")
+@reports_errors
+def revoke_key(
+    key_or_prefix: Annotated[str, typer.Argument(help="The whole key, or its prefix.")],
+) -> None:
+    """Revoke a key: every API process refuses it from its next request on."""
+    from shared.tenants import service
+
+    row = _in_database(lambda conn: service.revoke_key(conn, key_or_prefix))
+    output.say(f"key {row.prefix}… of tenant {row.tenant} revoked")
+
+
+Quota = Annotated[
+    str | None,
+    typer.Option(metavar="N|default", help="N, or `default` for the setting's value."),
+]
+
+
+@tenants_app.command("set")
+@reports_errors
+def set_tenant(
+    name: Annotated[str, typer.Argument(help="The tenant (created if new).")],
+    max_queued: Annotated[
+        str | None,
+        typer.Option(
+            "--max-queued",
+            metavar="N|default",
+            help="Audits queued or running at most; `default`: TENANT_MAX_QUEUED.",
+        ),
+    ] = None,
+    submit_rpm: Annotated[
+        str | None,
+        typer.Option(
+            "--submit-rpm",
+            metavar="N|default",
+            help="Submissions a minute at most; `default`: TENANT_SUBMIT_RPM.",
+        ),
+    ] = None,
+    weight: Annotated[
+        int | None, typer.Option("--weight", min=1, help="Share of the workers (default 1).")
+    ] = None,
+) -> None:
+    """Create a tenant, or change its quotas and weight; options left out stay as they are."""
+    from shared.tenants import service
+
+    changes: dict[str, int | None] = {}
+    if max_queued is not None:
+        changes["max_queued"] = _limit(max_queued)
+    if submit_rpm is not None:
+        changes["submit_rpm"] = _limit(submit_rpm)
+    if weight is not None:
+        changes["weight"] = weight
+    row = _in_database(lambda conn: service.set_tenant(conn, name, changes))
+    output.show(output.tenants_table([row]))
+
+
+@tenants_app.command("list")
+@reports_errors
+def list_tenants() -> None:
+    """List tenants, their quotas (`default`: the setting's) and weights."""
+    from shared.tenants import repository
+
+    rows = _in_database(repository.all_tenants)
+    output.show(output.tenants_table(rows))
