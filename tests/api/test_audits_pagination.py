@@ -86,7 +86,8 @@ async def batches(session_factory: SessionFactory, clean: None) -> list[UUID]:
     async with session_scope(session_factory) as session:
         for batch_id in ids:
             await session.execute(
-                sa.text("INSERT INTO batch (id, tenant, metadata) VALUES (:id, 'default', '{}')"), {"id": batch_id}
+                sa.text("INSERT INTO batch (id, tenant, metadata) VALUES (:id, 'default', '{}')"),
+                {"id": batch_id},
             )
     return ids
 

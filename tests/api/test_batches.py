@@ -18,7 +18,10 @@ from tests.api.checks import assert_nothing_written, assert_problem, queued_jobs
 from tests.api.support import assert_job_queued
 from tests.factories import audit_request, batch_request, criterion, rubric_request
 
-READ_FIELDS = {"id", "tenant", "name", "metadata", "status", "counts", "usage", "created_at", "finished_at"}
+READ_FIELDS = {
+    *("id", "tenant", "name", "metadata", "status", "counts", "usage", "created_at"),
+    "finished_at",
+}
 RESULT_FIELDS = {"id", "subject", "metadata", "status", "result", "error", "usage"}
 NO_USAGE = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
 T0 = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)  # well before any test runs

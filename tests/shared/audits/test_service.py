@@ -286,7 +286,8 @@ async def listed(session_factory: SessionFactory) -> list[UUID]:
     """Six audits, newest last, spread over statuses, a batch, a rubric and time."""
     async with session_factory() as session:
         await session.execute(
-            sa.text("INSERT INTO batch (id, tenant, metadata) VALUES (:id, 'default', '{}')"), {"id": BATCH}
+            sa.text("INSERT INTO batch (id, tenant, metadata) VALUES (:id, 'default', '{}')"),
+            {"id": BATCH},
         )
         await session.commit()
     shapes: list[tuple[AuditStatus, UUID | None, str | None]] = [
