@@ -221,15 +221,16 @@ def rubric_view(rubric: Mapping[str, Any]) -> RenderableType:
     return Group(heading, table)
 
 
-def _when(moment: datetime | None) -> str:
-    return "" if moment is None else moment.strftime("%Y-%m-%d %H:%M")
+def _day(moment: datetime | None) -> str:
+    return "" if moment is None else f"{moment:%Y-%m-%d}"
 
 
 def keys_table(rows: Sequence[Any]) -> Table:
     """Keys by their display prefix (`KeyRow`s): the keys themselves are never kept."""
     table = Table(title=f"{len(rows)} key(s)", title_justify="left")
     for column in ("prefix", "tenant", "role", "label", "created", "last used", "revoked"):
-        table.add_column(column, no_wrap=column != "label")
+        # Everything but the label whole, even on an 80-column pipe.
+        table.add_column(column, no_wrap=column != "label", min_width=len(column))
     for key in rows:
         style = "dim" if key.revoked_at else ""
         table.add_row(
@@ -237,9 +238,9 @@ def keys_table(rows: Sequence[Any]) -> Table:
             key.tenant,
             str(key.role),
             key.label or "",
-            _when(key.created_at),
-            _when(key.last_used_at),
-            _when(key.revoked_at),
+            _day(key.created_at),
+            _day(key.last_used_at),
+            _day(key.revoked_at),
             style=style,
         )
     return table
@@ -256,7 +257,7 @@ def tenants_table(rows: Sequence[Any]) -> Table:
             _quota(tenant.max_queued),
             _quota(tenant.submit_rpm),
             str(tenant.weight),
-            _when(tenant.created_at),
+            _day(tenant.created_at),
         )
     return table
 

@@ -116,6 +116,13 @@ def session_factory(engine: AsyncEngine) -> SessionFactory:
     return create_session_factory(engine)
 
 
+# Tenant `default` exists from the migration on, as it left it.
+RESET_TENANTS = (
+    "DELETE FROM tenant WHERE name <> 'default'",
+    "UPDATE tenant SET max_queued = NULL, submit_rpm = NULL, weight = 1",
+)
+
+
 @pytest.fixture
 async def clean(engine: AsyncEngine, redis_url: str) -> None:
     """Empty the tables before the test.
@@ -124,7 +131,9 @@ async def clean(engine: AsyncEngine, redis_url: str) -> None:
     names a fresh audit, so tests cannot see each other's jobs.
     """
     async with engine.begin() as connection:
-        await connection.exec_driver_sql("TRUNCATE audit, batch, rubric CASCADE")
+        await connection.exec_driver_sql("TRUNCATE audit, batch, rubric, api_key CASCADE")
+        for statement in RESET_TENANTS:
+            await connection.exec_driver_sql(statement)
 
 
 @pytest.fixture

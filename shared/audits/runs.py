@@ -147,7 +147,9 @@ async def run_attempt(
     if audit is None:
         log.info("job_skipped", reason=_NOT_CLAIMABLE)
         return Skipped(_NOT_CLAIMABLE)
-    structlog.contextvars.bind_contextvars(request_id=audit.request_id, attempt=audit.attempts)
+    structlog.contextvars.bind_contextvars(
+        tenant=audit.tenant, request_id=audit.request_id, attempt=audit.attempts
+    )
     log.info("audit_started", model=audit.model, criteria=len(audit.criteria))
     attempt = _Attempt(audit, connect, clock)
     try:

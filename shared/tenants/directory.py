@@ -67,6 +67,12 @@ class Directory:
         self.listening = False
         self._task: asyncio.Task[None] | None = None
 
+    @property
+    def generation(self) -> int:
+        """How many times the cache was emptied: a change was notified, or the listener
+        came or went."""
+        return self._generation
+
     async def start(self) -> None:
         self._task = asyncio.create_task(self._listen_forever(), name="tenants-listener")
 

@@ -1,5 +1,6 @@
 """Assertions the API tests of batches, rubrics and idempotency share."""
 
+import asyncio
 from typing import Any
 
 import sqlalchemy as sa
@@ -8,6 +9,7 @@ from httpx import Response
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.config import Settings
+from shared.tenants.directory import Directory
 
 
 def assert_problem(response: Response, status: int, code: str) -> dict[str, Any]:
@@ -51,3 +53,12 @@ async def assert_nothing_written(
     """No batch, no audit, no job: a refused request left no trace (`rubrics` may pre-exist)."""
     assert await row_counts(engine) == {"audit": 0, "batch": 0, "rubric": rubrics}
     assert await queued_jobs(redis, settings) == set()
+
+
+async def until_notified(directory: Directory, *, since: int) -> None:
+    """Wait for the API's key directory to hear of a change committed after `since`."""
+    for _ in range(500):
+        if directory.generation != since:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("PostgreSQL's notification of the change never arrived")
