@@ -26,6 +26,8 @@ from shared.batches.repository import BatchRow
 from shared.db import asyncpg_dsn
 from shared.rubrics.models import Rubric
 from shared.rubrics.repository import RubricRow
+from shared.tenants.models import ApiKey, Tenant
+from shared.tenants.repository import KeyRow, TenantRow
 from tests.conftest import migrate
 
 Schema = dict[str, list[tuple[str, ...]]]
@@ -144,8 +146,35 @@ async def test_the_status_check_allows_exactly_the_statuses_of_the_enum(database
 
 @pytest.mark.parametrize(
     ("row", "table"),
-    [(AuditRow, Audit), (BatchRow, Batch), (RubricRow, Rubric)],
-    ids=["audit", "batch", "rubric"],
+    [
+        (AuditRow, Audit),
+        (BatchRow, Batch),
+        (RubricRow, Rubric),
+        (TenantRow, Tenant),
+        (KeyRow, ApiKey),
+    ],
+    ids=["audit", "batch", "rubric", "tenant", "api_key"],
 )
 def test_each_typed_row_has_every_column_of_its_table(row: type[Any], table: Any) -> None:
     assert {f.name for f in fields(row)} == {column.name for column in table.__table__.columns}
+
+
+async def test_rows_from_before_tenants_belong_to_default(scratch_url: str) -> None:
+    alembic(scratch_url, "downgrade", "0004")
+    connection = await asyncpg.connect(asyncpg_dsn(scratch_url))
+    try:
+        await connection.execute(
+            "INSERT INTO rubric (name, version, description, criteria) VALUES ('r', 1, '', '[]')"
+        )
+        alembic(scratch_url, "upgrade", "head")
+        assert await connection.fetchval("SELECT tenant FROM rubric") == "default"
+        assert await connection.fetchval("SELECT name FROM tenant") == "default"
+
+        # Another tenant's rows would be merged into one: downgrading refuses.
+        await connection.execute("UPDATE rubric SET tenant = 'acme'")
+        with pytest.raises(subprocess.CalledProcessError) as refused:
+            migrate(scratch_url, "downgrade", "0004")
+        assert b"tenants other than default" in refused.value.stderr
+        await connection.execute("DELETE FROM rubric")
+    finally:
+        await connection.close()

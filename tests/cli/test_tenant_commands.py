@@ -1,0 +1,86 @@
+"""`auditq key …` and `auditq tenant …` on the test database, as ops run them."""
+
+import pytest
+from typer.testing import CliRunner, Result
+
+from cli.main import app
+from shared.tenants.keys import DISPLAY_CHARS, KEY_PREFIX
+
+pytestmark = pytest.mark.usefixtures("settings")  # the test database, cleaned
+
+
+def auditq(*args: str) -> Result:
+    return CliRunner().invoke(app, list(args))
+
+
+def quotas_of(tenant: str, shown: Result) -> list[str]:
+    """The max queued, submit rpm and weight cells of the tenant's row of a table."""
+    row = next(line for line in shown.stdout.splitlines() if f" {tenant} " in line)
+    return [cell.strip() for cell in row.split("│")[2:5]]
+
+
+def test_key_create_prints_the_key_alone_on_the_last_line() -> None:
+    created = auditq("key", "create", "--tenant", "acme", "--label", "nightly")
+
+    assert created.exit_code == 0, created.output
+    key = created.stdout.splitlines()[-1]
+    assert key.startswith(KEY_PREFIX)
+    assert len(key) >= len(KEY_PREFIX) + 32
+    listed = auditq("key", "list")
+    assert key not in listed.stdout
+    assert key[:DISPLAY_CHARS] in listed.stdout
+    assert "nightly" in listed.stdout
+    assert "acme" in auditq("tenant", "list").stdout  # its first key made the tenant
+
+
+def test_keys_are_listed_by_tenant() -> None:
+    auditq("key", "create", "--tenant", "acme")
+    auditq("key", "create", "--tenant", "globex", "--admin")
+
+    listed = auditq("key", "list", "--tenant", "globex").stdout
+
+    assert "globex" in listed
+    assert "admin" in listed
+    assert "acme" not in listed
+
+
+def test_a_key_is_revoked_by_its_prefix() -> None:
+    key = auditq("key", "create", "--tenant", "acme").stdout.splitlines()[-1]
+
+    revoked = auditq("key", "revoke", key[:DISPLAY_CHARS])
+
+    assert revoked.exit_code == 0, revoked.output
+    assert "revoked" in revoked.output
+
+
+@pytest.mark.parametrize("wanted", ["aq_nothing", "aq_" + "x" * 43])
+def test_revoking_an_unknown_key_says_so(wanted: str) -> None:
+    revoked = auditq("key", "revoke", wanted)
+
+    assert revoked.exit_code == 2
+    assert "No key is" in revoked.output
+
+
+def test_tenant_set_changes_only_what_it_names() -> None:
+    auditq("tenant", "set", "acme", "--max-queued", "50", "--submit-rpm", "600")
+
+    changed = auditq("tenant", "set", "acme", "--weight", "3")
+    cleared = auditq("tenant", "set", "acme", "--submit-rpm", "default")
+
+    assert quotas_of("acme", changed) == ["50", "600", "3"]
+    assert quotas_of("acme", cleared) == ["50", "default", "3"]
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["tenant", "set", "Acme Corp"], "is not a tenant name"),
+        (["tenant", "set", "acme", "--max-queued", "0"], "at least 1"),
+        (["key", "create", "--tenant", "-acme"], "is not a tenant name"),
+    ],
+)
+def test_bad_names_and_limits_are_refused(args: list[str], says: str) -> None:
+    refused = auditq(*args)
+
+    assert refused.exit_code == 2
+    assert says in refused.output

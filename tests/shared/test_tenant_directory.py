@@ -1,0 +1,85 @@
+"""The API's key directory: cached while PostgreSQL can tell it of changes, never otherwise."""
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from shared.config import Settings
+from shared.db import SessionFactory, SessionStatements, session_scope
+from shared.tenants import keys, service
+from shared.tenants.caller import Role
+from shared.tenants.directory import Directory
+from tests.api.checks import until_notified
+
+
+@pytest.fixture
+async def directory(engine: AsyncEngine, settings: Settings) -> AsyncIterator[Directory]:
+    directory = Directory(engine, settings)
+    yield directory
+    await directory.stop()
+
+
+async def make_key(factory: SessionFactory) -> str:
+    async with session_scope(factory) as session:
+        made = await service.create_key(
+            SessionStatements(session), tenant="acme", label=None, role=Role.MEMBER
+        )
+    return made.secret
+
+
+async def revoke(factory: SessionFactory, key: str) -> None:
+    async with session_scope(factory) as session:
+        await service.revoke_key(SessionStatements(session), key)
+
+
+async def listening(directory: Directory) -> None:
+    await directory.start()
+    for _ in range(500):
+        if directory.listening:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("never listened")
+
+
+async def test_without_its_listener_every_lookup_asks_the_database(
+    directory: Directory, session_factory: SessionFactory
+) -> None:
+    key = await make_key(session_factory)
+    assert await directory.key(keys.digest(key)) is not None
+
+    await revoke(session_factory, key)  # no listener: nobody tells the directory
+
+    assert await directory.key(keys.digest(key)) is None
+
+
+async def test_a_notified_change_empties_the_cache(
+    directory: Directory, session_factory: SessionFactory
+) -> None:
+    await listening(directory)
+    key = await make_key(session_factory)
+    found = await directory.key(keys.digest(key))
+    assert found is not None
+    assert found.tenant == "acme"
+    before = directory.generation
+
+    await revoke(session_factory, key)
+    await until_notified(directory, since=before)
+
+    assert await directory.key(keys.digest(key)) is None
+
+
+async def test_limits_fall_back_on_the_settings(
+    session_factory: SessionFactory, engine: AsyncEngine
+) -> None:
+    settings = Settings(database_url="postgresql://unused", tenant_max_queued=7)
+    with_defaults = Directory(engine, settings)
+    async with session_scope(session_factory) as session:
+        await service.set_tenant(SessionStatements(session), "acme", {"submit_rpm": 60})
+
+    acme = await with_defaults.limits("acme")
+    unknown = await with_defaults.limits("nobody")
+
+    assert (acme.max_queued, acme.submit_rpm) == (7, 60)
+    assert (unknown.max_queued, unknown.submit_rpm) == (7, None)
