@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import batch, model_call, peer, polling, reads, submit, worker
+from bench import auth, batch, model_call, peer, polling, reads, submit, worker
 from bench.common import Run, drop_all_queues, find_servers, server_versions
 from bench.results import RESULTS, Section, write
 
@@ -20,6 +20,7 @@ BENCHMARKS: dict[str, Callable[[Run], list[Section]]] = {
     "reads": reads.run,
     "polling": polling.run,
     "model-call": model_call.run,
+    "auth": auth.run,
 }
 
 

@@ -22,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -446,13 +446,16 @@ end
 """
 
 
-def _wrk_script(method: str, paths: Sequence[str], body: str | None) -> str:
+def _wrk_script(
+    method: str, paths: Sequence[str], body: str | None, headers: Mapping[str, str]
+) -> str:
     lines = [f'wrk.method = "{method}"']
     if body is not None:
         lines += [
             f"wrk.body = {json.dumps(body)}",
             'wrk.headers["Content-Type"] = "application/json"',
         ]
+    lines += [f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}" for k, v in headers.items()]
     lines.append("paths = {" + ", ".join(json.dumps(p) for p in paths) + "}")
     lines.append("request = function() return wrk.format(nil, paths[math.random(#paths)]) end")
     return "\n".join(lines) + _WRK_DONE
@@ -464,11 +467,12 @@ def run_wrk(
     *,
     method: str = "GET",
     body: str | None = None,
+    headers: Mapping[str, str] | None = None,
     connections: int = 32,
     duration_s: float = 5.0,
 ) -> Load:
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
-        script.write(_wrk_script(method, paths, body))
+        script.write(_wrk_script(method, paths, body, headers or {}))
     try:
         argv = [
             "wrk",
@@ -501,6 +505,7 @@ def run_loadgen(
     *,
     method: str = "GET",
     body: str | None = None,
+    headers: Mapping[str, str] | None = None,
     connections: int = 32,
     duration_s: float = 5.0,
     rate: float | None = None,
@@ -513,6 +518,7 @@ def run_loadgen(
         "paths": list(paths),
         "method": method,
         "body": body,
+        "headers": dict(headers or {}),
         "connections": connections,
         "duration_s": duration_s,
         "rate": rate,

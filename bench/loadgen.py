@@ -33,6 +33,7 @@ class Spec:
     paths: list[str]
     method: str = "GET"
     body: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
     connections: int = 16
     duration_s: float = 5.0
     rate: float | None = None
@@ -85,6 +86,7 @@ def _requests(spec: Spec) -> list[bytes]:
     headers = f"Host: {parts.netloc}\r\nConnection: keep-alive\r\n"
     if spec.body is not None:
         headers += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+    headers += "".join(f"{name}: {value}\r\n" for name, value in spec.headers.items())
     return [
         f"{spec.method} {path} HTTP/1.1\r\n{headers}\r\n".encode() + body for path in spec.paths
     ]
