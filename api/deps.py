@@ -6,7 +6,7 @@ from typing import Annotated, Any
 from uuid import UUID
 
 from arq.connections import ArqRedis
-from fastapi import Depends, Header, Query, Request, Response
+from fastapi import Depends, FastAPI, Header, Query, Request, Response
 
 from api.auth import CurrentCaller
 from shared.audits import service as audits
@@ -99,8 +99,20 @@ def set_location(
     request: Request, response: Response, route: str, *, query: str = "", **params: Any
 ) -> None:
     """`Location` of a resource, as the router spells the path of `route`."""
-    path = request.app.url_path_for(route, **params)
+    path = _path_template(request.app, route, tuple(params)).format_map(params)
     response.headers["Location"] = f"{path}?{query}" if query else path
+
+
+def _path_template(app: FastAPI, route: str, names: tuple[str, ...]) -> str:
+    """The path of `route` with `{name}` placeholders, asked of the router once per app.
+
+    `url_path_for` walks every route: ~60 µs, the most expensive step of a submit.
+    """
+    templates: dict[tuple[str, tuple[str, ...]], str] = app.state.path_templates
+    key = (route, names)
+    if key not in templates:
+        templates[key] = app.url_path_for(route, **{name: f"{{{name}}}" for name in names})
+    return templates[key]
 
 
 def mark_created(
