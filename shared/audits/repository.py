@@ -81,38 +81,39 @@ class AuditRow(NewAudit):
 
 _NEW_COLUMNS = tuple(f.name for f in fields(NewAudit))
 COLUMNS = tuple(f.name for f in fields(AuditRow))
+_ADDED_LATER = dict.fromkeys(name for name in COLUMNS if name not in _NEW_COLUMNS)
 _JSONB = frozenset({"criteria", "metadata", "result"})
+_JSONB_AT = [index for index, name in enumerate(_NEW_COLUMNS) if name in _JSONB]
+_CRITERIA_AT = _NEW_COLUMNS.index("criteria")
 # An audit of a rubric stores a reference to its version, not a copy of its criteria
-# (versions never change); reads join the rubric back in. Rows written before that
+# (versions never change); reads look the rubric's up. Rows written before that
 # (migration 0004) keep their copy, which reads prefer: it is the same criteria.
-_WITH_RUBRIC = (
-    "LEFT JOIN rubric ON (rubric.tenant, rubric.name, rubric.version) "
-    "= (audit.tenant, audit.rubric_name, audit.rubric_version)"
+# A subquery rather than a join: `coalesce` stops at a copy, so an audit with inline
+# criteria (most) reads no rubric and its statement plans no join.
+_CRITERIA = (
+    "coalesce(audit.criteria, (SELECT rubric.criteria FROM rubric WHERE "
+    "(rubric.tenant, rubric.name, rubric.version) "
+    "= (audit.tenant, audit.rubric_name, audit.rubric_version)))"
 )
-_CRITERIA = "coalesce(audit.criteria, rubric.criteria)"
 _ROW = ", ".join(f"{_CRITERIA} AS criteria" if c == "criteria" else f"audit.{c}" for c in COLUMNS)
-_SELECT = f"SELECT {_ROW} FROM audit {_WITH_RUBRIC}"
+_SELECT = f"SELECT {_ROW} FROM audit"
 
 
 def _returning_row(update: str) -> str:
     """An UPDATE … RETURNING audit.*, answered as `_SELECT` answers."""
-    return f"WITH audit AS ({update} RETURNING audit.*) SELECT {_ROW} FROM audit {_WITH_RUBRIC}"
+    return f"WITH audit AS ({update} RETURNING audit.*) SELECT {_ROW} FROM audit"
 
 
-def _json(name: str, value: Any) -> Any:
-    """A JSONB parameter goes in as JSON text (the codec of the pool's connections)."""
-    return json.dumps(value) if name in _JSONB and value is not None else value
-
-
-def _stored(audit: NewAudit, name: str) -> Any:
-    """A column's value as stored: a rubric's criteria stay in the rubric."""
-    if name == "criteria" and audit.rubric_name is not None:
-        return None
-    return _json(name, getattr(audit, name))
-
-
-def _parameters(audit: NewAudit) -> list[Any]:
-    return [_stored(audit, name) for name in _NEW_COLUMNS]
+def _stored(audit: NewAudit) -> list[Any]:
+    """The audit's columns as stored: JSONB as JSON text (the codec of the pool's
+    connections), and a rubric's criteria left in the rubric."""
+    values = [getattr(audit, name) for name in _NEW_COLUMNS]
+    for index in _JSONB_AT:
+        if values[index] is not None:
+            values[index] = json.dumps(values[index])
+    if audit.rubric_name is not None:
+        values[_CRITERIA_AT] = None
+    return values
 
 
 # --- Creating ---------------------------------------------------------------------------
@@ -127,11 +128,11 @@ _INSERT = (
 
 async def insert(conn: Statements, audit: NewAudit) -> AuditRow | None:
     """Insert one audit; None when its idempotency key is already taken."""
-    returned = await conn.fetchrow(_INSERT, *_parameters(audit))
+    returned = await conn.fetchrow(_INSERT, *_stored(audit))
     if returned is None:
         return None
-    unset = dict.fromkeys(COLUMNS)
-    return AuditRow(**{**unset, **{n: getattr(audit, n) for n in _NEW_COLUMNS}, **returned})
+    inserted = {name: getattr(audit, name) for name in _NEW_COLUMNS}
+    return AuditRow(**inserted, **{**_ADDED_LATER, **returned})
 
 
 def _array_type(name: str) -> str:
@@ -152,8 +153,8 @@ _INSERT_MANY = (
 
 async def insert_many(conn: Statements, audits: Sequence[NewAudit]) -> None:
     """Insert many audits in one statement (no idempotency key: a batch carries it)."""
-    columns = [[_stored(a, n) for a in audits] for n in _NEW_COLUMNS]
-    await conn.execute(_INSERT_MANY, *columns)
+    rows = [_stored(audit) for audit in audits]
+    await conn.execute(_INSERT_MANY, *([row[i] for row in rows] for i in range(len(_NEW_COLUMNS))))
 
 
 # --- Reading ----------------------------------------------------------------------------
@@ -438,14 +439,14 @@ _NEXT_CALL = (
     "SELECT model, octet_length(subject) + octet_length(content) "
     f"+ octet_length({_CRITERIA}::text) AS text_chars, "
     f"jsonb_array_length({_CRITERIA}) AS criteria "
-    f"FROM audit {_WITH_RUBRIC} WHERE audit.id = $1 AND {_CLAIMABLE}"
+    f"FROM audit WHERE audit.id = $1 AND {_CLAIMABLE}"
 )
 _CLAIM = (
     f"WITH audit AS (UPDATE audit SET status = {R}, attempts = attempts + 1, "
     "lease_until = now() + $2, started_at = coalesce(started_at, now()), updated_at = now() "
     f"WHERE id = $1 AND {_CLAIMABLE} RETURNING audit.*) "
     f"SELECT audit.id, audit.tenant, audit.attempts, audit.model, audit.subject, audit.content, "
-    f"{_CRITERIA} AS criteria, audit.pass_threshold, audit.request_id FROM audit {_WITH_RUBRIC}"
+    f"{_CRITERIA} AS criteria, audit.pass_threshold, audit.request_id FROM audit"
 )
 _SUCCEED = _finish(
     f"status = {S}, result = $3, prompt_tokens = $4, completion_tokens = $5, "
