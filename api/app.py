@@ -14,7 +14,7 @@ from api.auth import Unauthorized
 from api.bodies import BodyBudget
 from api.examples import document_examples
 from api.memory import freeze_startup_objects
-from api.middleware import BodyLimit, InternalErrors, RequestContext, TrustedHosts
+from api.middleware import RequestGate, TrustedHosts
 from api.openapi import document_bearer_keys, document_problems_as_sent, problem_of
 from api.routes import audits, batches, health, rubrics
 from api.streams import StreamSlots
@@ -92,14 +92,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if guarded:
         document_bearer_keys(app)
     document_examples(app, prefix=API_PREFIX)
-    app.add_middleware(InternalErrors)
-    app.add_middleware(
-        BodyBudget,
+    bodies = BodyBudget(
         budget_bytes=settings.max_inflight_body_bytes,
         max_body_bytes=settings.max_body_bytes,
         read_timeout_s=settings.request_read_timeout_s,
     )
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    hosts = TrustedHosts(settings.allowed_hosts, exempt_prefix=f"{API_PREFIX}/health/")
+    app.add_middleware(RequestGate, hosts=hosts, bodies=bodies)
+    # Outside the gate, so every answer, the gate's refusals included, carries CORS headers;
+    # a preflight is CORS's alone to answer.
     if settings.cors_origins:  # without origins it would answer no request differently
         app.add_middleware(
             CORSMiddleware,
@@ -108,8 +109,4 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["*"],
             expose_headers=["Location", "X-Request-ID", "Idempotent-Replayed"],
         )
-    app.add_middleware(
-        TrustedHosts, allowed=settings.allowed_hosts, exempt_prefix=f"{API_PREFIX}/health/"
-    )
-    app.add_middleware(RequestContext)
     return app

@@ -22,7 +22,7 @@ import asyncio
 
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope
 
 from api import problems
 from api.memory import MemoryReclaimer
@@ -33,31 +33,35 @@ _METHODS_WITH_BODIES = frozenset({"POST", "PUT", "PATCH"})
 
 
 class BodyBudget:
-    def __init__(
-        self, app: ASGIApp, *, budget_bytes: int, max_body_bytes: int, read_timeout_s: float
-    ) -> None:
-        self.app = app
+    """The bodies this process reads: each within `MAX_BODY_BYTES` and its deadline, all
+    within `MAX_INFLIGHT_BODY_BYTES`. Used by api/middleware.py's one middleware."""
+
+    def __init__(self, *, budget_bytes: int, max_body_bytes: int, read_timeout_s: float) -> None:
         self.budget_bytes = budget_bytes
         self.max_body_bytes = max_body_bytes
         self.read_timeout_s = read_timeout_s
         self.in_flight = 0
         self.reclaimer = MemoryReclaimer(every_bytes=max_body_bytes)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] not in _METHODS_WITH_BODIES:
-            await self.app(scope, receive, send)
-            return
+    def declared_too_large(self, scope: Scope) -> bool:
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                return value.isdigit() and int(value) > self.max_body_bytes
+        return False
+
+    def reserve(self, scope: Scope) -> int | None:
+        """The bytes reserved for the request's body (0: nothing to bound); None: no room."""
+        if scope["method"] not in _METHODS_WITH_BODIES:
+            return 0
         size = self._declared_size(scope)
-        if size == 0:
-            await self.app(scope, receive, send)
-            return
-        if self.in_flight + size > self.budget_bytes:
-            await self._busy()(scope, receive, send)
-            return
+        if size and self.in_flight + size > self.budget_bytes:
+            return None
         self.in_flight += size
-        try:
-            await self.app(scope, self._with_deadline(receive), send)
-        finally:
+        return size
+
+    def release(self, size: int) -> None:
+        """The request is answered: its reservation, and in time its memory, are given back."""
+        if size:
             self.in_flight -= size
             self.reclaimer.answered(size)
 
@@ -74,7 +78,7 @@ class BodyBudget:
             return int(length)
         return self.max_body_bytes if chunked else 0
 
-    def _busy(self) -> JSONResponse:
+    def busy(self) -> JSONResponse:
         response = problems.problem_response(
             status=429,
             code="server_busy",
@@ -85,23 +89,39 @@ class BodyBudget:
         response.headers["Retry-After"] = str(RETRY_AFTER_S)
         return response
 
-    def _with_deadline(self, receive: Receive) -> Receive:
-        deadline = asyncio.get_running_loop().time() + self.read_timeout_s
-        reading = True
+    def reading(self, receive: Receive, *, deadline: bool) -> Receive:
+        """`receive`, refusing a body past `MAX_BODY_BYTES` (whatever it declared) and, with
+        a `deadline`, one still arriving `REQUEST_READ_TIMEOUT_S` after the headers."""
+        due = asyncio.get_running_loop().time() + self.read_timeout_s if deadline else None
+        received = 0
 
-        async def receive_in_time() -> Message:
-            nonlocal reading
-            if not reading:  # the body is in: what follows is the wait for a disconnect
-                return await receive()
-            try:
-                async with asyncio.timeout_at(deadline):
-                    message = await receive()
-            except TimeoutError:
-                raise self._too_slow() from None
-            reading = message["type"] == "http.request" and message.get("more_body", False)
+        async def receive_in_bounds() -> Message:
+            nonlocal received, due
+            if due is None:  # no deadline, or the body is in: what follows is a disconnect
+                message = await receive()
+            else:
+                try:
+                    async with asyncio.timeout_at(due):
+                        message = await receive()
+                except TimeoutError:
+                    raise self._too_slow() from None
+                if not (message["type"] == "http.request" and message.get("more_body", False)):
+                    due = None
+            received += len(message.get("body", b""))
+            if received > self.max_body_bytes:
+                raise self.too_large()
             return message
 
-        return receive_in_time
+        return receive_in_bounds
+
+    def too_large(self) -> HTTPException:
+        # An HTTPException, because FastAPI re-raises those from body reading
+        # (anything else becomes a generic 400) and renders them as `payload_too_large`.
+        return HTTPException(
+            413,
+            f"The request body is over the limit of {self.max_body_bytes} bytes "
+            "(MAX_BODY_BYTES); send fewer or smaller audits per request.",
+        )
 
     def _too_slow(self) -> HTTPException:
         # An HTTPException: FastAPI re-raises those from body reading, and the handler

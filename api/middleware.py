@@ -1,7 +1,11 @@
-"""Pure ASGI middleware: request ids and access events, the body size limit, and 500s.
+"""The one pure-ASGI middleware every request goes through.
 
-Pure ASGI rather than `BaseHTTPMiddleware`: they sit on every request, and the
-latter costs an extra task and stream copy per call.
+In order: the request id (from X-Request-ID or new, bound to the logs and echoed), the
+`Host` check, the body's declared size and the process's body budget (api/bodies.py),
+then the app, whose error no handler took is answered with the 500 problem; the
+request's log line last. One layer rather than one per concern, and pure ASGI rather
+than `BaseHTTPMiddleware`: each layer is another call and another wrapped `send` on
+every request, a tenth of a GET's CPU with five of them (bench/RESULTS.md, "Tuning").
 """
 
 import random
@@ -9,11 +13,12 @@ import re
 import time
 
 import structlog
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import problems
+from api.bodies import BodyBudget
 
 log = structlog.get_logger("api.request")
 errors_log = structlog.get_logger("api.error")
@@ -33,11 +38,50 @@ def _new_id() -> str:
     return f"{random.getrandbits(128):032x}"
 
 
-class RequestContext:
-    """Binds `request_id` (from X-Request-ID or new) to the logs, echoes it, logs the request."""
+class TrustedHosts:
+    """The `Host` names in `ALLOWED_HOSTS` (`*.example.com` allowed; `*` any).
 
-    def __init__(self, app: ASGIApp) -> None:
+    What a client puts in `Host` must not reach anything that builds a URL from it.
+    The health probes are answered whatever the `Host`: load balancers and orchestrators
+    probe by address.
+    """
+
+    def __init__(self, allowed: list[str], exempt_prefix: str) -> None:
+        self.any = "*" in allowed
+        self.exact = {host.lower() for host in allowed if not host.startswith("*.")}
+        self.suffixes = tuple(host[1:].lower() for host in allowed if host.startswith("*."))
+        self.exempt_prefix = exempt_prefix
+
+    def allow(self, scope: Scope) -> bool:
+        if self.any or scope["path"].startswith(self.exempt_prefix):
+            return True
+        host = _host_name(_header(scope, b"host") or "")
+        return host in self.exact or host.endswith(self.suffixes)
+
+
+def _host_name(host: str) -> str:
+    """`Host` without its port: `example.com:8000` -> `example.com`, `[::1]:80` -> `[::1]`."""
+    if host.startswith("["):
+        return host[: host.find("]") + 1].lower()
+    return host.rsplit(":", 1)[0].lower()
+
+
+def _invalid_host() -> Response:
+    return problems.problem_response(
+        status=400,
+        code="invalid_host",
+        title="Invalid host",
+        detail="The Host header names no host this API serves (ALLOWED_HOSTS).",
+    )
+
+
+class RequestGate:
+    """Every HTTP request, in the order the module docstring gives."""
+
+    def __init__(self, app: ASGIApp, *, hosts: TrustedHosts, bodies: BodyBudget) -> None:
         self.app = app
+        self.hosts = hosts
+        self.bodies = bodies
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -49,7 +93,7 @@ class RequestContext:
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(request_id=request_id)
         started = time.perf_counter()
-        status = 500
+        status: int | None = None
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
@@ -59,126 +103,45 @@ class RequestContext:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_id)
+            await self._answer(scope, receive, send_with_id)
+        except Exception:
+            # Answered here, not by Starlette's outermost layer, where CORS and the request
+            # id would never see the response: a browser would report a CORS failure instead
+            # of the problem. Once a response has started it is too late: re-raised, and the
+            # server drops the connection.
+            if status is not None:
+                raise
+            errors_log.exception("unhandled_error", method=scope["method"], path=scope["path"])
+            await problems.internal_error_response()(scope, receive, send_with_id)
         finally:
             log.info(
                 "request",
                 method=scope["method"],
                 path=scope["path"],
-                status=status,
+                status=status or 500,
                 duration_ms=round((time.perf_counter() - started) * 1000, 2),
             )
 
-
-class TrustedHosts:
-    """Answers only requests whose `Host` is in `ALLOWED_HOSTS` (`*.example.com` allowed).
-
-    What a client puts in `Host` must not reach anything that builds a URL from it.
-    The health probes are answered whatever the `Host`: load balancers and orchestrators
-    probe by address.
-    """
-
-    def __init__(self, app: ASGIApp, allowed: list[str], exempt_prefix: str) -> None:
-        self.app = app
-        self.any = "*" in allowed
-        self.exact = {host.lower() for host in allowed if not host.startswith("*.")}
-        self.suffixes = tuple(host[1:].lower() for host in allowed if host.startswith("*."))
-        self.exempt_prefix = exempt_prefix
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.any or scope["type"] != "http" or scope["path"].startswith(self.exempt_prefix):
-            await self.app(scope, receive, send)
+    async def _answer(self, scope: Scope, receive: Receive, send: Send) -> None:
+        refusal = await self._refusal(scope)
+        if refusal is not None:
+            await refusal(scope, receive, send)
             return
-        host = _host_name(_header(scope, b"host") or "")
-        if host in self.exact or host.endswith(self.suffixes):
-            await self.app(scope, receive, send)
+        reserved = self.bodies.reserve(scope)
+        if reserved is None:
+            await self.bodies.busy()(scope, receive, send)
             return
-        response = problems.problem_response(
-            status=400,
-            code="invalid_host",
-            title="Invalid host",
-            detail="The Host header names no host this API serves (ALLOWED_HOSTS).",
-        )
-        await response(scope, receive, send)
+        try:
+            await self.app(scope, self.bodies.reading(receive, deadline=reserved > 0), send)
+        finally:
+            self.bodies.release(reserved)
 
-
-def _host_name(host: str) -> str:
-    """`Host` without its port: `example.com:8000` -> `example.com`, `[::1]:80` -> `[::1]`."""
-    if host.startswith("["):
-        return host[: host.find("]") + 1].lower()
-    return host.rsplit(":", 1)[0].lower()
-
-
-class BodyLimit:
-    """Refuses bodies over `max_bytes` with 413 before they are read in full or parsed."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = _header(scope, b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+    async def _refusal(self, scope: Scope) -> Response | None:
+        """A request refused before the app sees it: a `Host` not served, a body too large."""
+        if not self.hosts.allow(scope):
+            return _invalid_host()
+        if self.bodies.declared_too_large(scope):
             # Answered here rather than on the first read: a route that reads no body would
             # meet the refusal in a streaming response's disconnect watch, mid-response.
-            response = await problems.http_error(Request(scope), self._too_large())
-            await response(scope, receive, send)
-            return
-        await self.app(scope, self._counting(receive), send)
-
-    def _too_large(self) -> HTTPException:
-        # An HTTPException, because FastAPI re-raises those from body reading
-        # (anything else becomes a generic 400) and renders them as `payload_too_large`.
-        return HTTPException(
-            413,
-            f"The request body is over the limit of {self.max_bytes} bytes (MAX_BODY_BYTES); "
-            "send fewer or smaller audits per request.",
-        )
-
-    def _counting(self, receive: Receive) -> Receive:
-        received = 0
-
-        async def counted() -> Message:
-            nonlocal received
-            message = await receive()
-            received += len(message.get("body", b""))
-            if received > self.max_bytes:
-                raise self._too_large()
-            return message
-
-        return counted
-
-
-class InternalErrors:
-    """Answers an error no handler took with the 500 problem, from inside the other middleware.
-
-    Starlette would answer it from its outermost layer, where CORS and the request id
-    never see the response: a browser would report a CORS failure instead of the
-    problem. Once a response has started it is too late to answer: re-raised, and the
-    server drops the connection.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = False
-
-        async def send_noting_start(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_noting_start)
-        except Exception:
-            if started:
-                raise
-            errors_log.exception("unhandled_error", method=scope["method"], path=scope["path"])
-            await problems.internal_error_response()(scope, receive, send)
+            return await problems.http_error(Request(scope), self.bodies.too_large())
+        return None

@@ -160,9 +160,9 @@ def internal_error_response() -> JSONResponse:
 
 
 async def internal_error(request: Request, exc: Exception) -> JSONResponse:
-    """The last resort: an error in the middleware itself (InternalErrors answers the routes').
+    """The last resort: an error in the middleware itself (RequestGate answers the routes').
 
-    Starlette sends this from its outermost middleware, past RequestContext, which
+    Starlette sends this from its outermost middleware, past RequestGate, which
     therefore cannot add the header the detail points to.
     """
     response = internal_error_response()
