@@ -50,8 +50,10 @@ async def _caller_of(request: Request, settings: Settings) -> Caller:
     presented = _bearer_token(request)
     if presented is None:
         raise _unauthorized("This API needs `Authorization: Bearer <key>`.")
+    # A refused key's prefix tells ops which one a client still sends; never more of it.
+    structlog.contextvars.bind_contextvars(key=keys.log_prefix(presented))
     if settings.api_keys and _is_one_of(presented, settings.api_keys):
-        return Caller(DEFAULT_TENANT, Role.ADMIN, key_prefix=keys.display_prefix(presented))
+        return Caller(DEFAULT_TENANT, Role.ADMIN, key_prefix=keys.log_prefix(presented))
     directory: Directory = request.app.state.directory
     digest = keys.digest(presented)
     key = await directory.key(digest)

@@ -10,6 +10,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+from rich import box
 from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
@@ -227,7 +228,8 @@ def _day(moment: datetime | None) -> str:
 
 def keys_table(rows: Sequence[Any]) -> Table:
     """Keys by their display prefix (`KeyRow`s): the keys themselves are never kept."""
-    table = Table(title=f"{len(rows)} key(s)", title_justify="left")
+    # No outer frame: seven columns whole on an 80-column pipe.
+    table = Table(title=f"{len(rows)} key(s)", title_justify="left", box=box.SIMPLE_HEAD)
     for column in ("prefix", "tenant", "role", "label", "created", "last used", "revoked"):
         # Everything but the label whole, even on an 80-column pipe.
         table.add_column(column, no_wrap=column != "label", min_width=len(column))

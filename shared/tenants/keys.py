@@ -28,6 +28,12 @@ def display_prefix(key: str) -> str:
     return key[:DISPLAY_CHARS]
 
 
+def log_prefix(presented: str) -> str:
+    """What logs may show of a presented key: its display prefix, and never more than a
+    third of it (a short key of `API_KEYS`, or a secret sent by mistake)."""
+    return presented[: min(DISPLAY_CHARS, len(presented) // 3)]
+
+
 def matches(presented_digest: str, stored_digest: str) -> bool:
     return hmac.compare_digest(presented_digest.encode(), stored_digest.encode())
 

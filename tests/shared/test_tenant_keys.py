@@ -32,6 +32,14 @@ def test_only_the_digest_and_a_short_prefix_come_from_a_key() -> None:
     assert not keys.looks_like_key(keys.display_prefix(key))
 
 
+def test_logs_get_at_most_a_third_of_what_was_presented() -> None:
+    key = keys.new_key()
+
+    assert keys.log_prefix(key) == keys.display_prefix(key)
+    assert keys.log_prefix("key-one") == "ke"
+    assert keys.log_prefix("") == ""
+
+
 def test_digests_are_compared_in_constant_time(monkeypatch: pytest.MonkeyPatch) -> None:
     compared: list[tuple[Any, Any]] = []
     real = hmac.compare_digest
