@@ -2,13 +2,14 @@
 
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
 from typing import Annotated, Any
 from uuid import UUID
 
 from arq.connections import ArqRedis
 from fastapi import Depends, FastAPI, Header, Query, Request, Response
 
-from api.auth import CurrentCaller
+from api.auth import authenticate
 from shared.audits import service as audits
 from shared.audits.repository import AuditRow
 from shared.batches import service as batches
@@ -138,8 +139,19 @@ def submission(request: Request, limits: TenantLimits) -> AbstractAsyncContextMa
     return _counted_transaction(request)
 
 
+@dataclass(frozen=True, slots=True)
+class Submitter:
+    """Who submits, and with which settings: one dependency where a submit had two."""
+
+    caller: Caller
+    settings: Settings
+
+
 async def tenant_limits(request: Request, caller: Caller) -> TenantLimits:
-    """The caller's tenant's quotas, after counting this submission against its rate."""
+    """The caller's tenant's quotas, after counting this submission against its rate.
+
+    Called by the route, once its body is valid: an invalid request counts for nothing.
+    """
     directory: Directory = request.app.state.directory
     limits = await directory.limits(caller.tenant)
     submit_rate: SubmitRate = request.app.state.submit_rate
@@ -147,17 +159,26 @@ async def tenant_limits(request: Request, caller: Caller) -> TenantLimits:
     return limits
 
 
+# The dependencies below call `authenticate` rather than declare it: each dependency
+# FastAPI resolves costs a submit or a read ~25 µs (bench/RESULTS.md, "Tuning").
+async def get_submitter(request: Request) -> Submitter:
+    return Submitter(await authenticate(request), request.app.state.settings)
+
+
 # Plain `async def`s, each on a statement connection of its own, closed before the
 # route runs: loading a resource is one statement. Another tenant's is not found.
-async def get_audit_or_404(audit_id: UUID, caller: CurrentCaller, request: Request) -> AuditRow:
+async def get_audit_or_404(audit_id: UUID, request: Request) -> AuditRow:
+    caller = await authenticate(request)
     async with statements(request) as conn:
         return await audits.get_or_raise(conn, audit_id=audit_id, tenant=caller.scope)
 
 
-async def get_batch_or_404(batch_id: UUID, caller: CurrentCaller, request: Request) -> BatchRow:
+async def get_batch_or_404(batch_id: UUID, request: Request) -> BatchRow:
+    caller = await authenticate(request)
     async with statements(request) as conn:
         return await batches.get_or_raise(conn, batch_id=batch_id, tenant=caller.scope)
 
 
+CurrentSubmitter = Annotated[Submitter, Depends(get_submitter)]
 CurrentAudit = Annotated[AuditRow, Depends(get_audit_or_404)]
 CurrentBatch = Annotated[BatchRow, Depends(get_batch_or_404)]

@@ -10,6 +10,7 @@ from pydantic import AfterValidator, BeforeValidator
 from api.auth import CurrentCaller
 from api.deps import (
     CurrentAudit,
+    CurrentSubmitter,
     CursorKey,
     IdempotencyKey,
     SettingsDep,
@@ -69,10 +70,9 @@ Timestamp = Annotated[datetime, BeforeValidator(_not_a_number), AfterValidator(_
 )
 async def create_audit(
     body: AuditCreate,
-    caller: CurrentCaller,
+    submitter: CurrentSubmitter,
     request: Request,
     response: Response,
-    settings: SettingsDep,
     idempotency_key: IdempotencyKey = None,
 ) -> AuditRead:
     """Record an audit and queue it; poll `Location` for its progress.
@@ -81,13 +81,13 @@ async def create_audit(
     returned (header `Idempotent-Replayed: true`) and nothing new is queued. Beyond the
     tenant's quotas: 429 `quota_exceeded` or `rate_limited`, with `Retry-After`.
     """
-    limits = await tenant_limits(request, caller)
+    limits = await tenant_limits(request, submitter.caller)
     async with submission(request, limits) as conn:
         created = await audits.create(
             conn,
             data=body,
-            tenant=caller.tenant,
-            settings=settings,
+            tenant=submitter.caller.tenant,
+            settings=submitter.settings,
             max_queued=limits.max_queued,
             request_id=request.state.request_id,
             idempotency_key=idempotency_key,

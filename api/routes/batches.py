@@ -9,6 +9,7 @@ from fastapi.responses import StreamingResponse
 from api.auth import CurrentCaller
 from api.deps import (
     CurrentBatch,
+    CurrentSubmitter,
     CursorKey,
     IdempotencyKey,
     RequestId,
@@ -49,9 +50,8 @@ NDJSON = "application/x-ndjson"
 )
 async def create_batch(
     body: BatchCreate,
-    caller: CurrentCaller,
+    submitter: CurrentSubmitter,
     transaction: Transaction,
-    settings: SettingsDep,
     request_id: RequestId,
     request: Request,
     response: Response,
@@ -63,12 +63,12 @@ async def create_batch(
     the item's index and field, e.g. `["body", "audits", 517, "content"]`. A batch
     that would take the tenant past its quota is refused whole (429 `quota_exceeded`).
     """
-    limits = await tenant_limits(request, caller)
+    limits = await tenant_limits(request, submitter.caller)
     created = await batches.create(
         transaction,
         data=body,
-        tenant=caller.tenant,
-        settings=settings,
+        tenant=submitter.caller.tenant,
+        settings=submitter.settings,
         max_queued=limits.max_queued,
         idempotency_key=idempotency_key,
         request_id=request_id,
