@@ -58,7 +58,7 @@ class ApiClient:
     """The auditq API at `api_url` (its /api/v1 prefix is added here).
 
     `api_key` (default: `AUDITQ_API_KEY`) is sent as a bearer token, for an API
-    deployed with `API_KEYS`.
+    deployed with `AUTH=keys`.
     """
 
     def __init__(
@@ -173,8 +173,12 @@ def problem_of(response: httpx.Response) -> ApiProblem:
 
 # What to do about a problem, by its code, or by HTTP status ("401").
 _HINTS = {
-    "401": f"set {API_KEY_ENV} to one of the API's keys",
+    "401": f"set {API_KEY_ENV} to a key of `auditq key create` (revoked keys are refused)",
     "rubric_not_found": "publish it first: auditq rubric push RUBRIC_FILE",
+    "quota_exceeded": "the tenant has as many audits waiting as it may: wait for some to "
+    "finish, or ask ops to raise it (auditq tenant set NAME --max-queued N)",
+    "rate_limited": "wait the seconds the detail names, or ask ops to raise the tenant's "
+    "rate (auditq tenant set NAME --submit-rpm N)",
 }
 
 

@@ -16,7 +16,7 @@ ApiUrl = Annotated[
         "--api-url",
         envvar="AUDITQ_API_URL",
         help="Where the auditq API runs (the /api/v1 prefix is added). "
-        "An API with API_KEYS wants one of them in AUDITQ_API_KEY.",
+        "An API with AUTH=keys wants a key of `auditq key create` in AUDITQ_API_KEY.",
     ),
 ]
 JsonOutput = Annotated[
