@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import auth, batch, model_call, peer, polling, reads, submit, worker
+from bench import auth, batch, model_call, peer, polling, reads, revisions, submit, worker
 from bench.common import Run, drop_all_queues, find_servers, server_versions
 from bench.results import RESULTS, Section, write
 
@@ -21,6 +21,7 @@ BENCHMARKS: dict[str, Callable[[Run], list[Section]]] = {
     "polling": polling.run,
     "model-call": model_call.run,
     "auth": auth.run,
+    "revisions": revisions.run,  # only with --against REV
 }
 
 
@@ -45,10 +46,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("names", nargs="*", choices=[*BENCHMARKS, []], metavar="NAME")
     parser.add_argument("--quick", action="store_true", help="tiny inputs: checks it runs")
     parser.add_argument("--results", type=Path, default=RESULTS, help="file to write")
+    parser.add_argument(
+        "--against", metavar="REV", help="`revisions`: the git revision to compare with"
+    )
     args = parser.parse_args(argv)
     names = args.names or list(BENCHMARKS)
     servers = find_servers()
-    run = Run(servers=servers, quick=args.quick)
+    run = Run(servers=servers, quick=args.quick, against=args.against)
     command = "python -m bench " + shlex.join(sys.argv[1:] if argv is None else argv)
     started = time.monotonic()
     try:

@@ -1,4 +1,4 @@
-"""Figure 6: what a key costs: submit and GET by id with `AUTH=keys` against `AUTH=none`.
+"""Figure 9: what a key costs: submit and GET by id with `AUTH=keys` against `AUTH=none`.
 
 Two API processes on one scratch database and Redis, each with a queue of its own and no
 worker: one public (`AUTH=none`), one wanting a key (`AUTH=keys`), sent a member key of
@@ -134,7 +134,7 @@ def run(run_: Run) -> list[Section]:
 def _section(
     loads: dict[tuple[str, str], list[Load]], cpu: dict[tuple[str, str], list[float]]
 ) -> Section:
-    section = Section("auth", "6. Keys: AUTH=keys against AUTH=none")
+    section = Section("auth", "9. Keys: AUTH=keys against AUTH=none")
     runs = len(loads["submit", "none"])
     section.add(
         "Two API processes (one uvicorn worker each) on one database, 32 connections, "
@@ -157,7 +157,7 @@ def _section(
                 ]
             )
         section.target(
-            f"6 {operation} req/s, AUTH=keys vs none",
+            f"9 {operation} req/s, AUTH=keys vs none",
             f"≥ {TARGET_RATIO}x",
             f"{ratio:.2f}x ({rps['keys']:,.0f} vs {rps['none']:,.0f} req/s)",
             ratio >= TARGET_RATIO,

@@ -106,10 +106,11 @@ async def _admin(server_url: str, *statements: str) -> None:
         await connection.close()
 
 
-def migrate(database_url: str) -> None:
+def migrate(database_url: str, *, root: Path = ROOT, python: str = sys.executable) -> None:
+    """`alembic upgrade head` of the tree at `root` (another revision's, with its python)."""
     subprocess.run(
-        [sys.executable, "-m", "alembic", "upgrade", "head"],
-        cwd=ROOT,
+        [python, "-m", "alembic", "upgrade", "head"],
+        cwd=root,
         env={**os.environ, "DATABASE_URL": database_url},
         check=True,
         capture_output=True,
@@ -117,8 +118,11 @@ def migrate(database_url: str) -> None:
 
 
 @contextmanager
-def scratch_database(servers: Servers, prefix: str) -> Iterator[str]:
-    """A new, migrated database on the server; its URL (asyncpg form). Dropped afterwards.
+def scratch_database(
+    servers: Servers, prefix: str, *, root: Path = ROOT, python: str = sys.executable
+) -> Iterator[str]:
+    """A new database on the server, migrated by the tree at `root`; its URL (asyncpg
+    form). Dropped afterwards.
 
     Its name ends with this process's id: runs side by side (a `make test` during a
     `make bench`) do not drop each other's databases.
@@ -129,7 +133,7 @@ def scratch_database(servers: Servers, prefix: str) -> Iterator[str]:
     )
     drop = f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"
     asyncio.run(_admin(servers.database_url, drop, f"CREATE DATABASE {name}"))
-    migrate(url)
+    migrate(url, root=root, python=python)
     try:
         yield url
     finally:
@@ -244,13 +248,14 @@ class Stack:
         env: dict[str, str] | None = None,
         ready: Callable[[], bool] | None = None,
         timeout_s: float = 60.0,
+        cwd: Path = ROOT,
     ) -> Proc:
         LOG_DIR.mkdir(parents=True, exist_ok=True)
         log = LOG_DIR / f"{name}.log"
         with log.open("wb") as out:
             popen = subprocess.Popen(
                 list(argv),
-                cwd=ROOT,
+                cwd=cwd,
                 env={**os.environ, **(env or {})},
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -363,15 +368,33 @@ def start_api(
     return start_apis(stack_, [(name, app, health, env)])[0]
 
 
-def start_apis(stack_: Stack, apps: Sequence[tuple[str, str, str, dict[str, str]]]) -> list[str]:
-    """Several apps at once, `(name, factory, health path, env)` each; their base URLs."""
+@dataclass(frozen=True)
+class Tree:
+    """Source to run: this tree, or another revision's worktree with its own python."""
+
+    root: Path = ROOT
+    python: str = sys.executable
+
+
+THIS_TREE = Tree()
+
+
+def start_apis(
+    stack_: Stack,
+    apps: Sequence[tuple[str, str, str, dict[str, str]]],
+    *,
+    trees: Mapping[str, Tree] | None = None,
+) -> list[str]:
+    """Several apps at once, `(name, factory, health path, env)` each, each from its tree
+    (`trees` by name; this one by default); their base URLs."""
     started: list[tuple[Proc, str, str]] = []
     for name, app, health, env in apps:
+        tree = (trees or {}).get(name, THIS_TREE)
         port = free_port()
-        argv = [sys.executable, "-m", "uvicorn", app, "--factory", "--host", "127.0.0.1"]
+        argv = [tree.python, "-m", "uvicorn", app, "--factory", "--host", "127.0.0.1"]
         argv += ["--port", str(port), "--workers", "1", "--no-access-log", "--log-level", "warning"]
         base = f"http://127.0.0.1:{port}"
-        started.append((stack_.start(name, argv, env=env), base, health))
+        started.append((stack_.start(name, argv, env=env, cwd=tree.root), base, health))
     for proc, base, health in started:
         stack_.wait_ready(proc, http_ok(base + health))
     return [base for _, base, _ in started]
@@ -599,6 +622,8 @@ class Run:
 
     servers: Servers
     quick: bool
+    # `--against REV`: the revision `revisions` compares this tree with
+    against: str | None = None
     # figures one benchmark hands to a later one (e.g. worker throughput to `polling`)
     figures: dict[str, float] = field(default_factory=dict)
 

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT_S = 180
 
 
-def run_quick(name: str, results: Path) -> list[dict[str, Any]]:
+def run_quick(name: str, results: Path, *options: str) -> list[dict[str, Any]]:
     """The summary rows (figure, target, measured, met) the benchmark wrote."""
     env = dict(os.environ)
     for suite, bench in (
@@ -26,7 +26,7 @@ def run_quick(name: str, results: Path) -> list[dict[str, Any]]:
     ):
         if os.environ.get(suite):
             env[bench] = os.environ[suite]
-    argv = [sys.executable, "-m", "bench", name, "--quick", "--results", str(results)]
+    argv = [sys.executable, "-m", "bench", name, "--quick", "--results", str(results), *options]
     done = subprocess.run(
         argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT_S
     )
