@@ -170,8 +170,12 @@ def run_migrate() -> int:
 def ops_database() -> Iterator[str]:
     """The database of an ops command: `DATABASE_URL` (or `.env`'s), else the embedded
     PostgreSQL, started for the command and stopped after it unless a process uses it."""
+    env = _environment()
+    if env.get("DATABASE_URL"):
+        yield env["DATABASE_URL"]
+        return
+    # Signals stop the embedded server cleanly; nothing else here needs them.
     with _stop_on_signals() as stack:
-        env = _environment()
         env.update(_embedded_urls(stack, env, redis=False))
         yield env["DATABASE_URL"]
 

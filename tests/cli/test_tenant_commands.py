@@ -1,5 +1,7 @@
 """`auditq key …` and `auditq tenant …` on the test database, as ops run them."""
 
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 from typer.testing import CliRunner, Result
 
@@ -10,7 +12,10 @@ pytestmark = pytest.mark.usefixtures("settings")  # the test database, cleaned
 
 
 def auditq(*args: str) -> Result:
-    return CliRunner().invoke(app, list(args))
+    """`auditq ARGS` in a thread of its own: the command's `asyncio.run` sets and clears
+    the event loop of the thread it runs in, which must not be the suite's."""
+    with ThreadPoolExecutor(max_workers=1) as thread:
+        return thread.submit(CliRunner().invoke, app, list(args)).result()
 
 
 def quotas_of(tenant: str, shown: Result) -> list[str]:
