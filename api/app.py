@@ -76,6 +76,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.cursor_key = secret_key(settings)
     app.state.result_streams = StreamSlots(settings.max_result_streams)
+    app.state.tenant_gates = {}  # api/deps.py, tenant_gate
     app.state.path_templates = {}  # api.deps.set_location
     # Every route of these authenticates (`CurrentCaller`); without keys the document
     # must not ask clients for a bearer token they don't need.

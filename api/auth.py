@@ -2,7 +2,7 @@
 
 With `AUTH=none` every request is an admin of tenant `default`, which owns everything
 (shared/tenants/caller.py). With `AUTH=keys` (implied by `API_KEYS`) every route but
-`/health/*`, the docs and `/metrics` wants `Authorization: Bearer <key>`: a key of
+`/health/*` and the docs wants `Authorization: Bearer <key>`: a key of
 `auditq key create`, looked up by its SHA-256 in the process's directory
 (shared/tenants/directory.py, emptied whenever a key or tenant changes), or one of
 `API_KEYS`, admin keys of `default` kept outside the database. Keys are compared in

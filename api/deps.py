@@ -1,5 +1,6 @@
 """Request dependencies: the transaction of a request, and loading resources by id."""
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
@@ -19,9 +20,9 @@ from shared.db import SessionStatements, StatementConnection, Statements
 from shared.idempotency import MAX_KEY_LENGTH, Created
 from shared.queue import discard_pending, send_pending, transaction
 from shared.queue import statements as queue_statements
-from shared.tenants.caller import Caller
+from shared.tenants.caller import TENANT_NAME, Caller
 from shared.tenants.directory import Directory, TenantLimits
-from shared.tenants.quotas import SubmitRate
+from shared.tenants.quotas import QuotaOf, SubmitRate
 
 
 # The dependencies below that do no I/O are `async def` all the same: FastAPI runs a
@@ -77,8 +78,7 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 TenantFilter = Annotated[
     str | None,
     Query(
-        min_length=1,
-        max_length=64,
+        pattern=TENANT_NAME.pattern,
         description="Admin keys: only this tenant's. A member key always sees its own.",
     ),
 ]
@@ -126,17 +126,42 @@ def mark_created(
 
 
 @asynccontextmanager
-async def _counted_transaction(request: Request) -> AsyncIterator[SessionStatements]:
-    async with transaction(request.app.state.session_factory, get_redis(request)) as session:
+async def tenant_gate(request: Request, tenant: str, limits: TenantLimits) -> AsyncIterator[None]:
+    """One counted submission of a tenant at a time in this process, before it takes a
+    pooled connection.
+
+    Counted submissions of a tenant wait for each other on a lock in PostgreSQL, each
+    holding a connection of the pool meanwhile: a burst of one tenant's submits would
+    take the connections every tenant's requests need. Waiting here holds none.
+    """
+    if limits.max_queued is None:
+        yield
+        return
+    gates: dict[str, asyncio.Lock] = request.app.state.tenant_gates
+    async with gates.setdefault(tenant, asyncio.Lock()):
+        yield
+
+
+@asynccontextmanager
+async def _counted_transaction(
+    request: Request, tenant: str, limits: TenantLimits
+) -> AsyncIterator[SessionStatements]:
+    factory = request.app.state.session_factory
+    async with (
+        tenant_gate(request, tenant, limits),
+        transaction(factory, get_redis(request)) as session,
+    ):
         yield SessionStatements(session)
 
 
-def submission(request: Request, limits: TenantLimits) -> AbstractAsyncContextManager[Statements]:
+def submission(
+    request: Request, tenant: str, limits: TenantLimits
+) -> AbstractAsyncContextManager[Statements]:
     """The handle of a submit: a statement connection, or, where the tenant's queued
     audits are counted, a transaction that the count and the insert share."""
     if limits.max_queued is None:
         return statements(request)
-    return _counted_transaction(request)
+    return _counted_transaction(request, tenant, limits)
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,13 +175,24 @@ class Submitter:
 async def tenant_limits(request: Request, caller: Caller) -> TenantLimits:
     """The caller's tenant's quotas, after counting this submission against its rate.
 
-    Called by the route, once its body is valid: an invalid request counts for nothing.
+    Called by the route, once its body is valid: a malformed request counts for nothing,
+    one the service then refuses (an unknown rubric, the quota) counts all the same.
     """
     directory: Directory = request.app.state.directory
     limits = await directory.limits(caller.tenant)
     submit_rate: SubmitRate = request.app.state.submit_rate
     await submit_rate.take(caller.tenant, per_minute=limits.submit_rpm)
     return limits
+
+
+def quota_of(request: Request) -> QuotaOf:
+    """A tenant's `max_queued`, from this process's directory."""
+    directory: Directory = request.app.state.directory
+
+    async def max_queued(tenant: str) -> int | None:
+        return (await directory.limits(tenant)).max_queued
+
+    return max_queued
 
 
 # The dependencies below call `authenticate` rather than declare it: each dependency

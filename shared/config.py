@@ -62,7 +62,7 @@ class Settings(BaseSettings):
     # Signs cursors; unset: a random key per process (shared/secret.py).
     secret_key: SecretStr | None = Field(default=None, min_length=16)
     # `none`: public, everything belongs to tenant `default`. `keys`: a Bearer key of
-    # `auditq key create` on every route but /health, the docs and /metrics.
+    # `auditq key create` on every route but /health and the docs.
     auth: Literal["none", "keys"] = "none"
     # Admin keys of tenant `default`, outside the database; setting them implies AUTH=keys.
     api_keys: CommaList = Field(default_factory=list)

@@ -75,8 +75,15 @@ def _renderer(log_format: LogFormat) -> list[Processor]:
     """The last processors: exceptions formatted, then the line rendered."""
     if _for_people(log_format):
         colours = not os.environ.get("NO_COLOR")
-        # The console renderer formats exceptions itself, with their traceback.
-        return [structlog.dev.ConsoleRenderer(colors=colours, sort_keys=False)]
+        # The console renderer formats exceptions itself, with their traceback; plainly:
+        # rich's tracebacks show each frame's locals, where keys and settings live.
+        return [
+            structlog.dev.ConsoleRenderer(
+                colors=colours,
+                sort_keys=False,
+                exception_formatter=structlog.dev.plain_traceback,
+            )
+        ]
     return [
         structlog.processors.format_exc_info,
         structlog.processors.JSONRenderer(ensure_ascii=False),

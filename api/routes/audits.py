@@ -15,7 +15,9 @@ from api.deps import (
     IdempotencyKey,
     SettingsDep,
     TenantFilter,
+    Transaction,
     mark_created,
+    quota_of,
     set_location,
     statements,
     submission,
@@ -35,6 +37,7 @@ from shared.audits.views import to_detail, to_read
 from shared.idempotency import IdempotencyKeyMismatch
 from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT, InvalidCursor
 from shared.rubrics.exceptions import UnknownRubric
+from shared.tenants.quotas import QuotaExceeded
 
 router = APIRouter(prefix="/audits", tags=["audits"])
 
@@ -82,7 +85,7 @@ async def create_audit(
     tenant's quotas: 429 `quota_exceeded` or `rate_limited`, with `Retry-After`.
     """
     limits = await tenant_limits(request, submitter.caller)
-    async with submission(request, limits) as conn:
+    async with submission(request, submitter.caller.tenant, limits) as conn:
         created = await audits.create(
             conn,
             data=body,
@@ -144,17 +147,25 @@ async def cancel_audit(audit_id: UUID, caller: CurrentCaller, request: Request) 
 
 
 @router.post(
-    "/{audit_id}/retry", status_code=202, responses=problems(AuditNotFound, AuditNotRetryable)
+    "/{audit_id}/retry",
+    status_code=202,
+    responses=problems(AuditNotFound, AuditNotRetryable, QuotaExceeded),
 )
 async def retry_audit(
     audit_id: UUID,
     caller: CurrentCaller,
+    transaction: Transaction,
     request: Request,
     response: Response,
     settings: SettingsDep,
 ) -> AuditRead:
-    """Queue a failed or cancelled audit again."""
-    async with statements(request) as conn:
-        audit = await audits.retry(conn, audit_id=audit_id, tenant=caller.scope, settings=settings)
+    """Queue a failed or cancelled audit again; it counts against its tenant's quota."""
+    audit = await audits.retry(
+        transaction,
+        audit_id=audit_id,
+        tenant=caller.scope,
+        settings=settings,
+        quota=quota_of(request),
+    )
     set_location(request, response, "get_audit", audit_id=audit_id)
     return to_read(audit)

@@ -17,7 +17,9 @@ from api.deps import (
     TenantFilter,
     Transaction,
     mark_created,
+    quota_of,
     statements,
+    tenant_gate,
     tenant_limits,
 )
 from api.openapi import SUBMIT_PROBLEMS, problems
@@ -37,6 +39,7 @@ from shared.batches.views import to_read
 from shared.idempotency import IdempotencyKeyMismatch
 from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT, InvalidCursor
 from shared.rubrics.exceptions import UnknownRubric
+from shared.tenants.quotas import QuotaExceeded
 
 router = APIRouter(prefix="/batches", tags=["batches"])
 
@@ -63,16 +66,19 @@ async def create_batch(
     the item's index and field, e.g. `["body", "audits", 517, "content"]`. A batch
     that would take the tenant past its quota is refused whole (429 `quota_exceeded`).
     """
+    tenant = submitter.caller.tenant
     limits = await tenant_limits(request, submitter.caller)
-    created = await batches.create(
-        transaction,
-        data=body,
-        tenant=submitter.caller.tenant,
-        settings=submitter.settings,
-        max_queued=limits.max_queued,
-        idempotency_key=idempotency_key,
-        request_id=request_id,
-    )
+    # The gate opens before the commit (after the route): at most one more waits.
+    async with tenant_gate(request, tenant, limits):
+        created = await batches.create(
+            transaction,
+            data=body,
+            tenant=tenant,
+            settings=submitter.settings,
+            max_queued=limits.max_queued,
+            idempotency_key=idempotency_key,
+            request_id=request_id,
+        )
     batch_id = created.resource.batch.id
     mark_created(request, response, created, route="get_batch", batch_id=batch_id)
     return to_read(created.resource)
@@ -112,11 +118,12 @@ async def cancel_batch(batch: CurrentBatch, transaction: Transaction) -> BatchRe
     return to_read(await batches.cancel(transaction, batch=batch))
 
 
-@router.post("/{batch_id}/retry", status_code=202, responses=problems(BatchNotFound))
+@router.post("/{batch_id}/retry", status_code=202, responses=problems(BatchNotFound, QuotaExceeded))
 async def retry_batch(
     batch: CurrentBatch,
     transaction: Transaction,
     settings: SettingsDep,
+    request: Request,
     include: Annotated[
         Literal["cancelled"] | None,
         Query(description="`cancelled`: queue the cancelled audits again too."),
@@ -127,7 +134,7 @@ async def retry_batch(
     if include == "cancelled":
         statuses.append(AuditStatus.CANCELLED)
     summary, requeued = await batches.retry(
-        transaction, batch=batch, statuses=statuses, settings=settings
+        transaction, batch=batch, statuses=statuses, settings=settings, quota=quota_of(request)
     )
     return BatchRetried(requeued=RequeuedCounts(**requeued), batch=to_read(summary))
 
@@ -147,8 +154,8 @@ async def retry_batch(
     },
 )
 async def batch_results(
+    batch: CurrentBatch,  # first: a request without a key is a 401, whatever the slots
     slot: StreamSlot,
-    batch: CurrentBatch,
     request: Request,
     after: Annotated[
         UUID | None, Query(description="Start after this audit of the batch (to resume).")

@@ -30,12 +30,16 @@ tenants_app = typer.Typer(
 Tenant = Annotated[str, typer.Option("--tenant", help="The tenant's name, e.g. acme.")]
 
 
+# The columns are PostgreSQL integers.
+MAX_INT = 2_147_483_647
+
+
 def _limit(value: str | None) -> int | None:
     """`N` or `default` (the setting's value): a quota option's text."""
     if value is None or value == "default":
         return None
-    if not value.isdigit() or int(value) < 1:
-        raise typer.BadParameter("a whole number of at least 1, or `default`")
+    if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= MAX_INT:
+        raise typer.BadParameter(f"a whole number from 1 to {MAX_INT:,}, or `default`")
     return int(value)
 
 
@@ -146,7 +150,8 @@ def set_tenant(
         ),
     ] = None,
     weight: Annotated[
-        int | None, typer.Option("--weight", min=1, help="Share of the workers (default 1).")
+        int | None,
+        typer.Option("--weight", min=1, max=MAX_INT, help="Share of the workers (default 1)."),
     ] = None,
 ) -> None:
     """Create a tenant, or change its quotas and weight; options left out stay as they are."""

@@ -186,6 +186,7 @@ def _scoped(statement: str, *, parameters: int = 1) -> Scoped:
 
 _BY_ID = _scoped(f"{_SELECT} WHERE audit.id = $1{{owned}}")
 _STATUS = _scoped("SELECT status FROM audit WHERE audit.id = $1{owned}")
+_TENANT = _scoped("SELECT tenant FROM audit WHERE audit.id = $1{owned}")
 _BY_IDEMPOTENCY_KEY = f"{_SELECT} WHERE audit.tenant = $1 AND audit.idempotency_key = $2"
 
 
@@ -198,6 +199,12 @@ async def get(conn: Statements, audit_id: UUID, *, tenant: str | None) -> AuditR
 async def get_by_idempotency_key(conn: Statements, *, tenant: str, key: str) -> AuditRow | None:
     record = await conn.fetchrow(_BY_IDEMPOTENCY_KEY, tenant, key)
     return None if record is None else AuditRow.of(record)
+
+
+async def tenant_of(conn: Statements, audit_id: UUID, *, tenant: str | None) -> str | None:
+    """The tenant that owns the audit, if `tenant` (None: any tenant) may reach it."""
+    owner: str | None = await conn.fetchval(*_TENANT.bind(tenant, audit_id))
+    return owner
 
 
 async def status_of(conn: Statements, audit_id: UUID, *, tenant: str | None) -> AuditStatus | None:

@@ -229,9 +229,24 @@ async def cancel(conn: Statements, *, audit_id: UUID, tenant: str | None) -> Aud
 
 
 async def retry(
-    conn: Statements, *, audit_id: UUID, tenant: str | None, settings: Settings
+    conn: Statements,
+    *,
+    audit_id: UUID,
+    tenant: str | None,
+    settings: Settings,
+    quota: quotas.QuotaOf,
 ) -> AuditRow:
-    """Queue a failed or cancelled audit again, with a fresh budget of `MAX_ATTEMPTS`."""
+    """Queue a failed or cancelled audit again, with a fresh budget of `MAX_ATTEMPTS`.
+
+    In a transaction: where the audit's tenant has a quota, the audit queued again
+    counts against it (shared/tenants/quotas.py).
+    """
+    owner = await audits.tenant_of(conn, audit_id, tenant=tenant)
+    if owner is None:
+        raise _not_found(audit_id)
+    max_queued = await quota(owner)
+    if max_queued is not None:
+        await quotas.lock(conn, tenant=owner)
     audit = await audits.requeue_for_retry(
         conn, audit_id, tenant=tenant, attempts=settings.max_attempts
     )
@@ -241,6 +256,8 @@ async def retry(
             f"Audit {audit_id} is {status}; only failed or cancelled audits can be retried.",
             audit_status=status,
         )
+    if max_queued is not None:
+        await quotas.check_requeued(conn, tenant=owner, max_queued=max_queued, requeued=1)
     defer_run(conn, audit_id)
     return audit
 

@@ -222,13 +222,22 @@ async def cancel(conn: Statements, *, batch: BatchRow) -> BatchSummary:
 
 
 async def retry(
-    conn: Statements, *, batch: BatchRow, statuses: Sequence[AuditStatus], settings: Settings
+    conn: Statements,
+    *,
+    batch: BatchRow,
+    statuses: Sequence[AuditStatus],
+    settings: Settings,
+    quota: quotas.QuotaOf,
 ) -> tuple[BatchSummary, dict[str, int]]:
     """Queue the batch's audits in `statuses` (failed, cancelled) again; how many of each.
 
     One UPDATE per status, so that each count is exact, in the caller's transaction.
-    Queuing cancelled audits again takes the batch's cancellation back.
+    Queuing cancelled audits again takes the batch's cancellation back. Where the
+    batch's tenant has a quota, a retry that would take it past is refused whole.
     """
+    max_queued = await quota(batch.tenant)
+    if max_queued is not None:
+        await quotas.lock(conn, tenant=batch.tenant)
     requeued: dict[str, int] = {}
     for status in statuses:
         ids = await audits.requeue_batch_for_retry(
@@ -237,6 +246,11 @@ async def retry(
         for audit_id in ids:
             defer_run(conn, audit_id)
         requeued[status] = len(ids)
+    total = sum(count for count in requeued.values())
+    if max_queued is not None and total:
+        await quotas.check_requeued(
+            conn, tenant=batch.tenant, max_queued=max_queued, requeued=total
+        )
     if requeued.get(AuditStatus.CANCELLED):
         batch = await batches.unstamp_cancelled(conn, batch.id)
     return await summarize(conn, batch), requeued

@@ -36,7 +36,7 @@ _LATEST = f"{_SELECT} WHERE tenant = $1 AND name = $2 ORDER BY version DESC LIMI
 _VERSION = f"{_SELECT} WHERE tenant = $1 AND name = $2 AND version = $3"
 # A transaction-scoped advisory lock on the name serialises concurrent publishers, so
 # two of them get versions n+1 and n+2, not a key conflict.
-_LOCK_NAME = "SELECT pg_advisory_xact_lock(hashtext($1), hashtext($2))"
+_LOCK_NAME = "SELECT pg_advisory_xact_lock(hashtext('auditq.rubrics'), hashtext($1 || '/' || $2))"
 _INSERT_NEXT_VERSION = (
     "INSERT INTO rubric (tenant, name, version, description, criteria) "
     "SELECT $1, $2, coalesce(max(version), 0) + 1, $3, $4 FROM rubric "

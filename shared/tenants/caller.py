@@ -5,10 +5,13 @@ only; an admin key creates in its own tenant and reads, cancels and retries in e
 tenant. With `AUTH=none` every request is an admin of `default`, which owns everything.
 """
 
+import re
 from dataclasses import dataclass
 from enum import StrEnum
 
 DEFAULT_TENANT = "default"
+# Lower case, digits, `.`, `_` and `-`; it shows in URLs (`?tenant=`) and in logs.
+TENANT_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 
 
 class Role(StrEnum):

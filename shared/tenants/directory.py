@@ -10,13 +10,20 @@ lookups then go to the database each time, and the cache starts empty once it is
 A generation number guards the race of a lookup and a change: what a lookup read is
 kept only if no notification arrived while it ran. Unknown keys are never cached, so
 guessing fills no memory; the cache is emptied when it holds `MAX_ENTRIES`.
+
+Two windows remain, both short: a request served between a revocation's commit and
+the arrival of its notification (well under a millisecond on a healthy connection),
+and a listening connection gone half-open, which sends nothing and says nothing until
+its ping fails. An entry is kept at most `MAX_AGE_S` whatever the listener says, so the
+second window is bounded too.
 """
 
 import asyncio
 import contextlib
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
+from uuid import UUID
 
 import asyncpg
 import structlog
@@ -29,12 +36,22 @@ from shared.tenants.repository import CHANGES_CHANNEL, KeyRow, TenantRow
 
 log = structlog.get_logger("auditq.tenants")
 
+T = TypeVar("T")
+
 MAX_ENTRIES = 10_000
+MAX_AGE_S = 5.0
 # `last_used_at` is a hint for ops, not an audit trail: written at most this often.
 TOUCH_EVERY_S = 60.0
 RECONNECT_AFTER_S = 1.0
 # How often the idle listening connection is checked: a half-open one says nothing.
 PING_EVERY_S = 5.0
+
+
+def _fresh(cached: tuple[T, float] | None) -> tuple[T, float] | None:
+    """A cache entry young enough to serve, else None."""
+    if cached is None or time.monotonic() - cached[1] > MAX_AGE_S:
+        return None
+    return cached
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,9 +77,10 @@ class Directory:
     def __init__(self, engine: AsyncEngine, settings: Settings) -> None:
         self._engine = engine
         self._settings = settings
-        self._keys: dict[str, KeyRow] = {}
-        self._tenants: dict[str, TenantRow | None] = {}
-        self._touched: dict[Any, float] = {}
+        # name -> (what PostgreSQL said, when: monotonic seconds)
+        self._keys: dict[str, tuple[KeyRow, float]] = {}
+        self._tenants: dict[str, tuple[TenantRow | None, float]] = {}
+        self._touched: dict[UUID, float] = {}
         self._generation = 0
         self.listening = False
         self._task: asyncio.Task[None] | None = None
@@ -84,8 +102,8 @@ class Directory:
 
     async def key(self, secret_hash: str) -> KeyRow | None:
         """The unrevoked key with this digest, if any."""
-        if (row := self._keys.get(secret_hash)) is not None:
-            return row
+        if (cached := _fresh(self._keys.get(secret_hash))) is not None:
+            return cached[0]
         since = self._generation
         async with statement_connection(self._engine) as conn:
             row = await tenants.active_key(conn, secret_hash)
@@ -94,8 +112,8 @@ class Directory:
         return row
 
     async def limits(self, tenant: str) -> TenantLimits:
-        if tenant in self._tenants:
-            return TenantLimits.of(self._tenants[tenant], self._settings)
+        if (cached := _fresh(self._tenants.get(tenant))) is not None:
+            return TenantLimits.of(cached[0], self._settings)
         since = self._generation
         async with statement_connection(self._engine) as conn:
             row = await tenants.get_tenant(conn, tenant)
@@ -103,13 +121,19 @@ class Directory:
         return TenantLimits.of(row, self._settings)
 
     async def note_use(self, key: KeyRow) -> None:
-        """Write the key's `last_used_at`, at most every `TOUCH_EVERY_S` per process."""
+        """Write the key's `last_used_at`, at most every `TOUCH_EVERY_S` per process.
+
+        Best effort: a hint for ops must not fail the request it comes with.
+        """
         now = time.monotonic()
         if now - self._touched.get(key.id, -TOUCH_EVERY_S) < TOUCH_EVERY_S:
             return
         self._touched[key.id] = now
-        async with statement_connection(self._engine) as conn:
-            await tenants.touch(conn, key.id)
+        try:
+            async with statement_connection(self._engine) as conn:
+                await tenants.touch(conn, key.id)
+        except Exception as exc:
+            log.warning("key_use_not_recorded", key=key.prefix, error=type(exc).__name__)
 
     def _keep(self, cache: dict[str, Any], name: str, value: Any, *, since: int) -> None:
         # A change notified while the lookup ran may be newer than what it read.
@@ -117,7 +141,7 @@ class Directory:
             return
         if len(cache) >= MAX_ENTRIES:
             cache.clear()
-        cache[name] = value
+        cache[name] = (value, time.monotonic())
 
     def forget(self, *_: object) -> None:
         """Empty the cache (a change was notified, or the listener came or went)."""
@@ -137,6 +161,9 @@ class Directory:
                 await self._listen(dsn)
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
                 log.warning("tenants.listener_lost", error=str(exc))
+            except Exception:
+                # Whatever it was, listening again beats looking every key up for good.
+                log.exception("tenants.listener_failed")
             finally:
                 self.listening = False
                 self.forget()

@@ -5,27 +5,38 @@ advisory lock on its tenant, counts the tenant's unfinished audits (up to the li
 no further) and inserts, all in one transaction. The next submitter of that tenant
 waits for the lock and then counts what the first one inserted, so twenty concurrent
 submits against a quota of five leave exactly five. A batch that does not fit whole is
-refused whole. Retrying an audit is not counted: it was admitted once already.
-Tenants without a quota skip all of it.
+refused whole. Retries count the same way: the audits they queue again are checked
+against the quota after the UPDATE, under the lock, and a retry that went past it is
+rolled back. Tenants without a quota skip all of it.
 
 **Submissions a minute** (`submit_rpm`): every `POST /audits` and `POST /batches` of
 the tenant is one submission, whatever a batch holds, counted in Redis in a moving
 window (the `limits` library's Lua script, atomic across API processes): exact, so
-no 60 seconds ever see more than the limit.
+no 60 seconds ever see more than the limit. A request counts once its body is valid,
+whether the service then accepts it or not. While Redis is unreachable the rate is not
+checked (logged `submit_rate_unchecked`): submits go on, as they do without a limit.
 """
 
 import math
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+import structlog
 from limits import RateLimitItemPerMinute
 from limits.aio.storage import RedisStorage
 from limits.aio.strategies import MovingWindowRateLimiter
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from shared.audits import repository as audits
 from shared.db import Statements
 from shared.errors import AppError
+
+log = structlog.get_logger("auditq.quotas")
+
+# A tenant's `max_queued` (None: unlimited), as the API's directory knows it.
+QuotaOf = Callable[[str], Awaitable[int | None]]
 
 # When the queue will have room depends on the workers, which the API does not see:
 # this is a sensible time to poll again, not a promise.
@@ -67,6 +78,22 @@ async def check_room(conn: Statements, *, tenant: str, max_queued: int, adding: 
     )
 
 
+async def check_requeued(conn: Statements, *, tenant: str, max_queued: int, requeued: int) -> None:
+    """After a retry queued `requeued` audits again under `lock`: `QuotaExceeded` (which
+    rolls the retry back) if that took the tenant past its quota."""
+    held = await audits.count_unfinished(conn, tenant=tenant, at_most=max_queued + 1)
+    if held <= max_queued:
+        return
+    raise QuotaExceeded(
+        f"Tenant {tenant!r} may have at most {max_queued} audits queued or running "
+        f"(max_queued); retrying {requeued} would take it past that: retry once some "
+        "have finished.",
+        headers={"Retry-After": str(QUOTA_RETRY_AFTER_S)},
+        limit="max_queued",
+        max_queued=max_queued,
+    )
+
+
 class SubmitRate:
     """Each tenant's submissions in the last minute, shared by every API process."""
 
@@ -83,9 +110,14 @@ class SubmitRate:
         if per_minute is None:
             return
         item = RateLimitItemPerMinute(per_minute, namespace="submit")
-        if await self._window.hit(item, tenant):
+        try:
+            if await self._window.hit(item, tenant):
+                return
+            stats = await self._window.get_window_stats(item, tenant)
+        except (RedisError, OSError) as exc:
+            # As for the enqueue: a Redis outage must not refuse what PostgreSQL can take.
+            log.warning("submit_rate_unchecked", tenant=tenant, error=type(exc).__name__)
             return
-        stats = await self._window.get_window_stats(item, tenant)
         wait_s = max(1, math.ceil(stats.reset_time - time.time()))
         raise RateLimited(
             f"Tenant {tenant!r} may submit {per_minute} times a minute (submit_rpm); "

@@ -4,7 +4,6 @@ Functions take a `Statements` inside a transaction and never commit; every chang
 notifies the API processes as it commits (shared/tenants/repository.py).
 """
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -12,11 +11,8 @@ from shared.db import Statements
 from shared.errors import AppError, NotFound
 from shared.tenants import keys
 from shared.tenants import repository as tenants
-from shared.tenants.caller import Role
+from shared.tenants.caller import TENANT_NAME, Role
 from shared.tenants.repository import KeyRow, TenantRow
-
-# Lower case, digits, `.`, `_` and `-`; it shows in URLs (`?tenant=`) and in logs.
-TENANT_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 
 
 class InvalidTenantName(AppError):

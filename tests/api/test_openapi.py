@@ -17,7 +17,7 @@ AUDIT_ROUTES = [
     ("get", "/audits", "200", "AuditPage", set()),
     ("get", "/audits/{audit_id}", "200", "AuditDetail", {"404"}),
     ("post", "/audits/{audit_id}/cancel", "200", "AuditRead", {"404", "409"}),
-    ("post", "/audits/{audit_id}/retry", "202", "AuditRead", {"404", "409"}),
+    ("post", "/audits/{audit_id}/retry", "202", "AuditRead", {"404", "409", "429"}),
 ]
 ROUTE_IDS = [f"{method.upper()} {path}" for method, path, *_ in AUDIT_ROUTES]
 

@@ -115,3 +115,43 @@ async def test_a_tenants_own_quota_overrides_the_setting_at_once(
         await until_notified(app.state.directory, since=before)
 
         assert_problem(await client.post("/audits", json=audit_request()), 429, "quota_exceeded")
+
+
+async def test_retrying_counts_against_the_quota(client_with: ClientFactory) -> None:
+    async with client_with(tenant_max_queued=2) as client:
+        first = [(await client.post("/audits", json=audit_request())).json() for _ in range(2)]
+        for audit in first:
+            await client.post(f"/audits/{audit['id']}/cancel")
+        await client.post("/audits", json=audit_request())
+        await client.post("/audits", json=audit_request())
+
+        refused = await client.post(f"/audits/{first[0]['id']}/retry")
+
+        assert_problem(refused, 429, "quota_exceeded")
+        assert refused.headers["Retry-After"]
+        assert (await client.get(f"/audits/{first[0]['id']}")).json()["status"] == "cancelled"
+        assert await queued(client) == 2
+
+
+async def test_a_batch_retry_past_the_quota_is_refused_whole(client_with: ClientFactory) -> None:
+    async with client_with(tenant_max_queued=3) as client:
+        batch = (await client.post("/batches", json=batch_request(3))).json()
+        await client.post(f"/batches/{batch['id']}/cancel")
+        await client.post("/audits", json=audit_request())
+
+        refused = await client.post(f"/batches/{batch['id']}/retry?include=cancelled")
+
+        assert_problem(refused, 429, "quota_exceeded")
+        counts = (await client.get(f"/batches/{batch['id']}")).json()["counts"]
+        assert counts["cancelled"] == 3
+
+
+async def test_an_unreachable_redis_leaves_submits_unchecked_not_refused(
+    client_with: ClientFactory,
+) -> None:
+    async with client_with(tenant_submit_rpm=1, redis_url="redis://127.0.0.1:1/0") as client:
+        statuses = [
+            (await client.post("/audits", json=audit_request())).status_code for _ in range(2)
+        ]
+
+    assert statuses == [202, 202]  # the reconciler enqueues them once Redis is back

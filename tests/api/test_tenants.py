@@ -5,8 +5,10 @@ one fails `test_every_route_has_an_isolation_check`.
 """
 
 import asyncio
+import hmac
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 from asgi_lifespan import LifespanManager
@@ -16,7 +18,7 @@ from httpx import ASGITransport, AsyncClient
 from api.app import API_PREFIX, create_app
 from shared.config import Settings
 from shared.db import SessionFactory, SessionStatements, session_scope
-from shared.tenants import service
+from shared.tenants import keys, service
 from shared.tenants.caller import Role
 from shared.tenants.directory import Directory
 from tests.api.checks import assert_problem, until_notified
@@ -310,3 +312,33 @@ async def test_a_key_is_recorded_as_used(tenants: Tenants, session_factory: Sess
 async def test_an_unknown_key_is_refused(tenants: Tenants, header: str) -> None:
     response = await tenants.anonymous.get("/audits", headers={"Authorization": header})
     assert_problem(response, 401, "unauthorized")
+
+
+@pytest.mark.parametrize("path", ["/audits", "/batches", "/rubrics", "/rubrics/house-rules"])
+@pytest.mark.parametrize("tenant", ["%00", "ACME", "a" * 65, "a/b"])
+async def test_a_tenant_filter_that_names_no_tenant_is_a_422(
+    tenants: Tenants, path: str, tenant: str
+) -> None:
+    response = await tenants.admin.get(f"{path}?tenant={tenant}")
+    assert_problem(response, 422, "validation_error")
+
+
+async def test_the_presented_key_is_compared_in_constant_time(
+    tenants: Tenants, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The row is found by the key's digest; the digests are then compared with
+    `hmac.compare_digest`, on every request, cached or not."""
+    compared: list[bytes] = []
+    real = hmac.compare_digest
+
+    def spy(a: Any, b: Any) -> bool:
+        compared.append(a)
+        return real(a, b)
+
+    monkeypatch.setattr(hmac, "compare_digest", spy)
+    key = tenants.bob.headers["Authorization"].removeprefix("Bearer ")
+
+    for _ in range(2):
+        assert (await tenants.bob.get("/audits")).status_code == 200
+
+    assert compared == [keys.digest(key).encode()] * 2

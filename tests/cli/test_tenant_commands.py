@@ -80,7 +80,10 @@ def test_tenant_set_changes_only_what_it_names() -> None:
     ("args", "says"),
     [
         (["tenant", "set", "Acme Corp"], "is not a tenant name"),
-        (["tenant", "set", "acme", "--max-queued", "0"], "at least 1"),
+        (["tenant", "set", "acme", "--max-queued", "0"], "from 1 to"),
+        (["tenant", "set", "acme", "--max-queued", "99999999999"], "from 1 to"),
+        (["tenant", "set", "acme", "--max-queued", "²"], "from 1 to"),
+        (["tenant", "set", "acme", "--weight", "3000000000"], "less than or equal"),
         (["key", "create", "--tenant", "-acme"], "is not a tenant name"),
     ],
 )

@@ -36,6 +36,11 @@ T0 = datetime(2026, 1, 1, tzinfo=UTC)
 SETTINGS = Settings()
 
 
+async def unlimited(tenant: str) -> None:
+    """No tenant has a quota here."""
+    return
+
+
 def request(**overrides: Any) -> AuditCreate:
     return AuditCreate.model_validate(audit_request(**overrides))
 
@@ -211,7 +216,11 @@ async def test_retry_requeues_with_a_fresh_budget_and_keeps_attempts(
 
     async with transaction(session_factory, redis) as session:
         audit = await audits.retry(
-            SessionStatements(session), tenant=None, audit_id=audit_id, settings=SETTINGS
+            SessionStatements(session),
+            quota=unlimited,
+            tenant=None,
+            audit_id=audit_id,
+            settings=SETTINGS,
         )
         assert await queued(redis, settings) == set()
 
@@ -229,7 +238,13 @@ async def test_retry_moves_the_budget_by_max_attempts(session_factory: SessionFa
 
     async with session_factory() as session:
         two = Settings(max_attempts=2)
-        await audits.retry(SessionStatements(session), tenant=None, audit_id=audit_id, settings=two)
+        await audits.retry(
+            SessionStatements(session),
+            quota=unlimited,
+            tenant=None,
+            audit_id=audit_id,
+            settings=two,
+        )
         await session.commit()
 
     stored = await load_audit(session_factory, audit_id)
@@ -245,7 +260,11 @@ async def test_retry_of_an_audit_that_did_not_fail_changes_nothing(
     async with transaction(session_factory, redis) as session:
         with pytest.raises(AuditNotRetryable, match=f"is {status}") as raised:
             await audits.retry(
-                SessionStatements(session), tenant=None, audit_id=audit_id, settings=SETTINGS
+                SessionStatements(session),
+                quota=unlimited,
+                tenant=None,
+                audit_id=audit_id,
+                settings=SETTINGS,
             )
 
     assert raised.value.extra == {"audit_status": status}
@@ -259,11 +278,19 @@ async def test_retry_twice_is_refused_the_second_time(session_factory: SessionFa
 
     async with session_factory() as session:
         await audits.retry(
-            SessionStatements(session), tenant=None, audit_id=audit_id, settings=SETTINGS
+            SessionStatements(session),
+            quota=unlimited,
+            tenant=None,
+            audit_id=audit_id,
+            settings=SETTINGS,
         )
         with pytest.raises(AuditNotRetryable, match="is queued"):
             await audits.retry(
-                SessionStatements(session), tenant=None, audit_id=audit_id, settings=SETTINGS
+                SessionStatements(session),
+                quota=unlimited,
+                tenant=None,
+                audit_id=audit_id,
+                settings=SETTINGS,
             )
 
 
@@ -271,7 +298,11 @@ async def test_retry_an_unknown_audit(session_factory: SessionFactory) -> None:
     async with session_factory() as session:
         with pytest.raises(AuditNotFound):
             await audits.retry(
-                SessionStatements(session), tenant=None, audit_id=uuid4(), settings=SETTINGS
+                SessionStatements(session),
+                quota=unlimited,
+                tenant=None,
+                audit_id=uuid4(),
+                settings=SETTINGS,
             )
 
 
