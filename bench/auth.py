@@ -14,22 +14,20 @@ from uuid import UUID
 
 import asyncpg
 
+from bench.api_load import OPERATIONS, api_peak
 from bench.common import (
     Load,
-    Proc,
     Run,
     auditq_env,
     drop_queue,
     median,
     new_queue_name,
-    peak_load,
     scratch_database,
     stack,
     start_apis,
 )
 from bench.reads import FILL
 from bench.results import Section
-from bench.workload import audit_json
 from shared.config import Settings
 from shared.db import (
     SessionStatements,
@@ -44,7 +42,6 @@ from shared.tenants.caller import DEFAULT_TENANT, Role
 TARGET_RATIO = 0.95  # a key may cost at most about 5%
 ROWS = 10_000
 MODES = ("none", "keys")
-OPERATIONS = ("submit", "GET by id")
 
 
 async def _prepare(database_url: str) -> tuple[str, list[UUID]]:
@@ -66,25 +63,8 @@ async def _prepare(database_url: str) -> tuple[str, list[UUID]]:
     return made.secret, ids
 
 
-def _peak(
-    base: str, server: Proc, operation: str, ids: list[UUID], key: str | None, seconds: float
-) -> tuple[Load, float]:
-    """One closed-loop run and the server's CPU ms per request."""
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
-    before = server.cpu_s()
-    if operation == "submit":
-        load = peak_load(
-            base,
-            ["/api/v1/audits"],
-            method="POST",
-            body=audit_json(),
-            headers=headers,
-            duration_s=seconds,
-        )
-    else:
-        paths = [f"/api/v1/audits/{audit_id}" for audit_id in ids]
-        load = peak_load(base, paths, headers=headers, duration_s=seconds)
-    return load, (server.cpu_s() - before) * 1000 / max(1, load.requests)
+def _bearer(key: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"} if key else {}
 
 
 def run(run_: Run) -> list[Section]:
@@ -117,12 +97,24 @@ def run(run_: Run) -> list[Section]:
         cpu: dict[tuple[str, str], list[float]] = {}
         for mode in MODES:  # warm both: imports, pools, statement caches, the key's lookup
             for operation in OPERATIONS:
-                _peak(bases[mode], servers[mode], operation, ids, keys[mode], 1.0)
+                api_peak(
+                    bases[mode],
+                    servers[mode],
+                    operation,
+                    ids,
+                    seconds=1.0,
+                    headers=_bearer(keys[mode]),
+                )
         for index in range(runs):
             for operation in OPERATIONS:
                 for mode in MODES if index % 2 == 0 else MODES[::-1]:
-                    load, cpu_ms = _peak(
-                        bases[mode], servers[mode], operation, ids, keys[mode], seconds
+                    load, cpu_ms = api_peak(
+                        bases[mode],
+                        servers[mode],
+                        operation,
+                        ids,
+                        seconds=seconds,
+                        headers=_bearer(keys[mode]),
                     )
                     loads.setdefault((operation, mode), []).append(load)
                     cpu.setdefault((operation, mode), []).append(cpu_ms)

@@ -18,18 +18,17 @@ from pathlib import Path
 
 import httpx
 
+from bench.api_load import OPERATIONS, api_peak
 from bench.common import (
     ROOT,
     WORK_DIR,
     Load,
-    Proc,
     Run,
     Tree,
     auditq_env,
     drop_queue,
     median,
     new_queue_name,
-    peak_load,
     scratch_database,
     stack,
     start_apis,
@@ -38,7 +37,6 @@ from bench.results import Section
 from bench.workload import audit_json
 
 TREES = ("this tree", "against")
-OPERATIONS = ("submit", "GET by id")
 READ_IDS = 300
 # Runs of the same tree differ by a few percent on this shared machine.
 NO_REGRESSION = 0.97
@@ -83,19 +81,6 @@ def _submitted_ids(base: str) -> list[str]:
         ]
 
 
-def _peak(
-    base: str, server: Proc, operation: str, ids: list[str], seconds: float
-) -> tuple[Load, float]:
-    before = server.cpu_s()
-    if operation == "submit":
-        load = peak_load(
-            base, ["/api/v1/audits"], method="POST", body=audit_json(), duration_s=seconds
-        )
-    else:
-        load = peak_load(base, [f"/api/v1/audits/{i}" for i in ids], duration_s=seconds)
-    return load, (server.cpu_s() - before) * 1000 / max(1, load.requests)
-
-
 def run(run_: Run) -> list[Section]:
     if run_.against is None:
         return []  # only with --against REV
@@ -126,13 +111,15 @@ def run(run_: Run) -> list[Section]:
         ids = {name: _submitted_ids(bases[name]) for name in TREES}
         for name in TREES:  # warm both
             for operation in OPERATIONS:
-                _peak(bases[name], servers[name], operation, ids[name], 1.0)
+                api_peak(bases[name], servers[name], operation, ids[name], seconds=1.0)
         loads: dict[tuple[str, str], list[Load]] = {}
         cpu: dict[tuple[str, str], list[float]] = {}
         for index in range(runs):
             for operation in OPERATIONS:
                 for name in TREES if index % 2 == 0 else TREES[::-1]:
-                    load, cpu_ms = _peak(bases[name], servers[name], operation, ids[name], seconds)
+                    load, cpu_ms = api_peak(
+                        bases[name], servers[name], operation, ids[name], seconds=seconds
+                    )
                     loads.setdefault((operation, name), []).append(load)
                     cpu.setdefault((operation, name), []).append(cpu_ms)
     for queue in queues.values():

@@ -69,25 +69,22 @@ async def check_room(conn: Statements, *, tenant: str, max_queued: int, adding: 
         advice = f"split it into submissions of at most {max_queued}"
     else:
         advice = f"it has {held}; submit again once some have finished"
-    raise QuotaExceeded(
-        f"Tenant {tenant!r} may have at most {max_queued} audits queued or running "
-        f"(max_queued); this submission adds {adding}: {advice}.",
-        headers={"Retry-After": str(QUOTA_RETRY_AFTER_S)},
-        limit="max_queued",
-        max_queued=max_queued,
-    )
+    raise _exceeded(tenant, max_queued, f"this submission adds {adding}: {advice}")
 
 
 async def check_requeued(conn: Statements, *, tenant: str, max_queued: int, requeued: int) -> None:
     """After a retry queued `requeued` audits again under `lock`: `QuotaExceeded` (which
     rolls the retry back) if that took the tenant past its quota."""
     held = await audits.count_unfinished(conn, tenant=tenant, at_most=max_queued + 1)
-    if held <= max_queued:
-        return
-    raise QuotaExceeded(
+    if held > max_queued:
+        advice = "retry once some have finished"
+        raise _exceeded(tenant, max_queued, f"retrying {requeued} would go past it: {advice}")
+
+
+def _exceeded(tenant: str, max_queued: int, why: str) -> QuotaExceeded:
+    return QuotaExceeded(
         f"Tenant {tenant!r} may have at most {max_queued} audits queued or running "
-        f"(max_queued); retrying {requeued} would take it past that: retry once some "
-        "have finished.",
+        f"(max_queued); {why}.",
         headers={"Retry-After": str(QUOTA_RETRY_AFTER_S)},
         limit="max_queued",
         max_queued=max_queued,
