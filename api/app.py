@@ -7,6 +7,7 @@ from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import RedirectResponse
+from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException
 
 from api import problems
@@ -65,7 +66,9 @@ async def root() -> RedirectResponse:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     configure_logging(settings.log_level, settings.log_format)
-    app = FastAPI(
+    # The docs pages from assets shipped in the package (fastapi-offline), not a CDN:
+    # they work offline and behind a firewall.
+    app = FastAPIOffline(
         title="auditq",
         summary="Audit content against criteria with a language model, at scale.",
         version="0.1.0",
