@@ -15,6 +15,7 @@ from api.auth import Unauthorized
 from api.bodies import BodyBudget
 from api.examples import document_examples
 from api.memory import freeze_startup_objects
+from api.metrics import ApiMetrics, metrics_page
 from api.middleware import RequestGate, TrustedHosts
 from api.openapi import document_bearer_keys, document_problems_as_sent, problem_of
 from api.routes import audits, batches, health, rubrics
@@ -89,8 +90,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             router, prefix=API_PREFIX, responses=problem_of(Unauthorized) if guarded else None
         )
     app.include_router(health.router, prefix=API_PREFIX)
+    app.state.metrics = ApiMetrics()
+    for router in (audits.router, batches.router, rubrics.router, health.router):
+        app.state.metrics.name_routes(router, prefix=API_PREFIX)
     app.add_api_route("/", root, include_in_schema=False)
     app.add_api_route("/problems/{code}", problems.describe_problem, include_in_schema=False)
+    app.add_api_route("/metrics", metrics_page, include_in_schema=False)
     _add_error_handlers(app)
     document_problems_as_sent(app)
     if guarded:
@@ -101,8 +106,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_body_bytes=settings.max_body_bytes,
         read_timeout_s=settings.request_read_timeout_s,
     )
-    hosts = TrustedHosts(settings.allowed_hosts, exempt_prefix=f"{API_PREFIX}/health/")
-    app.add_middleware(RequestGate, hosts=hosts, bodies=bodies)
+    # Probes and scrapers come by address: health and metrics answer whatever the `Host`.
+    hosts = TrustedHosts(
+        settings.allowed_hosts, exempt_prefixes=(f"{API_PREFIX}/health/", "/metrics")
+    )
+    app.add_middleware(RequestGate, hosts=hosts, bodies=bodies, metrics=app.state.metrics)
     # Outside the gate, so every answer, the gate's refusals included, carries CORS headers;
     # a preflight is CORS's alone to answer.
     if settings.cors_origins:  # without origins it would answer no request differently

@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import problems
 from api.bodies import BodyBudget
+from api.metrics import ApiMetrics
 
 log = structlog.get_logger("api.request")
 errors_log = structlog.get_logger("api.error")
@@ -42,18 +43,18 @@ class TrustedHosts:
     """The `Host` names in `ALLOWED_HOSTS` (`*.example.com` allowed; `*` any).
 
     What a client puts in `Host` must not reach anything that builds a URL from it.
-    The health probes are answered whatever the `Host`: load balancers and orchestrators
-    probe by address.
+    The health probes and `/metrics` are answered whatever the `Host`: load balancers,
+    orchestrators and Prometheus come by address.
     """
 
-    def __init__(self, allowed: list[str], exempt_prefix: str) -> None:
+    def __init__(self, allowed: list[str], exempt_prefixes: tuple[str, ...]) -> None:
         self.any = "*" in allowed
         self.exact = {host.lower() for host in allowed if not host.startswith("*.")}
         self.suffixes = tuple(host[1:].lower() for host in allowed if host.startswith("*."))
-        self.exempt_prefix = exempt_prefix
+        self.exempt_prefixes = exempt_prefixes
 
     def allow(self, scope: Scope) -> bool:
-        if self.any or scope["path"].startswith(self.exempt_prefix):
+        if self.any or scope["path"].startswith(self.exempt_prefixes):
             return True
         host = _host_name(_header(scope, b"host") or "")
         return host in self.exact or host.endswith(self.suffixes)
@@ -78,10 +79,13 @@ def _invalid_host() -> Response:
 class RequestGate:
     """Every HTTP request, in the order the module docstring gives."""
 
-    def __init__(self, app: ASGIApp, *, hosts: TrustedHosts, bodies: BodyBudget) -> None:
+    def __init__(
+        self, app: ASGIApp, *, hosts: TrustedHosts, bodies: BodyBudget, metrics: ApiMetrics
+    ) -> None:
         self.app = app
         self.hosts = hosts
         self.bodies = bodies
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -114,12 +118,14 @@ class RequestGate:
             errors_log.exception("unhandled_error", method=scope["method"], path=scope["path"])
             await problems.internal_error_response()(scope, receive, send_with_id)
         finally:
+            took_s = time.perf_counter() - started
+            self.metrics.observe(scope, status or 500, took_s)
             log.info(
                 "request",
                 method=scope["method"],
                 path=scope["path"],
                 status=status or 500,
-                duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                duration_ms=round(took_s * 1000, 2),
             )
 
     async def _answer(self, scope: Scope, receive: Receive, send: Send) -> None:

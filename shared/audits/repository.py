@@ -579,6 +579,41 @@ async def status_left_by(conn: Statements, *, audit_id: UUID, attempt: int) -> A
     return None if status is None else AuditStatus(status)
 
 
+# --- Fleet figures (GET /metrics) -------------------------------------------------------
+
+# Each served by an index on `status` (and `tenant`): they read the queued and running
+# audits, never the whole table.
+_QUEUED_BY_TENANT = (
+    f"SELECT tenant, count(*) AS queued FROM audit WHERE status = {Q} GROUP BY tenant"
+)
+_OLDEST_QUEUED = f"SELECT min(created_at) FROM audit WHERE status = {Q}"
+_RUNNING = f"SELECT count(*) FROM audit WHERE status = {R}"
+_BATCHES_RUNNING = (
+    "SELECT count(DISTINCT batch_id) FROM audit "
+    f"WHERE status IN {sql_list(UNFINISHED)} AND batch_id IS NOT NULL"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Fleet:
+    """What the whole deployment's audits look like now."""
+
+    queued_by_tenant: dict[str, int]
+    oldest_queued_at: datetime | None
+    running: int
+    batches_running: int
+
+
+async def fleet(conn: Statements) -> Fleet:
+    queued = {r["tenant"]: r["queued"] for r in await conn.fetch(_QUEUED_BY_TENANT)}
+    return Fleet(
+        queued_by_tenant=queued,
+        oldest_queued_at=await conn.fetchval(_OLDEST_QUEUED),
+        running=await conn.fetchval(_RUNNING),
+        batches_running=await conn.fetchval(_BATCHES_RUNNING),
+    )
+
+
 # --- Recovery and retention -------------------------------------------------------------
 
 _RECOVER_EXPIRED_LEASES = (

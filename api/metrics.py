@@ -1,0 +1,140 @@
+"""`GET /metrics`: the API's Prometheus metrics, open like the health probes.
+
+Per process, from the request gate (api/middleware.py):
+`auditq_http_requests_total{method,route,status}` and
+`auditq_http_request_duration_seconds{method,route}`, a route by its template
+(`/api/v1/audits/{audit_id}`), never a raw id; a path no route matched is `unmatched`.
+
+Fleet-wide, read from PostgreSQL at scrape time through indexes on the queued and
+running audits, and kept `FLEET_TTL_S` so that a scrape storm costs one read every few
+seconds: `auditq_queue_depth{tenant}`, `auditq_queue_oldest_age_seconds`,
+`auditq_audits_running`, `auditq_batches_running`. With PostgreSQL away the page still
+answers: those are left out, and `auditq_scrape_errors_total{source}` counts it.
+"""
+
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+from fastapi import APIRouter
+from fastapi.routing import APIRoute
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import Collector
+from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import Scope
+
+from shared.audits import repository as audits
+from shared.audits.repository import Fleet
+from shared.db import DATABASE_ERRORS, statement_connection
+
+FLEET_TTL_S = 5.0
+# Request latencies: a read takes milliseconds, a batch of 1,000 a second or more.
+_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class ApiMetrics:
+    """One API process's metrics, in a registry of its own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self._requests = Counter(
+            "auditq_http_requests",
+            "HTTP requests answered, by route template and status.",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self._duration = Histogram(
+            "auditq_http_request_duration_seconds",
+            "Time to answer an HTTP request, by route template.",
+            ["method", "route"],
+            buckets=_BUCKETS,
+            registry=self.registry,
+        )
+        self._scrape_errors = Counter(
+            "auditq_scrape_errors",
+            "Scrapes that could not read a fleet-wide figure, by source.",
+            ["source"],
+            registry=self.registry,
+        )
+        # A route's template as clients see it, by the route: an included router's routes
+        # know their path below the prefix they were included with, not above it.
+        self._templates: dict[int, str] = {}
+        self._fleet: Fleet | None = None
+        self._fleet_read_at = float("-inf")
+        self.registry.register(_FleetCollector(self))
+
+    def name_routes(self, router: APIRouter, *, prefix: str) -> None:
+        """Label the routes of `router`, included under `prefix`, by their whole path."""
+        for route in router.routes:
+            if isinstance(route, APIRoute):
+                self._templates[id(route)] = prefix + route.path
+
+    def observe(self, scope: Scope, status: int, seconds: float) -> None:
+        route = self._template(scope)
+        self._requests.labels(scope["method"], route, str(status)).inc()
+        self._duration.labels(scope["method"], route).observe(seconds)
+
+    def _template(self, scope: Scope) -> str:
+        route = scope.get("route")
+        if route is None:
+            return "unmatched"
+        path = self._templates.get(id(route), getattr(route, "path", None))
+        return path if isinstance(path, str) else "unmatched"
+
+    @property
+    def fleet(self) -> Fleet | None:
+        return self._fleet
+
+    async def refresh(self, engine: AsyncEngine) -> None:
+        """Read the fleet-wide figures, unless they are younger than `FLEET_TTL_S`."""
+        if time.monotonic() - self._fleet_read_at < FLEET_TTL_S:
+            return
+        self._fleet_read_at = time.monotonic()
+        try:
+            async with statement_connection(engine) as conn:
+                self._fleet = await audits.fleet(conn)
+        except DATABASE_ERRORS:
+            self._fleet = None
+            self._scrape_errors.labels("postgresql").inc()
+
+
+class _FleetCollector(Collector):
+    def __init__(self, metrics: ApiMetrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        fleet = self._metrics.fleet
+        if fleet is None:
+            return
+        depth = GaugeMetricFamily(
+            "auditq_queue_depth", "Audits queued, as PostgreSQL has them.", labels=["tenant"]
+        )
+        for tenant, queued in sorted(fleet.queued_by_tenant.items()):
+            depth.add_metric([tenant], queued)
+        yield depth
+        yield GaugeMetricFamily(
+            "auditq_queue_oldest_age_seconds",
+            "Age of the oldest queued audit (0 with none queued).",
+            value=_age_s(fleet.oldest_queued_at),
+        )
+        yield GaugeMetricFamily("auditq_audits_running", "Audits running.", value=fleet.running)
+        yield GaugeMetricFamily(
+            "auditq_batches_running",
+            "Batches with an audit queued or running.",
+            value=fleet.batches_running,
+        )
+
+
+def _age_s(moment: datetime | None) -> float:
+    return 0.0 if moment is None else max(0.0, (datetime.now(UTC) - moment).total_seconds())
+
+
+async def metrics_page(request: Request) -> Response:
+    """`GET /metrics` (not in the OpenAPI schema)."""
+    metrics: ApiMetrics = request.app.state.metrics
+    await metrics.refresh(request.app.state.engine)
+    return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,89 @@
+"""`GET /metrics`: Prometheus text, per-process request metrics and the fleet's figures."""
+
+from httpx import AsyncClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.api.conftest import ClientFactory
+from tests.factories import audit_request
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+async def scrape(client: AsyncClient) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    response = await client.get("http://test/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    return samples(response.text)
+
+
+async def test_queue_depth_is_what_postgresql_holds(client_with: ClientFactory) -> None:
+    async with client_with() as client:
+        created = [(await client.post("/audits", json=audit_request())).json() for _ in range(3)]
+        await client.post(f"/audits/{created[0]['id']}/cancel")
+
+        scraped = await scrape(client)
+
+    assert scraped["auditq_queue_depth", (("tenant", "default"),)] == 2
+    assert 0 <= scraped["auditq_queue_oldest_age_seconds", ()] < 60
+    assert scraped["auditq_audits_running", ()] == 0
+    assert scraped["auditq_batches_running", ()] == 0
+
+
+async def test_requests_are_counted_by_route_template(client_with: ClientFactory) -> None:
+    async with client_with() as client:
+        audit = (await client.post("/audits", json=audit_request())).json()
+        await client.get(f"/audits/{audit['id']}")
+        await client.get("/audits/00000000-0000-4000-8000-000000000000")
+        await client.get("/no/such/path")
+
+        scraped = await scrape(client)
+
+    by_id = "/api/v1/audits/{audit_id}"
+    assert (
+        scraped[
+            "auditq_http_requests_total", (("method", "GET"), ("route", by_id), ("status", "200"))
+        ]
+        == 1
+    )
+    assert (
+        scraped[
+            "auditq_http_requests_total", (("method", "GET"), ("route", by_id), ("status", "404"))
+        ]
+        == 1
+    )
+    assert (
+        scraped[
+            "auditq_http_requests_total",
+            (("method", "GET"), ("route", "unmatched"), ("status", "404")),
+        ]
+        == 1
+    )
+    assert not [key for key in scraped if audit["id"] in str(key)]  # never a raw id
+    assert (
+        scraped[
+            "auditq_http_request_duration_seconds_count",
+            (("method", "POST"), ("route", "/api/v1/audits")),
+        ]
+        == 1
+    )
+
+
+async def test_metrics_answer_with_postgresql_away(client_with: ClientFactory) -> None:
+    async with client_with(database_url="postgresql+asyncpg://postgres@127.0.0.1:1/none") as client:
+        scraped = await scrape(client)
+
+    assert scraped["auditq_scrape_errors_total", (("source", "postgresql"),)] == 1
+    assert not [key for key in scraped if key[0] == "auditq_queue_depth"]
+
+
+async def test_metrics_are_open_with_keys_and_any_host(client_with: ClientFactory) -> None:
+    async with client_with(auth="keys", allowed_hosts=["auditq.example.com"]) as client:
+        response = await client.get("http://10.0.0.7:8000/metrics")
+
+    assert response.status_code == 200
