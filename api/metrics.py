@@ -8,8 +8,10 @@ Per process, from the request gate (api/middleware.py):
 Fleet-wide, read from PostgreSQL at scrape time through indexes on the queued and
 running audits, and kept `FLEET_TTL_S` so that a scrape storm costs one read every few
 seconds: `auditq_queue_depth{tenant}`, `auditq_queue_oldest_age_seconds`,
-`auditq_audits_running`, `auditq_batches_running`. With PostgreSQL away the page still
-answers: those are left out, and `auditq_scrape_errors_total{source}` counts it.
+`auditq_audits_running`, `auditq_batches_running`; and `auditq_workers_alive`, from the
+workers' heartbeats in Redis (shared/workers.py). With PostgreSQL or Redis away the page
+still answers: what they would tell is left out, and `auditq_scrape_errors_total{source}`
+counts it.
 """
 
 import time
@@ -22,13 +24,17 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Scope
 
+from shared import workers
 from shared.audits import repository as audits
 from shared.audits.repository import Fleet
+from shared.config import Settings
 from shared.db import DATABASE_ERRORS, statement_connection
 
 FLEET_TTL_S = 5.0
@@ -64,6 +70,7 @@ class ApiMetrics:
         # know their path below the prefix they were included with, not above it.
         self._templates: dict[int, str] = {}
         self._fleet: Fleet | None = None
+        self._workers_alive: int | None = None
         self._fleet_read_at = float("-inf")
         self.registry.register(_FleetCollector(self))
 
@@ -89,7 +96,11 @@ class ApiMetrics:
     def fleet(self) -> Fleet | None:
         return self._fleet
 
-    async def refresh(self, engine: AsyncEngine) -> None:
+    @property
+    def workers_alive(self) -> int | None:
+        return self._workers_alive
+
+    async def refresh(self, engine: AsyncEngine, redis: Redis, queue_name: str) -> None:
         """Read the fleet-wide figures, unless they are younger than `FLEET_TTL_S`."""
         if time.monotonic() - self._fleet_read_at < FLEET_TTL_S:
             return
@@ -100,6 +111,11 @@ class ApiMetrics:
         except DATABASE_ERRORS:
             self._fleet = None
             self._scrape_errors.labels("postgresql").inc()
+        try:
+            self._workers_alive = await workers.alive(redis, queue_name)
+        except (RedisError, OSError):
+            self._workers_alive = None
+            self._scrape_errors.labels("redis").inc()
 
 
 class _FleetCollector(Collector):
@@ -107,6 +123,10 @@ class _FleetCollector(Collector):
         self._metrics = metrics
 
     def collect(self) -> Iterator[Metric]:
+        if (alive := self._metrics.workers_alive) is not None:
+            yield GaugeMetricFamily(
+                "auditq_workers_alive", "Workers whose heartbeat is under 30 s old.", value=alive
+            )
         fleet = self._metrics.fleet
         if fleet is None:
             return
@@ -136,5 +156,6 @@ def _age_s(moment: datetime | None) -> float:
 async def metrics_page(request: Request) -> Response:
     """`GET /metrics` (not in the OpenAPI schema)."""
     metrics: ApiMetrics = request.app.state.metrics
-    await metrics.refresh(request.app.state.engine)
+    settings: Settings = request.app.state.settings
+    await metrics.refresh(request.app.state.engine, request.app.state.redis, settings.queue_name)
     return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -7,8 +7,10 @@ from typing import Any, NotRequired, TypedDict
 
 from arq.connections import ArqRedis
 from openai import AsyncOpenAI
+from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from shared import workers
 from shared.audits.repository import Keyset
 from shared.audits.runs import Clock
 from shared.config import Settings
@@ -63,11 +65,18 @@ async def startup(ctx: dict[str, Any]) -> None:
     ctx["provider_probe"] = asyncio.create_task(
         probe_provider(ctx["llm"], model=settings.openai_model)
     )
+    ctx["worker_id"] = workers.new_worker_id()
+    ctx["heartbeat"] = asyncio.create_task(
+        workers.beat_forever(ctx["redis"], settings.queue_name, ctx["worker_id"])
+    )
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
-    ctx["provider_probe"].cancel()
-    with suppress(asyncio.CancelledError):
-        await ctx["provider_probe"]
+    for task in (ctx["provider_probe"], ctx["heartbeat"]):
+        task.cancel()
+        with suppress(asyncio.CancelledError):
+            await task
+    with suppress(RedisError, OSError):  # else it drops out within ALIVE_FOR_S anyway
+        await workers.leave(ctx["redis"], ctx["settings"].queue_name, ctx["worker_id"])
     await ctx["llm"].close()
     await ctx["engine"].dispose()

@@ -1,8 +1,11 @@
 """`GET /metrics`: Prometheus text, per-process request metrics and the fleet's figures."""
 
+from arq.connections import ArqRedis
 from httpx import AsyncClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from shared import workers
+from shared.config import Settings
 from tests.api.conftest import ClientFactory
 from tests.factories import audit_request
 
@@ -87,3 +90,15 @@ async def test_metrics_are_open_with_keys_and_any_host(client_with: ClientFactor
         response = await client.get("http://10.0.0.7:8000/metrics")
 
     assert response.status_code == 200
+
+
+async def test_workers_alive_come_from_their_heartbeats(
+    client_with: ClientFactory, redis: ArqRedis, settings: Settings
+) -> None:
+    await workers.beat(redis, settings.queue_name, "host:1:a")
+    async with client_with() as client:
+        scraped = await scrape(client)
+        ready = (await client.get("/health/ready")).json()
+
+    assert scraped["auditq_workers_alive", ()] == 1
+    assert ready["workers_alive"] == 1
