@@ -169,12 +169,17 @@ def drop_all_queues(redis_url: str) -> None:
 
 
 def drop_queue(redis_url: str, queue_name: str, *, job_prefixes: Sequence[str] = ()) -> None:
-    """Delete a queue and the arq keys of the jobs still in it (or named by `job_prefixes`)."""
+    """Delete a queue, its fair queue (shared/fair_queue.py) and the arq keys of the jobs
+    still in them (or named by `job_prefixes`)."""
     client = redis.Redis.from_url(redis_url)
     try:
         # redis-py types every reply of its client as `Awaitable | Any`, sync or not.
         ids = [i.decode() for i in cast(list[bytes], client.zrange(queue_name, 0, -1))]
-        keys = [queue_name, f"{queue_name}:health-check"]
+        fair = [k.decode() for k in client.scan_iter(f"{queue_name}:fair:*", count=1000)]
+        for key in fair:
+            if key.startswith(f"{queue_name}:fair:jobs:"):
+                ids += [i.decode() for i in cast(list[bytes], client.lrange(key, 0, -1))]
+        keys = [queue_name, f"{queue_name}:health-check", *fair]
         for job_id in ids:
             keys += [f"arq:job:{job_id}", f"arq:in-progress:{job_id}", f"arq:retry:{job_id}"]
         for prefix in job_prefixes:

@@ -33,6 +33,7 @@ AUDIT_FIELDS = (
     "model",
     "metadata",
     "pass_threshold",
+    "priority",
 )
 _SHOWN_PROBLEMS = 10
 

@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     max_attempts: int = Field(default=5, ge=1)
     worker_concurrency: int = Field(default=50, ge=1)
     queue_name: str = "auditq:queue"
+    # The share of worker slots bulk audits keep while interactive ones wait
+    # (docs/SCHEDULING.md); 0.5 would make the two classes equal.
+    bulk_min_share: float = Field(default=0.1, gt=0, le=0.5)
 
     max_content_chars: int = Field(default=100_000, ge=1)
     # The criteria's descriptions together, of an audit and of a rubric: each is sent

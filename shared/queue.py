@@ -6,6 +6,8 @@ whose statement committed; the owner of the transaction calls `send_pending` aft
 its commit, so a job never names a row that does not exist yet. If Redis is
 unreachable then, nothing is lost: the row is the source of truth and the worker's
 reconciler enqueues every queued audit that has no job.
+
+Jobs wait in the fair queue (shared/fair_queue.py) until a worker picks them.
 """
 
 from collections.abc import AsyncIterator, Iterable
@@ -26,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from shared.config import Settings
 from shared.db import SessionFactory, StatementConnection, session_scope, statement_connection
+from shared.fair_queue import ENQUEUE_LUA, QueuedRun, fair_prefix
 
 log = structlog.get_logger(__name__)
 
@@ -80,7 +83,7 @@ def audit_job_id(audit_id: UUID) -> str:
 
 @dataclass
 class PendingJobs:
-    run: list[UUID] = field(default_factory=list)
+    run: list[QueuedRun] = field(default_factory=list)
     abort: list[UUID] = field(default_factory=list)
 
 
@@ -96,9 +99,9 @@ def _pending(session: Transactional) -> PendingJobs:
     return pending
 
 
-def defer_run(session: Transactional, audit_id: UUID) -> None:
+def defer_run(session: Transactional, run: QueuedRun) -> None:
     """Enqueue `run_audit` for this audit once the session's transaction commits."""
-    _pending(session).run.append(audit_id)
+    _pending(session).run.append(run)
 
 
 def defer_abort(session: Transactional, audit_id: UUID) -> None:
@@ -121,44 +124,31 @@ async def send_pending(session: Transactional, redis: ArqRedis) -> None:
     except (RedisError, OSError) as exc:
         log.warning(
             "enqueue_failed",
-            audit_ids=[str(i) for i in pending.run + pending.abort],
+            audit_ids=[str(i) for i in [*(r.audit_id for r in pending.run), *pending.abort]],
             error=type(exc).__name__,
             note="the reconciler will enqueue queued audits once Redis is back",
         )
 
 
-# KEYS: the queue, the abort marks, then each job's key; ARGV: enqueue time (ms), the job
-# keys' lifetime (ms), then each job's id and payload. The jobs arq's `enqueue_job` would
-# make, deduplicated by job id as it does (SET NX on the job key), with no abort mark left
-# from a cancelled run of the same audit.
-_ENQUEUE_LUA = """
-for i = 3, #KEYS do
-  local job_id = ARGV[2 * i - 3]
-  redis.call('ZREM', KEYS[2], job_id)
-  redis.call('SET', KEYS[i], ARGV[2 * i - 2], 'PX', ARGV[2], 'NX')
-  redis.call('ZADD', KEYS[1], 'NX', ARGV[1], job_id)
-end
-"""
-
-
-async def enqueue_runs(redis: ArqRedis, audit_ids: Iterable[UUID]) -> None:
-    """Enqueue `run_audit` jobs in one command, skipping audits that have a job.
+async def enqueue_runs(redis: ArqRedis, runs: Iterable[QueuedRun]) -> None:
+    """Queue `run_audit` jobs on the fair queue in one command, skipping audits that have a job.
 
     arq's `enqueue_job` costs a WATCH round trip and a MULTI of its own per job; a
     batch of 1,000 wants one command. A script is atomic as MULTI/EXEC is, and one
     command with one reply costs the API far less CPU than a pipeline's five.
     """
-    jobs = {audit_job_id(audit_id): str(audit_id) for audit_id in audit_ids}
+    jobs = {audit_job_id(run.audit_id): run for run in runs}
     if not jobs:
         return
     now_ms = timestamp_ms()
-    keys = [redis.default_queue_name, abort_jobs_ss, *(job_key_prefix + j for j in jobs)]
-    args: list[Any] = [now_ms, expires_extra_ms]  # redis-py's stubs want str only
-    for job_id, audit_id in jobs.items():
-        args += [job_id, serialize_job(RUN_AUDIT, (audit_id,), {}, None, now_ms)]
+    keys = [abort_jobs_ss, *(job_key_prefix + j for j in jobs)]
+    args: list[Any] = [fair_prefix(redis.default_queue_name), expires_extra_ms]
+    for job_id, run in jobs.items():
+        payload = serialize_job(RUN_AUDIT, (str(run.audit_id),), {}, None, now_ms)
+        args += [job_id, payload, str(run.priority), run.tenant, run.flow]
     # EVALSHA, loading the script first when Redis lacks it (first use, or a restart since).
     # Registering only hashes the text; no round trip.
-    await redis.register_script(_ENQUEUE_LUA)(keys=keys, args=args)
+    await redis.register_script(ENQUEUE_LUA)(keys=keys, args=args)
 
 
 async def abort_runs(redis: ArqRedis, audit_ids: Iterable[UUID]) -> None:

@@ -18,7 +18,9 @@ import structlog
 
 from shared.audits import recovery
 from shared.db import SessionStatements, statement_connection
+from shared.fair_queue import set_weights
 from shared.queue import enqueue_runs, missing_jobs, transaction
+from shared.tenants import service as tenants
 from worker.context import JobContext
 
 log = structlog.get_logger("worker.reconciler")
@@ -34,11 +36,22 @@ async def _enqueue_orphans(ctx: JobContext) -> list[UUID]:
         page = await recovery.queued_before(conn, age=ORPHAN_AGE, limit=SCAN_LIMIT, after=after)
     ctx["reconcile_after"] = page[-1] if len(page) == SCAN_LIMIT else None
     orphans = await missing_jobs(ctx["redis"], [audit_id for _, audit_id in page])
-    await enqueue_runs(ctx["redis"], orphans)
-    return orphans
+    if not orphans:
+        return []
+    async with statement_connection(ctx["engine"]) as conn:
+        runs = await recovery.queued_runs(conn, orphans)
+    await enqueue_runs(ctx["redis"], runs)
+    return [run.audit_id for run in runs]
+
+
+async def _share_weights(ctx: JobContext) -> None:
+    async with statement_connection(ctx["engine"]) as conn:
+        weights = await tenants.weights(conn)
+    await set_weights(ctx["redis"], ctx["settings"].queue_name, weights)
 
 
 async def reconcile(ctx: JobContext) -> dict[str, Any]:
+    await _share_weights(ctx)
     async with transaction(ctx["session_factory"], ctx["redis"]) as session:
         requeued, failed = await recovery.recover_expired_leases(SessionStatements(session))
     orphans = await _enqueue_orphans(ctx)

@@ -7,13 +7,13 @@ which redis-py reports at once as a `WatchError`; nor an outage longer than its 
 This worker logs the error, pauses and polls again: jobs already running carry on, and
 what Redis lost the reconciler enqueues again from PostgreSQL.
 
-It also starts jobs in one round trip to Redis per poll. arq's `start_jobs` makes several
-per job id the poll returns (WATCH, EXISTS, ZSCORE, then MULTI/PSETEX/EXEC), and the
-poll returns the jobs already running too, oldest first: a busy worker paid for every
-job in flight before it reached a new one. Here the jobs this process runs are skipped
-without asking, and a Lua script makes arq's checks for the rest (not in progress, still
-queued, due) and marks up to the free slots' worth in progress, atomically. Redis round
-trips are the dearest thing a job does after its model call.
+It also starts jobs in one round trip to Redis per poll, and picks them fairly. The jobs
+this process runs are skipped without asking; one script (`shared.fair_queue.PICK_LUA`)
+starts the due jobs of arq's queue that nobody runs (deferred retries, a killed worker's
+jobs) under arq's checks (not in progress, still queued, due), then fills the free slots
+left from the fair queue (docs/SCHEDULING.md), marking each in progress, atomically. arq's
+`start_jobs` makes several round trips per job id instead, and only knows its one queue.
+Redis round trips are the dearest thing a job does after its model call.
 
 And it refills a freed slot at once: arq polls the queue every `poll_delay` and leaves a
 slot that frees in between empty until the next poll, on average half a `poll_delay` per
@@ -24,20 +24,23 @@ runs every `poll_delay`. What each change did is measured in bench/RESULTS.md (T
 It overrides private methods of arq's `Worker`: arq is pinned below its next minor, and
 tests/worker/test_runner.py checks the methods are still as this class expects.
 
-`arq worker.settings.WorkerSettings` still runs the same settings with arq's plain worker.
+arq's plain worker (`arq worker.settings.WorkerSettings`) does not read the fair queue:
+it would run deferred retries only. Run this one.
 """
 
 import asyncio
 from typing import Any
 
 import structlog
-from arq.constants import in_progress_key_prefix
+from arq.constants import in_progress_key_prefix, job_key_prefix
 from arq.utils import timestamp_ms
 from arq.worker import Worker
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
+from shared.audits.priority import Priority
 from shared.config import get_settings
+from shared.fair_queue import PICK_LUA, fair_prefix
 from shared.logging import configure_logging
 from worker.settings import worker_options
 
@@ -46,37 +49,15 @@ log = structlog.get_logger("worker.runner")
 REDIS_PAUSE_S = 1.0
 REFILL_GATHER_S = 0.002
 
-# arq's conditions for starting a job (not in progress already, still queued, and due: a
-# job deferred again since the poll is not), for each candidate in turn until `limit` have
-# started. Returns id, score, id, score, … of the jobs it marked in progress. The
-# in-progress keys are built here from their prefix: arq runs on one Redis, not a cluster.
-START_JOBS = """
-local queue, prefix = KEYS[1], ARGV[1]
-local now, timeout_ms, limit = tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
-local started = {}
-for i = 5, #ARGV do
-  if #started >= 2 * limit then break end
-  local job_id = ARGV[i]
-  if redis.call('exists', prefix .. job_id) == 0 then
-    local score = redis.call('zscore', queue, job_id)
-    if score and tonumber(score) <= now then
-      redis.call('psetex', prefix .. job_id, timeout_ms, '1')
-      table.insert(started, job_id)
-      table.insert(started, score)
-    end
-  end
-end
-return started
-"""
-
 
 class RedisTolerantWorker(Worker):
     """arq's `Worker`: outlives Redis errors, starts jobs in one round trip, refills at once."""
 
-    _start_jobs: AsyncScript | None = None
+    _pick_jobs: AsyncScript | None = None
 
     def __init__(self, **settings: Any) -> None:
         super().__init__(**settings)
+        self._bulk_min_share = settings["ctx"]["settings"].bulk_min_share
         # arq's loop sleeps `poll_delay_s` after each poll; this worker waits itself.
         self._poll_wait_s = self.poll_delay_s
         self.poll_delay_s = 0.0
@@ -86,6 +67,8 @@ class RedisTolerantWorker(Worker):
         try:
             await super()._poll_iteration()
             await self._until_next_poll()
+            if self.burst:
+                await self._start_waiting_work()
         except (RedisError, OSError) as exc:
             log.warning("redis_unavailable", error=type(exc).__name__, retry_in_s=REDIS_PAUSE_S)
             await asyncio.sleep(REDIS_PAUSE_S)
@@ -119,16 +102,30 @@ class RedisTolerantWorker(Worker):
         )
         await self.start_jobs(due)
 
+    async def _start_waiting_work(self) -> None:
+        """Start a job of the fair queue if any waits, a slot freeing first if none is free.
+
+        arq ends a burst when its queue is empty, and a job of the fair queue joins arq's
+        queue only when it starts: a slot that freed since the poll would end the burst.
+        """
+        waiting = [fair_prefix(self.queue_name) + f"tenants:{p}" for p in Priority]
+        while await self.pool.exists(*waiting):
+            if self.job_counter < self.max_jobs:
+                await self._refill()
+                return
+            self._slot_freed.clear()
+            await self._slot_freed.wait()
+
     def _release_sem_dec_counter_on_complete(self) -> None:
         super()._release_sem_dec_counter_on_complete()
         self._slot_freed.set()
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
-        """Start what the free slots can take of `job_ids`, marked in progress by `START_JOBS`."""
+        """Fill the free slots: due jobs of `job_ids` first, then the fair queue's picks."""
         free_slots = self.max_jobs - self.job_counter
-        candidates = [job_id for job_id in job_ids if not self._running_here(job_id.decode())]
-        if free_slots <= 0 or not candidates:
+        if free_slots <= 0:
             return
+        candidates = [job_id for job_id in job_ids if not self._running_here(job_id.decode())]
         for job_id, score in await self._mark_in_progress(candidates, free_slots):
             await self.sem.acquire()  # a free slot: does not wait
             self.job_counter += 1
@@ -142,11 +139,18 @@ class RedisTolerantWorker(Worker):
 
     async def _mark_in_progress(self, job_ids: list[bytes], limit: int) -> list[tuple[str, int]]:
         """`(job id, score)` of the jobs marked in progress, at most `limit` of them."""
-        if self._start_jobs is None:
-            self._start_jobs = self.pool.register_script(START_JOBS)
-        timeout_ms = int(self.in_progress_timeout_s * 1000)
-        args: list[str | int | bytes] = [in_progress_key_prefix, timestamp_ms(), timeout_ms, limit]
-        reply = await self._start_jobs(keys=[self.queue_name], args=[*args, *job_ids])
+        if self._pick_jobs is None:
+            self._pick_jobs = self.pool.register_script(PICK_LUA)
+        args: list[str | int | float | bytes] = [
+            in_progress_key_prefix,
+            job_key_prefix,
+            timestamp_ms(),
+            int(self.in_progress_timeout_s * 1000),
+            limit,
+            fair_prefix(self.queue_name),
+            self._bulk_min_share,
+        ]
+        reply = await self._pick_jobs(keys=[self.queue_name], args=[*args, *job_ids])
         pairs = zip(reply[::2], reply[1::2], strict=True)
         return [(job_id.decode(), int(float(score))) for job_id, score in pairs]
 

@@ -1,6 +1,7 @@
 """The arq worker's settings, run by `python -m worker` (the Procfile's, worker/runner.py).
 
-`arq worker.settings.WorkerSettings` runs them too, with arq's plain worker.
+`arq --check worker.settings.WorkerSettings` reads them for compose's health check.
+arq's plain worker would not read the fair queue (docs/SCHEDULING.md).
 
 `worker_options(settings)` builds the same options for tests and benchmarks,
 which run a `Worker` in-process with settings of their own.

@@ -30,6 +30,7 @@ from shared.audits.exceptions import (
     AuditNotFound,
     AuditNotRetryable,
 )
+from shared.audits.priority import Priority
 from shared.audits.repository import AuditFilters
 from shared.audits.schemas import AuditCreate, AuditDetail, AuditPage, AuditRead, NoNul
 from shared.audits.status import AuditStatus
@@ -116,6 +117,7 @@ async def list_audits(
     ] = None,
     batch_id: UUID | None = None,
     rubric: Annotated[Annotated[str, NoNul] | None, Query(max_length=64)] = None,
+    priority: Priority | None = None,
     created_after: Timestamp | None = None,
     created_before: Timestamp | None = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
@@ -127,6 +129,7 @@ async def list_audits(
         status=status or (),
         batch_id=batch_id,
         rubric=rubric,
+        priority=priority,
         created_after=created_after,
         created_before=created_before,
     )

@@ -8,6 +8,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field, SQLModel
 
+from shared.audits.priority import PRIORITY_CHECK, Priority
 from shared.audits.status import TERMINAL, UNFINISHED, AuditStatus, sql_list
 from shared.db import metadata  # noqa: F401  (naming convention must be set first)
 
@@ -28,6 +29,7 @@ class Audit(SQLModel, table=True):
     __tablename__ = "audit"
     __table_args__ = (
         sa.CheckConstraint(f"status IN {sql_list(AuditStatus)}", name="status"),
+        sa.CheckConstraint(PRIORITY_CHECK, name="priority"),
         sa.CheckConstraint("attempts >= 0", name="attempts"),
         # An audit runs with inline criteria, or with a rubric version it references.
         sa.CheckConstraint(
@@ -46,6 +48,13 @@ class Audit(SQLModel, table=True):
             "ix_audit_tenant_status_created",
             "tenant",
             "status",
+            sa.text("created_at DESC"),
+            sa.text("id DESC"),
+        ),
+        sa.Index(
+            "ix_audit_tenant_priority_created",
+            "tenant",
+            "priority",
             sa.text("created_at DESC"),
             sa.text("id DESC"),
         ),
@@ -98,6 +107,7 @@ class Audit(SQLModel, table=True):
     pass_threshold: float = 70.0
     batch_id: UUID | None = Field(default=None, foreign_key="batch.id")
     batch_index: int | None = None
+    priority: str = _text(nullable=False, default=Priority.INTERACTIVE)
     attempts: int = 0
     attempt_limit: int
     result: dict[str, Any] | None = _jsonb(nullable=True)

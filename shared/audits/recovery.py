@@ -7,6 +7,7 @@ from shared.audits import repository as audits
 from shared.audits.repository import Keyset
 from shared.audits.status import AuditStatus
 from shared.db import Statements
+from shared.fair_queue import QueuedRun
 from shared.queue import defer_run
 
 WORKER_LOST = "worker_lost"
@@ -21,9 +22,10 @@ async def recover_expired_leases(conn: Statements) -> tuple[list[UUID], list[UUI
     recovered = await audits.recover_expired_leases(
         conn, code=WORKER_LOST, message=_WORKER_LOST_MESSAGE
     )
-    for audit_id in recovered[AuditStatus.QUEUED]:
-        defer_run(conn, audit_id)
-    return recovered[AuditStatus.QUEUED], recovered[AuditStatus.FAILED]
+    for run in recovered[AuditStatus.QUEUED]:
+        defer_run(conn, run)
+    requeued, failed = recovered[AuditStatus.QUEUED], recovered[AuditStatus.FAILED]
+    return [run.audit_id for run in requeued], [run.audit_id for run in failed]
 
 
 async def queued_before(
@@ -31,3 +33,9 @@ async def queued_before(
 ) -> list[Keyset]:
     """Queued audits untouched for `age`, candidates for a lost job, oldest first."""
     return await audits.queued_before(conn, age=age, limit=limit, after=after)
+
+
+async def queued_runs(conn: Statements, audit_ids: list[UUID]) -> list[QueuedRun]:
+    """How to queue these audits' runs again (those still queued): their tenant, priority
+    and batch."""
+    return await audits.queued_runs(conn, audit_ids)

@@ -23,9 +23,11 @@ from uuid import UUID
 
 from pydantic import TypeAdapter
 
+from shared.audits.priority import Priority
 from shared.audits.schemas import AuditResult, Criterion
 from shared.audits.status import RETRYABLE, TERMINAL, UNFINISHED, AuditStatus, sql_list
 from shared.db import Statements
+from shared.fair_queue import QueuedRun
 
 Q, R, S, F, C = (f"'{s}'" for s in AuditStatus)  # queued, running, succeeded, failed, cancelled
 
@@ -47,11 +49,17 @@ class NewAudit:
     pass_threshold: float
     batch_id: UUID | None
     batch_index: int | None
+    priority: Priority
     attempts: int
     attempt_limit: int
     request_id: str | None
     idempotency_key: str | None
     request_hash: str | None
+
+    @property
+    def run(self) -> QueuedRun:
+        """What the fair queue needs to queue this audit's run."""
+        return QueuedRun(self.id, self.tenant, self.priority, self.batch_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +84,7 @@ class AuditRow(NewAudit):
     def of(cls, record: Mapping[str, Any]) -> Self:
         values = dict(record)
         values["status"] = AuditStatus(values["status"])
+        values["priority"] = Priority(values["priority"])
         return cls(**values)
 
 
@@ -218,6 +227,7 @@ class AuditFilters:
     status: Sequence[AuditStatus] = ()
     batch_id: UUID | None = None
     rubric: str | None = None
+    priority: Priority | None = None
     created_after: datetime | None = None
     created_before: datetime | None = None
 
@@ -250,6 +260,8 @@ def page_query(*, filters: AuditFilters, limit: int, after: Keyset | None) -> tu
         conditions.append(f"audit.batch_id = {args.add(filters.batch_id)}")
     if filters.rubric:
         conditions.append(f"audit.rubric_name = {args.add(filters.rubric)}")
+    if filters.priority:
+        conditions.append(f"audit.priority = {args.add(str(filters.priority))}")
     if filters.created_after:
         conditions.append(f"audit.created_at > {args.add(filters.created_after)}")
     if filters.created_before:
@@ -384,7 +396,8 @@ _RETRY = _scoped(
     _returning_row(f"{_REQUEUE} WHERE id = $1 AND status IN {sql_list(RETRYABLE)}{{owned}}"),
     parameters=2,
 )
-_RETRY_BATCH = f"{_REQUEUE} WHERE batch_id = $1 AND status = $3 RETURNING id"
+_RUN = "id, tenant, priority, batch_id"
+_RETRY_BATCH = f"{_REQUEUE} WHERE batch_id = $1 AND status = $3 RETURNING {_RUN}"
 _CANCEL_BATCH = f"{_CANCEL_UNFINISHED} AND batch_id = $1 RETURNING id"
 
 
@@ -402,12 +415,18 @@ async def requeue_for_retry(
     return None if record is None else AuditRow.of(record)
 
 
+def _queued_run(record: Mapping[str, Any]) -> QueuedRun:
+    return QueuedRun(
+        record["id"], record["tenant"], Priority(record["priority"]), record["batch_id"]
+    )
+
+
 async def requeue_batch_for_retry(
     conn: Statements, batch_id: UUID, *, status: AuditStatus, attempts: int
-) -> list[UUID]:
-    """Queue the batch's audits in `status` (failed or cancelled) again; their ids."""
+) -> list[QueuedRun]:
+    """Queue the batch's audits in `status` (failed or cancelled) again; their runs."""
     assert status in RETRYABLE, status
-    return [record["id"] for record in await conn.fetch(_RETRY_BATCH, batch_id, attempts, status)]
+    return [_queued_run(r) for r in await conn.fetch(_RETRY_BATCH, batch_id, attempts, status)]
 
 
 async def cancel_batch(conn: Statements, batch_id: UUID) -> list[UUID]:
@@ -619,8 +638,9 @@ async def fleet(conn: Statements) -> Fleet:
 _RECOVER_EXPIRED_LEASES = (
     f"UPDATE audit SET {_queued_or_failed(code='$1::text', message='$2::text')}, "
     f"lease_until = NULL, updated_at = now() WHERE status = {R} AND {_LEASE_EXPIRED} "
-    "RETURNING id, status"
+    f"RETURNING status, {_RUN}"
 )
+_RUNS_OF = f"SELECT {_RUN} FROM audit WHERE id = ANY($1::uuid[]) AND status = {Q}"
 _QUEUED_BEFORE = (
     f"SELECT id, created_at FROM audit WHERE status = {Q} AND updated_at < now() - $1::interval "
     "{after} ORDER BY created_at, id LIMIT $2"
@@ -637,12 +657,17 @@ _DELETE_FINISHED_BEFORE = (
 
 async def recover_expired_leases(
     conn: Statements, *, code: str, message: str
-) -> dict[AuditStatus, list[UUID]]:
+) -> dict[AuditStatus, list[QueuedRun]]:
     """Running audits whose lease ran out: back to queued, or failed on their last attempt."""
-    recovered: dict[AuditStatus, list[UUID]] = {AuditStatus.QUEUED: [], AuditStatus.FAILED: []}
+    recovered: dict[AuditStatus, list[QueuedRun]] = {AuditStatus.QUEUED: [], AuditStatus.FAILED: []}
     for record in await conn.fetch(_RECOVER_EXPIRED_LEASES, code, message):
-        recovered[AuditStatus(record["status"])].append(record["id"])
+        recovered[AuditStatus(record["status"])].append(_queued_run(record))
     return recovered
+
+
+async def queued_runs(conn: Statements, audit_ids: Sequence[UUID]) -> list[QueuedRun]:
+    """The runs to queue for those of these audits that are still queued."""
+    return [_queued_run(record) for record in await conn.fetch(_RUNS_OF, list(audit_ids))]
 
 
 async def queued_before(

@@ -9,6 +9,7 @@ from uuid import UUID
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
+from shared.audits.priority import Priority
 from shared.audits.status import AuditStatus
 from shared.text import json_size, reject_nul
 
@@ -104,6 +105,11 @@ class AuditCreate(BaseModel):
     metadata: Metadata = Field(default_factory=dict)
     # Python's JSON parser lets NaN in; refused by name rather than as "not <= 100".
     pass_threshold: Annotated[float, Field(ge=0, le=100, allow_inf_nan=False)] = 70.0
+    priority: Priority | None = Field(
+        default=None,
+        description="`interactive` (the default of `POST /audits`) runs before `bulk` (the "
+        "default of a batch's audits); see docs/SCHEDULING.md.",
+    )
 
     @model_validator(mode="after")
     def criteria_xor_rubric(self) -> Self:
@@ -167,6 +173,7 @@ class AuditRead(BaseModel):
     rubric_version: int | None
     metadata: dict[str, Any]
     batch_id: UUID | None
+    priority: Priority
     attempts: int
     created_at: datetime
     updated_at: datetime

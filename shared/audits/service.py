@@ -13,6 +13,7 @@ from uuid import UUID, uuid4
 from shared.audits import limits
 from shared.audits import repository as audits
 from shared.audits.exceptions import AuditNotCancellable, AuditNotFound, AuditNotRetryable
+from shared.audits.priority import Priority
 from shared.audits.repository import AuditFilters, AuditRow, NewAudit
 from shared.audits.schemas import AuditCreate, Criterion
 from shared.audits.status import AuditStatus
@@ -46,6 +47,7 @@ def new_audit(
     criteria: ResolvedCriteria,
     batch_id: UUID | None = None,
     batch_index: int | None = None,
+    priority: Priority = Priority.INTERACTIVE,
     request_id: str | None = None,
     idempotency_key: str | None = None,
     request_hash: str | None = None,
@@ -65,6 +67,7 @@ def new_audit(
         pass_threshold=data.pass_threshold,
         batch_id=batch_id,
         batch_index=batch_index,
+        priority=data.priority or priority,
         attempts=0,
         attempt_limit=settings.max_attempts,
         request_id=request_id,
@@ -117,7 +120,7 @@ async def create(
         winner = await _replay(conn, tenant, idempotency_key, digest)
         assert winner is not None
         return winner
-    defer_run(conn, row.id)
+    defer_run(conn, row.run)
     return Created(row)
 
 
@@ -258,7 +261,7 @@ async def retry(
         )
     if max_queued is not None:
         await quotas.check_requeued(conn, tenant=owner, max_queued=max_queued, requeued=1)
-    defer_run(conn, audit_id)
+    defer_run(conn, audit.run)
     return audit
 
 

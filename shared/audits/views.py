@@ -36,6 +36,7 @@ def _fields(audit: AuditRow) -> dict[str, Any]:
         "rubric_version": audit.rubric_version,
         "metadata": audit.metadata,
         "batch_id": audit.batch_id,
+        "priority": audit.priority,
         "attempts": audit.attempts,
         "created_at": audit.created_at,
         "updated_at": audit.updated_at,

@@ -6,6 +6,7 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from shared.audits.priority import Priority
 from shared.audits.schemas import AuditCreate, Metadata, NoNul, Usage
 
 MAX_BATCH_SIZE = 1000
@@ -21,6 +22,10 @@ class BatchCreate(BaseModel):
     name: Annotated[str, Field(min_length=1, max_length=200), NoNul] | None = None
     metadata: Metadata = Field(default_factory=dict)
     audits: Annotated[list[AuditCreate], Field(min_length=1, max_length=MAX_BATCH_SIZE)]
+    priority: Priority = Field(
+        default=Priority.BULK,
+        description="The priority of the audits that do not set their own.",
+    )
 
 
 class BatchCounts(BaseModel):

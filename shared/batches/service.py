@@ -89,7 +89,7 @@ async def create(
         winner = await _replay(conn, tenant, idempotency_key, digest)
         assert winner is not None
         return winner
-    await _insert_audits(conn, batch=batch, items=data.audits, settings=settings)
+    await _insert_audits(conn, batch=batch, data=data, settings=settings)
     return Created(await summarize(conn, batch))
 
 
@@ -106,9 +106,10 @@ async def _replay(
 
 
 async def _insert_audits(
-    conn: Statements, *, batch: BatchRow, items: Sequence[AuditCreate], settings: Settings
+    conn: Statements, *, batch: BatchRow, data: BatchCreate, settings: Settings
 ) -> None:
     """All audits in one INSERT, not a round trip each."""
+    items = data.audits
     cache: audit_service.RubricCache = {}
     resolved = [
         await _item_criteria(conn, item, batch=batch, index=index, cache=cache)
@@ -131,13 +132,14 @@ async def _insert_audits(
             criteria=criteria,
             batch_id=batch.id,
             batch_index=index,
+            priority=data.priority,
             request_id=batch.request_id,
         )
         for index, (item, criteria) in enumerate(zip(items, resolved, strict=True))
     ]
     await audits.insert_many(conn, new)
     for audit in new:
-        defer_run(conn, audit.id)
+        defer_run(conn, audit.run)
 
 
 async def _item_criteria(
@@ -240,12 +242,12 @@ async def retry(
         await quotas.lock(conn, tenant=batch.tenant)
     requeued: dict[str, int] = {}
     for status in statuses:
-        ids = await audits.requeue_batch_for_retry(
+        runs = await audits.requeue_batch_for_retry(
             conn, batch.id, status=status, attempts=settings.max_attempts
         )
-        for audit_id in ids:
-            defer_run(conn, audit_id)
-        requeued[status] = len(ids)
+        for run in runs:
+            defer_run(conn, run)
+        requeued[status] = len(runs)
     total = sum(count for count in requeued.values())
     if max_queued is not None and total:
         await quotas.check_requeued(

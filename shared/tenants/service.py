@@ -80,3 +80,8 @@ async def revoke_key(conn: Statements, key_or_prefix: str) -> KeyRow:
 async def set_tenant(conn: Statements, name: str, changes: Mapping[str, int | None]) -> TenantRow:
     """Create the tenant if need be and change its quotas or weight (None: the setting)."""
     return await tenants.update_tenant(conn, check_tenant_name(name), changes)
+
+
+async def weights(conn: Statements) -> dict[str, int]:
+    """Each tenant's weight, the share of the workers it gets against the others."""
+    return {tenant.name: tenant.weight for tenant in await tenants.all_tenants(conn)}

@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.config import Settings
 from shared.tenants.directory import Directory
+from tests.fixtures.jobs import queued_job_ids
 
 
 def assert_problem(response: Response, status: int, code: str) -> dict[str, Any]:
@@ -44,7 +45,7 @@ async def audit_row(engine: AsyncEngine, audit_id: str) -> dict[str, Any]:
 
 async def queued_jobs(redis: ArqRedis, settings: Settings) -> set[str]:
     """The job ids waiting in this test's queue."""
-    return {member.decode() for member in await redis.zrange(settings.queue_name, 0, -1)}
+    return await queued_job_ids(redis, settings)
 
 
 async def assert_nothing_written(

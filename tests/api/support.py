@@ -11,6 +11,7 @@ from httpx import AsyncClient
 
 from shared.config import Settings
 from tests.factories import audit_request
+from tests.fixtures.jobs import queued_job_ids
 
 
 async def submit(client: AsyncClient, **overrides: Any) -> dict[str, Any]:
@@ -34,4 +35,4 @@ async def assert_job_queued(redis: ArqRedis, settings: Settings, audit_id: str) 
     assert raw is not None, f"no job {job_id}"
     job = deserialize_job(raw)
     assert (job.function, job.args) == ("run_audit", (audit_id,))
-    assert await redis.zscore(settings.queue_name, job_id) is not None
+    assert job_id in await queued_job_ids(redis, settings)

@@ -6,7 +6,7 @@ from uuid import UUID, uuid4
 import pytest
 import sqlalchemy as sa
 from arq.connections import ArqRedis
-from arq.constants import abort_jobs_ss, job_key_prefix
+from arq.constants import abort_jobs_ss
 from httpx import AsyncClient
 
 from shared.config import Settings
@@ -15,6 +15,7 @@ from tests.api.checks import assert_problem, queued_jobs
 from tests.api.conftest import NothingWritten
 from tests.api.support import assert_job_queued, submit
 from tests.factories import audit_request, criterion
+from tests.fixtures.jobs import forget_job
 from tests.rows import load_audit, update_audit
 
 READ_FIELDS = {
@@ -24,6 +25,7 @@ READ_FIELDS = {
     "subject",
     "model",
     "criteria",
+    "priority",
     "rubric",
     "rubric_version",
     "metadata",
@@ -231,8 +233,7 @@ async def test_retry_a_failed_audit_queues_it_again(
 ) -> None:
     audit = await submit(client)
     # The first run's job is gone, as it is once a worker ran it (`keep_result=0`).
-    await redis.delete(job_key_prefix + f"audit:{audit['id']}")
-    await redis.zrem(settings.queue_name, f"audit:{audit['id']}")
+    await forget_job(redis, settings, f"audit:{audit['id']}")
     await move_to(session_factory, audit["id"], "failed", attempts=5)
 
     response = await client.post(f"/audits/{audit['id']}/retry")

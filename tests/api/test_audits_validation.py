@@ -121,7 +121,7 @@ INVALID_BODIES = [
     ),
     case("model number", audit_request(model=7), "body.model", "valid string"),
     # unknown fields
-    case("unknown field", audit_request(priority="high"), "body.priority", "Extra inputs"),
+    case("unknown field", audit_request(urgency="high"), "body.urgency", "Extra inputs"),
     case(
         "unknown criterion field",
         audit_request(criteria=[criterion(severity=3)]),

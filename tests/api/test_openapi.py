@@ -136,6 +136,7 @@ def test_list_documents_its_filters(document: dict[str, Any]) -> None:
         "status",
         "batch_id",
         "rubric",
+        "priority",
         "created_after",
         "created_before",
         "limit",

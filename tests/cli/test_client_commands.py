@@ -35,6 +35,7 @@ from shared.config import Settings
 from tests.api.test_result_streams import fail_after
 from tests.factories import audit_request
 from tests.fixtures.simulator import SimulatorHandle
+from worker.runner import RedisTolerantWorker
 from worker.settings import worker_options
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -97,10 +98,12 @@ def auditq(api_url: str) -> Auditq:
 
 @pytest.fixture
 async def worker(settings: Settings, sim: SimulatorHandle) -> AsyncIterator[Worker]:
-    """A real arq worker on the test's queue, polling until the test ends."""
+    """The Procfile's worker on the test's queue, polling until the test ends."""
     model = {"openai_base_url": sim.base_url, "openai_timeout_s": 5.0}
     options = worker_options(settings.model_copy(update=model))
-    worker = Worker(**{**options, "burst": False, "poll_delay": 0.05, "handle_signals": False})
+    worker = RedisTolerantWorker(
+        **{**options, "burst": False, "poll_delay": 0.05, "handle_signals": False}
+    )
     task = asyncio.create_task(worker.main())
     try:
         # Its start-up configures logging: done before a command swaps sys.stdout.

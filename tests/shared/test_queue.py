@@ -2,6 +2,8 @@
 
 arq is pinned below its next minor because `enqueue_runs` writes arq's job format itself:
 `test_enqueue_runs_writes_the_job_arq_enqueue_job_writes` is what an upgrade must pass.
+The job waits in the fair queue; the worker's pick adds it to arq's queue, due at once,
+as `enqueue_job` would have.
 """
 
 import pickle
@@ -9,11 +11,14 @@ from typing import Any, NamedTuple
 from uuid import uuid4
 
 from arq.connections import ArqRedis
-from arq.constants import abort_jobs_ss, job_key_prefix
+from arq.constants import abort_jobs_ss, in_progress_key_prefix, job_key_prefix
 from arq.jobs import Job, JobStatus, deserialize_job
+from arq.utils import timestamp_ms
 
 from shared.config import Settings
+from shared.fair_queue import waiting_jobs
 from shared.queue import RUN_AUDIT, audit_job_id, enqueue_runs
+from tests.fixtures.jobs import pick, single_run
 
 
 class WrittenJob(NamedTuple):
@@ -30,7 +35,7 @@ async def written_job(redis: ArqRedis, queue_name: str, job_id: str) -> WrittenJ
     raw = await redis.get(job_key)
     assert raw is not None
     return WrittenJob(
-        keys={key.decode() for key in await redis.keys(f"*{job_id}*")},
+        keys={key.decode() for key in await redis.keys(f"arq:*{job_id}*")},
         fields=pickle.loads(raw),  # arq's default serializer, which both writers use
         score=await redis.zscore(queue_name, job_id),
         ttl_ms=await redis.pttl(job_key),
@@ -48,15 +53,23 @@ async def test_enqueue_runs_writes_the_job_arq_enqueue_job_writes(
     await redis.delete(job_key_prefix + job_id)
     await redis.zrem(settings.queue_name, job_id)
 
-    await enqueue_runs(redis, [audit_id])
+    await enqueue_runs(redis, [single_run(audit_id)])
+    waiting = await written_job(redis, settings.queue_name, job_id)
+    picked = await pick(redis, settings, limit=1)
     ours = await written_job(redis, settings.queue_name, job_id)
 
-    assert ours.keys == by_arq.keys == {job_key_prefix + job_id}
-    assert ours.status == by_arq.status == JobStatus.queued
+    assert waiting.score is None
+    assert await waiting_jobs(redis, settings.queue_name) == []
+    assert picked == [job_id]
+    assert ours.keys == {job_key_prefix + job_id, in_progress_key_prefix + job_id}
+    assert by_arq.keys == {job_key_prefix + job_id}
+    assert by_arq.status == JobStatus.queued
+    assert ours.status == JobStatus.in_progress
     # The same fields with the same values; the enqueue time differs by when each ran.
     assert {**ours.fields, "et": 0} == {**by_arq.fields, "et": 0}
-    # Due at once: the queue score is the enqueue time, in ms.
-    assert ours.score == ours.fields["et"]
+    # Due at once: the queue score is the enqueue (for ours, the pick) time, in ms.
+    assert ours.score is not None
+    assert ours.fields["et"] <= ours.score <= timestamp_ms()
     assert by_arq.score == by_arq.fields["et"]
     # Both job keys expire after arq's `expires_extra_ms` (a day); the bound allows for
     # however long the test took.
@@ -69,12 +82,12 @@ async def test_jobs_are_queued_once_with_no_abort_mark_even_after_a_script_flush
 ) -> None:
     first, second = uuid4(), uuid4()
     await redis.zadd(abort_jobs_ss, {audit_job_id(first): 1})
-    await enqueue_runs(redis, [first])
+    await enqueue_runs(redis, [single_run(first)])
     await redis.script_flush()  # as a Redis restart leaves it: the script must be loaded again
-    await enqueue_runs(redis, [first, second])
+    await enqueue_runs(redis, [single_run(first), single_run(second)])
 
-    queued = {member.decode() for member in await redis.zrange(settings.queue_name, 0, -1)}
-    assert queued == {audit_job_id(first), audit_job_id(second)}
+    queued = await waiting_jobs(redis, settings.queue_name)
+    assert queued == [audit_job_id(first), audit_job_id(second)]
     assert await redis.zscore(abort_jobs_ss, audit_job_id(first)) is None
     job = deserialize_job(await redis.get(job_key_prefix + audit_job_id(second)))
     assert (job.function, job.args) == (RUN_AUDIT, (str(second),))

@@ -1,8 +1,8 @@
 """Fixtures of the worker tests: settings pointing at the simulator, real arq workers, a real ctx.
 
-Jobs run through a real `arq.Worker` built from `worker_options` (what `arq
-worker.settings.WorkerSettings` runs), in burst mode, or by calling `run_audit` directly
-with the `ctx` that `worker.context.startup` builds.
+Jobs run through the Procfile's worker (`RedisTolerantWorker`, an `arq.Worker` that picks
+from the fair queue) built from `worker_options`, in burst mode, or by calling
+`run_audit` directly with the `ctx` that `worker.context.startup` builds.
 """
 
 import asyncio
@@ -25,6 +25,7 @@ from tests.factories import audit_request
 from tests.fixtures.simulator import SimulatorHandle
 from worker.backoff import retry_delay
 from worker.context import JobContext, shutdown, startup
+from worker.runner import RedisTolerantWorker
 from worker.settings import worker_options
 
 # Generous for a simulator that answers in milliseconds; a hang test sets a short one.
@@ -45,7 +46,7 @@ def worker_settings(settings: Settings, sim: SimulatorHandle) -> Settings:
 
 def build_worker(
     settings: Settings,
-    worker_class: type[Worker] = Worker,
+    worker_class: type[Worker] = RedisTolerantWorker,
     *,
     clock: Clock | None = None,
     **overrides: Any,

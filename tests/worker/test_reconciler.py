@@ -5,13 +5,14 @@ from uuid import UUID
 
 import pytest
 from arq.connections import ArqRedis
-from arq.constants import job_key_prefix
 from httpx import AsyncClient
 
 from shared.audits.recovery import WORKER_LOST
 from shared.config import Settings
 from shared.db import SessionFactory
+from shared.fair_queue import waiting_jobs
 from shared.queue import audit_job_id, enqueue_runs
+from tests.fixtures.jobs import forget_job, queued_job_ids, single_run
 from tests.fixtures.simulator import SimulatorHandle
 from tests.rows import ago, load_audit, running_audit
 from tests.worker.conftest import RunWorker, fetch, submit
@@ -26,7 +27,7 @@ def no_orphan_age(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 async def queued_jobs(redis: ArqRedis, settings: Settings) -> list[str]:
-    return sorted(m.decode() for m in await redis.zrange(settings.queue_name, 0, -1))
+    return sorted(await queued_job_ids(redis, settings))
 
 
 def job_ids(*audit_ids: str | UUID) -> list[str]:
@@ -62,8 +63,7 @@ async def test_audits_that_still_have_a_job_are_left_to_it(
 ) -> None:
     kept = await submit(client)
     lost = await submit(client)
-    await redis.delete(job_key_prefix + audit_job_id(UUID(lost["id"])))
-    await redis.zrem(worker_settings.queue_name, audit_job_id(UUID(lost["id"])))
+    await forget_job(redis, worker_settings, audit_job_id(UUID(lost["id"])))
 
     first = await reconcile(worker_ctx)
     second = await reconcile(worker_ctx)
@@ -124,13 +124,13 @@ async def test_an_expired_lease_with_its_job_still_in_redis_is_not_enqueued_twic
 ) -> None:
     # A killed worker's job stays in the queue until arq re-delivers it.
     audit_id = await running_audit(session_factory, attempts=1, lease_s=-1, updated_at=ago(60))
-    await enqueue_runs(redis, [audit_id])
-    before = await redis.zrange(worker_settings.queue_name, 0, -1, withscores=True)
+    await enqueue_runs(redis, [single_run(audit_id)])
+    before = await waiting_jobs(redis, worker_settings.queue_name)
 
     counts = await reconcile(worker_ctx)
 
     assert counts["leases_requeued"] == 1
-    assert await redis.zrange(worker_settings.queue_name, 0, -1, withscores=True) == before
+    assert await waiting_jobs(redis, worker_settings.queue_name) == before
 
 
 @pytest.mark.usefixtures("no_orphan_age")

@@ -1,6 +1,6 @@
 """Crashes, shutdowns and a lost Redis, with real worker processes: no audit is lost or run twice.
 
-Workers run as `python -m arq worker.settings.WorkerSettings`, configured from the
+Workers run as `python -m worker` (the Procfile's), configured from the
 environment as in production. A small `OPENAI_TIMEOUT_S` keeps the job timeout, the lease
 and arq's re-delivery of a killed worker's job short (worker/timing.py).
 """
@@ -64,7 +64,7 @@ class Workers:
             "PYTHONUNBUFFERED": "1",
             **env,
         }
-        argv = [sys.executable, "-m", "arq", "worker.settings.WorkerSettings"]
+        argv = [sys.executable, "-m", "worker"]
         worker = Process(f"worker-{len(self.started)}", argv, variables, self.tmp_path)
         self.started.append(worker)
         return worker

@@ -24,6 +24,7 @@ from shared.db import SessionFactory
 from shared.llm.prompt import PROMPT_VERSION
 from shared.queue import audit_job_id, enqueue_runs
 from tests.factories import audit_request
+from tests.fixtures.jobs import single_run
 from tests.fixtures.simulator import RETRY_AFTER_S, SimulatorHandle
 from tests.rows import load_audit
 from tests.worker.conftest import (
@@ -374,7 +375,7 @@ async def test_cancel_aborts_the_running_job_and_the_audit_stays_cancelled(
     assert sim.stats() == {"requests": 1, "outcomes": {"hang": 1}}
     await assert_no_job_left(redis, worker_settings, audit_id)
     # A stray job for it later (a duplicate, a reconciler) does not run it again.
-    await enqueue_runs(redis, [UUID(audit_id)])
+    await enqueue_runs(redis, [single_run(UUID(audit_id))])
     await run_worker()
     assert await fetch(client, audit_id) == cancelled
     assert sim.stats()["requests"] == 1

@@ -14,6 +14,7 @@ from httpx import AsyncClient
 
 from shared.config import Settings
 from shared.queue import audit_job_id
+from tests.fixtures.jobs import forget_job
 from tests.fixtures.simulator import SimulatorHandle
 from tests.worker.conftest import WORKER_DEADLINE_S, RunWorker, build_worker, fetch, submit
 from worker.runner import RedisTolerantWorker
@@ -110,7 +111,7 @@ async def test_a_job_that_must_not_start_is_skipped_and_its_slot_freed(
     elif case == "deferred":
         await redis.zadd(worker_settings.queue_name, {job_id: timestamp_ms() + 60_000})
     else:
-        await redis.zrem(worker_settings.queue_name, job_id)
+        await forget_job(redis, worker_settings, job_id)
     worker = tolerant_worker(worker_settings, redis)
     free_slots = worker.sem._value
 

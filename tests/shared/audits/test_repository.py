@@ -18,6 +18,7 @@ from shared.config import Settings
 from shared.db import SessionFactory, SessionStatements, session_scope, statement_connection
 from shared.queue import audit_job_id, transaction
 from shared.tenants.caller import DEFAULT_TENANT
+from tests.fixtures.jobs import queued_job_ids
 from tests.rows import ago, expire_lease, insert_audit, load_audit, running_audit
 
 pytestmark = pytest.mark.usefixtures("clean")
@@ -333,8 +334,7 @@ async def test_expired_leases_are_requeued_and_enqueued_or_failed_on_the_last_at
     assert snapshot(await load_audit(session_factory, live)) == snapshot(live_before)
     assert (await load_audit(session_factory, queued)).status == "queued"
     # Only the re-queued audit got a job, sent after the commit.
-    jobs = await redis.zrange(settings.queue_name, 0, -1)
-    assert jobs == [audit_job_id(retryable).encode()]
+    assert await queued_job_ids(redis, settings) == {audit_job_id(retryable)}
     assert await redis.exists(job_key_prefix + audit_job_id(last)) == 0
 
 

@@ -26,6 +26,7 @@ from shared.rubrics.exceptions import UnknownRubric
 from shared.rubrics.schemas import RubricCreate
 from shared.tenants.caller import DEFAULT_TENANT
 from tests.factories import audit_request
+from tests.fixtures.jobs import queued_job_ids
 from tests.rows import insert_audit, load_audit
 
 KEY = b"a key of 32 bytes for the cursors"
@@ -46,7 +47,7 @@ def request(**overrides: Any) -> AuditCreate:
 
 
 async def queued(redis: ArqRedis, settings: Settings) -> set[str]:
-    return {member.decode() for member in await redis.zrange(settings.queue_name, 0, -1)}
+    return await queued_job_ids(redis, settings)
 
 
 async def has_job(redis: ArqRedis, audit_id: UUID) -> bool:

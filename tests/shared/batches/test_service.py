@@ -22,6 +22,7 @@ from shared.db import SessionStatements
 from shared.queue import send_pending
 from shared.tenants.caller import DEFAULT_TENANT
 from tests.factories import batch_request
+from tests.fixtures.jobs import queued_job_ids
 
 
 def batch_of(size: int) -> BatchCreate:
@@ -84,13 +85,12 @@ async def test_create_defers_the_jobs_until_the_caller_sends_them(
     )
     await session.commit()
 
-    assert await redis.zcard(settings.queue_name) == 0  # services never talk to Redis
+    assert await queued_job_ids(redis, settings) == set()  # services never talk to Redis
     await send_pending(session, redis)
 
     stored = await audits_of(session, created.resource.batch.id)
     job_ids = [f"audit:{a.id}" for a in stored]
-    queued = await redis.zrange(settings.queue_name, 0, -1)
-    assert sorted(member.decode() for member in queued) == sorted(job_ids)
+    assert await queued_job_ids(redis, settings) == set(job_ids)
     assert await redis.exists(*(job_key_prefix + job_id for job_id in job_ids)) == 5
 
 
@@ -106,7 +106,7 @@ async def test_create_with_a_used_key_returns_the_first_batch_and_queues_nothing
     )
     await session.commit()
     await send_pending(session, redis)
-    await redis.delete(settings.queue_name)
+    await redis.flushdb()
 
     again = await batches.create(
         SessionStatements(session),
@@ -121,7 +121,7 @@ async def test_create_with_a_used_key_returns_the_first_batch_and_queues_nothing
     assert again.replayed
     assert again.resource.batch.id == first.resource.batch.id
     assert again.resource.counts == BatchCounts(queued=2, total=2)
-    assert await redis.zcard(settings.queue_name) == 0
+    assert await queued_job_ids(redis, settings) == set()
 
 
 async def test_summaries_of_several_batches_come_from_one_grouped_query(
