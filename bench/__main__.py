@@ -8,7 +8,18 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import auth, batch, model_call, peer, polling, reads, revisions, submit, worker
+from bench import (
+    auth,
+    batch,
+    fairness,
+    model_call,
+    peer,
+    polling,
+    reads,
+    revisions,
+    submit,
+    worker,
+)
 from bench.common import Run, drop_all_queues, find_servers, server_versions
 from bench.results import RESULTS, Section, write
 
@@ -22,6 +33,7 @@ BENCHMARKS: dict[str, Callable[[Run], list[Section]]] = {
     "model-call": model_call.run,
     "auth": auth.run,
     "revisions": revisions.run,  # only with --against REV
+    "fairness": fairness.run,
 }
 
 

@@ -414,14 +414,14 @@ def start_simulator(stack_: Stack, latency_ms: str, *, seed: int = 7) -> str:
     return f"http://127.0.0.1:{port}/v1"
 
 
-def procfile_worker() -> list[str]:
-    """The Procfile's `worker` command, run with this interpreter."""
+def procfile_worker(python: str = sys.executable) -> list[str]:
+    """The Procfile's `worker` command, run with this interpreter (or `python`)."""
     for line in (ROOT / "Procfile").read_text().splitlines():
         if line.startswith("worker:"):
             program, *args = shlex.split(line.removeprefix("worker:"))
             if program in ("python", "python3"):
-                return [sys.executable, *args]
-            return [sys.executable, "-m", program, *args]
+                return [python, *args]
+            return [python, "-m", program, *args]
     raise RuntimeError("the Procfile has no `worker` process")
 
 
@@ -431,11 +431,13 @@ def start_worker(
     *,
     name: str = "worker",
     settings: str | None = None,
+    tree: Tree = THIS_TREE,
 ) -> Proc:
-    """The Procfile's `worker` (or `arq <settings>`); ready once it polls its queue."""
-    argv = procfile_worker() if settings is None else [sys.executable, "-m", "arq", settings]
+    """The Procfile's `worker` (or `arq <settings>`) of `tree`; ready once it polls its queue."""
+    program = [tree.python, "-m", "arq", settings] if settings else procfile_worker(tree.python)
     key = f"{env['QUEUE_NAME']}:health-check"
-    return stack_.start(name, argv, env=env, ready=redis_key_exists(env["REDIS_URL"], key))
+    ready = redis_key_exists(env["REDIS_URL"], key)
+    return stack_.start(name, program, env=env, ready=ready, cwd=tree.root)
 
 
 # --- load -----------------------------------------------------------------------------------

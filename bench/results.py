@@ -15,7 +15,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
-ORDER = ["loadgen", "submit", "batch", "worker", "peer", "reads", "polling", "cli", "model-call"]
+ORDER = [
+    "loadgen",
+    "submit",
+    "batch",
+    "worker",
+    "peer",
+    "reads",
+    "polling",
+    "cli",
+    "model-call",
+    "fairness",
+]
 _SECTION = re.compile(
     r"<!-- section:(?P<key>[\w-]+) -->\n(?P<body>.*?)<!-- /section:(?P=key) -->\n", re.S
 )
