@@ -7,7 +7,7 @@ Per process, from the request gate (api/middleware.py):
 
 Fleet-wide, read from PostgreSQL at scrape time through indexes on the queued and
 running audits, and kept `FLEET_TTL_S` so that a scrape storm costs one read every few
-seconds: `auditq_queue_depth{tenant}`, `auditq_queue_oldest_age_seconds`,
+seconds: `auditq_queue_depth{priority,tenant}`, `auditq_queue_oldest_age_seconds{priority}`,
 `auditq_audits_running`, `auditq_batches_running`; and `auditq_workers_alive`, from the
 workers' heartbeats in Redis (shared/workers.py). With PostgreSQL or Redis away the page
 still answers: what they would tell is left out, and `auditq_scrape_errors_total{source}`
@@ -33,6 +33,7 @@ from starlette.types import Scope
 
 from shared import workers
 from shared.audits import repository as audits
+from shared.audits.priority import Priority
 from shared.audits.repository import Fleet
 from shared.config import Settings
 from shared.db import DATABASE_ERRORS, statement_connection
@@ -131,16 +132,21 @@ class _FleetCollector(Collector):
         if fleet is None:
             return
         depth = GaugeMetricFamily(
-            "auditq_queue_depth", "Audits queued, as PostgreSQL has them.", labels=["tenant"]
+            "auditq_queue_depth",
+            "Audits queued, as PostgreSQL has them.",
+            labels=["priority", "tenant"],
         )
-        for tenant, queued in sorted(fleet.queued_by_tenant.items()):
-            depth.add_metric([tenant], queued)
+        for (priority, tenant), queued in sorted(fleet.queued.items()):
+            depth.add_metric([priority, tenant], queued)
         yield depth
-        yield GaugeMetricFamily(
+        oldest = GaugeMetricFamily(
             "auditq_queue_oldest_age_seconds",
-            "Age of the oldest queued audit (0 with none queued).",
-            value=_age_s(fleet.oldest_queued_at),
+            "Age of the oldest queued audit of a priority (0 with none queued).",
+            labels=["priority"],
         )
+        for priority in Priority:
+            oldest.add_metric([priority], _age_s(fleet.oldest_queued_at.get(priority)))
+        yield oldest
         yield GaugeMetricFamily("auditq_audits_running", "Audits running.", value=fleet.running)
         yield GaugeMetricFamily(
             "auditq_batches_running",

@@ -602,10 +602,13 @@ async def status_left_by(conn: Statements, *, audit_id: UUID, attempt: int) -> A
 
 # Each served by an index on `status` (and `tenant`): they read the queued and running
 # audits, never the whole table.
-_QUEUED_BY_TENANT = (
-    f"SELECT tenant, count(*) AS queued FROM audit WHERE status = {Q} GROUP BY tenant"
+_QUEUED = (
+    f"SELECT priority, tenant, count(*) AS queued FROM audit WHERE status = {Q} "
+    "GROUP BY priority, tenant"
 )
-_OLDEST_QUEUED = f"SELECT min(created_at) FROM audit WHERE status = {Q}"
+_OLDEST_QUEUED = (
+    f"SELECT priority, min(created_at) AS oldest FROM audit WHERE status = {Q} GROUP BY priority"
+)
 _RUNNING = f"SELECT count(*) FROM audit WHERE status = {R}"
 _BATCHES_RUNNING = (
     "SELECT count(DISTINCT batch_id) FROM audit "
@@ -617,17 +620,20 @@ _BATCHES_RUNNING = (
 class Fleet:
     """What the whole deployment's audits look like now."""
 
-    queued_by_tenant: dict[str, int]
-    oldest_queued_at: datetime | None
+    queued: dict[tuple[Priority, str], int]  # by (priority, tenant)
+    oldest_queued_at: dict[Priority, datetime]
     running: int
     batches_running: int
 
 
 async def fleet(conn: Statements) -> Fleet:
-    queued = {r["tenant"]: r["queued"] for r in await conn.fetch(_QUEUED_BY_TENANT)}
+    queued = {
+        (Priority(r["priority"]), r["tenant"]): r["queued"] for r in await conn.fetch(_QUEUED)
+    }
+    oldest = {Priority(r["priority"]): r["oldest"] for r in await conn.fetch(_OLDEST_QUEUED)}
     return Fleet(
-        queued_by_tenant=queued,
-        oldest_queued_at=await conn.fetchval(_OLDEST_QUEUED),
+        queued=queued,
+        oldest_queued_at=oldest,
         running=await conn.fetchval(_RUNNING),
         batches_running=await conn.fetchval(_BATCHES_RUNNING),
     )

@@ -32,8 +32,9 @@ async def test_queue_depth_is_what_postgresql_holds(client_with: ClientFactory) 
 
         scraped = await scrape(client)
 
-    assert scraped["auditq_queue_depth", (("tenant", "default"),)] == 2
-    assert 0 <= scraped["auditq_queue_oldest_age_seconds", ()] < 60
+    assert scraped["auditq_queue_depth", (("priority", "interactive"), ("tenant", "default"))] == 2
+    assert 0 <= scraped["auditq_queue_oldest_age_seconds", (("priority", "interactive"),)] < 60
+    assert scraped["auditq_queue_oldest_age_seconds", (("priority", "bulk"),)] == 0
     assert scraped["auditq_audits_running", ()] == 0
     assert scraped["auditq_batches_running", ()] == 0
 
