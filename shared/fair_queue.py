@@ -46,10 +46,16 @@ def fair_prefix(queue_name: str) -> str:
     return f"{queue_name}:fair:"
 
 
+def wake_channel(queue_name: str) -> str:
+    """Where the enqueue script says that work was queued (the count, as a message)."""
+    return fair_prefix(queue_name) + "wake"
+
+
 # KEYS: arq's abort marks, then each job's key. ARGV: the fair prefix, the job keys'
 # lifetime (ms), then each job's id, payload, priority, tenant and flow. A job is queued
 # only when its key is new (arq's deduplication by job id, SET NX): a job already queued,
-# running or deferred is left where it is.
+# running or deferred is left where it is. Workers are told on `<prefix>wake` that work
+# was queued, so an idle one starts it at once rather than at its next poll.
 ENQUEUE_LUA = """
 local prefix, expires = ARGV[1], ARGV[2]
 local clocks = prefix .. 'clock'
@@ -62,6 +68,7 @@ local function activate(zset, member, clock_field, left_field)
   end
   redis.call('ZADD', zset, pass, member)
 end
+local queued = 0
 for i = 2, #KEYS do
   local a = 5 * (i - 2) + 3
   local job_id, priority, tenant, flow = ARGV[a], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
@@ -72,8 +79,10 @@ for i = 2, #KEYS do
     redis.call('HINCRBY', prefix .. 'depth', owner, 1)
     activate(prefix .. 'flows:' .. owner, flow, owner, nil)
     activate(prefix .. 'tenants:' .. priority, tenant, priority, owner)
+    queued = queued + 1
   end
 end
+if queued > 0 then redis.call('PUBLISH', prefix .. 'wake', queued) end
 """
 
 # KEYS: arq's queue. ARGV: the in-progress and job key prefixes, now (ms), the in-progress

@@ -20,6 +20,8 @@ slot that frees in between empty until the next poll, on average half a `poll_de
 job. This worker starts queued jobs as soon as one ends, `REFILL_GATHER_S` later to take
 the jobs that end together in one go; arq's whole poll (aborts, health beat, cron) still
 runs every `poll_delay`. What each change did is measured in bench/RESULTS.md (Tuning).
+Likewise it starts queued work as soon as the API queues it: the enqueue script publishes
+on the fair queue's wake channel, which a long-running worker listens to.
 
 It overrides private methods of arq's `Worker`: arq is pinned below its next minor, and
 tests/worker/test_runner.py checks the methods are still as this class expects.
@@ -40,7 +42,7 @@ from redis.exceptions import RedisError
 
 from shared.audits.priority import Priority
 from shared.config import get_settings
-from shared.fair_queue import PICK_LUA, fair_prefix
+from shared.fair_queue import PICK_LUA, fair_prefix, wake_channel
 from shared.logging import configure_logging
 from worker.settings import worker_options
 
@@ -61,10 +63,14 @@ class RedisTolerantWorker(Worker):
         # arq's loop sleeps `poll_delay_s` after each poll; this worker waits itself.
         self._poll_wait_s = self.poll_delay_s
         self.poll_delay_s = 0.0
-        self._slot_freed = asyncio.Event()
+        # Set when a slot frees or work is queued: either can start a job now.
+        self._wake = asyncio.Event()
+        self._listener: asyncio.Task[None] | None = None
 
     async def _poll_iteration(self) -> None:
         try:
+            if self._listener is None and not self.burst:
+                self._listener = self.loop.create_task(self._listen_for_work())
             await super()._poll_iteration()
             await self._until_next_poll()
             if self.burst:
@@ -74,18 +80,37 @@ class RedisTolerantWorker(Worker):
             await asyncio.sleep(REDIS_PAUSE_S)
 
     async def _until_next_poll(self) -> None:
-        """Wait `poll_delay`, starting queued jobs in the slots that free up meanwhile."""
+        """Wait `poll_delay`, starting queued jobs as slots free up or work is queued."""
         deadline = self.loop.time() + self._poll_wait_s
         while (remaining := deadline - self.loop.time()) > 0:
-            self._slot_freed.clear()
+            self._wake.clear()
             try:
-                await asyncio.wait_for(self._slot_freed.wait(), remaining)
+                await asyncio.wait_for(self._wake.wait(), remaining)
             except TimeoutError:
                 return
             await asyncio.sleep(REFILL_GATHER_S)
             await self._refill()
             if self.burst:
                 return  # arq's loop decides after each poll whether a burst is over
+
+    async def _listen_for_work(self) -> None:
+        """Wake the poll loop whenever work is queued; through Redis outages, for good."""
+        while True:
+            try:
+                async with self.pool.pubsub() as pubsub:
+                    await pubsub.subscribe(wake_channel(self.queue_name))
+                    async for message in pubsub.listen():
+                        if message["type"] == "message":
+                            self._wake.set()
+            except (RedisError, OSError) as exc:
+                log.warning("wake_unavailable", error=type(exc).__name__, retry_in_s=REDIS_PAUSE_S)
+                await asyncio.sleep(REDIS_PAUSE_S)
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            await asyncio.gather(self._listener, return_exceptions=True)
+        await super().close()
 
     async def _refill(self) -> None:
         """The job-starting half of arq's poll; aborts and the health beat wait for the next."""
@@ -113,12 +138,12 @@ class RedisTolerantWorker(Worker):
             if self.job_counter < self.max_jobs:
                 await self._refill()
                 return
-            self._slot_freed.clear()
-            await self._slot_freed.wait()
+            self._wake.clear()
+            await self._wake.wait()
 
     def _release_sem_dec_counter_on_complete(self) -> None:
         super()._release_sem_dec_counter_on_complete()
-        self._slot_freed.set()
+        self._wake.set()
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
         """Fill the free slots: due jobs of `job_ids` first, then the fair queue's picks."""

@@ -13,10 +13,19 @@ from arq.utils import timestamp_ms
 from httpx import AsyncClient
 
 from shared.config import Settings
+from shared.fair_queue import wake_channel
 from shared.queue import audit_job_id
 from tests.fixtures.jobs import forget_job
 from tests.fixtures.simulator import SimulatorHandle
-from tests.worker.conftest import WORKER_DEADLINE_S, RunWorker, build_worker, fetch, submit
+from tests.worker.conftest import (
+    WORKER_DEADLINE_S,
+    RunWorker,
+    build_worker,
+    close_worker,
+    eventually,
+    fetch,
+    submit,
+)
 from worker.runner import RedisTolerantWorker
 
 # The private parts of arq's `Worker` that `RedisTolerantWorker` overrides or calls, as arq
@@ -26,6 +35,7 @@ ARQ_METHODS = {
     "_poll_iteration": ("(self) -> None", True),
     "_release_sem_dec_counter_on_complete": ("(self) -> None", False),
     "start_jobs": ("(self, job_ids: list[bytes]) -> None", True),
+    "close": ("(self) -> None", True),
     "run_job": ("(self, job_id: str, score: int) -> None", True),
 }
 ARQ_ATTRIBUTES = (
@@ -166,3 +176,25 @@ async def test_a_freed_slot_is_refilled_without_waiting_for_the_next_poll(
 
     statuses = [(await fetch(client, audit["id"]))["status"] for audit in submitted]
     assert statuses == ["succeeded"] * 3
+
+
+async def test_an_idle_worker_starts_a_submitted_audit_without_waiting_for_its_poll(
+    client: AsyncClient, worker_settings: Settings, redis: ArqRedis
+) -> None:
+    # A poll delay longer than the test's wait: only the wake on enqueue starts it in time.
+    worker = tolerant_worker(worker_settings, redis, burst=False, poll_delay=60)
+    running = asyncio.create_task(worker.main())
+    try:
+        channel = wake_channel(worker_settings.queue_name)
+        await eventually(lambda: redis.pubsub_numsub(channel), lambda n: n[0][1] == 1)
+        submitted = await submit(client)
+
+        done = await eventually(
+            lambda: fetch(client, submitted["id"]), lambda a: a["status"] == "succeeded"
+        )
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+        await close_worker(worker)
+
+    assert done["attempts"] == 1
