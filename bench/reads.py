@@ -51,10 +51,11 @@ _RESULT = (
 )
 # Rows like the ones the worker leaves behind: 95% succeeded, 4% failed, 1% queued.
 FILL = f"""
-INSERT INTO audit (id, tenant, status, subject, content, criteria, model, metadata, pass_threshold,
-                   attempts, attempt_limit, result, error_code, error_message, prompt_tokens,
-                   completion_tokens, created_at, updated_at, started_at, finished_at)
-SELECT gen_random_uuid(), 'default', s.status, 'Product page ' || i,
+INSERT INTO audit (id, tenant, priority, status, subject, content, criteria, model, metadata,
+                   pass_threshold, attempts, attempt_limit, result, error_code, error_message,
+                   prompt_tokens, completion_tokens, created_at, updated_at, started_at,
+                   finished_at)
+SELECT gen_random_uuid(), 'default', 'bulk', s.status, 'Product page ' || i,
        repeat('Made from 90% recycled steel, certified carbon neutral. ', 8),
        '[{{"id": "claims_substantiated", "description": "Claims are backed.", "weight": 1.0}}]',
        'gpt-4o-mini', '{{"source": "bench"}}', 70, 1, 5,
