@@ -21,6 +21,7 @@ from bench.common import (
     auditq_env,
     drop_queue,
     median,
+    member_keys,
     new_queue_name,
     scratch_database,
     stack,
@@ -28,16 +29,10 @@ from bench.common import (
 )
 from bench.reads import FILL
 from bench.results import Section
-from shared.config import Settings
 from shared.db import (
-    SessionStatements,
     asyncpg_dsn,
-    create_engine,
-    create_session_factory,
-    session_scope,
 )
-from shared.tenants import service
-from shared.tenants.caller import DEFAULT_TENANT, Role
+from shared.tenants.caller import DEFAULT_TENANT
 
 TARGET_RATIO = 0.95  # a key may cost at most about 5%
 ROWS = 10_000
@@ -46,21 +41,14 @@ MODES = ("none", "keys")
 
 async def _prepare(database_url: str) -> tuple[str, list[UUID]]:
     """A member key of `default`, and ids of audits to read."""
-    engine = create_engine(Settings(database_url=database_url), pool_size=1)
-    try:
-        async with session_scope(create_session_factory(engine)) as session:
-            made = await service.create_key(
-                SessionStatements(session), tenant=DEFAULT_TENANT, label="bench", role=Role.MEMBER
-            )
-    finally:
-        await engine.dispose()
+    key = (await member_keys(database_url, [DEFAULT_TENANT]))[DEFAULT_TENANT]
     connection = await asyncpg.connect(asyncpg_dsn(database_url))
     try:
         await connection.execute(FILL, ROWS)
         ids = [r["id"] for r in await connection.fetch("SELECT id FROM audit LIMIT 1000")]
     finally:
         await connection.close()
-    return made.secret, ids
+    return key, ids
 
 
 def _bearer(key: str | None) -> dict[str, str]:

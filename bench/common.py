@@ -140,6 +140,22 @@ def scratch_database(
         asyncio.run(_admin(servers.database_url, drop))
 
 
+async def member_keys(database_url: str, tenants: Sequence[str]) -> dict[str, str]:
+    """A member key per tenant, made as `auditq key create` makes it."""
+    from shared.db import in_transaction
+    from shared.tenants import service
+    from shared.tenants.caller import Role
+
+    async def make(conn: Any) -> dict[str, str]:
+        made = {}
+        for tenant in tenants:
+            key = await service.create_key(conn, tenant=tenant, label="bench", role=Role.MEMBER)
+            made[tenant] = key.secret
+        return made
+
+    return await in_transaction(database_url, make)
+
+
 def celery_broker_url(redis_url: str) -> str:
     """`REDIS_URL` as kombu spells it (`unix://` is `redis+socket://` there)."""
     if redis_url.startswith("unix://"):

@@ -31,6 +31,7 @@ from bench.common import (
     auditq_env,
     drop_queue,
     median,
+    member_keys,
     new_queue_name,
     scratch_database,
     stack,
@@ -42,16 +43,9 @@ from bench.loadgen import percentile
 from bench.results import Section
 from bench.revisions import checkout
 from bench.workload import audit_body, batch_body
-from shared.config import Settings
 from shared.db import (
-    SessionStatements,
     asyncpg_dsn,
-    create_engine,
-    create_session_factory,
-    session_scope,
 )
-from shared.tenants import service
-from shared.tenants.caller import Role
 
 TENANTS = ("a", "b", "c")
 INTERACTIVE_P99_S = 2.0
@@ -100,22 +94,6 @@ def _fifo_revision() -> str:
         check=True,
     )
     return parent.stdout.strip()
-
-
-async def _keys(database_url: str) -> dict[str, str]:
-    """A member key per tenant, made as `auditq key create` makes it."""
-    engine = create_engine(Settings(database_url=database_url), pool_size=1)
-    try:
-        async with session_scope(create_session_factory(engine)) as session:
-            made = {
-                tenant: await service.create_key(
-                    SessionStatements(session), tenant=tenant, label="bench", role=Role.MEMBER
-                )
-                for tenant in TENANTS
-            }
-    finally:
-        await engine.dispose()
-    return {tenant: key.secret for tenant, key in made.items()}
 
 
 async def _submit(base: str, keys: dict[str, str], plan_: Plan) -> float:
@@ -188,7 +166,7 @@ def _side(run_: Run, tree: Tree, plan_: Plan) -> Figures:
         run_.servers, "auditq_bench_fair", root=tree.root, python=tree.python
     )
     with database as db, stack() as procs:
-        keys = asyncio.run(_keys(db))
+        keys = asyncio.run(member_keys(db, TENANTS))
         simulator = start_simulator(procs, "1000")
         env = auditq_env(
             db, redis_url, queue, OPENAI_BASE_URL=simulator, WORKER_CONCURRENCY="10", AUTH="keys"

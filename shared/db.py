@@ -6,9 +6,9 @@ dependency or the worker's `session_scope`. Services never commit.
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, Protocol, cast
+from typing import Any, Protocol, TypeVar, cast
 
 import asyncpg
 import sqlalchemy.exc
@@ -38,6 +38,7 @@ metadata: MetaData = SQLModel.metadata
 metadata.naming_convention = NAMING_CONVENTION
 
 SessionFactory = async_sessionmaker[AsyncSession]
+T = TypeVar("T")
 
 
 def asyncpg_dsn(database_url: str) -> str:
@@ -168,6 +169,19 @@ async def session_scope(factory: SessionFactory) -> AsyncIterator[AsyncSession]:
     """A session whose transaction commits on success and rolls back on error."""
     async with factory() as session, session.begin():
         yield session
+
+
+async def in_transaction(
+    database_url: str, work: Callable[["SessionStatements"], Awaitable[T]]
+) -> T:
+    """`work` in one transaction on an engine of its own, disposed after: for a command or
+    a benchmark's set-up, not for a server, which keeps its engine."""
+    engine = create_engine(Settings(database_url=database_url), pool_size=1)
+    try:
+        async with session_scope(create_session_factory(engine)) as session:
+            return await work(SessionStatements(session))
+    finally:
+        await engine.dispose()
 
 
 class Statements(Protocol):

@@ -32,6 +32,7 @@ Tenant = Annotated[str, typer.Option("--tenant", help="The tenant's name, e.g. a
 
 # The columns are PostgreSQL integers.
 MAX_INT = 2_147_483_647
+UNDEFINED_TABLE = "42P01"  # PostgreSQL's SQLSTATE: the migrations have not run
 
 
 def _limit(value: str | None) -> int | None:
@@ -52,28 +53,19 @@ def _in_database(work: Callable[[Any], Awaitable[T]]) -> T:
 
 
 async def _transaction(database_url: str, work: Callable[[Any], Awaitable[T]]) -> T:
-    import asyncpg
-
-    from shared.config import Settings
-    from shared.db import SessionStatements, create_engine, create_session_factory, session_scope
+    from shared.db import in_transaction
     from shared.errors import AppError
 
-    engine = create_engine(Settings(database_url=database_url), pool_size=1)
     try:
-        async with session_scope(create_session_factory(engine)) as session:
-            return await work(SessionStatements(session))
+        return await in_transaction(database_url, work)
     except AppError as error:
         raise CliError(error.detail) from None
     except Exception as error:
-        if isinstance(getattr(error, "orig", None), asyncpg.UndefinedTableError) or (
-            "UndefinedTableError" in str(error)
-        ):
+        if getattr(getattr(error, "orig", None), "sqlstate", None) == UNDEFINED_TABLE:
             raise CliError(
                 "the database has no auditq tables: run `auditq migrate` first"
             ) from None
         raise
-    finally:
-        await engine.dispose()
 
 
 @keys_app.command("create")

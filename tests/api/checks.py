@@ -63,3 +63,12 @@ async def until_notified(directory: Directory, *, since: int) -> None:
             return
         await asyncio.sleep(0.01)
     raise AssertionError("PostgreSQL's notification of the change never arrived")
+
+
+async def until_listening(directory: Directory) -> None:
+    """Wait for the API's key directory to listen for changes (and so to cache)."""
+    for _ in range(500):
+        if directory.listening:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the key directory never started listening")

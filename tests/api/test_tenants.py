@@ -4,7 +4,6 @@ The isolation checks are keyed by the app's route table itself: a new route with
 one fails `test_every_route_has_an_isolation_check`.
 """
 
-import asyncio
 import hmac
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from shared.db import SessionFactory, SessionStatements, session_scope
 from shared.tenants import keys, service
 from shared.tenants.caller import Role
 from shared.tenants.directory import Directory
-from tests.api.checks import assert_problem, until_notified
+from tests.api.checks import assert_problem, until_listening, until_notified
 from tests.factories import audit_request, batch_request, rubric_request
 
 
@@ -56,7 +55,7 @@ async def tenants(
     ]
     app = create_app(settings.model_copy(update={"auth": "keys"}))
     async with LifespanManager(app):
-        await _listening(app)
+        await until_listening(app.state.directory)
         transport = ASGITransport(app=app)
         clients = [
             AsyncClient(
@@ -69,15 +68,6 @@ async def tenants(
         yield Tenants(app, *clients)
         for client in clients:
             await client.aclose()
-
-
-async def _listening(app: FastAPI) -> None:
-    directory: Directory = app.state.directory
-    for _ in range(500):
-        if directory.listening:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("the key directory never started listening")
 
 
 # --- Every route, as another tenant --------------------------------------------------

@@ -1,6 +1,5 @@
 """The API's key directory: cached while PostgreSQL can tell it of changes, never otherwise."""
 
-import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
@@ -11,7 +10,7 @@ from shared.db import SessionFactory, SessionStatements, session_scope
 from shared.tenants import keys, service
 from shared.tenants.caller import Role
 from shared.tenants.directory import Directory
-from tests.api.checks import until_notified
+from tests.api.checks import until_listening, until_notified
 
 
 @pytest.fixture
@@ -34,15 +33,6 @@ async def revoke(factory: SessionFactory, key: str) -> None:
         await service.revoke_key(SessionStatements(session), key)
 
 
-async def listening(directory: Directory) -> None:
-    await directory.start()
-    for _ in range(500):
-        if directory.listening:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("never listened")
-
-
 async def test_without_its_listener_every_lookup_asks_the_database(
     directory: Directory, session_factory: SessionFactory
 ) -> None:
@@ -57,7 +47,8 @@ async def test_without_its_listener_every_lookup_asks_the_database(
 async def test_a_notified_change_empties_the_cache(
     directory: Directory, session_factory: SessionFactory
 ) -> None:
-    await listening(directory)
+    await directory.start()
+    await until_listening(directory)
     key = await make_key(session_factory)
     found = await directory.key(keys.digest(key))
     assert found is not None
