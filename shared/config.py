@@ -76,6 +76,10 @@ class Settings(BaseSettings):
     # Finished audits older than this many days are deleted; unset keeps them forever.
     retention_days: int | None = Field(default=None, ge=1)
 
+    # OpenTelemetry's own variable: traces go there over OTLP/HTTP when set, and are off
+    # when unset (shared/tracing.py). The SDK's other OTEL_* variables apply as usual.
+    otel_exporter_otlp_endpoint: str | None = None
+
     log_level: str = "INFO"
     # `auto`: lines for people on a terminal, JSON lines elsewhere (shared/logging.py).
     log_format: Literal["auto", "json", "console"] = "auto"

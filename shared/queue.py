@@ -26,6 +26,7 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError, RedisError, TimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
+from shared import tracing
 from shared.config import Settings
 from shared.db import SessionFactory, StatementConnection, session_scope, statement_connection
 from shared.fair_queue import ENQUEUE_LUA, QueuedRun, fair_prefix
@@ -119,7 +120,9 @@ async def send_pending(session: Transactional, redis: ArqRedis) -> None:
     if pending is None:
         return
     try:
-        await enqueue_runs(redis, pending.run)
+        if pending.run:
+            with tracing.enqueue_span(queue=redis.default_queue_name, jobs=len(pending.run)):
+                await enqueue_runs(redis, pending.run)
         await abort_runs(redis, pending.abort)
     except (RedisError, OSError) as exc:
         log.warning(

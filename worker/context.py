@@ -10,7 +10,7 @@ from openai import AsyncOpenAI
 from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shared import workers
+from shared import tracing, workers
 from shared.audits.repository import Keyset
 from shared.audits.runs import Clock
 from shared.config import Settings
@@ -50,6 +50,7 @@ def _not_routine_job_line(record: logging.LogRecord) -> bool:
 async def startup(ctx: dict[str, Any]) -> None:
     settings: Settings = ctx["settings"]  # worker/settings.py puts it there
     configure_logging(settings.log_level, settings.log_format)
+    tracing.configure(settings, service="auditq-worker")
     logging.getLogger("arq.worker").addFilter(_not_routine_job_line)
     # One pooled connection per concurrent job would idle through the model calls;
     # a job holds a connection only for its short claim and finish statements.

@@ -24,6 +24,7 @@ from api.deps import (
     tenant_limits,
 )
 from api.openapi import SUBMIT_PROBLEMS, problems
+from shared import tracing
 from shared.audits import service as audits
 from shared.audits.exceptions import (
     AuditNotCancellable,
@@ -94,6 +95,7 @@ async def create_audit(
             settings=submitter.settings,
             max_queued=limits.max_queued,
             request_id=request.state.request_id,
+            trace_context=tracing.current_context(),
             idempotency_key=idempotency_key,
         )
     mark_created(request, response, created, route="get_audit", audit_id=created.resource.id)

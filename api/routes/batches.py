@@ -24,6 +24,7 @@ from api.deps import (
 )
 from api.openapi import SUBMIT_PROBLEMS, problems
 from api.streams import StreamSlot, TooManyStreams
+from shared import tracing
 from shared.audits.status import AuditStatus
 from shared.batches import service as batches
 from shared.batches.exceptions import AuditNotInBatch, BatchNotFound
@@ -78,6 +79,7 @@ async def create_batch(
             max_queued=limits.max_queued,
             idempotency_key=idempotency_key,
             request_id=request_id,
+            trace_context=tracing.current_context(),
         )
     batch_id = created.resource.batch.id
     mark_created(request, response, created, route="get_batch", batch_id=batch_id)

@@ -118,6 +118,8 @@ class Audit(SQLModel, table=True):
     prompt_version: str | None = _text()
     provider_request_id: str | None = _text()
     request_id: str | None = _text()
+    # The W3C trace context of the request that queued it (shared/tracing.py).
+    trace_context: str | None = _text()
     idempotency_key: str | None = _text()
     request_hash: str | None = _text()
     lease_until: datetime | None = _timestamp()

@@ -53,6 +53,8 @@ class NewAudit:
     attempts: int
     attempt_limit: int
     request_id: str | None
+    # The W3C trace context the worker's spans continue (shared/tracing.py); None: untraced.
+    trace_context: str | None
     idempotency_key: str | None
     request_hash: str | None
 
@@ -472,7 +474,8 @@ _CLAIM = (
     "lease_until = now() + $2, started_at = coalesce(started_at, now()), updated_at = now() "
     f"WHERE id = $1 AND {_CLAIMABLE} RETURNING audit.*) "
     f"SELECT audit.id, audit.tenant, audit.attempts, audit.model, audit.subject, audit.content, "
-    f"{_CRITERIA} AS criteria, audit.pass_threshold, audit.request_id FROM audit"
+    f"{_CRITERIA} AS criteria, audit.pass_threshold, audit.request_id, audit.trace_context "
+    "FROM audit"
 )
 _SUCCEED = _finish(
     f"status = {S}, result = $3, prompt_tokens = $4, completion_tokens = $5, "
@@ -515,6 +518,7 @@ class ClaimedAudit:
     criteria: list[Criterion]
     pass_threshold: float
     request_id: str | None
+    trace_context: str | None
 
 
 _CLAIMED_CRITERIA = TypeAdapter(list[Criterion])

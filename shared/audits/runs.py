@@ -16,6 +16,7 @@ runs in tests with a fake model and clock against a real PostgreSQL.
 """
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from uuid import UUID
 
 import structlog
 
+from shared import tracing
 from shared.audits import repository
 from shared.audits.findings import audit_findings
 from shared.audits.repository import ClaimedAudit
@@ -131,6 +133,7 @@ async def run_attempt(
 
     Re-raises `CancelledError` once the audit is handed back.
     """
+    started_ns = time.time_ns()  # the attempt's span starts here, once the claim names its trace
     try:
         reserved = await admission.reserve(audit_id)
         if isinstance(reserved, RetryIn):
@@ -152,6 +155,22 @@ async def run_attempt(
     )
     log.info("audit_started", model=audit.model, criteria=len(audit.criteria))
     attempt = _Attempt(audit, connect, clock)
+    with tracing.attempt_span(
+        audit.trace_context, audit_id=audit.id, attempt=audit.attempts, started_ns=started_ns
+    ) as span:
+        outcome = await _run_claimed(attempt, ask_model, admission=admission, reserved=reserved)
+        span.set_attribute("auditq.outcome", _OUTCOME_NAMES[type(outcome)])
+    return outcome
+
+
+_OUTCOME_NAMES = {Succeeded: "succeeded", Failed: "failed", RetryIn: "retry"}
+
+
+async def _run_claimed(
+    attempt: "_Attempt", ask_model: AskModel, *, admission: Admission, reserved: Reservation
+) -> Succeeded | Failed | RetryIn:
+    """The model call of a claimed attempt, and its one fenced finish."""
+    audit = attempt.audit
     try:
         outcome = await ask_model(audit)
     except ModelError as error:
@@ -285,6 +304,13 @@ class _Attempt:
         the status the attempt left is read instead, so that write still counts, and is
         logged, as written.
         """
+        with tracing.finish_span() as span:
+            status = await self._finish_retrying(write)
+            # `discarded`: the attempt had lost the audit (a zombie's, a cancelled one's).
+            span.set_attribute("auditq.status", status or "discarded")
+            return status
+
+    async def _finish_retrying(self, write: _FinishWrite) -> AuditStatus | None:
         for tries, delay in enumerate(FINISH_RETRY_DELAYS_S):
             try:
                 return await self._finish_once(write, retried=tries > 0)

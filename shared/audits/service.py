@@ -49,6 +49,7 @@ def new_audit(
     batch_index: int | None = None,
     priority: Priority = Priority.INTERACTIVE,
     request_id: str | None = None,
+    trace_context: str | None = None,
     idempotency_key: str | None = None,
     request_hash: str | None = None,
 ) -> NewAudit:
@@ -71,6 +72,7 @@ def new_audit(
         attempts=0,
         attempt_limit=settings.max_attempts,
         request_id=request_id,
+        trace_context=trace_context,
         idempotency_key=idempotency_key,
         request_hash=request_hash,
     )
@@ -84,9 +86,12 @@ async def create(
     settings: Settings,
     max_queued: int | None = None,
     request_id: str | None = None,
+    trace_context: str | None = None,
     idempotency_key: str | None = None,
 ) -> Created[AuditRow]:
     """Record a queued audit of `tenant` in one INSERT; its job is sent after it.
+
+    `trace_context`: the request's, which the audit's attempts continue (shared/tracing.py).
 
     With an `idempotency_key` the tenant already used, the earlier audit is returned
     instead. The rubric it names, if any, is read first: rubric versions never change,
@@ -111,6 +116,7 @@ async def create(
         settings=settings,
         criteria=criteria,
         request_id=request_id,
+        trace_context=trace_context,
         idempotency_key=idempotency_key,
         request_hash=digest,
     )

@@ -60,9 +60,13 @@ async def create(
     max_queued: int | None = None,
     idempotency_key: str | None = None,
     request_id: str | None = None,
+    trace_context: str | None = None,
 ) -> Created[BatchSummary]:
     """Record the batch of `tenant` and all its audits in one statement each; jobs go after
-    commit. With a quota (`max_queued`) the batch fits whole or is refused whole."""
+    commit. With a quota (`max_queued`) the batch fits whole or is refused whole.
+
+    Every audit stores the request's `trace_context`: a batch is one trace
+    (shared/tracing.py)."""
     limits.check_all(data.audits, settings)
     digest = request_hash(data)
     if max_queued is not None:
@@ -89,7 +93,9 @@ async def create(
         winner = await _replay(conn, tenant, idempotency_key, digest)
         assert winner is not None
         return winner
-    await _insert_audits(conn, batch=batch, data=data, settings=settings)
+    await _insert_audits(
+        conn, batch=batch, data=data, settings=settings, trace_context=trace_context
+    )
     return Created(await summarize(conn, batch))
 
 
@@ -106,7 +112,12 @@ async def _replay(
 
 
 async def _insert_audits(
-    conn: Statements, *, batch: BatchRow, data: BatchCreate, settings: Settings
+    conn: Statements,
+    *,
+    batch: BatchRow,
+    data: BatchCreate,
+    settings: Settings,
+    trace_context: str | None,
 ) -> None:
     """All audits in one INSERT, not a round trip each."""
     items = data.audits
@@ -134,6 +145,7 @@ async def _insert_audits(
             batch_index=index,
             priority=data.priority,
             request_id=batch.request_id,
+            trace_context=trace_context,
         )
         for index, (item, criteria) in enumerate(zip(items, resolved, strict=True))
     ]

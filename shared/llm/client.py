@@ -34,6 +34,7 @@ from openai.types.chat import ChatCompletionMessageParam
 from openai.types.shared_params import ResponseFormatJSONSchema
 from pydantic import BaseModel, NonNegativeInt, ValidationError
 
+from shared import tracing
 from shared.config import Settings
 from shared.llm.errors import InvalidModelOutput, ModelError, classify, reply_error
 from shared.llm.prompt import PROMPT_VERSION, build_messages, correction_message, response_format
@@ -103,9 +104,18 @@ async def _ask(
     messages: list[ChatCompletionMessageParam],
     schema: ResponseFormatJSONSchema,
 ) -> _Reply:
-    completion, request_id = await _chat_completion(
-        client, {"model": model, "messages": messages, "response_format": schema}
-    )
+    with tracing.model_call_span(model) as span:
+        completion, request_id = await _chat_completion(
+            client, {"model": model, "messages": messages, "response_format": schema}
+        )
+        usage = completion.usage or _Usage()
+        tracing.model_answered(
+            span,
+            response_model=completion.model,
+            input_tokens=usage.prompt_tokens,
+            output_tokens=usage.completion_tokens,
+            finish_reason=completion.choices[0].finish_reason if completion.choices else None,
+        )
     return _reply_of(completion, request_id)
 
 
@@ -129,6 +139,7 @@ class _Completion(BaseModel):
 
     choices: list[_Choice] = []
     usage: _Usage | None = None
+    model: str | None = None  # the model that answered, for traces
 
 
 async def _chat_completion(

@@ -101,6 +101,7 @@ async def test_claim_starts_the_first_attempt_of_a_queued_audit(
         criteria=[Criterion.model_validate(c) for c in stored.criteria or []],
         pass_threshold=stored.pass_threshold,
         request_id=stored.request_id,
+        trace_context=stored.trace_context,
     )
 
 
