@@ -1,4 +1,8 @@
-"""Alembic environment: async, against `DATABASE_URL` (or a connection handed in)."""
+"""Alembic environment: async, against PostgreSQL itself (or a connection handed in).
+
+`DATABASE_DIRECT_URL` where it is set: a migration's DDL, its locks and its long
+transactions belong on a direct connection, not on a transaction pooler's.
+"""
 
 import asyncio
 from logging.config import fileConfig
@@ -9,7 +13,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 import shared.models  # noqa: F401  (registers every table on the metadata)
 from shared.config import get_settings
-from shared.db import metadata
+from shared.db import direct_statement_options, metadata
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logger", True):
@@ -27,7 +31,7 @@ def _configure(connection: Connection | None = None, url: str | None = None) -> 
 
 
 def run_offline() -> None:
-    _configure(url=get_settings().database_url)
+    _configure(url=get_settings().direct_database_url)
     with context.begin_transaction():
         context.run_migrations()
 
@@ -39,7 +43,10 @@ def _run_sync(connection: Connection) -> None:
 
 
 async def run_online() -> None:
-    engine = create_async_engine(get_settings().database_url)
+    settings = get_settings()
+    engine = create_async_engine(
+        settings.direct_database_url, connect_args=direct_statement_options(settings)
+    )
     try:
         async with engine.connect() as connection:
             await connection.run_sync(_run_sync)

@@ -24,6 +24,12 @@ class Settings(BaseSettings):
     )
 
     database_url: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/auditq"
+    # `transaction` where DATABASE_URL is a pooler in transaction mode (PgBouncer's
+    # `pool_mode = transaction`): no prepared statement outlives its statement (shared/db.py).
+    database_pool_mode: Literal["session", "transaction"] = "session"
+    # PostgreSQL itself, past any pooler: the key directory's LISTEN and the migrations,
+    # which a transaction pooler cannot carry. Unset: DATABASE_URL.
+    database_direct_url: str | None = None
     redis_url: str = "redis://127.0.0.1:6379/0"
 
     openai_api_key: str | None = None
@@ -79,6 +85,9 @@ class Settings(BaseSettings):
     # OpenTelemetry's own variable: traces go there over OTLP/HTTP when set, and are off
     # when unset (shared/tracing.py). The SDK's other OTEL_* variables apply as usual.
     otel_exporter_otlp_endpoint: str | None = None
+    # The Procfile's `web` (api/__main__.py) runs this many uvicorn processes on PORT: each
+    # has its own pool, key cache and per-process limits.
+    web_concurrency: int = Field(default=1, ge=1)
 
     log_level: str = "INFO"
     # `auto`: lines for people on a terminal, JSON lines elsewhere (shared/logging.py).
@@ -107,10 +116,12 @@ class Settings(BaseSettings):
                 raise ValueError(f"the limit of {model!r} must be a positive integer")
         return value
 
-    @field_validator("database_url")
+    @field_validator("database_url", "database_direct_url")
     @classmethod
-    def use_asyncpg_driver(cls, value: str) -> str:
+    def use_asyncpg_driver(cls, value: str | None) -> str | None:
         """Accept the plain `postgresql://` form that most platforms hand out."""
+        if value is None:
+            return None
         for prefix in ("postgresql://", "postgres://"):
             if value.startswith(prefix):
                 return "postgresql+asyncpg://" + value.removeprefix(prefix)
@@ -124,6 +135,11 @@ class Settings(BaseSettings):
                 "or a body of the largest size allowed could never be read"
             )
         return self
+
+    @property
+    def direct_database_url(self) -> str:
+        """Where to reach PostgreSQL without a pooler: `DATABASE_DIRECT_URL`, else `DATABASE_URL`."""
+        return self.database_direct_url or self.database_url
 
     @property
     def uses_keys(self) -> bool:

@@ -64,10 +64,45 @@ def create_engine(settings: Settings, *, pool_size: int = 20) -> AsyncEngine:
         pool_size=pool_size,
         max_overflow=0,
         pool_timeout=10,
-        connect_args={"timeout": 5, "command_timeout": 30},
+        connect_args={"timeout": 5, "command_timeout": 30, **statement_options(settings)},
     )
     _ping_idle_connections(engine)
     return engine
+
+
+def _unnamed() -> str:
+    return ""
+
+
+def statement_options(settings: Settings) -> dict[str, Any]:
+    """How statements are prepared: cached by name on the connection, unless behind a
+    transaction pooler (`DATABASE_POOL_MODE=transaction`).
+
+    A transaction pooler hands a client's next transaction, or its next statement outside
+    one, to whichever server connection is free, and every server connection to many
+    clients in turn: a statement prepared by name on one is missing on the next, or its
+    name is already taken by another client's. So there, nothing is named. asyncpg caches
+    nothing (`statement_cache_size=0`; it then sends an unnamed statement's Parse again
+    with its Bind, as PgBouncer may route them apart), nor does SQLAlchemy's adapter
+    (`prepared_statement_cache_size=0`), and the statement the adapter prepares to learn
+    a result's columns is unnamed too, inside the transaction it opens first. Unique names
+    (`prepared_statement_name_func` returning a uuid, SQLAlchemy's own advice) would work
+    as well, but would pile up on the server connections: PgBouncer DISCARDs them only in
+    session mode. The price is one Parse per statement (docs/OPERATIONS.md).
+    """
+    if settings.database_pool_mode == "session":
+        return {}
+    return {
+        "statement_cache_size": 0,
+        "prepared_statement_cache_size": 0,
+        "prepared_statement_name_func": _unnamed,
+    }
+
+
+def direct_statement_options(settings: Settings) -> dict[str, Any]:
+    """`statement_options` for a connection to `direct_database_url`, which is the pooler's
+    `DATABASE_URL` when `DATABASE_DIRECT_URL` is unset."""
+    return {} if settings.database_direct_url else statement_options(settings)
 
 
 def _ping_idle_connections(engine: AsyncEngine) -> None:

@@ -6,6 +6,8 @@ change to `api_key` or `tenant` notifies as it commits (shared/tenants/repositor
 a notification empties the cache, so a revoked key is refused from its next request
 on, in every process. Nothing is cached while the listening connection is down:
 lookups then go to the database each time, and the cache starts empty once it is back.
+The listening connection goes to `DATABASE_DIRECT_URL` where it is set: a transaction
+pooler (PgBouncer) cannot carry a LISTEN, so without it nothing is cached there at all.
 
 A generation number guards the race of a lookup and a change: what a lookup read is
 kept only if no notification arrived while it ran. Unknown keys are never cached, so
@@ -92,6 +94,18 @@ class Directory:
         return self._generation
 
     async def start(self) -> None:
+        if self._settings.database_pool_mode == "transaction" and not (
+            self._settings.database_direct_url
+        ):
+            # A LISTEN sent through a transaction pooler lands on whichever server connection
+            # it is lent, and its notifications go astray: a revocation would go unnoticed
+            # for up to MAX_AGE_S. Without a direct connection, nothing is cached.
+            log.warning(
+                "tenants.not_listening",
+                detail="DATABASE_POOL_MODE=transaction without DATABASE_DIRECT_URL: "
+                "keys and tenants are read from the database on every request",
+            )
+            return
         self._task = asyncio.create_task(self._listen_forever(), name="tenants-listener")
 
     async def stop(self) -> None:
@@ -155,7 +169,8 @@ class Directory:
         self.forget()
 
     async def _listen_forever(self) -> None:
-        dsn = asyncpg_dsn(self._settings.database_url)
+        # LISTEN belongs to a session: past a transaction pooler, straight to PostgreSQL.
+        dsn = asyncpg_dsn(self._settings.direct_database_url)
         while True:
             try:
                 await self._listen(dsn)

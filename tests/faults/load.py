@@ -8,6 +8,7 @@ import asyncio
 import random
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import uuid4
@@ -192,14 +193,19 @@ async def submit_concurrently(
     clients: int = 50,
     pause_s: float = 0.0,
     within: float = 300.0,
+    headers: Mapping[str, str] | None = None,
 ) -> LoadReport:
-    """`clients` clients share out the submissions; each pauses `pause_s` between requests."""
+    """`clients` clients share out the submissions; each pauses `pause_s` between requests.
+
+    `headers` go with every request (`Authorization` under `AUTH=keys`)."""
     pending = iter(submissions)
     deadline = time.monotonic() + within
     started = time.monotonic()
 
     async def client() -> None:
-        async with httpx.AsyncClient(base_url=base_url, timeout=REQUEST_TIMEOUT_S) as http:
+        async with httpx.AsyncClient(
+            base_url=base_url, timeout=REQUEST_TIMEOUT_S, headers=headers
+        ) as http:
             for item in pending:
                 await _send(http, item, report, deadline)
                 await asyncio.sleep(pause_s)

@@ -22,11 +22,13 @@ import asyncpg
 
 from shared.db import asyncpg_dsn
 from tests.faults.load import LoadReport
-from tests.fixtures.processes import ROOT
+from tests.fixtures.processes import ROOT, Process
 
 FIGURES_DIR = ROOT / ".auditq" / "faults"
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 FINISH_EVENTS = frozenset({"audit_succeeded", "audit_failed"})
+# What a worker logs when an attempt ends, one way or another.
+ATTEMPT_ENDS = {*FINISH_EVENTS, "audit_retry_scheduled", "audit_interrupted", "finish_discarded"}
 # Failed by the reconciler, not by a worker: the worker running the last attempt vanished.
 WORKER_LOST = "worker_lost"
 
@@ -174,3 +176,14 @@ def write_figures(name: str, figures: dict[str, Any]) -> Path:
     }
     path.write_text(json.dumps(record, indent=2) + "\n")
     return path
+
+
+def in_flight(worker: Process) -> dict[str, int]:
+    """What this worker was running when it stopped (attempts with no logged end): id -> attempt."""
+    started: dict[str, int] = {}
+    for event in worker.events():
+        if event.get("event") == "audit_started":
+            started[event["audit_id"]] = event["attempt"]
+        elif event.get("event") in ATTEMPT_ENDS:
+            started.pop(event["audit_id"], None)
+    return started

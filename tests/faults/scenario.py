@@ -59,6 +59,8 @@ class FaultRun:
     api: Api
     simulator: SimulatorHandle
     database_url: str
+    # Sent with every submission: `Authorization` under `AUTH=keys`.
+    headers: dict[str, str] = field(default_factory=dict)
     load: LoadReport = field(default_factory=LoadReport)
     infrastructure: Counter[str] = field(default_factory=Counter)
     started: float = field(default_factory=time.monotonic)
@@ -75,7 +77,12 @@ class FaultRun:
         self._clients.append(
             asyncio.create_task(
                 submit_concurrently(
-                    self.api.base_url, submissions, self.load, clients=clients, pause_s=pause_s
+                    self.api.base_url,
+                    submissions,
+                    self.load,
+                    clients=clients,
+                    pause_s=pause_s,
+                    headers=self.headers,
                 )
             )
         )

@@ -6,6 +6,7 @@ of `.env.example` (tests/fixtures/processes.py keeps its output).
 
 import asyncio
 import os
+import subprocess
 import sys
 import time
 from collections.abc import Mapping
@@ -87,6 +88,19 @@ class Stack:
     def stop_all(self) -> None:
         for process in self.processes:
             process.stop()
+
+
+def auditq_command(env: Mapping[str, str], *args: str) -> str:
+    """`auditq ARGS` as ops run it, with these variables set; its stdout."""
+    done = subprocess.run(
+        [str(VENV_BIN / "auditq"), *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return done.stdout
 
 
 async def wait_until_answers(

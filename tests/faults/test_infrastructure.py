@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
-from tests.faults.outcome import FINISH_EVENTS
+from tests.faults.outcome import in_flight
 from tests.faults.scenario import FaultRun, assert_promises_kept, stack_env
 from tests.faults.services import OwnPostgres, OwnRedis
 from tests.faults.stack import Stack
-from tests.fixtures.processes import Process, simulator_process
+from tests.fixtures.processes import simulator_process
 
 pytestmark = pytest.mark.slow
 
@@ -39,21 +39,6 @@ def _settings(**extra: Any) -> dict[str, Any]:
         "model_latency_ms": LATENCY_MS,
         **extra,
     }
-
-
-# What a worker logs when an attempt ends, one way or another.
-ATTEMPT_ENDS = {*FINISH_EVENTS, "audit_retry_scheduled", "audit_interrupted", "finish_discarded"}
-
-
-def in_flight(worker: Process) -> dict[str, int]:
-    """What this worker was running when it stopped (attempts with no logged end): id -> attempt."""
-    started: dict[str, int] = {}
-    for event in worker.events():
-        if event.get("event") == "audit_started":
-            started[event["audit_id"]] = event["attempt"]
-        elif event.get("event") in ATTEMPT_ENDS:
-            started.pop(event["audit_id"], None)
-    return started
 
 
 async def test_a_worker_killed_and_redis_restarted_empty_mid_run_lose_nothing(

@@ -5,8 +5,6 @@ A revoked key must be refused from its next request on by every process, though 
 process caches the keys it has seen (shared/tenants/directory.py).
 """
 
-import os
-import subprocess
 from pathlib import Path
 
 import httpx
@@ -14,7 +12,7 @@ import pytest
 
 from tests.faults.scenario import stack_env
 from tests.faults.services import OwnRedis
-from tests.faults.stack import VENV_BIN, Api, Stack
+from tests.faults.stack import Api, Stack, auditq_command
 from tests.fixtures.processes import simulator_process
 
 pytestmark = pytest.mark.slow
@@ -23,16 +21,7 @@ AUDIT = {"subject": "s", "content": "c", "criteria": [{"id": "a", "description":
 
 
 def auditq(database_url: str, *args: str) -> str:
-    """`auditq ARGS` on this database; its stdout."""
-    done = subprocess.run(
-        [str(VENV_BIN / "auditq"), *args],
-        env={**os.environ, "DATABASE_URL": database_url},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    return done.stdout
+    return auditq_command({"DATABASE_URL": database_url}, *args)
 
 
 def status_of(api: Api, key: str) -> int:

@@ -5,11 +5,13 @@ the second stays a 500 and a failed job. tests/faults/ restarts a real server.
 """
 
 import asyncio
+from typing import Literal
 
 import asyncpg
 import pytest
 import sqlalchemy.exc
 from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.config import Settings
 from shared.db import (
@@ -17,6 +19,7 @@ from shared.db import (
     create_engine,
     create_session_factory,
     is_database_unavailable,
+    session_scope,
     statement_connection,
 )
 from tests.fixtures.pgproxy import proxy_closing_late
@@ -152,3 +155,38 @@ async def test_a_failed_checkout_is_raised_as_sqlalchemy_raises_it(database_url:
         assert isinstance(raised.value.orig, engine.dialect.loaded_dbapi.Error)
     finally:
         await engine.dispose()
+
+
+async def _statements_left_on_the_server(engine: AsyncEngine) -> int:
+    """Runs statements as the API and the worker do (a repository's SQL on a statement
+    connection, and in a session), then counts the prepared statements their connection kept."""
+    async with statement_connection(engine) as conn:
+        await conn.fetchrow("SELECT $1::text AS name, now() AS at", "one")
+        await conn.fetch("SELECT $1::jsonb AS doc", '{"a": 1}')
+    async with session_scope(create_session_factory(engine)) as session:
+        await session.execute(sqlalchemy.text("SELECT :n + 1"), {"n": 1})
+        counted = await session.execute(
+            sqlalchemy.text("SELECT count(*) FROM pg_prepared_statements")
+        )
+        left: int = counted.scalar_one()
+    return left
+
+
+@pytest.mark.parametrize("mode", ["session", "transaction"])
+async def test_behind_a_transaction_pooler_no_statement_is_left_prepared(
+    database_url: str, mode: Literal["session", "transaction"]
+) -> None:
+    """What a transaction pooler needs: a server connection passed from client to client
+    keeps no named statement (one would be missing on the next, or clash with another's)."""
+    engine = create_engine(
+        Settings(database_url=database_url, database_pool_mode=mode), pool_size=1
+    )
+    try:
+        left = await _statements_left_on_the_server(engine)
+    finally:
+        await engine.dispose()
+
+    if mode == "transaction":
+        assert left == 0
+    else:
+        assert left > 0  # the cache that makes each statement one round trip

@@ -1,5 +1,6 @@
 """The API's key directory: cached while PostgreSQL can tell it of changes, never otherwise."""
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
@@ -74,3 +75,51 @@ async def test_limits_fall_back_on_the_settings(
 
     assert (acme.max_queued, acme.submit_rpm) == (7, 60)
     assert (unknown.max_queued, unknown.submit_rpm) == (7, None)
+
+
+async def test_it_listens_on_the_direct_url_past_a_pooler(
+    engine: AsyncEngine, settings: Settings, session_factory: SessionFactory
+) -> None:
+    # DATABASE_URL leads nowhere: only the direct URL can carry the LISTEN.
+    behind_a_pooler = settings.model_copy(
+        update={
+            "database_url": "postgresql+asyncpg://postgres@127.0.0.1:1/none",
+            "database_pool_mode": "transaction",
+            "database_direct_url": settings.database_url,
+        }
+    )
+    directory = Directory(engine, behind_a_pooler)
+    await directory.start()
+    try:
+        await until_listening(directory)
+        key = await make_key(session_factory)
+        assert await directory.key(keys.digest(key)) is not None
+        before = directory.generation
+
+        await revoke(session_factory, key)
+        await until_notified(directory, since=before)
+
+        assert await directory.key(keys.digest(key)) is None
+    finally:
+        await directory.stop()
+
+
+async def test_behind_a_transaction_pooler_without_a_direct_url_it_caches_nothing(
+    engine: AsyncEngine, settings: Settings, session_factory: SessionFactory
+) -> None:
+    # DATABASE_URL is PostgreSQL itself here, so a listener would start: none must.
+    pooled = settings.model_copy(update={"database_pool_mode": "transaction"})
+    directory = Directory(engine, pooled)
+    await directory.start()
+    try:
+        key = await make_key(session_factory)
+        for _ in range(20):
+            assert await directory.key(keys.digest(key)) is not None
+            await asyncio.sleep(0.01)
+        assert not directory.listening
+
+        await revoke(session_factory, key)  # nothing to notify it: it must ask again
+
+        assert await directory.key(keys.digest(key)) is None
+    finally:
+        await directory.stop()
