@@ -29,4 +29,4 @@ RUN useradd --system --uid 10001 --no-create-home auditq
 USER auditq
 
 EXPOSE 8000
-CMD ["sh", "-c", "exec uvicorn api.app:create_app --factory --http api.protocol:HttpWithDeadlines --host 0.0.0.0 --port ${PORT:-8000}"]
+CMD ["python", "-m", "api"]

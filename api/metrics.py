@@ -12,8 +12,13 @@ seconds: `auditq_queue_depth{priority,tenant}`, `auditq_queue_oldest_age_seconds
 workers' heartbeats in Redis (shared/workers.py). With PostgreSQL or Redis away the page
 still answers: what they would tell is left out, and `auditq_scrape_errors_total{source}`
 counts it.
+
+Several API processes on one port (`WEB_CONCURRENCY`, api/__main__.py) count in
+prometheus-client's multiprocess mode: the page adds up the counts of them all, so a
+scrape sees the same totals whichever process answers it.
 """
 
+import os
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -23,6 +28,7 @@ from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -73,7 +79,14 @@ class ApiMetrics:
         self._fleet: Fleet | None = None
         self._workers_alive: int | None = None
         self._fleet_read_at = float("-inf")
-        self.registry.register(_FleetCollector(self))
+        # What the page shows: this registry, or every process's counts where processes
+        # share them (`PROMETHEUS_MULTIPROC_DIR`, set before prometheus-client is imported).
+        self.page = self.registry
+        if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+            self.page = CollectorRegistry()
+            # prometheus-client leaves this constructor unannotated.
+            MultiProcessCollector(self.page)  # type: ignore[no-untyped-call]
+        self.page.register(_FleetCollector(self))
 
     def name_routes(self, router: APIRouter, *, prefix: str) -> None:
         """Label the routes of `router`, included under `prefix`, by their whole path."""
@@ -164,4 +177,4 @@ async def metrics_page(request: Request) -> Response:
     metrics: ApiMetrics = request.app.state.metrics
     settings: Settings = request.app.state.settings
     await metrics.refresh(request.app.state.engine, request.app.state.redis, settings.queue_name)
-    return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(metrics.page), media_type=CONTENT_TYPE_LATEST)

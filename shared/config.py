@@ -138,7 +138,7 @@ class Settings(BaseSettings):
 
     @property
     def direct_database_url(self) -> str:
-        """Where to reach PostgreSQL without a pooler: `DATABASE_DIRECT_URL`, else `DATABASE_URL`."""
+        """PostgreSQL past any pooler: `DATABASE_DIRECT_URL`, else `DATABASE_URL`."""
         return self.database_direct_url or self.database_url
 
     @property

@@ -166,7 +166,8 @@ async def test_the_stack_through_pgbouncer_keeps_every_promise(
             run, outcome, submitted=AUDITS + BIG_BATCH, killed_mid_attempt=killed_mid_job
         )
         assert killed_mid_job, doomed.output()
-        assert survivor.alive() and replacement.alive(), stack.outputs()
+        assert survivor.alive(), survivor.output()
+        assert replacement.alive(), replacement.output()
 
         # A stream reads its later chunks on pooled connections, one statement each.
         [batch_id] = [b for b, size in run.load.batches.items() if size == BIG_BATCH]

@@ -54,3 +54,20 @@ def test_a_body_budget_smaller_than_one_body_is_refused_at_startup() -> None:
 def test_a_short_secret_key_is_refused_at_startup() -> None:
     with pytest.raises(ValidationError, match="secret_key"):
         Settings(secret_key="short")
+
+
+def test_the_direct_url_is_the_database_url_unless_set() -> None:
+    pooler = "postgresql://app@pgbouncer:6432/auditq"
+    with environment(DATABASE_URL=pooler):
+        assert Settings().direct_database_url == "postgresql+asyncpg://app@pgbouncer:6432/auditq"
+    with environment(DATABASE_URL=pooler, DATABASE_DIRECT_URL="postgres://app@postgres/auditq"):
+        direct = Settings()
+    assert direct.direct_database_url == "postgresql+asyncpg://app@postgres/auditq"
+    assert direct.database_url == "postgresql+asyncpg://app@pgbouncer:6432/auditq"
+
+
+def test_an_unknown_pool_mode_is_refused_at_startup() -> None:
+    # `statement` pooling has no transaction of several statements: auditq needs them.
+    with environment(DATABASE_POOL_MODE="statement"), pytest.raises(ValidationError) as refused:
+        Settings()
+    assert refused.value.errors()[0]["loc"] == ("database_pool_mode",)
