@@ -68,7 +68,9 @@ class Stack:
 
     async def start_web(self) -> Api:
         port = free_port()
-        process = self._spawn("web", self._procfile_argv("web"), {**self.env, "PORT": str(port)})
+        # Its metrics directory (WEB_CONCURRENCY > 1) under the test's: a SIGKILL leaves it.
+        env = {**self.env, "PORT": str(port), "TMPDIR": str(self.log_dir)}
+        process = self._spawn("web", self._procfile_argv("web"), env)
         api = Api(process, port)
         await wait_until_answers(f"{api.base_url}/health/live", process)
         return api
