@@ -11,6 +11,7 @@ from pathlib import Path
 from bench import (
     auth,
     batch,
+    capacity,
     fairness,
     model_call,
     peer,
@@ -34,7 +35,10 @@ BENCHMARKS: dict[str, Callable[[Run], list[Section]]] = {
     "auth": auth.run,
     "revisions": revisions.run,  # only with --against REV
     "fairness": fairness.run,
+    "capacity": capacity.run,  # only when named: it starts servers of its own
 }
+# Run only when named: not part of `make bench`'s run of them all.
+ON_DEMAND = {"capacity"}
 
 
 def _timed(name: str, run: Run) -> list[Section]:
@@ -62,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         "--against", metavar="REV", help="`revisions`: the git revision to compare with"
     )
     args = parser.parse_args(argv)
-    names = args.names or list(BENCHMARKS)
+    names = args.names or [name for name in BENCHMARKS if name not in ON_DEMAND]
     servers = find_servers()
     run = Run(servers=servers, quick=args.quick, against=args.against)
     command = "python -m bench " + shlex.join(sys.argv[1:] if argv is None else argv)

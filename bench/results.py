@@ -26,6 +26,7 @@ ORDER = [
     "cli",
     "model-call",
     "fairness",
+    "capacity",
 ]
 _SECTION = re.compile(
     r"<!-- section:(?P<key>[\w-]+) -->\n(?P<body>.*?)<!-- /section:(?P=key) -->\n", re.S
