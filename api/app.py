@@ -12,14 +12,15 @@ from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException
 
 from api import problems
-from api.auth import Unauthorized
+from api.auth import Forbidden, Unauthorized
 from api.bodies import BodyBudget
+from api.dashboard.pages import add_dashboard
 from api.examples import document_examples
 from api.memory import freeze_startup_objects
 from api.metrics import ApiMetrics, metrics_page
 from api.middleware import RequestGate, TrustedHosts
 from api.openapi import document_bearer_keys, document_problems_as_sent, problem_of
-from api.routes import audits, batches, health, rubrics
+from api.routes import audits, batches, health, rubrics, status
 from api.streams import StreamSlots
 from shared import tracing
 from shared.config import Settings, get_settings
@@ -114,13 +115,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(
             router, prefix=API_PREFIX, responses=problem_of(Unauthorized) if guarded else None
         )
+    # An admin key's: without keys every caller is one, and nothing is refused.
+    admin_only = {**problem_of(Unauthorized), **problem_of(Forbidden)} if guarded else None
+    app.include_router(status.router, prefix=API_PREFIX, responses=admin_only)
+    app.state.status_cache = status.StatusCache()
     app.include_router(health.router, prefix=API_PREFIX)
     app.state.metrics = ApiMetrics()
-    for router in (audits.router, batches.router, rubrics.router, health.router):
+    for router in (audits.router, batches.router, rubrics.router, status.router, health.router):
         app.state.metrics.name_routes(router, prefix=API_PREFIX)
     app.add_api_route("/", root, include_in_schema=False)
     app.add_api_route("/problems/{code}", problems.describe_problem, include_in_schema=False)
     app.add_api_route("/metrics", metrics_page, include_in_schema=False)
+    add_dashboard(app)
     _add_error_handlers(app)
     document_problems_as_sent(app)
     if guarded:

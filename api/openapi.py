@@ -84,7 +84,9 @@ def document_bearer_keys(app: FastAPI) -> None:
         schemes["bearer"] = {
             "type": "http",
             "scheme": "bearer",
-            "description": "A key of `auditq key create` (or one of `API_KEYS`).",
+            "description": "A key of `auditq key create` (or one of `API_KEYS`). "
+            "A GET also takes the dashboard's HttpOnly cookie `auditq_key` instead "
+            "(set by signing in at `/dashboard`).",
         }
         for operations in document.get("paths", {}).values():
             for operation in operations.values():

@@ -49,6 +49,15 @@ async def alive(redis: Redis, queue_name: str) -> int:
     return int(count)
 
 
+async def alive_or_none(redis: Redis, queue_name: str, *, timeout_s: float) -> int | None:
+    """`alive`, or None when Redis does not answer within `timeout_s`: a figure that
+    cannot be read is left out, it does not fail what reports it."""
+    try:
+        return await asyncio.wait_for(alive(redis, queue_name), timeout_s)
+    except (RedisError, OSError, TimeoutError):
+        return None
+
+
 async def beat_forever(redis: Redis, queue_name: str, worker_id: str) -> None:
     """Beat until cancelled; a Redis outage skips beats, it does not stop them."""
     while True:

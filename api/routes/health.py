@@ -43,12 +43,9 @@ async def _probe_redis(request: Request) -> None:
 
 async def _workers_alive(request: Request) -> int | None:
     settings: Settings = request.app.state.settings
-    try:
-        return await asyncio.wait_for(
-            workers.alive(request.app.state.redis, settings.queue_name), PROBE_TIMEOUT_S
-        )
-    except Exception:
-        return None
+    return await workers.alive_or_none(
+        request.app.state.redis, settings.queue_name, timeout_s=PROBE_TIMEOUT_S
+    )
 
 
 async def _check(probe: Awaitable[None]) -> str:

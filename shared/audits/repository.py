@@ -643,6 +643,81 @@ async def fleet(conn: Statements) -> Fleet:
     )
 
 
+# --- The fleet's recent work (GET /api/v1/status) -------------------------------------
+
+# Through `ix_audit_finished` (`finished_at`, partial on the terminal statuses): what
+# finished in the window, never the whole table. Bars are whole minutes of the clock, so
+# that a chart redrawn every few seconds keeps each bar where it was.
+_CLOCK = "SELECT now()"
+_FINISHED_BY_MINUTE = (
+    # The minute by the epoch, not `date_trunc`: the same minute whatever the session's zone.
+    "SELECT to_timestamp(floor(extract(epoch FROM finished_at) / 60) * 60) AS minute, "
+    "status, error_code, "
+    "count(*) AS count, count(*) FILTER (WHERE finished_at > $2) AS recent "
+    f"FROM audit WHERE status IN {sql_list(TERMINAL)} AND finished_at >= $1 GROUP BY 1, 2, 3"
+)
+# The latest failures of each error code in the window, for links to them.
+_LATEST_FAILURES = (
+    "SELECT id, tenant, subject, error_code, finished_at FROM ("
+    "SELECT id, tenant, subject, error_code, finished_at, row_number() OVER "
+    "(PARTITION BY error_code ORDER BY finished_at DESC, id DESC) AS nth FROM audit "
+    f"WHERE status IN {sql_list(TERMINAL)} AND status = {F} AND finished_at >= $1"
+    ") latest WHERE nth <= $2 ORDER BY finished_at DESC, id DESC"
+)
+# Through `ix_audit_unfinished`, like `_BATCHES_RUNNING`: the batches running longest first.
+_UNFINISHED_BATCHES = (
+    f"SELECT batch_id FROM audit WHERE status IN {sql_list(UNFINISHED)} "
+    "AND batch_id IS NOT NULL GROUP BY batch_id ORDER BY min(created_at), batch_id LIMIT $1"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class FinishedTally:
+    """The audits that ended in one minute of the clock with one status and error code."""
+
+    minute: datetime
+    status: AuditStatus
+    error_code: str | None
+    count: int
+    recent: int  # of `count`, those that ended after the `recent` moment
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """A failed audit, as a list of recent failures links to it."""
+
+    id: UUID
+    tenant: str
+    subject: str
+    error_code: str | None
+    finished_at: datetime
+
+
+async def clock(conn: Statements) -> datetime:
+    """PostgreSQL's `now()`: the clock the windows below are measured on."""
+    now: datetime = await conn.fetchval(_CLOCK)
+    return now
+
+
+async def finished_by_minute(
+    conn: Statements, *, since: datetime, recent: datetime
+) -> list[FinishedTally]:
+    """What ended from `since` on, by minute of the clock, status and error code;
+    `recent` counts, of each, what ended after `recent`."""
+    records = await conn.fetch(_FINISHED_BY_MINUTE, since, recent)
+    return [FinishedTally(**{**r, "status": AuditStatus(r["status"])}) for r in records]
+
+
+async def latest_failures(conn: Statements, *, since: datetime, per_code: int) -> list[Failure]:
+    """The `per_code` latest failed audits of each error code that ended from `since` on."""
+    return [Failure(**r) for r in await conn.fetch(_LATEST_FAILURES, since, per_code)]
+
+
+async def unfinished_batch_ids(conn: Statements, *, limit: int) -> list[UUID]:
+    """Batches with an audit queued or running, those with the oldest audits first."""
+    return [record["batch_id"] for record in await conn.fetch(_UNFINISHED_BATCHES, limit)]
+
+
 # --- Recovery and retention -------------------------------------------------------------
 
 _RECOVER_EXPIRED_LEASES = (

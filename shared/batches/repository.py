@@ -5,7 +5,7 @@ audits (shared/audits/repository.py) on every read, so they cannot drift.
 """
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from typing import Any, Self
@@ -46,6 +46,7 @@ _INSERT = (
 _BY_ID = f"{_SELECT} WHERE id = $1"
 _BY_ID_OF_TENANT = f"{_BY_ID} AND tenant = $2"
 _BY_IDEMPOTENCY_KEY = f"{_SELECT} WHERE tenant = $1 AND idempotency_key = $2"
+_BY_IDS = f"{_SELECT} WHERE id = ANY($1::uuid[])"
 _STAMP_CANCELLED = (
     f"UPDATE batch SET cancelled_at = coalesce(cancelled_at, now()) WHERE id = $1 {_RETURNING}"
 )
@@ -90,6 +91,12 @@ async def get(conn: Statements, batch_id: UUID, *, tenant: str | None) -> BatchR
     else:
         record = await conn.fetchrow(_BY_ID_OF_TENANT, batch_id, tenant)
     return None if record is None else BatchRow.of(record)
+
+
+async def get_many(conn: Statements, batch_ids: Sequence[UUID]) -> list[BatchRow]:
+    """The batches of `batch_ids` that exist, in the order of `batch_ids`."""
+    found = {row.id: row for row in map(BatchRow.of, await conn.fetch(_BY_IDS, list(batch_ids)))}
+    return [found[batch_id] for batch_id in batch_ids if batch_id in found]
 
 
 async def get_by_idempotency_key(conn: Statements, *, tenant: str, key: str) -> BatchRow | None:

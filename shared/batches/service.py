@@ -208,6 +208,12 @@ def _summary(batch: BatchRow, tallies: list[BatchTally]) -> BatchSummary:
     )
 
 
+async def in_progress(conn: Statements, *, limit: int) -> list[BatchSummary]:
+    """Up to `limit` batches with audits still queued or running, running longest first."""
+    rows = await batches.get_many(conn, await audits.unfinished_batch_ids(conn, limit=limit))
+    return await _summaries(conn, rows) if rows else []
+
+
 async def list_page(
     conn: Statements, *, tenant: str | None, limit: int, cursor: str | None, cursor_key: bytes
 ) -> tuple[list[BatchSummary], str | None]:

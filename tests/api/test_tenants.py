@@ -191,6 +191,11 @@ async def read_another_tenants_rubric(t: Tenants) -> None:
     assert_problem(refused, 422, "rubric_not_found")
 
 
+async def read_the_status_as_a_member(t: Tenants) -> None:
+    assert_problem(await t.alice.get("/status"), 403, "forbidden")
+    assert (await t.admin.get("/status")).status_code == 200
+
+
 ISOLATION: dict[tuple[str, str], Check] = {
     ("POST", "/audits"): submit_with_the_same_idempotency_key,
     ("GET", "/audits/{audit_id}"): read_another_tenants_audit,
@@ -206,6 +211,7 @@ ISOLATION: dict[tuple[str, str], Check] = {
     ("POST", "/rubrics"): publish_the_same_rubric_name,
     ("GET", "/rubrics"): list_rubrics,
     ("GET", "/rubrics/{name}"): read_another_tenants_rubric,
+    ("GET", "/status"): read_the_status_as_a_member,
 }
 # Open to anyone, and owning nothing.
 OPEN = {("GET", "/health/live"), ("GET", "/health/ready")}
