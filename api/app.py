@@ -15,6 +15,7 @@ from api import problems
 from api.auth import Forbidden, Unauthorized
 from api.bodies import BodyBudget
 from api.dashboard.pages import add_dashboard
+from api.docs_policy import confine_docs_pages
 from api.examples import document_examples
 from api.memory import freeze_startup_objects
 from api.metrics import ApiMetrics, metrics_page
@@ -103,6 +104,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redirect_slashes=False,
         telemetry=_telemetry(),
     )
+    confine_docs_pages(app)
     app.state.settings = settings
     app.state.cursor_key = secret_key(settings)
     app.state.result_streams = StreamSlots(settings.max_result_streams)

@@ -174,6 +174,7 @@ def problem_of(response: httpx.Response) -> ApiProblem:
 # What to do about a problem, by its code, or by HTTP status ("401").
 _HINTS = {
     "401": f"set {API_KEY_ENV} to a key of `auditq key create` (revoked keys are refused)",
+    "forbidden": "this wants an admin key: auditq key create --tenant NAME --admin",
     "rubric_not_found": "publish it first: auditq rubric push RUBRIC_FILE",
     "quota_exceeded": "the tenant has as many audits waiting as it may: wait for some to "
     "finish, or ask ops to raise it (auditq tenant set NAME --max-queued N)",

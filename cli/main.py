@@ -3,7 +3,7 @@
 import typer
 
 from cli import dev, simulator_command
-from cli.commands import audits, batches, rubrics, tenants
+from cli.commands import audits, batches, rubrics, status, tenants
 
 app = typer.Typer(
     name="auditq",
@@ -18,6 +18,7 @@ app.command("dev")(dev.command)
 app.command("migrate")(dev.migrate_command)
 app.command("simulator")(simulator_command.command)
 app.command("submit")(audits.submit)
+app.command("status")(status.status)
 app.add_typer(batches.app, name="batch")
 app.add_typer(audits.app, name="audit")
 app.add_typer(rubrics.app, name="rubric")

@@ -13,17 +13,14 @@ import re
 import socket
 import subprocess
 import sys
-import threading
-import time
 import warnings
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import AsyncIterator
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
-import uvicorn
 from arq import Worker
 from sqlalchemy.ext.asyncio import AsyncEngine
 from typer.testing import CliRunner, Result
@@ -33,7 +30,9 @@ from cli.main import app
 from shared.batches import results
 from shared.config import Settings
 from tests.api.test_result_streams import fail_after
+from tests.cli.conftest import Auditq
 from tests.factories import audit_request
+from tests.fixtures.serving import STARTUP_TIMEOUT_S, serving
 from tests.fixtures.simulator import SimulatorHandle
 from worker.runner import RedisTolerantWorker
 from worker.settings import worker_options
@@ -41,59 +40,6 @@ from worker.settings import worker_options
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 RUBRIC_FILE = EXAMPLES / "rubrics" / "green-claims.json"
 POLL = "0.05"
-_STARTUP_TIMEOUT_S = 10.0
-
-Auditq = Callable[..., Awaitable[Result]]
-
-
-@pytest.fixture
-def api_url(settings: Settings) -> Iterator[str]:
-    with serving(settings) as url:
-        yield url
-
-
-@contextmanager
-def serving(settings: Settings) -> Iterator[str]:
-    """The API of `create_app(settings)`, served by uvicorn on a free loopback port."""
-    from api.app import create_app
-
-    config = uvicorn.Config(
-        create_app(settings), log_config=None, access_log=False, timeout_graceful_shutdown=1
-    )
-    server = uvicorn.Server(config)
-    sock = socket.create_server(("127.0.0.1", 0))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        _wait_until(lambda: server.started, alive=thread.is_alive, what="the API")
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
-
-
-def _wait_until(ready: Callable[[], bool], *, alive: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + _STARTUP_TIMEOUT_S
-    while not ready():
-        if not alive() or time.monotonic() > deadline:
-            raise RuntimeError(f"{what} did not start")
-        time.sleep(0.01)
-
-
-@pytest.fixture
-def auditq(api_url: str) -> Auditq:
-    """Run `auditq ARGS…` with AUDITQ_API_URL pointing at the test's API."""
-    runner = CliRunner()
-
-    def invoke(args: tuple[str, ...]) -> Result:
-        env = {"AUDITQ_API_URL": api_url}
-        return runner.invoke(app, list(args), env=env, catch_exceptions=False)
-
-    async def run(*args: str | Path) -> Result:
-        return await asyncio.to_thread(invoke, tuple(str(arg) for arg in args))
-
-    return run
 
 
 @pytest.fixture
@@ -107,7 +53,7 @@ async def worker(settings: Settings, sim: SimulatorHandle) -> AsyncIterator[Work
     task = asyncio.create_task(worker.main())
     try:
         # Its start-up configures logging: done before a command swaps sys.stdout.
-        await asyncio.wait_for(_started(worker, task), _STARTUP_TIMEOUT_S)
+        await asyncio.wait_for(_started(worker, task), STARTUP_TIMEOUT_S)
         yield worker
     finally:
         task.cancel()

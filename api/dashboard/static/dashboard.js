@@ -15,6 +15,13 @@ const $ = (id) => document.getElementById(id);
 
 class SignInNeeded extends Error {}
 
+class HttpError extends Error {
+  constructor(status, message) {
+    super(message);
+    this.status = status;
+  }
+}
+
 function el(tag, props = {}, ...children) {
   const node = document.createElement(tag);
   for (const [name, value] of Object.entries(props)) {
@@ -57,7 +64,7 @@ async function getJson(path) {
   if (response.status === 401 || response.status === 403) {
     throw new SignInNeeded(await problemOf(response));
   }
-  if (!response.ok) throw new Error(await problemOf(response));
+  if (!response.ok) throw new HttpError(response.status, await problemOf(response));
   return response.json();
 }
 
@@ -92,7 +99,8 @@ function drawTiles(status) {
   const oldest = Math.max(...PRIORITIES.map((p) => queue.oldest_age_seconds[p] || 0));
   $("oldest").textContent = queue.queued ? `oldest ${duration(oldest)}` : "none waiting";
   $("running").textContent = integer.format(status.audits_running);
-  $("batches-running").textContent = `${integer.format(status.batches_running)} batches in progress`;
+  const batches = status.batches_running;
+  $("batches-running").textContent = `${integer.format(batches)} ${batches === 1 ? "batch" : "batches"} in progress`;
   $("workers").textContent = status.workers_alive === null ? "?" : integer.format(status.workers_alive);
   $("workers").classList.toggle("alarm", status.workers_alive === 0);
   const recent = throughput.last_5_minutes;
@@ -225,7 +233,8 @@ function drawChart(minutes) {
     svg("text", { x: left + plotWidth / 2, y: height - 6, class: "tick middle" }, "30 min ago"),
     svg("text", { x: width - right, y: height - 6, class: "tick end" }, "now"),
   ];
-  const rate = [];
+  // The failure rate of each minute that had work; a minute without any breaks the line.
+  const runs = [[]];
   minutes.forEach((minute, index) => {
     const x = left + index * slot;
     let base = 0;
@@ -233,18 +242,23 @@ function drawChart(minutes) {
     for (const status of FINISHED) {
       const count = minute[status];
       if (!count) continue;
-      bar.append(svg("rect", { x: x + 1, width: Math.max(1, slot - 2), y: y(base + count), height: y(base) - y(base + count), class: status }));
+      const height = y(base) - y(base + count);
+      bar.append(svg("rect", { x: x + 1, width: Math.max(1, slot - 2), y: y(base + count), height, class: status }));
       base += count;
     }
     const label = `${clock(minute.minute)}: ${minute.succeeded} succeeded, ${minute.failed} failed, ${minute.cancelled} cancelled`;
     bar.append(svg("title", {}, label));
     parts.push(bar);
-    if (minute.total) rate.push(`${x + slot / 2},${top + plotHeight * (1 - minute.failed / minute.total)}`);
+    if (!minute.total) {
+      runs.push([]);
+      return;
+    }
+    const point = [x + slot / 2, top + plotHeight * (1 - minute.failed / minute.total)];
+    runs[runs.length - 1].push(point);
+    parts.push(svg("circle", { cx: point[0], cy: point[1], r: 2, class: "rate-point" }));
   });
-  if (rate.length > 1) parts.push(svg("polyline", { points: rate.join(" "), class: "rate" }));
-  for (const point of rate) {
-    const [cx, cy] = point.split(",");
-    parts.push(svg("circle", { cx, cy, r: 2, class: "rate-point" }));
+  for (const run of runs.filter((points) => points.length > 1)) {
+    parts.push(svg("polyline", { points: run.map((point) => point.join(",")).join(" "), class: "rate" }));
   }
   $("chart").replaceChildren(...parts);
 }
@@ -323,6 +337,7 @@ function drawContent(content, quotes) {
   }
   nodes.push(document.createTextNode(content.slice(position)));
   $("audit-content").replaceChildren(...nodes);
+  $("content-title").textContent = spans.length ? "Content, with the quoted evidence marked" : "Content";
 }
 
 function drawAudit(audit) {
@@ -375,6 +390,13 @@ async function refresh() {
   } catch (error) {
     if (error instanceof SignInNeeded) {
       askForKey(error.message);
+      return;
+    }
+    if (id && error instanceof HttpError && error.status === 404) {
+      $("audit-subject").textContent = error.message;
+      $("audit-facts").replaceChildren();
+      show("audit");
+      $("freshness").textContent = "no such audit";
       return;
     }
     $("freshness").textContent = `not updated: ${error.message}`;
