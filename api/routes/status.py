@@ -1,8 +1,8 @@
 """The fleet's status for operators: `GET /api/v1/status`, an admin key's.
 
 The dashboard polls it every few seconds, from every browser that has it open: one
-API process reads the fleet at most once every `STATUS_TTL_S`, and every request in
-between is answered from that read.
+API process reads the fleet at most once every `STATUS_TTL_S` (as often as `/metrics`
+reads its gauges), and every request in between is answered from that read.
 """
 
 import asyncio
@@ -13,6 +13,7 @@ from fastapi import APIRouter, Request
 
 from api.auth import AdminCaller
 from api.deps import statements
+from api.metrics import FLEET_TTL_S
 from api.openapi import problems
 from shared.config import Settings
 from shared.fleet import service as fleet
@@ -20,7 +21,7 @@ from shared.fleet.schemas import FleetStatus
 
 router = APIRouter(tags=["operations"])
 
-STATUS_TTL_S = 1.0
+STATUS_TTL_S = FLEET_TTL_S
 
 
 class StatusCache:
@@ -47,7 +48,7 @@ async def fleet_status(caller: AdminCaller, request: Request) -> FleetStatus:
     the last hour's throughput by minute, failures by error code and batches in progress.
 
     An admin key's (a member's is refused with 403 `forbidden`). Read through indexes,
-    at most once a second per API process. What the dashboard (`/dashboard`) shows.
+    at most every 5 s per API process. What the dashboard (`/dashboard`) shows.
     """
     settings: Settings = request.app.state.settings
     cache: StatusCache = request.app.state.status_cache

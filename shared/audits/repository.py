@@ -656,13 +656,11 @@ _FINISHED_BY_MINUTE = (
     "count(*) AS count, count(*) FILTER (WHERE finished_at > $2) AS recent "
     f"FROM audit WHERE status IN {sql_list(TERMINAL)} AND finished_at >= $1 GROUP BY 1, 2, 3"
 )
-# The latest failures of each error code in the window, for links to them.
+# The latest failures, for links to them: the index read backwards, stopping at `$2`.
 _LATEST_FAILURES = (
-    "SELECT id, tenant, subject, error_code, finished_at FROM ("
-    "SELECT id, tenant, subject, error_code, finished_at, row_number() OVER "
-    "(PARTITION BY error_code ORDER BY finished_at DESC, id DESC) AS nth FROM audit "
-    f"WHERE status IN {sql_list(TERMINAL)} AND status = {F} AND finished_at >= $1"
-    ") latest WHERE nth <= $2 ORDER BY finished_at DESC, id DESC"
+    "SELECT id, tenant, subject, error_code, finished_at FROM audit "
+    f"WHERE status IN {sql_list(TERMINAL)} AND status = {F} AND finished_at >= $1 "
+    "ORDER BY finished_at DESC, id DESC LIMIT $2"
 )
 # Through `ix_audit_unfinished`, like `_BATCHES_RUNNING`: the batches running longest first.
 _UNFINISHED_BATCHES = (
@@ -708,9 +706,9 @@ async def finished_by_minute(
     return [FinishedTally(**{**r, "status": AuditStatus(r["status"])}) for r in records]
 
 
-async def latest_failures(conn: Statements, *, since: datetime, per_code: int) -> list[Failure]:
-    """The `per_code` latest failed audits of each error code that ended from `since` on."""
-    return [Failure(**r) for r in await conn.fetch(_LATEST_FAILURES, since, per_code)]
+async def latest_failures(conn: Statements, *, since: datetime, limit: int) -> list[Failure]:
+    """The `limit` latest failed audits that ended from `since` on, newest first."""
+    return [Failure(**r) for r in await conn.fetch(_LATEST_FAILURES, since, limit)]
 
 
 async def unfinished_batch_ids(conn: Statements, *, limit: int) -> list[UUID]:

@@ -58,7 +58,9 @@ class FailureCount(BaseModel):
     code: str = Field(description="The failed audits' `error.code`.")
     last_hour: int
     last_5_minutes: int
-    latest: list[FailedAudit] = Field(description="The latest few, newest first.")
+    latest: list[FailedAudit] = Field(
+        description="Up to 5 of the hour's latest 100 failures with this code, newest first."
+    )
 
 
 class FleetStatus(BaseModel):

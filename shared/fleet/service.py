@@ -4,8 +4,9 @@ Every figure is read through an index, never by counting the whole `audit` table
 the queued and running audits (`ix_audit_unfinished`, as `GET /metrics` reads them,
 with the same statements), what ended in the last hour (`ix_audit_finished`), and the
 audits of at most `BATCHES_SHOWN` batches. Its cost grows with the audits queued and
-those that ended within the hour, not with the table. Windows are measured on
-PostgreSQL's clock, the one that stamped `finished_at`.
+those that ended within the hour, not with the table: 100 to 200 ms with 90,000 audits
+ended in the hour in a table of 1,000,000 (2 cores), most of it the hour's scan.
+Windows are measured on PostgreSQL's clock, the one that stamped `finished_at`.
 """
 
 from collections import Counter, defaultdict
@@ -35,6 +36,10 @@ from shared.fleet.schemas import (
 
 WINDOW_MINUTES = 60
 RECENT = timedelta(minutes=5)
+# Links to the latest failures of each code, among the window's latest `LATEST_FAILURES`:
+# reading those stops early, where every failure of the hour would be a second scan of
+# the window (a code whose failures are all older has its count, and no link).
+LATEST_FAILURES = 100
 LATEST_FAILURES_PER_CODE = 5
 BATCHES_SHOWN = 20
 REDIS_TIMEOUT_S = 2.0
@@ -48,7 +53,7 @@ async def read(conn: Statements, redis: Redis, *, queue_name: str) -> FleetStatu
     since = now.replace(second=0, microsecond=0) - timedelta(minutes=WINDOW_MINUTES - 1)
     fleet = await audits.fleet(conn)
     tallies = await audits.finished_by_minute(conn, since=since, recent=now - RECENT)
-    failures = await audits.latest_failures(conn, since=since, per_code=LATEST_FAILURES_PER_CODE)
+    failures = await audits.latest_failures(conn, since=since, limit=LATEST_FAILURES)
     in_progress = await batches.in_progress(conn, limit=BATCHES_SHOWN)
     return FleetStatus(
         generated_at=now,
@@ -110,8 +115,9 @@ def _failures(tallies: list[FinishedTally], latest: list[Failure]) -> list[Failu
             recent[tally.error_code or NO_CODE] += tally.recent
     audits_of: dict[str, list[FailedAudit]] = defaultdict(list)
     for failure in latest:
-        audit = FailedAudit.model_validate(failure, from_attributes=True)
-        audits_of[failure.error_code or NO_CODE].append(audit)
+        shown = audits_of[failure.error_code or NO_CODE]
+        if len(shown) < LATEST_FAILURES_PER_CODE:
+            shown.append(FailedAudit.model_validate(failure, from_attributes=True))
     return [
         FailureCount(
             code=code, last_hour=count, last_5_minutes=recent[code], latest=audits_of[code]

@@ -172,10 +172,10 @@ async def test_the_schema_documents_the_status_and_its_refusals(client_with: Cli
     assert not [path for path in document["paths"] if path.startswith("/dashboard")]
 
 
-# --- One read a second, whoever asks ----------------------------------------------------
+# --- One read every few seconds, whoever asks -----------------------------------------
 
 
-async def test_requests_within_a_second_share_one_read() -> None:
+async def test_requests_within_the_ttl_share_one_read() -> None:
     cache = StatusCache(ttl_s=60)
     reads = 0
 
