@@ -65,4 +65,17 @@ async def beat_forever(redis: Redis, queue_name: str, worker_id: str) -> None:
             await beat(redis, queue_name, worker_id)
         except (RedisError, OSError) as exc:
             log.warning("heartbeat_missed", error=type(exc).__name__)
+        _stop_if_cancelled()
         await asyncio.sleep(BEAT_EVERY_S)
+
+
+def _stop_if_cancelled() -> None:
+    """Raise the cancellation a Redis command swallowed.
+
+    redis-py (5.3, on Python 3.11) may answer a command whose task was cancelled while
+    it ran, and drop the cancellation: the loop would beat on, and a shutdown that waits
+    for it would wait for ever.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
