@@ -190,10 +190,20 @@ def _run_stack(supervisor: "Supervisor", env: dict[str, str], options: DevOption
     api = supervisor.spawn("api", _uvicorn_args(options), {**env, "PORT": str(options.port)})
     if not options.api_only:
         for number in range(1, options.workers + 1):
-            supervisor.spawn(f"worker.{number}", _module_args("worker"), env)
+            supervisor.spawn(f"worker.{number}", _module_args("worker"), _worker_env(env, number))
     supervisor.wait_for_port(api, _reachable(options.host), options.port)
     _print_ready(options, env)
     supervisor.watch()
+
+
+def _worker_env(env: Mapping[str, str], number: int) -> dict[str, str]:
+    """Worker `number`'s environment: with METRICS_PORT set, its port is that one plus
+    `number - 1`, so worker.1 serves on METRICS_PORT, worker.2 on the next, … A worker
+    that finds its port taken tries the next ones up itself (worker/metrics.py)."""
+    first_port = env.get("METRICS_PORT")
+    if not first_port or not first_port.isdigit():
+        return dict(env)  # unset: off; anything else the worker's settings refuse
+    return {**env, "METRICS_PORT": str(int(first_port) + number - 1)}
 
 
 def _uvicorn_args(options: DevOptions) -> list[str]:
@@ -308,8 +318,18 @@ def _print_ready(options: DevOptions, env: Mapping[str, str]) -> None:
     lines = [f"API   {base}/api/v1", f"docs  {base}/docs"]
     if not options.api_only:
         lines.append(_model_line(env))
+        lines.extend(_metrics_lines(options, env))
     lines.append("Ctrl-C stops everything")
     console.print(Panel("\n".join(lines), title="auditq dev is up", style="bold green"))
+
+
+def _metrics_lines(options: DevOptions, env: Mapping[str, str]) -> list[str]:
+    """Where the workers' metrics are, with METRICS_PORT set."""
+    if not env.get("METRICS_PORT", "").isdigit():
+        return []
+    first = int(env["METRICS_PORT"])
+    ports = ", ".join(str(first + n) for n in range(options.workers))
+    return [f"metrics  workers on ports {ports} (/metrics; each worker logs its own)"]
 
 
 def _model_line(env: Mapping[str, str]) -> str:

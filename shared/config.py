@@ -89,6 +89,10 @@ class Settings(BaseSettings):
     # has its own pool, key cache and per-process limits.
     web_concurrency: int = Field(default=1, ge=1)
 
+    # A worker serves its Prometheus metrics on the first free port from this one up, so
+    # several workers on one host each get their own (worker/metrics.py); unset: off.
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+
     log_level: str = "INFO"
     # `auto`: lines for people on a terminal, JSON lines elsewhere (shared/logging.py).
     log_format: Literal["auto", "json", "console"] = "auto"

@@ -13,7 +13,7 @@ import structlog
 
 from shared.audits import repository
 from shared.audits.repository import ClaimedAudit
-from shared.audits.runs import Connect, RetryIn
+from shared.audits.runs import RATE_LIMIT_WAIT, Connect, RetryIn
 from shared.llm.errors import ModelError
 from shared.llm.ratelimit import (
     NOTHING_RESERVED,
@@ -24,6 +24,7 @@ from shared.llm.ratelimit import (
 )
 from shared.llm.schemas import ModelOutcome
 from worker.backoff import rate_limit_delay
+from worker.metrics import WorkerMetrics
 
 log = structlog.get_logger("worker.run_audit")
 
@@ -35,6 +36,7 @@ class RateLimitAdmission:
     rate_limiter: ModelRateLimiter
     connect: Connect
     job_try: int
+    metrics: WorkerMetrics
 
     async def reserve(self, audit_id: UUID) -> Reservation | RetryIn:
         """Take the call's share of its model's limits, or say when there will be room."""
@@ -61,7 +63,8 @@ class RateLimitAdmission:
                 reason=limited.reason,
                 retry_in_s=round(delay, 2),
             )
-            return RetryIn(delay)
+            self.metrics.rate_limit_waited(call.model)
+            return RetryIn(delay, RATE_LIMIT_WAIT)
 
     async def settle(
         self, audit: ClaimedAudit, reserved: Reservation, outcome: ModelOutcome

@@ -19,7 +19,9 @@ from shared.llm.client import create_client
 from shared.llm.probe import probe_provider
 from shared.llm.ratelimit import ModelRateLimiter, create_rate_limiter
 from shared.logging import configure_logging
+from worker import metrics
 from worker.backoff import retry_delay
+from worker.metrics import MetricsServer, WorkerMetrics
 from worker.timing import JobTiming
 
 
@@ -34,6 +36,8 @@ class JobContext(TypedDict):
     timing: JobTiming
     clock: Clock
     redis: ArqRedis
+    metrics: WorkerMetrics
+    metrics_server: MetricsServer | None
     job_try: int
     reconcile_after: NotRequired[Keyset | None]
 
@@ -66,6 +70,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     ctx["provider_probe"] = asyncio.create_task(
         probe_provider(ctx["llm"], model=settings.openai_model)
     )
+    ctx["metrics"], ctx["metrics_server"] = metrics.start(settings.metrics_port)
     ctx["worker_id"] = workers.new_worker_id()
     ctx["heartbeat"] = asyncio.create_task(
         workers.beat_forever(ctx["redis"], settings.queue_name, ctx["worker_id"])
@@ -79,5 +84,7 @@ async def shutdown(ctx: dict[str, Any]) -> None:
             await task
     with suppress(RedisError, OSError):  # else it drops out within ALIVE_FOR_S anyway
         await workers.leave(ctx["redis"], ctx["settings"].queue_name, ctx["worker_id"])
+    if ctx["metrics_server"] is not None:
+        await ctx["metrics_server"].close()
     await ctx["llm"].close()
     await ctx["engine"].dispose()

@@ -15,6 +15,7 @@ from shared.llm.client import audit_content
 from shared.llm.schemas import ModelOutcome
 from worker.admission import RateLimitAdmission
 from worker.context import JobContext
+from worker.metrics import WorkerMetrics
 
 
 async def run_audit(ctx: JobContext, audit_id: str) -> None:
@@ -22,24 +23,32 @@ async def run_audit(ctx: JobContext, audit_id: str) -> None:
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(audit_id=audit_id, job_try=ctx["job_try"])
     connect = partial(statement_connection, ctx["engine"])
+    metrics = ctx["metrics"]
     outcome = await run_attempt(
         UUID(audit_id),
         connect=connect,
         lease=ctx["timing"].lease,
-        admission=RateLimitAdmission(ctx["rate_limiter"], connect, job_try=ctx["job_try"]),
-        ask_model=partial(ask_model, ctx["llm"]),
+        admission=RateLimitAdmission(
+            ctx["rate_limiter"], connect, job_try=ctx["job_try"], metrics=metrics
+        ),
+        ask_model=partial(ask_model, ctx["llm"], metrics),
         clock=ctx["clock"],
+        on_ended=metrics.audit_ended,
     )
     if isinstance(outcome, RetryIn):
+        metrics.job_retried(outcome.reason)
         raise Retry(defer=outcome.seconds)
 
 
-async def ask_model(client: AsyncOpenAI, audit: ClaimedAudit) -> ModelOutcome:
-    """The model's findings on the claimed audit."""
+async def ask_model(
+    client: AsyncOpenAI, metrics: WorkerMetrics, audit: ClaimedAudit
+) -> ModelOutcome:
+    """The model's findings on the claimed audit; each request is told to `metrics`."""
     return await audit_content(
         client,
         model=audit.model,
         subject=audit.subject,
         content=audit.content,
         criteria=asked_criteria(audit.criteria),
+        observe=metrics.model_requested,
     )

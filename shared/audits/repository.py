@@ -474,8 +474,8 @@ _CLAIM = (
     "lease_until = now() + $2, started_at = coalesce(started_at, now()), updated_at = now() "
     f"WHERE id = $1 AND {_CLAIMABLE} RETURNING audit.*) "
     f"SELECT audit.id, audit.tenant, audit.attempts, audit.model, audit.subject, audit.content, "
-    f"{_CRITERIA} AS criteria, audit.pass_threshold, audit.request_id, audit.trace_context "
-    "FROM audit"
+    f"{_CRITERIA} AS criteria, audit.pass_threshold, audit.request_id, audit.trace_context, "
+    "audit.priority, audit.created_at FROM audit"
 )
 _SUCCEED = _finish(
     f"status = {S}, result = $3, prompt_tokens = $4, completion_tokens = $5, "
@@ -519,6 +519,8 @@ class ClaimedAudit:
     pass_threshold: float
     request_id: str | None
     trace_context: str | None
+    priority: Priority
+    created_at: datetime
 
 
 _CLAIMED_CRITERIA = TypeAdapter(list[Criterion])
@@ -530,7 +532,9 @@ async def claim(conn: Statements, *, audit_id: UUID, lease: timedelta) -> Claime
     if record is None:
         return None
     criteria = _CLAIMED_CRITERIA.validate_python(record["criteria"])
-    return ClaimedAudit(**{**record, "criteria": criteria})
+    return ClaimedAudit(
+        **{**record, "criteria": criteria, "priority": Priority(record["priority"])}
+    )
 
 
 async def succeed(

@@ -13,6 +13,8 @@ runs in tests with a fake model and clock against a real PostgreSQL.
 - The model's answer is paid for, so its write is tried again while PostgreSQL restarts.
 - An attempt cancelled mid-call (shutdown, arq's timeout, an abort) hands the audit
   back at once, in a write the cancellation cannot interrupt.
+- Whoever runs the attempt may be told of an audit it ended (`on_ended`: the worker's
+  metrics), once its terminal write is written; a `RetryIn` says why the job comes back.
 """
 
 import asyncio
@@ -42,6 +44,8 @@ from shared.llm.schemas import ModelOutcome
 log = structlog.get_logger("worker.run_audit")
 
 INTERRUPTED = "attempt_interrupted"
+RATE_LIMIT_WAIT = "rate_limit_wait"
+DATABASE_UNAVAILABLE = "database_unavailable"
 # A fenced write that finds PostgreSQL out of reach is tried again after these pauses:
 # 7.5 s in all, within the job timeout's margin for the database (worker/timing.py).
 FINISH_RETRY_DELAYS_S = (0.5, 1.0, 2.0, 4.0)
@@ -68,9 +72,13 @@ class Failed:
 @dataclass(frozen=True)
 class RetryIn:
     """Run the job again in `seconds`: a transient error, no room in the rate limits,
-    or PostgreSQL out of reach (the last two before any attempt was spent)."""
+    or PostgreSQL out of reach (the last two before any attempt was spent).
+
+    `reason`: the transient error's code, `RATE_LIMIT_WAIT` or `DATABASE_UNAVAILABLE`.
+    """
 
     seconds: float
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -81,6 +89,20 @@ class Skipped:
 
 
 AttemptOutcome = Succeeded | Failed | RetryIn | Skipped
+
+
+@dataclass(frozen=True)
+class AuditEnded:
+    """An attempt ended its audit: its terminal write was written."""
+
+    audit: ClaimedAudit
+    status: AuditStatus  # succeeded or failed
+    error_code: str | None
+
+
+def _not_told(ended: AuditEnded) -> None:
+    pass
+
 
 Connect = Callable[[], AbstractAsyncContextManager[StatementConnection]]
 AskModel = Callable[[ClaimedAudit], Awaitable[ModelOutcome]]
@@ -128,10 +150,12 @@ async def run_attempt(
     admission: Admission,
     ask_model: AskModel,
     clock: Clock,
+    on_ended: Callable[[AuditEnded], None] = _not_told,
 ) -> AttemptOutcome:
     """Run one attempt of the audit, unless it is not there to claim or must wait.
 
-    Re-raises `CancelledError` once the audit is handed back.
+    Re-raises `CancelledError` once the audit is handed back. `on_ended` is told when
+    the attempt ends the audit, whichever way (a cancelled last attempt included).
     """
     started_ns = time.time_ns()  # the attempt's span starts here, once the claim names its trace
     try:
@@ -146,7 +170,7 @@ async def run_attempt(
         # Back in a moment, rather than failed with a traceback and left for the
         # reconciler, as every job picked up during a restart would be.
         log.warning("database_unavailable", retry_in_s=DATABASE_DOWN_DEFER_S)
-        return RetryIn(DATABASE_DOWN_DEFER_S)
+        return RetryIn(DATABASE_DOWN_DEFER_S, DATABASE_UNAVAILABLE)
     if audit is None:
         log.info("job_skipped", reason=_NOT_CLAIMABLE)
         return Skipped(_NOT_CLAIMABLE)
@@ -154,7 +178,7 @@ async def run_attempt(
         tenant=audit.tenant, request_id=audit.request_id, attempt=audit.attempts
     )
     log.info("audit_started", model=audit.model, criteria=len(audit.criteria))
-    attempt = _Attempt(audit, connect, clock)
+    attempt = _Attempt(audit, connect, clock, on_ended)
     with tracing.attempt_span(
         audit.trace_context, audit_id=audit.id, attempt=audit.attempts, started_ns=started_ns
     ) as span:
@@ -205,6 +229,7 @@ class _Attempt:
     audit: ClaimedAudit
     connect: Connect
     clock: Clock
+    on_ended: Callable[[AuditEnded], None]
 
     async def model_answered(self, outcome: ModelOutcome) -> Succeeded:
         audit = self.audit
@@ -230,9 +255,9 @@ class _Attempt:
             return AuditStatus.SUCCEEDED if written else None
 
         written = await self._finish(succeed) == AuditStatus.SUCCEEDED
-        _log_finish(
+        self._ended(
             written,
-            "audit_succeeded",
+            AuditStatus.SUCCEEDED,
             score=result.score,
             verdict=result.verdict,
             dropped_quotes=outcome.dropped_quotes,
@@ -249,9 +274,9 @@ class _Attempt:
         if status == AuditStatus.QUEUED:
             delay = self.clock.retry_delay(self.audit.attempts, retry_after=error.retry_after)
             log.warning("audit_retry_scheduled", error_code=error.code, retry_in_s=round(delay, 2))
-            return RetryIn(delay)
+            return RetryIn(delay, error.code)
         written = status is not None
-        _log_finish(written, "audit_failed", error_code=error.code, attempts_exhausted=True)
+        self._ended(written, AuditStatus.FAILED, error_code=error.code, attempts_exhausted=True)
         return Failed(error.code, written=written)
 
     async def interrupted(self) -> None:
@@ -263,7 +288,7 @@ class _Attempt:
         status = await self._requeue_or_fail(code=INTERRUPTED, message=message)
         log.warning("audit_interrupted", new_status=status)
         if status == AuditStatus.FAILED:  # that was the last attempt: the audit ends here
-            _log_finish(True, "audit_failed", error_code=INTERRUPTED, attempts_exhausted=True)
+            self._ended(True, AuditStatus.FAILED, error_code=INTERRUPTED, attempts_exhausted=True)
 
     async def _fail(self, error: ModelError) -> Failed:
         audit = self.audit
@@ -280,8 +305,14 @@ class _Attempt:
             return AuditStatus.FAILED if written else None
 
         written = await self._finish(fail) == AuditStatus.FAILED
-        _log_finish(written, "audit_failed", error_code=error.code, permanent=True)
+        self._ended(written, AuditStatus.FAILED, error_code=error.code, permanent=True)
         return Failed(error.code, written=written)
+
+    def _ended(self, written: bool, status: AuditStatus, **fields: Any) -> None:
+        """Log the attempt's terminal write (`audit_<status>`); tell `on_ended` if written."""
+        _log_finish(written, f"audit_{status}", **fields)
+        if written:
+            self.on_ended(AuditEnded(self.audit, status, fields.get("error_code")))
 
     async def _requeue_or_fail(self, *, code: str, message: str) -> AuditStatus | None:
         """`queued` or `failed` as attempts remain; None when the attempt had lost the audit."""

@@ -22,9 +22,19 @@ hundred calls in flight that was half the worker's CPU per audit, and aiohttp's 
 costs about half as much per call (bench/RESULTS.md). Proxies from the environment,
 certificates and timeouts are honoured as before; `shared.llm.errors.classify` corrects
 the one error the transport mislabels.
+
+Each request is told, as it ends, to the `observe` callback a caller may give
+(`ModelRequest`: the worker's metrics): how long it took, its outcome and the tokens the
+provider reported for it. The outcome is `ok` when the provider answered with a reply
+auditq can read, else the code of the `ModelError` the request ended with
+(`model_timeout`, `model_rate_limited`, `model_refused`, …): the codes are few and fixed,
+so they make a label, and they say more than an HTTP status class. A readable reply
+whose findings break the schema is still `ok` here: the request did its part, and the
+audit's `invalid_model_output` is told where the audit ends.
 """
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import httpx2
@@ -43,6 +53,25 @@ from shared.llm.schemas import CriterionText, ModelOutcome, validate_reply
 # OpenAI-compatible servers run locally (vLLM, Ollama, the simulator) need no key,
 # but the SDK refuses to start without one.
 PLACEHOLDER_API_KEY = "no-key-configured"
+REQUEST_OK = "ok"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRequest:
+    """One request to the model, as it ended."""
+
+    model: str
+    outcome: str  # `REQUEST_OK`, or the code of the `ModelError` it ended with
+    seconds: float
+    prompt_tokens: int
+    completion_tokens: int
+
+
+RequestObserver = Callable[[ModelRequest], None]
+
+
+def _unobserved(request: ModelRequest) -> None:
+    pass
 
 
 def create_client(settings: Settings) -> AsyncOpenAI:
@@ -81,23 +110,48 @@ async def audit_content(
     subject: str,
     content: str,
     criteria: Sequence[CriterionText],
+    observe: RequestObserver = _unobserved,
 ) -> ModelOutcome:
-    """Ask the model to judge `content` against `criteria`; raises `ModelError`."""
+    """Ask the model to judge `content` against `criteria`; raises `ModelError`.
+
+    `observe` is told of each request as it ends.
+    """
     messages = build_messages(subject=subject, content=content, criteria=criteria)
     schema = response_format([c.id for c in criteria])
-    first = await _ask(client, model=model, messages=messages, schema=schema)
+    first = await _ask(client, model=model, messages=messages, schema=schema, observe=observe)
     try:
         return _outcome(first, criteria=criteria, content=content)
     except InvalidModelOutput as invalid:
         retry = [*messages, correction_message(invalid.reason)]
         try:
-            second = await _ask(client, model=model, messages=retry, schema=schema)
+            second = await _ask(client, model=model, messages=retry, schema=schema, observe=observe)
         except ModelError as error:
             raise error.charged(first.prompt_tokens, first.completion_tokens) from None
         return _outcome(second.after(first), criteria=criteria, content=content)
 
 
 async def _ask(
+    client: AsyncOpenAI,
+    *,
+    model: str,
+    messages: list[ChatCompletionMessageParam],
+    schema: ResponseFormatJSONSchema,
+    observe: RequestObserver = _unobserved,
+) -> _Reply:
+    started = time.perf_counter()
+    try:
+        reply = await _traced_call(client, model=model, messages=messages, schema=schema)
+    except ModelError as error:
+        # The error's usage is this request's alone: an earlier request's is added later.
+        tokens = error.usage or (0, 0)
+        observe(ModelRequest(model, error.code, time.perf_counter() - started, *tokens))
+        raise
+    tokens = (reply.prompt_tokens, reply.completion_tokens)
+    observe(ModelRequest(model, REQUEST_OK, time.perf_counter() - started, *tokens))
+    return reply
+
+
+async def _traced_call(
     client: AsyncOpenAI,
     *,
     model: str,

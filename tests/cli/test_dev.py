@@ -49,9 +49,11 @@ class Spawned:
 
     def __init__(self) -> None:
         self.started: dict[str, list[str]] = {}
+        self.environments: dict[str, dict[str, str]] = {}
 
     def spawn(self, name: str, args: list[str], env: Mapping[str, str]) -> str:
         self.started[name] = args
+        self.environments[name] = dict(env)
         return name
 
     def wait_for_port(self, child: Any, host: str, port: int) -> None:
@@ -82,6 +84,24 @@ def test_without_a_key_the_simulator_gets_its_options() -> None:
     assert list(started) == ["simulator", "api", "worker.1", "worker.2"]
     args = started["simulator"]
     assert {"--latency-ms=200..2000", "--fault-rate=0.2", "--faults=429,500"} <= set(args)
+
+
+def test_with_metrics_port_each_worker_starts_from_a_port_of_its_own() -> None:
+    env = {"OPENAI_API_KEY": "sk-real", "METRICS_PORT": "9100"}
+
+    spawned = run_stack(options(dev.free_port(), workers=3), env)
+
+    ports = [spawned.environments[f"worker.{n}"]["METRICS_PORT"] for n in (1, 2, 3)]
+    assert ports == ["9100", "9101", "9102"]
+    [line] = dev._metrics_lines(options(8000, workers=3), env)
+    assert "9100, 9101, 9102" in line
+
+
+def test_without_metrics_port_the_workers_serve_no_metrics() -> None:
+    spawned = run_stack(options(dev.free_port()), {"OPENAI_API_KEY": "sk-real"})
+
+    assert all("METRICS_PORT" not in env for env in spawned.environments.values())
+    assert dev._metrics_lines(options(8000), {}) == []
 
 
 def test_api_only_starts_neither_worker_nor_simulator() -> None:

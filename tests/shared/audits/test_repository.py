@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from shared.audits import recovery, repository
 from shared.audits import service as audits
 from shared.audits.models import Audit
+from shared.audits.priority import Priority
 from shared.audits.schemas import AuditResult, Criterion
 from shared.config import Settings
 from shared.db import SessionFactory, SessionStatements, session_scope, statement_connection
@@ -102,6 +103,8 @@ async def test_claim_starts_the_first_attempt_of_a_queued_audit(
         pass_threshold=stored.pass_threshold,
         request_id=stored.request_id,
         trace_context=stored.trace_context,
+        priority=Priority(stored.priority),
+        created_at=stored.created_at,
     )
 
 

@@ -20,9 +20,12 @@ from shared.audits import service as audits
 from shared.audits.repository import ClaimedAudit
 from shared.audits.runs import (
     DATABASE_DOWN_DEFER_S,
+    DATABASE_UNAVAILABLE,
     FINISH_RETRY_DELAYS_S,
     INTERRUPTED,
+    RATE_LIMIT_WAIT,
     AttemptOutcome,
+    AuditEnded,
     Clock,
     Connect,
     Failed,
@@ -31,6 +34,7 @@ from shared.audits.runs import (
     Succeeded,
     run_attempt,
 )
+from shared.audits.status import AuditStatus
 from shared.config import Settings
 from shared.db import SessionFactory, StatementConnection, create_engine
 from shared.db import statement_connection as connect_to
@@ -100,7 +104,7 @@ class FakeAdmission:
         self.errors: list[str] = []
 
     async def reserve(self, audit_id: UUID) -> Reservation | RetryIn:
-        return RESERVED if self.refuse_for is None else RetryIn(self.refuse_for)
+        return RESERVED if self.refuse_for is None else RetryIn(self.refuse_for, RATE_LIMIT_WAIT)
 
     async def settle(
         self, audit: ClaimedAudit, reserved: Reservation, outcome: ModelOutcome
@@ -174,7 +178,19 @@ def admission() -> FakeAdmission:
 
 
 @pytest.fixture
-def run(engine: AsyncEngine, admission: FakeAdmission, clock: FakeClock) -> Any:
+def ended() -> list[AuditEnded]:
+    """What the attempts of the test told `on_ended`."""
+    return []
+
+
+def ends(ended: list[AuditEnded]) -> list[tuple[UUID, AuditStatus, str | None]]:
+    return [(e.audit.id, e.status, e.error_code) for e in ended]
+
+
+@pytest.fixture
+def run(
+    engine: AsyncEngine, admission: FakeAdmission, clock: FakeClock, ended: list[AuditEnded]
+) -> Any:
     """Run an attempt of the audit with the model given, the test's fakes and PostgreSQL."""
 
     async def run(
@@ -187,6 +203,7 @@ def run(engine: AsyncEngine, admission: FakeAdmission, clock: FakeClock) -> Any:
             admission=admission,
             ask_model=model,
             clock=clock.clock(),
+            on_ended=ended.append,
         )
 
     return run
@@ -200,7 +217,11 @@ def names(events: LogEvents) -> list[str]:
 
 
 async def test_an_answered_attempt_succeeds_and_records_the_result(
-    run: Any, session_factory: SessionFactory, admission: FakeAdmission, events: LogEvents
+    run: Any,
+    session_factory: SessionFactory,
+    admission: FakeAdmission,
+    events: LogEvents,
+    ended: list[AuditEnded],
 ) -> None:
     audit_id = await insert_audit(session_factory)
 
@@ -217,6 +238,8 @@ async def test_an_answered_attempt_succeeds_and_records_the_result(
     assert (row.prompt_version, row.provider_request_id) == ("v-test", "req-1")
     assert [reserved for reserved, _ in admission.settled] == [RESERVED]
     assert names(events) == ["audit_started", "audit_succeeded"]
+    assert ends(ended) == [(audit_id, "succeeded", None)]
+    assert (ended[0].audit.priority, ended[0].audit.created_at) == (row.priority, row.created_at)
 
 
 async def test_an_audit_that_is_not_claimable_is_skipped_without_asking_the_model(
@@ -241,7 +264,7 @@ async def test_a_call_the_rate_limits_refuse_comes_back_later_without_spending_a
     audit_id = await insert_audit(session_factory)
     model = FakeModel()
 
-    assert await run(audit_id, model) == RetryIn(12.5)
+    assert await run(audit_id, model) == RetryIn(12.5, RATE_LIMIT_WAIT)
 
     row = await load_audit(session_factory, audit_id)
     assert (row.status, row.attempts, row.started_at) == ("queued", 0, None)
@@ -256,7 +279,9 @@ async def test_postgresql_out_of_reach_before_the_claim_comes_back_without_spend
     outage.refusing = 1
     model = FakeModel()
 
-    assert await run(audit_id, model, connect=outage) == RetryIn(DATABASE_DOWN_DEFER_S)
+    assert await run(audit_id, model, connect=outage) == RetryIn(
+        DATABASE_DOWN_DEFER_S, DATABASE_UNAVAILABLE
+    )
 
     row = await load_audit(session_factory, audit_id)
     assert (row.status, row.attempts) == ("queued", 0)
@@ -270,6 +295,7 @@ async def test_a_permanent_model_error_fails_the_audit_at_once(
     admission: FakeAdmission,
     clock: FakeClock,
     events: LogEvents,
+    ended: list[AuditEnded],
 ) -> None:
     audit_id = await insert_audit(session_factory)
 
@@ -283,28 +309,38 @@ async def test_a_permanent_model_error_fails_the_audit_at_once(
     assert clock.asked == []
     failed = [e for e in events.events if e["event"] == "audit_failed"]
     assert [(e["error_code"], e["permanent"]) for e in failed] == [("model_refused", True)]
+    assert ends(ended) == [(audit_id, "failed", "model_refused")]
 
 
 async def test_a_transient_model_error_requeues_the_audit_after_the_backoff(
-    run: Any, session_factory: SessionFactory, clock: FakeClock, events: LogEvents
+    run: Any,
+    session_factory: SessionFactory,
+    clock: FakeClock,
+    events: LogEvents,
+    ended: list[AuditEnded],
 ) -> None:
     audit_id = await insert_audit(session_factory)
 
     outcome = await run(audit_id, FakeModel(transient(retry_after=30.0)))
 
-    assert outcome == RetryIn(30.0)  # never sooner than the provider's Retry-After
+    assert outcome == RetryIn(30.0, "model_server_error")  # never sooner than Retry-After
     assert clock.asked == [(1, 30.0)]
     row = await load_audit(session_factory, audit_id)
     assert (row.status, row.attempts, row.lease_until) == ("queued", 1, None)
     assert row.error_code is None  # the last error is kept only when it ends the audit
     assert names(events) == ["audit_started", "audit_retry_scheduled"]
+    assert ended == []
 
     assert isinstance(await run(audit_id, FakeModel()), Succeeded)
     assert (await load_audit(session_factory, audit_id)).attempts == 2
 
 
 async def test_a_transient_model_error_on_the_last_attempt_fails_the_audit(
-    run: Any, session_factory: SessionFactory, clock: FakeClock, events: LogEvents
+    run: Any,
+    session_factory: SessionFactory,
+    clock: FakeClock,
+    events: LogEvents,
+    ended: list[AuditEnded],
 ) -> None:
     audit_id = await insert_audit(session_factory, attempts=2, attempt_limit=3)
 
@@ -316,6 +352,7 @@ async def test_a_transient_model_error_on_the_last_attempt_fails_the_audit(
     assert (row.status, row.attempts, row.error_code) == ("failed", 3, "model_server_error")
     failed = [e for e in events.events if e["event"] == "audit_failed"]
     assert [e["attempts_exhausted"] for e in failed] == [True]
+    assert ends(ended) == [(audit_id, "failed", "model_server_error")]
 
 
 # Attempts that lost their audit
@@ -333,7 +370,7 @@ async def start_held(run: Any, audit_id: UUID, model: FakeModel) -> "asyncio.Tas
 
 
 async def test_a_zombies_late_answer_is_discarded(
-    run: Any, session_factory: SessionFactory, events: LogEvents
+    run: Any, session_factory: SessionFactory, events: LogEvents, ended: list[AuditEnded]
 ) -> None:
     audit_id = await insert_audit(session_factory)
     stalled = FakeModel(held=True)
@@ -342,6 +379,7 @@ async def test_a_zombies_late_answer_is_discarded(
     assert isinstance(await run(audit_id, FakeModel()), Succeeded)
     finished = (await load_audit(session_factory, audit_id)).model_dump()
     events.clear()
+    ended.clear()
 
     stalled.release()
     outcome = await zombie
@@ -352,6 +390,7 @@ async def test_a_zombies_late_answer_is_discarded(
     assert names(events) == ["finish_discarded"]
     discarded = [e for e in events.events if e["event"] == "finish_discarded"]
     assert [(e["attempt"], e["would_have_been"]) for e in discarded] == [(1, "audit_succeeded")]
+    assert ended == []  # the audit was ended once, by the attempt that took it over
 
 
 async def cancel(engine: AsyncEngine, audit_id: UUID) -> None:
@@ -367,6 +406,7 @@ async def test_a_cancel_that_arrives_during_the_model_call_wins(
     session_factory: SessionFactory,
     events: LogEvents,
     reply: ModelError | None,
+    ended: list[AuditEnded],
 ) -> None:
     audit_id = await insert_audit(session_factory)
     model = FakeModel(reply, held=True)
@@ -382,6 +422,7 @@ async def test_a_cancel_that_arrives_during_the_model_call_wins(
     assert (await load_audit(session_factory, audit_id)).model_dump() == cancelled
     assert cancelled["status"] == "cancelled"
     assert names(events)[-1] == "finish_discarded"
+    assert ended == []
 
 
 # Interrupted attempts
@@ -401,6 +442,7 @@ async def test_an_interrupted_attempt_hands_the_audit_back(
     attempt_limit: int,
     status: str,
     logged: list[str],
+    ended: list[AuditEnded],
 ) -> None:
     audit_id = await insert_audit(session_factory, attempt_limit=attempt_limit)
     stalled = await start_held(run, audit_id, FakeModel(held=True))
@@ -415,6 +457,7 @@ async def test_an_interrupted_attempt_hands_the_audit_back(
     assert names(events) == logged
     interrupted = [e for e in events.events if e["event"] == "audit_interrupted"]
     assert [e["new_status"] for e in interrupted] == [status]
+    assert ends(ended) == ([(audit_id, "failed", INTERRUPTED)] if status == "failed" else [])
 
 
 # Finish writes while PostgreSQL restarts

@@ -11,7 +11,7 @@ from openai import AsyncOpenAI
 
 from shared.config import Settings
 from shared.llm import PROMPT_VERSION, InvalidModelOutput, ModelError, audit_content, create_client
-from shared.llm.client import PLACEHOLDER_API_KEY, _ask
+from shared.llm.client import PLACEHOLDER_API_KEY, ModelRequest, _ask
 from shared.llm.prompt import SYSTEM_PROMPT, response_format
 from shared.llm.schemas import CriterionText
 from tests.fixtures.simulator import RETRY_AFTER_S, SimulatorHandle
@@ -223,6 +223,44 @@ async def test_a_transient_error_on_the_second_call_stays_transient(
     error = await failure(client)
 
     assert (error.code, error.transient) == ("model_server_error", True)
+
+
+@pytest.mark.parametrize(
+    ("script", "outcomes"),
+    [
+        (["ok"], ["ok"]),
+        (["malformed", "ok"], ["ok", "ok"]),  # a readable reply is an `ok` request
+        (["wrong_ids", "refusal"], ["ok", "model_refused"]),
+        (["429"], ["model_rate_limited"]),
+    ],
+)
+async def test_each_request_is_told_as_it_ends(
+    client: AsyncOpenAI, sim: SimulatorHandle, script: list[str], outcomes: list[str]
+) -> None:
+    sim.script(script)
+    told: list[ModelRequest] = []
+
+    try:
+        outcome = await audit_content(
+            client,
+            model="gpt-4o-mini",
+            subject="Trainers",
+            content=CONTENT,
+            criteria=CRITERIA,
+            observe=told.append,
+        )
+    except ModelError as error:
+        prompt, completion = error.usage or (0, 0)
+    else:
+        prompt, completion = outcome.prompt_tokens, outcome.completion_tokens
+
+    assert [request.outcome for request in told] == outcomes
+    assert {request.model for request in told} == {"gpt-4o-mini"}
+    assert all(0 < request.seconds < 5 for request in told)
+    # What the requests were charged adds up to what the audit records.
+    assert sum(request.prompt_tokens for request in told) == prompt
+    assert sum(request.completion_tokens for request in told) == completion
+    assert (prompt > 0) == (script != ["429"])
 
 
 async def test_a_model_that_hangs_times_out(sim: SimulatorHandle) -> None:
