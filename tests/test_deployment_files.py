@@ -18,6 +18,9 @@ ROOT = Path(__file__).resolve().parents[1]
 APP_SERVICES = ("api", "worker")
 # Set by compose itself: the services' own addresses, and the port the image listens on.
 SET_BY_COMPOSE = {"DATABASE_URL", "REDIS_URL", "PORT"}
+# Settings compose turns on with a default of its own: the workers' metrics, which the
+# `monitoring` profile's Prometheus scrapes.
+COMPOSE_DEFAULTS = {"worker": {"METRICS_PORT": "${METRICS_PORT:-9100}"}}
 # Read by the CLI or by compose.yaml, never by the services.
 NOT_FOR_SERVICES = {"AUDITQ_API_URL", "AUDITQ_API_KEY", "POSTGRES_PASSWORD", "AUDITQ_PORT"}
 
@@ -78,7 +81,8 @@ def test_compose_passes_settings_through_with_auditq_defaults(service: str) -> N
     environment = compose_environment(service)
     passed = environment.keys() - SET_BY_COMPOSE
 
-    wrong = {name for name in passed if environment[name] != f"${{{name}:-}}"}
+    expected = {name: f"${{{name}:-}}" for name in passed} | COMPOSE_DEFAULTS.get(service, {})
+    wrong = {name for name in passed if environment[name] != expected[name]}
 
     assert not wrong, f"compose.yaml's {service} service changes {sorted(wrong)}"
 
