@@ -210,7 +210,10 @@ def _uvicorn_args(options: DevOptions) -> list[str]:
     address = ["--host", options.host, "--port", str(options.port)]
     # The Procfile's `web` command: the HTTP protocol with read deadlines (api/protocol.py).
     http = ["--http", "api.protocol:HttpWithDeadlines"]
-    return _module_args("uvicorn", "api.app:create_app", "--factory", *http, *address)
+    # One process whatever WEB_CONCURRENCY says (uvicorn reads it): `python -m api` is
+    # what shares metrics and the cursor key between several.
+    single = ["--workers", "1"]
+    return _module_args("uvicorn", "api.app:create_app", "--factory", *http, *single, *address)
 
 
 def _module_args(module: str, *args: str) -> list[str]:

@@ -100,7 +100,9 @@ def command(
     import uvicorn
 
     # No access log: at benchmark rates it costs more than the simulated model does.
-    uvicorn.run(create_app(config), host=host, port=port, access_log=False)
+    # `workers=1`: uvicorn would otherwise read the API's WEB_CONCURRENCY from the
+    # environment and refuse to start an app object in several processes.
+    uvicorn.run(create_app(config), host=host, port=port, access_log=False, workers=1)
 
 
 def _parse_option(parse: Callable[[str], _T], value: str, option: str) -> _T:

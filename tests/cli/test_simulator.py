@@ -357,6 +357,8 @@ def typer_app() -> typer.Typer:
 def test_the_command_runs_uvicorn_with_the_options(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[tuple[Any, dict[str, Any]]] = []
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append((app, kw)))
+    # The API's setting, in the same environment: uvicorn would read it too.
+    monkeypatch.setenv("WEB_CONCURRENCY", "3")
 
     options = "--port 8123 --latency-ms 10..20 --fault-rate 0.25 --faults 429,hang"
     options += " --retry-after-s 3 --seed 7"
@@ -367,7 +369,8 @@ def test_the_command_runs_uvicorn_with_the_options(monkeypatch: pytest.MonkeyPat
     assert "SIMULATOR — results are synthetic" in result.output
     assert "OPENAI_BASE_URL=http://127.0.0.1:8123/v1" in result.output
     [(app, run_options)] = calls
-    assert run_options == {"host": "127.0.0.1", "port": 8123, "access_log": False}
+    assert run_options == {"host": "127.0.0.1", "port": 8123, "access_log": False, "workers": 1}
+    assert uvicorn.Config(app, **run_options).workers == 1
     assert app.state.simulator.config == SimulatorConfig(
         latency_min_ms=10,
         latency_max_ms=20,
