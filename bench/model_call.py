@@ -25,6 +25,7 @@ from bench.results import Section
 from shared.config import Settings
 from shared.llm.client import _ask, audit_content, create_client
 from shared.llm.prompt import build_messages, response_format
+from shared.llm.sampling import Sampling
 from shared.llm.schemas import REPLY_LIMITS, CriterionText, validate_reply
 
 IN_FLIGHT = 100
@@ -51,12 +52,17 @@ async def typed_call(client: AsyncOpenAI) -> tuple[str | None, int, str | None]:
 
 async def post_call(client: AsyncOpenAI) -> Any:
     """What shared.llm.client does: the SDK's `post`, the reply's fields parsed."""
-    return await _ask(client, model=MODEL, messages=_MESSAGES, schema=_SCHEMA)
+    return await _ask(client, model=MODEL, messages=_MESSAGES, schema=_SCHEMA, sampled={})
 
 
 async def whole_audit(client: AsyncOpenAI) -> Any:
     return await audit_content(
-        client, model=MODEL, subject="Page", content=CONTENT, criteria=CRITERIA
+        client,
+        model=MODEL,
+        subject="Page",
+        content=CONTENT,
+        criteria=CRITERIA,
+        sampling=Sampling(),
     )
 
 

@@ -5,7 +5,10 @@ the criterion ids from the reply schema and the content from the data message, a
 findings that are deterministic for a given request (seeded by a hash of its body) and
 quote the content for evidence. Faults are injected at random (`fault_rate`, drawn
 uniformly from `faults`) or scripted by tests through `/_control/script`, for every
-request or for the audits of one subject.
+request or for the audits of one subject. Two faults answer with a valid reply:
+`inconsistent`, a judge that answers the same request differently each time it is asked
+(as `samples` are meant to reveal), and `contradiction`, a reply whose first finding is
+`fail` with a score of 100.
 
 Everything is async and in memory, so one process serves hundreds of concurrent requests;
 only the last `record_limit` request bodies are kept. The command and its options are
@@ -19,7 +22,7 @@ import random
 import time
 import uuid
 from collections import Counter, deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import typer
@@ -105,6 +108,7 @@ class SimulatorState:
         self.received_at: deque[float] = deque(maxlen=config.record_limit)
         self.outcomes: Counter[str] = Counter()
         self._random = random.Random(config.seed)
+        self._reseeded = 0
 
     def next_outcome(self, subject: str | None = None) -> ScriptStep:
         """The scripted step if any is left, else a random fault at `fault_rate`, else ok."""
@@ -117,6 +121,13 @@ class SimulatorState:
             return self._random.choice(self.config.faults)
         return "ok"
 
+    def another_seed(self, seed: bytes) -> bytes:
+        """A seed for an answer unlike the last ones to the same request: the request's
+        seed and how many such answers came before. Each reset starts the count again, so
+        n requests get the same n answers, in whatever order they arrive."""
+        self._reseeded += 1
+        return hashlib.sha256(seed + self._reseeded.to_bytes(8, "big")).digest()
+
     def latency_s(self) -> float:
         config = self.config
         return self._random.uniform(config.latency_min_ms, config.latency_max_ms) / 1000
@@ -127,6 +138,7 @@ class SimulatorState:
         self.received.clear()
         self.received_at.clear()
         self.outcomes.clear()
+        self._reseeded = 0
 
 
 class Script(BaseModel):
@@ -181,6 +193,8 @@ async def chat_completions(request: Request) -> Response:
     if audit is None:
         message = "Expected auditq's data message and a json_schema response_format."
         return _error_response(400, "invalid_request_error", message)
+    if outcome == "inconsistent":
+        audit = replace(audit, seed=state.another_seed(audit.seed))
     return _completion_response(body, audit, outcome)
 
 
@@ -311,6 +325,8 @@ def _reply_message(answer: dict[str, Any], outcome: str) -> tuple[dict[str, Any]
         content = json.dumps(_with_unknown_id(answer), ensure_ascii=False)
     elif outcome == "hostile":
         content = json.dumps(_hostile(answer), ensure_ascii=False)
+    elif outcome == "contradiction":
+        content = json.dumps(_contradicting(answer), ensure_ascii=False)
     message = {"role": "assistant", "content": content, "refusal": refusal}
     return message, finish_reason
 
@@ -328,6 +344,12 @@ def _hostile(answer: dict[str, Any]) -> dict[str, Any]:
     """The answer made hostile: huge quotes that miss, and one huge rationale."""
     findings = [{**f, "evidence": [_HOSTILE_QUOTE] * _HOSTILE_QUOTES} for f in answer["findings"]]
     findings[0] = {**findings[0], "rationale": "a" * _HOSTILE_RATIONALE_CHARS}
+    return {**answer, "findings": findings}
+
+
+def _contradicting(answer: dict[str, Any]) -> dict[str, Any]:
+    """The answer with its first finding failed at a perfect score, as issue 14's probe."""
+    findings = [{**answer["findings"][0], "verdict": "fail", "score": 100}, *answer["findings"][1:]]
     return {**answer, "findings": findings}
 
 

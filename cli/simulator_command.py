@@ -29,6 +29,8 @@ FaultKind = Literal[
     "wrong_ids",
     "content_filter",
     "hostile",
+    "contradiction",
+    "inconsistent",
 ]
 FAULT_KINDS: tuple[str, ...] = get_args(FaultKind)
 DEFAULT_FAULTS: tuple[FaultKind, ...] = (

@@ -37,6 +37,11 @@ class Settings(BaseSettings):
     openai_model: str = "gpt-4o-mini"
     allowed_models: CommaList = Field(default_factory=list)
     openai_timeout_s: float = Field(default=60.0, gt=0)
+    # Sent with every call; a model that refuses one is called without it (shared/llm/sampling.py).
+    openai_temperature: float = Field(default=0.0, ge=0, le=2)
+    openai_seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)
+    # The most samples (independent model calls) an audit may ask for; 5 at most.
+    max_samples: int = Field(default=5, ge=1, le=5)
 
     # Shared by every worker through Redis (shared/llm/ratelimit.py).
     model_rpm_limits: ModelLimits = Field(default_factory=dict)

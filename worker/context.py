@@ -18,6 +18,7 @@ from shared.db import SessionFactory, create_engine, create_session_factory
 from shared.llm.client import create_client
 from shared.llm.probe import probe_provider
 from shared.llm.ratelimit import ModelRateLimiter, create_rate_limiter
+from shared.llm.sampling import Sampling
 from shared.logging import configure_logging
 from worker import metrics
 from worker.backoff import retry_delay
@@ -32,6 +33,7 @@ class JobContext(TypedDict):
     engine: AsyncEngine
     session_factory: SessionFactory
     llm: AsyncOpenAI
+    sampling: Sampling
     rate_limiter: ModelRateLimiter
     timing: JobTiming
     clock: Clock
@@ -61,6 +63,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     ctx["engine"] = create_engine(settings, pool_size=max(5, settings.worker_concurrency // 5))
     ctx["session_factory"] = create_session_factory(ctx["engine"])
     ctx["llm"] = create_client(settings)
+    ctx["sampling"] = Sampling.from_settings(settings)
     # Over arq's Redis pool (set in `ctx` before startup): closed with it, nothing of its own.
     ctx["rate_limiter"] = create_rate_limiter(settings, ctx["redis"])
     ctx["timing"] = JobTiming.from_settings(settings)

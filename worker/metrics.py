@@ -17,6 +17,9 @@ What the worker's seams tell, in a registry of the process's own:
   transient error's code, `rate_limit_wait` (no room in `MODEL_*_LIMITS`, before any
   attempt) or `database_unavailable`.
 - `auditq_rate_limit_waits_total{model}`: those `rate_limit_wait`s, by model.
+- `auditq_model_replies_invalid_total{kind}`: replies rejected as invalid output, by what
+  was wrong (`empty`, `not_json`, `shape`, `criterion_ids`, `bounds`, `contradiction`:
+  shared/llm/errors.py), the corrected ones and those an audit failed with alike.
 
 Several workers on one host: **one port per process**. A worker binds `METRICS_PORT`,
 or the next port up when another process holds it, and so on up to `PORTS_TRIED` ports;
@@ -65,6 +68,8 @@ class WorkerMetrics(Protocol):
 
     def rate_limit_waited(self, model: str) -> None: ...
 
+    def reply_invalid(self, kind: str) -> None: ...
+
 
 class Unrecorded:
     """`METRICS_PORT` unset: nothing is recorded."""
@@ -79,6 +84,9 @@ class Unrecorded:
         pass
 
     def rate_limit_waited(self, model: str) -> None:
+        pass
+
+    def reply_invalid(self, kind: str) -> None:
         pass
 
 
@@ -125,6 +133,12 @@ class PrometheusMetrics:
             ["model"],
             registry=self.registry,
         )
+        self._invalid_replies = Counter(
+            "auditq_model_replies_invalid",
+            "Model replies rejected as invalid output, by kind.",
+            ["kind"],
+            registry=self.registry,
+        )
 
     def model_requested(self, request: ModelRequest) -> None:
         self._request_duration.labels(request.model, request.outcome).observe(request.seconds)
@@ -144,6 +158,9 @@ class PrometheusMetrics:
 
     def rate_limit_waited(self, model: str) -> None:
         self._rate_limit_waits.labels(model).inc()
+
+    def reply_invalid(self, kind: str) -> None:
+        self._invalid_replies.labels(kind).inc()
 
 
 class MetricsPortsTaken(Exception):

@@ -12,6 +12,7 @@ from shared.audits.repository import ClaimedAudit
 from shared.audits.runs import RetryIn, run_attempt
 from shared.db import statement_connection
 from shared.llm.client import audit_content
+from shared.llm.sampling import Sampling
 from shared.llm.schemas import ModelOutcome
 from worker.admission import RateLimitAdmission
 from worker.context import JobContext
@@ -31,7 +32,7 @@ async def run_audit(ctx: JobContext, audit_id: str) -> None:
         admission=RateLimitAdmission(
             ctx["rate_limiter"], connect, job_try=ctx["job_try"], metrics=metrics
         ),
-        ask_model=partial(ask_model, ctx["llm"], metrics),
+        ask_model=partial(ask_model, ctx["llm"], ctx["sampling"], metrics),
         clock=ctx["clock"],
         on_ended=metrics.audit_ended,
     )
@@ -41,14 +42,17 @@ async def run_audit(ctx: JobContext, audit_id: str) -> None:
 
 
 async def ask_model(
-    client: AsyncOpenAI, metrics: WorkerMetrics, audit: ClaimedAudit
+    client: AsyncOpenAI, sampling: Sampling, metrics: WorkerMetrics, audit: ClaimedAudit
 ) -> ModelOutcome:
-    """The model's findings on the claimed audit; each request is told to `metrics`."""
+    """One sample of the model's findings on the claimed audit; each request, and each reply
+    rejected, is told to `metrics`."""
     return await audit_content(
         client,
         model=audit.model,
         subject=audit.subject,
         content=audit.content,
         criteria=asked_criteria(audit.criteria),
+        sampling=sampling,
         observe=metrics.model_requested,
+        on_invalid=metrics.reply_invalid,
     )

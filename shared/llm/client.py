@@ -7,10 +7,12 @@ The SDK's own retries are off (`max_retries=0`). A failed call surfaces at once 
 attempts and sleep inside the job.
 
 An invalid reply is the one thing retried here, once, with a note on what was wrong:
-that is part of getting one answer, not a new attempt at the audit.
+that is part of getting one answer, not a new attempt at the audit. Each rejected reply
+is logged with what was wrong with it (`model_reply_invalid`, `kind`: shared/llm/errors.py).
 
-Temperature and output limits are left to the provider: reasoning models reject
-`temperature`, and a cap on output tokens would truncate audits with many criteria.
+Temperature and seed are sent as configured, and given up for a model that refuses them
+(shared/llm/sampling.py). Output limits are left to the provider: a cap on output tokens
+would truncate audits with many criteria.
 
 The request goes through the SDK's `post` rather than its typed `chat.completions.create`,
 in one function, `_chat_completion`, where the measurement that keeps it is given.
@@ -34,11 +36,12 @@ audit's `invalid_model_output` is told where the audit ends.
 """
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import httpx2
 import openai
+import structlog
 from openai import AsyncOpenAI, DefaultAioHttpClient
 from openai.types.chat import ChatCompletionMessageParam
 from openai.types.shared_params import ResponseFormatJSONSchema
@@ -46,9 +49,25 @@ from pydantic import BaseModel, NonNegativeInt, ValidationError
 
 from shared import tracing
 from shared.config import Settings
-from shared.llm.errors import InvalidModelOutput, ModelError, classify, reply_error
-from shared.llm.prompt import PROMPT_VERSION, build_messages, correction_message, response_format
+from shared.llm.errors import (
+    InvalidKind,
+    InvalidModelOutput,
+    ModelError,
+    classify,
+    refused_parameter,
+    reply_error,
+)
+from shared.llm.prompt import (
+    PROMPT_VERSION,
+    build_messages,
+    correction_message,
+    response_format,
+    schema_sha256,
+)
+from shared.llm.sampling import Sampling
 from shared.llm.schemas import CriterionText, ModelOutcome, validate_reply
+
+log = structlog.get_logger(__name__)
 
 # OpenAI-compatible servers run locally (vLLM, Ollama, the simulator) need no key,
 # but the SDK refuses to start without one.
@@ -74,6 +93,14 @@ def _unobserved(request: ModelRequest) -> None:
     pass
 
 
+# Told the kind of each reply rejected as invalid (shared/llm/errors.py, `InvalidKind`).
+InvalidObserver = Callable[[InvalidKind], None]
+
+
+def _unnoticed(kind: InvalidKind) -> None:
+    pass
+
+
 def create_client(settings: Settings) -> AsyncOpenAI:
     """The process's client; close it with `await client.close()` on shutdown."""
     return AsyncOpenAI(
@@ -91,15 +118,20 @@ class _Reply:
     prompt_tokens: int
     completion_tokens: int
     request_id: str | None
+    served_model: str | None
+    sampled: Mapping[str, float | int]  # the sampling parameters the call was sent with
     calls: int = 1
+    rejected: tuple[InvalidKind, ...] = ()
 
-    def after(self, rejected: "_Reply") -> "_Reply":
-        """This reply, also counting the call and the tokens spent on a rejected one before it."""
+    def after(self, rejected: "_Reply", kind: InvalidKind) -> "_Reply":
+        """This reply, also counting the call and the tokens spent on a rejected one before it
+        (of `kind`)."""
         return replace(
             self,
             prompt_tokens=rejected.prompt_tokens + self.prompt_tokens,
             completion_tokens=rejected.completion_tokens + self.completion_tokens,
             calls=rejected.calls + self.calls,
+            rejected=(*rejected.rejected, kind),
         )
 
 
@@ -110,24 +142,74 @@ async def audit_content(
     subject: str,
     content: str,
     criteria: Sequence[CriterionText],
+    sampling: Sampling,
     observe: RequestObserver = _unobserved,
+    on_invalid: InvalidObserver = _unnoticed,
 ) -> ModelOutcome:
     """Ask the model to judge `content` against `criteria`; raises `ModelError`.
 
-    `observe` is told of each request as it ends.
+    `observe` is told of each request as it ends, `on_invalid` of each reply rejected.
     """
     messages = build_messages(subject=subject, content=content, criteria=criteria)
     schema = response_format([c.id for c in criteria])
-    first = await _ask(client, model=model, messages=messages, schema=schema, observe=observe)
+    first = await _ask_sampled(
+        client, model=model, messages=messages, schema=schema, sampling=sampling, observe=observe
+    )
     try:
-        return _outcome(first, criteria=criteria, content=content)
+        return _outcome(first, schema=schema, criteria=criteria, content=content)
     except InvalidModelOutput as invalid:
+        _rejected(invalid, corrective_call=True, on_invalid=on_invalid)
         retry = [*messages, correction_message(invalid.reason)]
         try:
-            second = await _ask(client, model=model, messages=retry, schema=schema, observe=observe)
+            second = await _ask_sampled(
+                client,
+                model=model,
+                messages=retry,
+                schema=schema,
+                sampling=sampling,
+                observe=observe,
+            )
         except ModelError as error:
             raise error.charged(first.prompt_tokens, first.completion_tokens) from None
-        return _outcome(second.after(first), criteria=criteria, content=content)
+        corrected = second.after(first, invalid.kind)
+        try:
+            return _outcome(corrected, schema=schema, criteria=criteria, content=content)
+        except InvalidModelOutput as again:  # the audit fails with it
+            _rejected(again, corrective_call=False, on_invalid=on_invalid)
+            raise
+
+
+def _rejected(
+    invalid: InvalidModelOutput, *, corrective_call: bool, on_invalid: InvalidObserver
+) -> None:
+    log.info("model_reply_invalid", kind=invalid.kind, corrective_call=corrective_call)
+    on_invalid(invalid.kind)
+
+
+async def _ask_sampled(
+    client: AsyncOpenAI,
+    *,
+    model: str,
+    messages: list[ChatCompletionMessageParam],
+    schema: ResponseFormatJSONSchema,
+    sampling: Sampling,
+    observe: RequestObserver = _unobserved,
+) -> _Reply:
+    """`_ask` with the sampling parameters; one the model refuses is given up, the call made
+    again without it (bounded: one parameter fewer each time)."""
+    while True:
+        sampled = sampling.parameters(model)
+        try:
+            return await _ask(
+                client,
+                model=model,
+                messages=messages,
+                schema=schema,
+                sampled=sampled,
+                observe=observe,
+            )
+        except _ParameterRefused as refused:
+            sampling.refuse(model, refused.name)
 
 
 async def _ask(
@@ -136,11 +218,14 @@ async def _ask(
     model: str,
     messages: list[ChatCompletionMessageParam],
     schema: ResponseFormatJSONSchema,
+    sampled: Mapping[str, float | int],
     observe: RequestObserver = _unobserved,
 ) -> _Reply:
     started = time.perf_counter()
     try:
-        reply = await _traced_call(client, model=model, messages=messages, schema=schema)
+        reply = await _traced_call(
+            client, model=model, messages=messages, schema=schema, sampled=sampled
+        )
     except ModelError as error:
         # The error's usage is this request's alone: an earlier request's is added later.
         tokens = error.usage or (0, 0)
@@ -157,10 +242,15 @@ async def _traced_call(
     model: str,
     messages: list[ChatCompletionMessageParam],
     schema: ResponseFormatJSONSchema,
+    sampled: Mapping[str, float | int],
 ) -> _Reply:
     with tracing.model_call_span(model) as span:
+        for name, value in sampled.items():  # GenAI conventions: gen_ai.request.temperature
+            span.set_attribute(f"gen_ai.request.{name}", value)
         completion, request_id = await _chat_completion(
-            client, {"model": model, "messages": messages, "response_format": schema}
+            client,
+            {"model": model, "messages": messages, "response_format": schema, **sampled},
+            sampled=sampled,
         )
         usage = completion.usage or _Usage()
         tracing.model_answered(
@@ -170,7 +260,15 @@ async def _traced_call(
             output_tokens=usage.completion_tokens,
             finish_reason=completion.choices[0].finish_reason if completion.choices else None,
         )
-    return _reply_of(completion, request_id)
+    return _reply_of(completion, request_id, sampled=sampled)
+
+
+class _ParameterRefused(Exception):
+    """The model refused a sampling parameter it was sent (shared/llm/sampling.py)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
 
 
 class _Message(BaseModel):
@@ -193,11 +291,11 @@ class _Completion(BaseModel):
 
     choices: list[_Choice] = []
     usage: _Usage | None = None
-    model: str | None = None  # the model that answered, for traces
+    model: str | None = None  # the model that answered: for traces and the provenance
 
 
 async def _chat_completion(
-    client: AsyncOpenAI, body: dict[str, object]
+    client: AsyncOpenAI, body: dict[str, object], *, sampled: Mapping[str, object]
 ) -> tuple[_Completion, str | None]:
     """POST /chat/completions: the parts of the reply auditq reads, and the `x-request-id`.
 
@@ -208,9 +306,15 @@ async def _chat_completion(
     (about twice this call's), and one worker at a fixed 500 ms did 93-94 audits/s with it
     against 119-132 with this, on a busy 2-core machine. Errors, timeouts, headers, the
     transport and the settings stay the SDK's.
+
+    Raises `_ParameterRefused` when a 400 names one of the `sampled` parameters.
     """
     try:
         response = await client.post("/chat/completions", body=body, cast_to=httpx2.Response)
+    except openai.APIStatusError as exc:
+        if (name := refused_parameter(exc, sampled)) is not None:
+            raise _ParameterRefused(name) from exc
+        raise classify(exc) from exc
     except openai.OpenAIError as exc:
         raise classify(exc) from exc
     try:
@@ -222,7 +326,9 @@ async def _chat_completion(
     return completion, response.headers.get("x-request-id")
 
 
-def _reply_of(completion: _Completion, request_id: str | None) -> _Reply:
+def _reply_of(
+    completion: _Completion, request_id: str | None, *, sampled: Mapping[str, float | int]
+) -> _Reply:
     """The reply, or the permanent error a refusal or an unfinished reply stands for."""
     choice = completion.choices[0] if completion.choices else None
     usage = completion.usage or _Usage()
@@ -235,16 +341,26 @@ def _reply_of(completion: _Completion, request_id: str | None) -> _Reply:
         prompt_tokens=usage.prompt_tokens,
         completion_tokens=usage.completion_tokens,
         request_id=request_id,
+        served_model=completion.model,
+        sampled=sampled,
     )
 
 
-def _outcome(reply: _Reply, *, criteria: Sequence[CriterionText], content: str) -> ModelOutcome:
+def _outcome(
+    reply: _Reply,
+    *,
+    schema: ResponseFormatJSONSchema,
+    criteria: Sequence[CriterionText],
+    content: str,
+) -> ModelOutcome:
     try:
         if reply.text is None:
-            raise InvalidModelOutput("the reply has no content")
+            raise InvalidModelOutput("the reply has no content", kind="empty")
         findings, summary, dropped = validate_reply(reply.text, criteria=criteria, content=content)
     except InvalidModelOutput as invalid:
+        invalid.rejected = (*reply.rejected, invalid.kind)
         raise invalid.charged(reply.prompt_tokens, reply.completion_tokens) from None
+    temperature, seed = reply.sampled.get("temperature"), reply.sampled.get("seed")
     return ModelOutcome(
         findings=findings,
         summary=summary,
@@ -254,4 +370,9 @@ def _outcome(reply: _Reply, *, criteria: Sequence[CriterionText], content: str) 
         request_id=reply.request_id,
         prompt_version=PROMPT_VERSION,
         model_calls=reply.calls,
+        served_model=reply.served_model,
+        schema_sha256=schema_sha256(schema),
+        temperature=None if temperature is None else float(temperature),
+        seed=None if seed is None else int(seed),
+        invalid_replies=reply.rejected,
     )

@@ -14,13 +14,22 @@ import email.utils
 import math
 import re
 import time
-from collections.abc import Mapping
-from typing import Self
+from collections.abc import Iterable, Mapping
+from typing import Literal, Self, get_args
 
 import aiohttp
 import openai
 
-__all__ = ["InvalidModelOutput", "ModelError", "classify", "reply_error", "retry_after_seconds"]
+__all__ = [
+    "INVALID_KINDS",
+    "InvalidKind",
+    "InvalidModelOutput",
+    "ModelError",
+    "classify",
+    "refused_parameter",
+    "reply_error",
+    "retry_after_seconds",
+]
 
 
 class ModelError(Exception):
@@ -44,13 +53,29 @@ class ModelError(Exception):
         return self
 
 
+# What was wrong with an invalid reply, as logs and metrics count it:
+# - `empty`: no content at all;
+# - `not_json`: not a JSON document;
+# - `shape`: JSON, but not the reply schema's shape (a key missing, a score out of range);
+# - `criterion_ids`: a criterion missing, repeated or unknown;
+# - `bounds`: beyond a bound of the reply (its length, a rationale's, a quote's, the quotes'
+#   count; shared/llm/schemas.py);
+# - `contradiction`: a finding whose verdict contradicts its score (`SCORE_BANDS`).
+InvalidKind = Literal["empty", "not_json", "shape", "criterion_ids", "bounds", "contradiction"]
+INVALID_KINDS: tuple[str, ...] = get_args(InvalidKind)
+
+
 class InvalidModelOutput(ModelError):
     """The model answered, but not with what the reply schema and the criteria demand."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, *, kind: InvalidKind) -> None:
         message = f"the model's reply was invalid: {reason}"
         super().__init__("invalid_model_output", message, transient=False)
         self.reason = reason
+        self.kind = kind
+        # The kinds of every reply of the attempt's model call that was rejected, this one
+        # last: a corrected reply's too, once the corrective call failed as well.
+        self.rejected: tuple[InvalidKind, ...] = (kind,)
 
 
 def _output_truncated() -> ModelError:
@@ -225,3 +250,17 @@ def _seconds_until_http_date(value: str) -> float | None:
         return None
     # A date already past means "now", not "no advice".
     return max(0.0, moment - time.time())
+
+
+def refused_parameter(exc: openai.APIStatusError, sent: Iterable[str]) -> str | None:
+    """The sampling parameter a 400 refuses, if it names one of those `sent`.
+
+    OpenAI names it in `param` (`temperature` for its reasoning models); servers that do
+    not fill `param` (vLLM, llama.cpp) name it in the message.
+    """
+    if exc.status_code not in (400, 422):
+        return None
+    names = list(sent)
+    if exc.param in names:
+        return str(exc.param)
+    return next((name for name in names if re.search(rf"\b{name}\b", exc.message, re.I)), None)

@@ -6,6 +6,7 @@ part or pass for an instruction: JSON escaping keeps every quote and backslash i
 string. The system message says so and tells the model to ignore instructions found there.
 """
 
+import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,13 +19,15 @@ from openai.types.chat import (
 )
 from openai.types.shared_params import ResponseFormatJSONSchema
 
-from shared.llm.schemas import REPLY_LIMITS, VERDICTS, CriterionText
+from shared.llm.schemas import REPLY_LIMITS, SCORE_BANDS, VERDICTS, CriterionText
 
-PROMPT_VERSION = "2026-12-04.1"
+PROMPT_VERSION = "2026-12-07.1"
 """Stored with every audit. Bump it whenever the instructions, the data message or the
 reply schema change, so results from different prompts can be told apart."""
 
 REPLY_SCHEMA_NAME = "audit_findings"
+# `not_applicable` allows any score (auditq leaves it out), so it is not named.
+_BANDS = ", ".join(f'a "{v}" scores {SCORE_BANDS[v]}' for v in ("pass", "partial", "fail"))
 
 SYSTEM_PROMPT = f"""\
 You are a meticulous auditor. You judge a piece of content against a list of criteria \
@@ -47,7 +50,8 @@ Write exactly one finding per criterion, in the order the criteria are given:
 it in part, "fail" when it does not meet it, "not_applicable" when the criterion does not \
 apply to this content;
 - "score": from 0 to 100, how well the content meets the criterion (100: fully, \
-0: not at all); use 0 for "not_applicable";
+0: not at all); use 0 for "not_applicable". The score must agree with the verdict: \
+{_BANDS};
 - "rationale": one to three sentences explaining the verdict \
 (at most {REPLY_LIMITS.rationale_chars:,} characters);
 - "evidence": short passages that support the verdict, each copied verbatim, character for \
@@ -184,3 +188,15 @@ def response_format(criterion_ids: Sequence[str]) -> ResponseFormatJSONSchema:
             "schema": reply_schema(criterion_ids),
         },
     }
+
+
+def schema_sha256(reply_format: ResponseFormatJSONSchema) -> str:
+    """The SHA-256 of the reply schema sent, as an audit's provenance records it.
+
+    Of the schema's JSON with its keys sorted and no spaces (`json.dumps(schema,
+    sort_keys=True, separators=(",", ":"))`), so that anyone holding the schema can check it.
+    The schema names the criterion ids, so audits with other criteria have other digests.
+    """
+    schema = reply_format["json_schema"].get("schema", {})
+    canonical = json.dumps(schema, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()

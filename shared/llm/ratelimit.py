@@ -30,6 +30,9 @@ job sent back more often than its `max_tries` (three times `MAX_ATTEMPTS`: by de
 several minutes of waiting, the jitter widening up to a minute a try) is dropped by arq,
 and its audit, still queued, is enqueued again by the reconciler.
 
+**Samples.** An audit of n `samples` makes n calls at once: it reserves n requests and n
+times the estimate together, before its claim, and settles what all of them used.
+
 **Estimated, then corrected.** The tokens of a call are known only from the reply.
 `estimate_tokens` counts the prompt at four characters a token, plus room for a reply
 that grows with the criteria. `settle` then adds whatever the reply's usage shows beyond the
@@ -204,8 +207,9 @@ class ModelRateLimiter:
             for model, limit in tokens_per_window.items()
         }
 
-    async def reserve(self, model: str, *, tokens: int) -> Reservation:
-        """Take one request and `tokens` from the model's windows, or raise `ModelRateLimited`.
+    async def reserve(self, model: str, *, tokens: int, requests: int = 1) -> Reservation:
+        """Take `requests` (an audit's samples) and `tokens` from the model's windows, or
+        raise `ModelRateLimited`.
 
         Every window is tested before any is taken from, so a call refused by one window
         does not use up another. Two workers racing for the last room may still waste a
@@ -214,14 +218,16 @@ class ModelRateLimiter:
         paused_s = await self.paused_for(model)
         if paused_s > 0:
             raise ModelRateLimited(model, paused_s, reason=PAUSED)
-        windows = self._windows(model, requests=1, tokens=tokens)
+        windows = self._windows(model, requests=requests, tokens=tokens)
         for window in windows:
             if not await window.test():
                 raise await self._refusal(window)
         for window in windows:
             if not await window.take():
                 raise await self._refusal(window)
-        return Reservation(requests=1, tokens=self._token_cost(model, tokens))
+        return Reservation(
+            requests=self._request_cost(model, requests), tokens=self._token_cost(model, tokens)
+        )
 
     async def settle(
         self, model: str, reserved: Reservation, *, requests: int, tokens: int
@@ -303,11 +309,18 @@ class ModelRateLimiter:
     ) -> list[_Window]:
         windows = []
         if item := self._request_limits.get(model):
-            windows.append(_Window(self._requests, item, model, requests))
+            cost = self._request_cost(model, requests) if capped else requests
+            windows.append(_Window(self._requests, item, model, cost))
         if item := self._token_limits.get(model):
             cost = self._token_cost(model, tokens) if capped else tokens
             windows.append(_Window(self._tokens, item, model, cost))
         return windows
+
+    def _request_cost(self, model: str, requests: int) -> int:
+        """What the calls take from the request window: more calls than the whole limit (five
+        samples against a limit of three a minute) take all of it once the window is empty."""
+        item = self._request_limits.get(model)
+        return requests if item is None else min(requests, item.amount)
 
     def _token_cost(self, model: str, tokens: int) -> int:
         """What a call takes from the token window: a call estimated above the whole limit

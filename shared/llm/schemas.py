@@ -33,6 +33,15 @@ Decisions taken here:
   once, with the bound named, then `invalid_model_output`. The worst reply the bounds
   allow, against 100,000 characters of content, is validated in milliseconds
   (bench/RESULTS.md, section 8), where one 40,000-character quote took 8 s before.
+- A reply must agree with itself: each verdict allows a band of scores (`SCORE_BANDS`,
+  stated in the system prompt), and a finding outside its band (`fail` with 100, `pass`
+  with 0) is invalid output, asked again once like any other. The bands sit at the middle
+  of the scale, where the prompt's "100: fully, 0: not at all" puts the line between a
+  criterion met and one not met: `pass` scores 50 or more, `fail` 50 or less, `partial`
+  neither 0 nor 100 (met in part is neither "not at all" nor "fully"). `not_applicable`
+  allows any score: auditq leaves it out of the audit's score. The bands catch a reply
+  that contradicts itself; where an audit passes is `pass_threshold`'s business
+  (shared/audits/scoring.py).
 """
 
 import json
@@ -43,7 +52,7 @@ from typing import Annotated, Literal, NoReturn, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from shared.llm.errors import InvalidModelOutput
+from shared.llm.errors import InvalidKind, InvalidModelOutput
 from shared.llm.quotes import QuoteFinder
 
 Verdict = Literal["pass", "partial", "fail", "not_applicable"]
@@ -82,6 +91,34 @@ class ReplyLimits:
 
 
 REPLY_LIMITS = ReplyLimits()
+
+
+@dataclass(frozen=True)
+class ScoreBand:
+    """The scores a verdict allows: from `low` to `high`, the ends excluded when `open`."""
+
+    low: float
+    high: float
+    open: bool = False
+
+    def holds(self, score: float) -> bool:
+        if self.open:
+            return self.low < score < self.high
+        return self.low <= score <= self.high
+
+    def __str__(self) -> str:
+        if self.open:
+            return f"more than {self.low:g} and less than {self.high:g}"
+        return f"from {self.low:g} to {self.high:g}"
+
+
+# Why these bands: the module docstring. The system prompt states them from this table.
+SCORE_BANDS: dict[str, ScoreBand] = {
+    "pass": ScoreBand(50, 100),
+    "partial": ScoreBand(0, 100, open=True),
+    "fail": ScoreBand(0, 50),
+    "not_applicable": ScoreBand(0, 100),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +166,15 @@ class ModelOutcome:
     prompt_version: str
     # Two when an invalid reply was asked again: both requests count against rate limits.
     model_calls: int = 1
+    # Where the answer came from (the audit's provenance): the model as the provider named
+    # it in its reply (a dated snapshot, say), the SHA-256 of the reply schema sent, and the
+    # sampling parameters as sent (None: not sent).
+    served_model: str | None = None
+    schema_sha256: str | None = None
+    temperature: float | None = None
+    seed: int | None = None
+    # The kinds of the replies rejected before this one (a corrective call followed each).
+    invalid_replies: tuple[InvalidKind, ...] = ()
 
 
 def validate_reply(
@@ -141,6 +187,7 @@ def validate_reply(
     reply = _parse_reply(raw, limit=REPLY_LIMITS.reply_chars(len(criteria)))
     by_id = _findings_by_id(reply.findings, [c.id for c in criteria])
     _check_quote_counts(reply.findings, REPLY_LIMITS.quotes_per_finding(len(criteria)))
+    _check_scores_agree_with_verdicts(reply.findings)
     finder = QuoteFinder(content)
     checked = [_keep_present_quotes(by_id[criterion.id], finder) for criterion in criteria]
     return [finding for finding, _ in checked], reply.summary, sum(n for _, n in checked)
@@ -157,17 +204,18 @@ def _keep_present_quotes(finding: ReplyFinding, finder: QuoteFinder) -> tuple[Re
 def _parse_reply(raw: str, *, limit: int) -> Reply:
     if len(raw) > limit:
         # Checked before parsing: whatever it holds, some bound is exceeded.
-        raise InvalidModelOutput(f"the reply is longer than {limit:,} characters")
+        raise InvalidModelOutput(f"the reply is longer than {limit:,} characters", kind="bounds")
     try:
         document = json.loads(raw, parse_constant=_reject_constant)
     except ValueError as exc:
-        raise InvalidModelOutput(f"not JSON ({exc})") from None
+        raise InvalidModelOutput(f"not JSON ({exc})", kind="not_json") from None
     except RecursionError:
-        raise InvalidModelOutput("JSON nested too deeply") from None
+        raise InvalidModelOutput("JSON nested too deeply", kind="not_json") from None
     try:
         return Reply.model_validate(document)
     except ValidationError as exc:
-        raise InvalidModelOutput(f"wrong shape ({_describe(exc)})") from None
+        kind: InvalidKind = "bounds" if _only_too_long(exc) else "shape"
+        raise InvalidModelOutput(f"wrong shape ({_describe(exc)})", kind=kind) from None
 
 
 def _reject_constant(name: str) -> NoReturn:
@@ -192,7 +240,7 @@ def _findings_by_id(findings: list[ReplyFinding], expected: list[str]) -> dict[s
         _listed("missing criterion ids", [i for i in expected if i not in counts]),
     ]
     if any(problems):
-        raise InvalidModelOutput("; ".join(p for p in problems if p))
+        raise InvalidModelOutput("; ".join(p for p in problems if p), kind="criterion_ids")
     return {f.criterion_id: f for f in findings}
 
 
@@ -200,7 +248,29 @@ def _check_quote_counts(findings: list[ReplyFinding], limit: int) -> None:
     over = [f.criterion_id for f in findings if len(f.evidence) > limit]
     if over:
         label = f"more than {limit} evidence quotes (the limit for this many criteria) for"
-        raise InvalidModelOutput(_listed(label, over))
+        raise InvalidModelOutput(_listed(label, over), kind="bounds")
+
+
+def _check_scores_agree_with_verdicts(findings: list[ReplyFinding]) -> None:
+    contradictions = [
+        f"{f.criterion_id[:_MAX_ECHOED_ID]!r} is {f.verdict} with score {f.score:g} "
+        f"(a {f.verdict} scores {SCORE_BANDS[f.verdict]})"
+        for f in findings
+        if not SCORE_BANDS[f.verdict].holds(f.score)
+    ]
+    if contradictions:
+        reason = "verdicts contradict their scores: " + "; ".join(contradictions[:5])
+        raise InvalidModelOutput(
+            reason + ("; …" if len(contradictions) > 5 else ""), kind="contradiction"
+        )
+
+
+_TOO_LONG = frozenset({"string_too_long", "too_long"})
+
+
+def _only_too_long(exc: ValidationError) -> bool:
+    """Whether every problem is a string or a list beyond its bound."""
+    return all(error["type"] in _TOO_LONG for error in exc.errors(include_url=False))
 
 
 def _listed(label: str, ids: list[str]) -> str:

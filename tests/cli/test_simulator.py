@@ -206,6 +206,34 @@ async def test_a_hostile_reply_is_issue_8s_probe(client: httpx.AsyncClient) -> N
         validate_reply(reply["message"]["content"], criteria=CRITERIA, content=CONTENT)
 
 
+async def test_a_contradicting_reply_fails_at_a_perfect_score(client: httpx.AsyncClient) -> None:
+    reply = await scripted(client, "contradiction")
+
+    first = json.loads(reply["message"]["content"])["findings"][0]
+    assert (first["verdict"], first["score"]) == ("fail", 100)
+    with pytest.raises(InvalidModelOutput, match="'c0' is fail with score 100"):
+        validate_reply(reply["message"]["content"], criteria=CRITERIA, content=CONTENT)
+
+
+async def inconsistent_answers(client: httpx.AsyncClient, count: int) -> list[str]:
+    await client.post("/_control/script", json={"faults": ["inconsistent"] * count})
+    return [choice(await complete(client))["message"]["content"] for _ in range(count)]
+
+
+async def test_an_inconsistent_judge_answers_the_same_request_differently(
+    client: httpx.AsyncClient,
+) -> None:
+    deterministic = choice(await complete(client))["message"]["content"]
+
+    answers = await inconsistent_answers(client, 5)
+
+    for answer in answers:
+        validate_reply(answer, criteria=CRITERIA, content=CONTENT)  # valid, only inconsistent
+    assert len({deterministic, *answers}) == 6
+    await client.post("/_control/reset")
+    assert await inconsistent_answers(client, 5) == answers, "the same answers after a reset"
+
+
 async def test_a_subjects_script_applies_to_its_audits_only(client: httpx.AsyncClient) -> None:
     other = audit_body()
     targeted = {

@@ -54,6 +54,7 @@ WORKER_FAMILIES = {
     "auditq_audit_duration_seconds",
     "auditq_job_retries",
     "auditq_rate_limit_waits",
+    "auditq_model_replies_invalid",
 }
 
 
@@ -165,6 +166,28 @@ async def test_a_job_sent_back_by_the_rate_limits_is_counted_as_a_wait(
         samples, "auditq_audits_finished_total", status="succeeded", error_code="", model=MODEL
     )
     assert finished == 1
+
+
+async def test_invalid_replies_are_counted_by_kind(
+    client: AsyncClient, sim: SimulatorHandle, metered: Settings, redis: Any, job_clock: Clock
+) -> None:
+    sim.script(["contradiction", "ok"], subject="Corrected page")
+    sim.script(["malformed", "contradiction"], subject="Failed page")
+    corrected = await submit(client, subject="Corrected page")
+    failed = await submit(client, subject="Failed page")
+    ctx: dict[str, Any] = {"settings": metered, "redis": redis, "job_try": 1, "clock": job_clock}
+    await startup(ctx)
+    try:
+        await run_audit(ctx, corrected["id"])  # type: ignore[arg-type]
+        await run_audit(ctx, failed["id"])  # type: ignore[arg-type]
+        samples = await scrape(ctx["metrics_server"].port)
+    finally:
+        await shutdown(ctx)
+
+    assert (await fetch(client, failed["id"]))["error"]["code"] == "invalid_model_output"
+    invalid = "auditq_model_replies_invalid_total"
+    assert value(samples, invalid, kind="contradiction") == 2
+    assert value(samples, invalid, kind="not_json") == 1
 
 
 async def test_without_metrics_port_nothing_is_served(worker_ctx: JobContext) -> None:

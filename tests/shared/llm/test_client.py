@@ -1,5 +1,6 @@
 """`audit_content` against the simulator, over real HTTP through the openai SDK."""
 
+import hashlib
 import json
 import socket
 from collections.abc import AsyncIterator
@@ -11,8 +12,9 @@ from openai import AsyncOpenAI
 
 from shared.config import Settings
 from shared.llm import PROMPT_VERSION, InvalidModelOutput, ModelError, audit_content, create_client
-from shared.llm.client import PLACEHOLDER_API_KEY, ModelRequest, _ask
+from shared.llm.client import PLACEHOLDER_API_KEY, ModelRequest, _ask, _ask_sampled
 from shared.llm.prompt import SYSTEM_PROMPT, response_format
+from shared.llm.sampling import Sampling
 from shared.llm.schemas import CriterionText
 from tests.fixtures.simulator import RETRY_AFTER_S, SimulatorHandle
 
@@ -38,15 +40,22 @@ async def client(sim: SimulatorHandle) -> AsyncIterator[AsyncOpenAI]:
         yield client
 
 
-async def audit(client: AsyncOpenAI, content: str = CONTENT) -> Any:
+async def audit(
+    client: AsyncOpenAI, content: str = CONTENT, *, sampling: Sampling | None = None
+) -> Any:
     return await audit_content(
-        client, model="gpt-4o-mini", subject="Trainers page", content=content, criteria=CRITERIA
+        client,
+        model="gpt-4o-mini",
+        subject="Trainers page",
+        content=content,
+        criteria=CRITERIA,
+        sampling=sampling or Sampling(temperature=0.0),
     )
 
 
-async def failure(client: AsyncOpenAI) -> ModelError:
+async def failure(client: AsyncOpenAI, *, sampling: Sampling | None = None) -> ModelError:
     with pytest.raises(ModelError) as caught:
-        await audit(client)
+        await audit(client, sampling=sampling)
     return caught.value
 
 
@@ -247,6 +256,7 @@ async def test_each_request_is_told_as_it_ends(
             subject="Trainers",
             content=CONTENT,
             criteria=CRITERIA,
+            sampling=Sampling(temperature=0.0),
             observe=told.append,
         )
     except ModelError as error:
@@ -314,7 +324,7 @@ def reply_body(content: object = "{}", **extra: object) -> bytes:
 
 async def ask(client: AsyncOpenAI) -> Any:
     async with client:
-        return await _ask(client, model="m", messages=[], schema=response_format(["a"]))
+        return await _ask(client, model="m", messages=[], schema=response_format(["a"]), sampled={})
 
 
 async def test_a_reply_is_read_from_the_fields_auditq_uses() -> None:
@@ -350,3 +360,117 @@ async def test_a_malformed_response_is_a_transient_server_error(
         await ask(provider_answering(content, content_type))
 
     assert (caught.value.code, caught.value.transient) == ("model_server_error", True)
+
+
+# Provenance and sampling parameters
+
+
+async def test_an_outcome_says_where_it_came_from(
+    client: AsyncOpenAI, sim: SimulatorHandle
+) -> None:
+    outcome = await audit(client, sampling=Sampling(temperature=0.0, seed=42))
+
+    [body] = sim.requests()
+    assert (body["temperature"], body["seed"]) == (0.0, 42)
+    assert (outcome.temperature, outcome.seed) == (0.0, 42)
+    assert outcome.served_model == "gpt-4o-mini"  # the simulator serves what it is asked
+    schema = body["response_format"]["json_schema"]["schema"]
+    canonical = json.dumps(schema, sort_keys=True, separators=(",", ":")).encode()
+    assert outcome.schema_sha256 == hashlib.sha256(canonical).hexdigest()
+    assert outcome.invalid_replies == ()
+
+
+async def test_parameters_not_set_are_not_sent(client: AsyncOpenAI, sim: SimulatorHandle) -> None:
+    outcome = await audit(client, sampling=Sampling(temperature=None, seed=None))
+
+    [body] = sim.requests()
+    assert "temperature" not in body
+    assert "seed" not in body
+    assert (outcome.temperature, outcome.seed) == (None, None)
+
+
+def provider_refusing(refused: str, *, named_in: str) -> tuple[AsyncOpenAI, list[dict[str, Any]]]:
+    """A provider that answers 400 to any request carrying `refused`, naming it in the error's
+    `param` (OpenAI) or only in its message (vLLM, llama.cpp); the bodies it received."""
+    received: list[dict[str, Any]] = []
+
+    def answer(request: httpx2.Request) -> httpx2.Response:
+        body = json.loads(request.content)
+        received.append(body)
+        if refused not in body:
+            return httpx2.Response(200, content=reply_body(), headers={"x-request-id": "req-2"})
+        param = refused if named_in == "param" else None
+        message = f"Unsupported value: '{refused}' does not support this with this model."
+        error = {"message": message, "type": "invalid_request_error", "param": param}
+        return httpx2.Response(400, json={"error": {**error, "code": "unsupported_value"}})
+
+    client = AsyncOpenAI(
+        api_key="k",
+        base_url="http://provider/v1",
+        max_retries=0,
+        http_client=httpx2.AsyncClient(transport=httpx2.MockTransport(answer)),
+    )
+    return client, received
+
+
+async def ask_sampled(client: AsyncOpenAI, sampling: Sampling) -> Any:
+    return await _ask_sampled(
+        client, model="o3", messages=[], schema=response_format(["a"]), sampling=sampling
+    )
+
+
+@pytest.mark.parametrize(("refused", "named_in"), [("temperature", "param"), ("seed", "message")])
+async def test_a_refused_parameter_is_dropped_for_that_model_from_then_on(
+    refused: str, named_in: str
+) -> None:
+    client, received = provider_refusing(refused, named_in=named_in)
+    sampling = Sampling(temperature=0.0, seed=7)
+
+    async with client:
+        first = await ask_sampled(client, sampling)
+        second = await ask_sampled(client, sampling)
+
+    assert [refused in body for body in received] == [True, False, False]
+    kept = "seed" if refused == "temperature" else "temperature"
+    assert all(kept in body for body in received)
+    assert refused not in first.sampled
+    assert second.sampled == first.sampled
+    assert refused in sampling.parameters("gpt-4o-mini"), "other models still get it"
+
+
+async def test_another_400_is_not_taken_for_a_refused_parameter(sim: SimulatorHandle) -> None:
+    sim.script(["400"])
+    sampling = Sampling(temperature=0.0)
+
+    async with create_client(settings_for(sim.base_url)) as client:
+        error = await failure(client, sampling=sampling)
+
+    assert error.code == "model_bad_request"
+    assert sampling.parameters("gpt-4o-mini") == {"temperature": 0.0}
+
+
+# Replies that contradict themselves
+
+
+async def test_a_self_contradicting_reply_is_asked_again_with_the_contradiction_named(
+    client: AsyncOpenAI, sim: SimulatorHandle
+) -> None:
+    sim.script(["contradiction", "ok"])
+
+    outcome = await audit(client)
+
+    correction = sim.requests()[1]["messages"][2]["content"]
+    assert "verdicts contradict their scores: 'claims' is fail with score 100" in correction
+    assert outcome.invalid_replies == ("contradiction",)
+    assert outcome.model_calls == 2
+
+
+async def test_a_reply_contradicting_itself_twice_fails_as_invalid_output(
+    client: AsyncOpenAI, sim: SimulatorHandle
+) -> None:
+    sim.script(["contradiction", "hostile"])
+
+    error = await failure(client)
+
+    assert isinstance(error, InvalidModelOutput)
+    assert error.rejected == ("contradiction", "bounds")

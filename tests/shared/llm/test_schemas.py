@@ -5,7 +5,8 @@ from typing import Any
 import pytest
 
 from shared.llm.errors import InvalidModelOutput
-from shared.llm.schemas import REPLY_LIMITS, CriterionText, validate_reply
+from shared.llm.prompt import SYSTEM_PROMPT
+from shared.llm.schemas import REPLY_LIMITS, SCORE_BANDS, CriterionText, validate_reply
 
 CRITERIA = [
     CriterionText(id="claims", description="Claims are substantiated."),
@@ -133,7 +134,9 @@ def test_a_score_out_of_range_is_invalid(score: float) -> None:
 
 def test_scores_at_the_bounds_are_valid() -> None:
     raw = reply(
-        finding("claims", score=0), finding("shipping", score=100), finding("tone", score=100.0)
+        finding("claims", verdict="fail", score=0),
+        finding("shipping", score=100),
+        finding("tone", score=100.0),
     )
 
     findings, _, _ = validate_reply(raw, criteria=CRITERIA, content=CONTENT)
@@ -311,3 +314,74 @@ def invalid_for(raw: str, content: str) -> str:
     with pytest.raises(InvalidModelOutput) as caught:
         validate_reply(raw, criteria=CRITERIA, content=content)
     return caught.value.message
+
+
+# Replies that contradict themselves
+
+
+@pytest.mark.parametrize(
+    ("verdict", "score"),
+    [("fail", 100), ("fail", 50.5), ("pass", 0), ("pass", 49.9), ("partial", 0), ("partial", 100)],
+)
+def test_a_verdict_that_contradicts_its_score_is_invalid(verdict: str, score: float) -> None:
+    raw = reply(
+        finding("claims"), finding("shipping", verdict=verdict, score=score), finding("tone")
+    )
+
+    with pytest.raises(InvalidModelOutput) as caught:
+        validate_reply(raw, criteria=CRITERIA, content=CONTENT)
+
+    assert caught.value.kind == "contradiction"
+    assert f"'shipping' is {verdict} with score {score:g}" in caught.value.reason
+    assert str(SCORE_BANDS[verdict]) in caught.value.reason
+
+
+@pytest.mark.parametrize(
+    ("verdict", "score"),
+    [
+        ("fail", 0),
+        ("fail", 50),
+        ("pass", 50),
+        ("pass", 100),
+        ("partial", 0.5),
+        ("partial", 99.5),
+        ("not_applicable", 0),
+        ("not_applicable", 100),
+    ],
+)
+def test_scores_within_their_verdicts_band_are_valid(verdict: str, score: float) -> None:
+    raw = reply(
+        finding("claims"), finding("shipping", verdict=verdict, score=score), finding("tone")
+    )
+
+    findings, _, _ = validate_reply(raw, criteria=CRITERIA, content=CONTENT)
+
+    assert (findings[1].verdict, findings[1].score) == (verdict, score)
+
+
+def test_the_system_prompt_states_the_bands() -> None:
+    for verdict in ("pass", "partial", "fail"):
+        assert f'a "{verdict}" scores {SCORE_BANDS[verdict]}' in SYSTEM_PROMPT
+
+
+def first_finding_with(**overrides: Any) -> str:
+    return reply(finding("claims", **overrides), finding("shipping"), finding("tone"))
+
+
+@pytest.mark.parametrize(
+    ("raw", "kind"),
+    [
+        ("not json", "not_json"),
+        ('{"findings": "none", "summary": "x"}', "shape"),
+        (reply(finding("claims"), finding("shipping")), "criterion_ids"),
+        (first_finding_with(rationale="r" * 2_001), "bounds"),
+        (first_finding_with(evidence=["q"] * 6), "bounds"),
+        (first_finding_with(evidence=["q" * 1_001]), "bounds"),
+        (first_finding_with(verdict="fail", score=100), "contradiction"),
+    ],
+)
+def test_invalid_output_says_what_kind_it_is(raw: str, kind: str) -> None:
+    with pytest.raises(InvalidModelOutput) as caught:
+        validate_reply(raw, criteria=CRITERIA, content=CONTENT)
+
+    assert (caught.value.kind, caught.value.rejected) == (kind, (kind,))
