@@ -22,6 +22,8 @@ BODY_PROBLEMS = {
 }
 # A submission also counts against its tenant's quotas (shared/tenants/quotas.py).
 SUBMIT_PROBLEMS = {**BODY_PROBLEMS, 429: ["quota_exceeded", "rate_limited"]}
+# A rerun has no body, but it is a submission all the same.
+RERUN_PROBLEMS = {429: ["quota_exceeded", "rate_limited"]}
 
 
 def problems(

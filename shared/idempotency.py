@@ -1,4 +1,4 @@
-"""Idempotency-Key semantics shared by POST /audits and POST /batches.
+"""Idempotency-Key semantics shared by POST /audits, POST /batches and their reruns.
 
 The key is stored with the resource under a unique index, so two concurrent
 requests with one key cannot both create: the loser's insert does nothing and
@@ -8,8 +8,10 @@ once parsed: key order, spacing and spelled-out defaults do not matter.
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
+from uuid import UUID
 
 from pydantic import BaseModel
 
@@ -34,9 +36,17 @@ class Created(Generic[T]):
     replayed: bool = False
 
 
-def request_hash(body: BaseModel) -> str:
-    canonical = json.dumps(body.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+def request_hash(body: BaseModel | Mapping[str, Any]) -> str:
+    """The digest of a request: its parsed body, or what stands for a request without one
+    (a rerun: `{"rerun_of": <id>}`, which no body can be)."""
+    document = body.model_dump(mode="json") if isinstance(body, BaseModel) else body
+    canonical = json.dumps(document, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def rerun_hash(source_id: UUID) -> str:
+    """The digest of a rerun of `source_id`: the same key re-running another is a mismatch."""
+    return request_hash({"rerun_of": str(source_id)})
 
 
 def replay(resource: T, *, stored_hash: str | None, new_hash: str, key: str) -> Created[T]:

@@ -2,8 +2,9 @@
 
 `reserve` runs before the claim: a job whose model has no room now is sent back
 (`RetryIn`) before it has claimed the audit, so it spends none of its attempts and
-holds no worker slot while it waits. `settle` counts what the call used beyond the
-estimate the reservation was made with.
+holds no worker slot while it waits. An audit of n `samples` reserves n requests and n
+times the tokens at once: its calls are made together or not at all. `settle` counts
+what the calls used beyond the estimate the reservation was made with.
 """
 
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ import structlog
 from shared.audits import repository
 from shared.audits.repository import ClaimedAudit
 from shared.audits.runs import RATE_LIMIT_WAIT, Connect, RetryIn
+from shared.audits.samples import Sampled
 from shared.llm.errors import ModelError
 from shared.llm.ratelimit import (
     NOTHING_RESERVED,
@@ -22,7 +24,6 @@ from shared.llm.ratelimit import (
     Reservation,
     estimate_tokens,
 )
-from shared.llm.schemas import ModelOutcome
 from worker.backoff import rate_limit_delay
 from worker.metrics import WorkerMetrics
 
@@ -50,7 +51,9 @@ class RateLimitAdmission:
             return NOTHING_RESERVED
         tokens = estimate_tokens(prompt_chars=call.text_chars, criteria=call.criteria)
         try:
-            return await self.rate_limiter.reserve(call.model, tokens=tokens)
+            return await self.rate_limiter.reserve(
+                call.model, tokens=tokens * call.samples, requests=call.samples
+            )
         except ModelRateLimited as limited:
             # A full window frees room a little at a time: the jitter widens with each try so
             # that fewer jobs come back for the same room. A pause frees everything at once:
@@ -66,15 +69,13 @@ class RateLimitAdmission:
             self.metrics.rate_limit_waited(call.model)
             return RetryIn(delay, RATE_LIMIT_WAIT)
 
-    async def settle(
-        self, audit: ClaimedAudit, reserved: Reservation, outcome: ModelOutcome
-    ) -> None:
-        """Count the requests and tokens the call used beyond its reservation."""
+    async def settle(self, audit: ClaimedAudit, reserved: Reservation, used: Sampled) -> None:
+        """Count the requests and tokens the calls used beyond their reservation."""
         await self.rate_limiter.settle(
             audit.model,
             reserved,
-            requests=outcome.model_calls,
-            tokens=outcome.prompt_tokens + outcome.completion_tokens,
+            requests=used.model_calls,
+            tokens=used.prompt_tokens + used.completion_tokens,
         )
 
     async def on_model_error(self, audit: ClaimedAudit, error: ModelError) -> None:

@@ -2,8 +2,9 @@
 
 With T = `OPENAI_TIMEOUT_S` (the SDK's own retries are off):
 
-- one attempt makes at most two model calls (an invalid reply is asked again
-  once), so the model can hold it for at most 2·T;
+- one attempt makes at most two model calls one after the other (an invalid reply
+  is asked again once; an audit's samples make theirs at the same time), so the model
+  can hold it for at most 2·T;
 - the claim and the finish are two short statements, given `DB_MARGIN_S` (10 s),
   which also covers the finish retrying for 7.5 s while PostgreSQL restarts;
 - **job timeout** = 2·T + 10 s: arq cancels a run that outlives it;

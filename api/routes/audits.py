@@ -1,4 +1,4 @@
-"""The audits API: submit, read, list, cancel and retry."""
+"""The audits API: submit, read, list, cancel, retry and rerun."""
 
 from datetime import UTC, datetime
 from typing import Annotated
@@ -23,7 +23,7 @@ from api.deps import (
     submission,
     tenant_limits,
 )
-from api.openapi import SUBMIT_PROBLEMS, problems
+from api.openapi import RERUN_PROBLEMS, SUBMIT_PROBLEMS, problems
 from shared import tracing
 from shared.audits import service as audits
 from shared.audits.exceptions import (
@@ -174,3 +174,39 @@ async def retry_audit(
     )
     set_location(request, response, "get_audit", audit_id=audit_id)
     return to_read(audit)
+
+
+@router.post(
+    "/{audit_id}/rerun",
+    status_code=202,
+    responses=problems(AuditNotFound, UnknownRubric, IdempotencyKeyMismatch, extra=RERUN_PROBLEMS),
+)
+async def rerun_audit(
+    audit_id: UUID,
+    caller: CurrentCaller,
+    transaction: Transaction,
+    request: Request,
+    response: Response,
+    settings: SettingsDep,
+    idempotency_key: IdempotencyKey = None,
+) -> AuditRead:
+    """Queue a new audit with the same inputs (content, criteria, model, samples); poll
+    `Location`. It links back through `rerun_of` and shows the provenance of its own run.
+
+    It is submitted as `POST /audits` would submit it: it counts as a submission of the
+    caller and against the audit's tenant's quota, and an `Idempotency-Key` makes it safe
+    to repeat (the same key re-running another audit: 422 `idempotency_key_mismatch`).
+    """
+    await tenant_limits(request, caller)
+    created = await audits.rerun(
+        transaction,
+        audit_id=audit_id,
+        tenant=caller.scope,
+        settings=settings,
+        quota=quota_of(request),
+        request_id=request.state.request_id,
+        trace_context=tracing.current_context(),
+        idempotency_key=idempotency_key,
+    )
+    mark_created(request, response, created, route="get_audit", audit_id=created.resource.id)
+    return to_read(created.resource)

@@ -22,12 +22,12 @@ from api.deps import (
     tenant_gate,
     tenant_limits,
 )
-from api.openapi import SUBMIT_PROBLEMS, problems
+from api.openapi import RERUN_PROBLEMS, SUBMIT_PROBLEMS, problems
 from api.streams import StreamSlot, TooManyStreams
 from shared import tracing
 from shared.audits.status import AuditStatus
 from shared.batches import service as batches
-from shared.batches.exceptions import AuditNotInBatch, BatchNotFound
+from shared.batches.exceptions import AuditNotInBatch, BatchHasNoAudits, BatchNotFound
 from shared.batches.results import CHUNK, stream_results
 from shared.batches.schemas import (
     BatchCreate,
@@ -139,6 +139,44 @@ async def retry_batch(
         transaction, batch=batch, statuses=statuses, settings=settings, quota=quota_of(request)
     )
     return BatchRetried(requeued=RequeuedCounts(**requeued), batch=to_read(summary))
+
+
+@router.post(
+    "/{batch_id}/rerun",
+    status_code=202,
+    responses=problems(
+        BatchNotFound, BatchHasNoAudits, IdempotencyKeyMismatch, extra=RERUN_PROBLEMS
+    ),
+)
+async def rerun_batch(
+    batch: CurrentBatch,
+    caller: CurrentCaller,
+    transaction: Transaction,
+    settings: SettingsDep,
+    request_id: RequestId,
+    request: Request,
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
+) -> BatchRead:
+    """A new batch re-running every audit of this one with the same inputs, in one
+    transaction; poll `Location`. The batch and each audit link back through `rerun_of`.
+
+    Counted as a submission, and against the batch's tenant's quota (refused whole, as a
+    batch is); an `Idempotency-Key` makes it safe to repeat.
+    """
+    await tenant_limits(request, caller)
+    created = await batches.rerun(
+        transaction,
+        batch=batch,
+        settings=settings,
+        quota=quota_of(request),
+        idempotency_key=idempotency_key,
+        request_id=request_id,
+        trace_context=tracing.current_context(),
+    )
+    batch_id = created.resource.batch.id
+    mark_created(request, response, created, route="get_batch", batch_id=batch_id)
+    return to_read(created.resource)
 
 
 @router.get(

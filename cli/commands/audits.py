@@ -203,6 +203,15 @@ def retry(
     _act(f"/audits/{audit_id}/retry", api_url=api_url, json_output=json_output)
 
 
+@app.command("rerun")
+@reports_errors
+def rerun(
+    audit_id: AuditId, api_url: ApiUrl = DEFAULT_API_URL, json_output: JsonOutput = False
+) -> None:
+    """Queue a new audit with the same inputs (content, criteria, model, samples)."""
+    _act(f"/audits/{audit_id}/rerun", api_url=api_url, json_output=json_output)
+
+
 def _act(path: str, *, api_url: str, json_output: bool) -> None:
     from cli.api_client import ApiClient
 

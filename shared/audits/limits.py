@@ -1,7 +1,7 @@
 """The limits of a submission that a deployment sets.
 
-`MAX_CONTENT_CHARS`, `ALLOWED_MODELS` and `MAX_CRITERIA_CHARS` (the criteria's
-descriptions together, inline or a rubric's) are checked as request validation
+`MAX_CONTENT_CHARS`, `ALLOWED_MODELS`, `MAX_SAMPLES` and `MAX_CRITERIA_CHARS` (the
+criteria's descriptions together, inline or a rubric's) are checked as request validation
 checks: 422 `validation_error`, every problem in `errors` at its `loc`. The
 request schemas check what never changes; these take the process's `Settings`.
 
@@ -15,6 +15,7 @@ model after a queue wait.
 from collections.abc import Sequence
 from typing import Any
 
+from shared.audits.repository import RerunItem
 from shared.audits.schemas import AuditCreate, Criterion
 from shared.config import Settings
 from shared.errors import InvalidRequest, summarize_issues
@@ -59,16 +60,34 @@ def problems_of(
     data: AuditCreate, settings: Settings, *, loc: Loc = ("body",)
 ) -> list[dict[str, Any]]:
     """What this audit asks beyond the deployment's limits; empty when nothing."""
-    issues = []
-    limit = settings.max_content_chars
-    if len(data.content) > limit:
-        msg = f"must be at most {limit} characters (MAX_CONTENT_CHARS), got {len(data.content)}"
-        issues.append(_issue((*loc, "content"), msg))
-    if data.model is not None and data.model not in settings.models:
-        msg = f"must be one of ALLOWED_MODELS: {', '.join(settings.models)}"
-        issues.append(_issue((*loc, "model"), msg))
+    issues = run_problems(
+        content_chars=len(data.content),
+        model=data.model,
+        samples=data.samples,
+        settings=settings,
+        loc=loc,
+    )
     if data.criteria is not None:
         issues += criteria_problems(data.criteria, settings, loc=(*loc, "criteria"))
+    return issues
+
+
+def run_problems(
+    *, content_chars: int, model: str | None, samples: int, settings: Settings, loc: Loc
+) -> list[dict[str, Any]]:
+    """An audit's content, model and samples beyond the deployment's limits (a batch's
+    rerun checks these of the audits it copies without reading their content out)."""
+    issues = []
+    limit = settings.max_content_chars
+    if content_chars > limit:
+        msg = f"must be at most {limit} characters (MAX_CONTENT_CHARS), got {content_chars}"
+        issues.append(_issue((*loc, "content"), msg))
+    if model is not None and model not in settings.models:
+        msg = f"must be one of ALLOWED_MODELS: {', '.join(settings.models)}"
+        issues.append(_issue((*loc, "model"), msg))
+    if samples > settings.max_samples:
+        msg = f"must be at most {settings.max_samples} (MAX_SAMPLES), got {samples}"
+        issues.append(_issue((*loc, "samples"), msg))
     return issues
 
 
@@ -84,6 +103,23 @@ def check_all(items: Sequence[AuditCreate], settings: Settings) -> None:
         issue
         for index, item in enumerate(items)
         for issue in problems_of(item, settings, loc=("body", "audits", index))
+    ]
+    if issues:
+        raise SubmissionInvalid(issues)
+
+
+def check_rerun(items: Sequence[RerunItem], settings: Settings) -> None:
+    """Refuse a batch's rerun if any audit it copies is beyond the deployment's limits now."""
+    issues = [
+        issue
+        for item in items
+        for issue in run_problems(
+            content_chars=item.content_chars,
+            model=item.model,
+            samples=item.samples,
+            settings=settings,
+            loc=("audits", item.batch_index),
+        )
     ]
     if issues:
         raise SubmissionInvalid(issues)

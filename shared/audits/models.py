@@ -9,6 +9,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field, SQLModel
 
 from shared.audits.priority import PRIORITY_CHECK, Priority
+from shared.audits.schemas import MAX_SAMPLES
 from shared.audits.status import TERMINAL, UNFINISHED, AuditStatus, sql_list
 from shared.db import metadata  # noqa: F401  (naming convention must be set first)
 
@@ -31,6 +32,7 @@ class Audit(SQLModel, table=True):
         sa.CheckConstraint(f"status IN {sql_list(AuditStatus)}", name="status"),
         sa.CheckConstraint(PRIORITY_CHECK, name="priority"),
         sa.CheckConstraint("attempts >= 0", name="attempts"),
+        sa.CheckConstraint(f"samples BETWEEN 1 AND {MAX_SAMPLES}", name="samples"),
         # An audit runs with inline criteria, or with a rubric version it references.
         sa.CheckConstraint(
             "(criteria IS NULL) = (rubric_name IS NOT NULL)", name="criteria_or_rubric"
@@ -117,6 +119,15 @@ class Audit(SQLModel, table=True):
     completion_tokens: int | None = None
     prompt_version: str | None = _text()
     provider_request_id: str | None = _text()
+    # The rest of the provenance of a succeeded audit (shared/audits/runs.py).
+    served_model: str | None = _text()
+    schema_sha256: str | None = _text()
+    temperature: float | None = None
+    seed: int | None = Field(default=None, sa_type=sa.BigInteger)
+    auditq_version: str | None = _text()
+    samples: int = Field(default=1, sa_column_kwargs={"server_default": "1"})
+    # The audit this one re-runs: no foreign key, see shared/audits/repository.py.
+    rerun_of: UUID | None = None
     request_id: str | None = _text()
     # The W3C trace context of the request that queued it (shared/tracing.py).
     trace_context: str | None = _text()

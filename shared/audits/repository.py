@@ -57,6 +57,10 @@ class NewAudit:
     trace_context: str | None
     idempotency_key: str | None
     request_hash: str | None
+    samples: int
+    # The audit this one re-runs; a plain id, no foreign key: retention may delete the
+    # original first, and the link still says where the audit came from.
+    rerun_of: UUID | None
 
     @property
     def run(self) -> QueuedRun:
@@ -76,6 +80,11 @@ class AuditRow(NewAudit):
     completion_tokens: int | None
     prompt_version: str | None
     provider_request_id: str | None
+    served_model: str | None
+    schema_sha256: str | None
+    temperature: float | None
+    seed: int | None
+    auditq_version: str | None
     lease_until: datetime | None
     created_at: datetime
     updated_at: datetime
@@ -149,6 +158,7 @@ async def insert(conn: Statements, audit: NewAudit) -> AuditRow | None:
 def _array_type(name: str) -> str:
     types = {"id": "uuid", "batch_id": "uuid", "rubric_version": "int", "batch_index": "int"}
     types |= {"attempts": "int", "attempt_limit": "int", "pass_threshold": "float8"}
+    types |= {"samples": "int", "rerun_of": "uuid"}
     return types.get(name, "text")
 
 
@@ -436,6 +446,70 @@ async def cancel_batch(conn: Statements, batch_id: UUID) -> list[UUID]:
     return [record["id"] for record in await conn.fetch(_CANCEL_BATCH, batch_id)]
 
 
+# --- Reruns -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RerunItem:
+    """What the deployment's limits check of an audit a batch's rerun will copy."""
+
+    batch_index: int
+    model: str
+    samples: int
+    content_chars: int
+
+
+_RERUN_ITEMS = (
+    "SELECT batch_index, model, samples, char_length(content) AS content_chars "
+    "FROM audit WHERE batch_id = $1 ORDER BY batch_index"
+)
+# What a copy takes of its original; the rest is set anew: `$n` parameters, or a fresh run.
+_COPIED = {
+    "id": "gen_random_uuid()",
+    "status": f"{Q}",
+    "batch_id": "$2",
+    "attempts": "0",
+    "attempt_limit": "$3",
+    "request_id": "$4",
+    "trace_context": "$5",
+    "idempotency_key": "NULL",
+    "request_hash": "NULL",
+    "rerun_of": "id",
+}
+_COPY_BATCH = (
+    f"INSERT INTO audit ({', '.join(_NEW_COLUMNS)}) "
+    f"SELECT {', '.join(_COPIED.get(name, name) for name in _NEW_COLUMNS)} "
+    f"FROM audit WHERE batch_id = $1 RETURNING {_RUN}, batch_index"
+)
+
+
+async def rerun_items(conn: Statements, batch_id: UUID) -> list[RerunItem]:
+    """The batch's audits as a rerun would copy them, in submission order."""
+    return [RerunItem(**record) for record in await conn.fetch(_RERUN_ITEMS, batch_id)]
+
+
+async def copy_batch(
+    conn: Statements,
+    *,
+    source_id: UUID,
+    batch_id: UUID,
+    attempt_limit: int,
+    request_id: str | None,
+    trace_context: str | None,
+) -> list[QueuedRun]:
+    """Queue a copy of each audit of batch `source_id` in batch `batch_id`, in one statement
+    that never brings the content out of PostgreSQL; their runs, in submission order.
+
+    A copy keeps the inputs (content, criteria or rubric reference, model, samples,
+    metadata, priority, index) and links to its original through `rerun_of`.
+    """
+    records = await conn.fetch(
+        _COPY_BATCH, source_id, batch_id, attempt_limit, request_id, trace_context
+    )
+    ordered = sorted(records, key=lambda record: record["batch_index"])
+    return [_queued_run(record) for record in ordered]
+
+
 # --- The worker's transitions -----------------------------------------------------------
 
 _LEASE_EXPIRED = "lease_until < now()"
@@ -464,7 +538,7 @@ def _finish(assignments: str) -> str:
 # At least the text's length in characters: `octet_length` reads the content's size
 # from its stored header, without fetching it; a rubric's criteria are cast to text.
 _NEXT_CALL = (
-    "SELECT model, octet_length(subject) + octet_length(content) "
+    "SELECT model, samples, octet_length(subject) + octet_length(content) "
     f"+ octet_length({_CRITERIA}::text) AS text_chars, "
     f"jsonb_array_length({_CRITERIA}) AS criteria "
     f"FROM audit WHERE audit.id = $1 AND {_CLAIMABLE}"
@@ -474,13 +548,14 @@ _CLAIM = (
     "lease_until = now() + $2, started_at = coalesce(started_at, now()), updated_at = now() "
     f"WHERE id = $1 AND {_CLAIMABLE} RETURNING audit.*) "
     f"SELECT audit.id, audit.tenant, audit.attempts, audit.model, audit.subject, audit.content, "
-    f"{_CRITERIA} AS criteria, audit.pass_threshold, audit.request_id, audit.trace_context, "
-    "audit.priority, audit.created_at FROM audit"
+    f"{_CRITERIA} AS criteria, audit.pass_threshold, audit.samples, audit.request_id, "
+    "audit.trace_context, audit.priority, audit.created_at FROM audit"
 )
 _SUCCEED = _finish(
     f"status = {S}, result = $3, prompt_tokens = $4, completion_tokens = $5, "
-    "prompt_version = $6, provider_request_id = $7, error_code = NULL, error_message = NULL, "
-    "finished_at = now()"
+    "prompt_version = $6, provider_request_id = $7, served_model = $8, schema_sha256 = $9, "
+    "temperature = $10, seed = $11, auditq_version = $12, error_code = NULL, "
+    "error_message = NULL, finished_at = now()"
 )
 _FAIL = _finish(
     f"status = {F}, error_code = $3, error_message = $4, prompt_tokens = $5, "
@@ -495,6 +570,7 @@ class NextCall:
     """The model an attempt will call, and the size of the audit's text it will send."""
 
     model: str
+    samples: int
     text_chars: int
     criteria: int
 
@@ -517,6 +593,7 @@ class ClaimedAudit:
     content: str
     criteria: list[Criterion]
     pass_threshold: float
+    samples: int
     request_id: str | None
     trace_context: str | None
     priority: Priority
@@ -537,6 +614,19 @@ async def claim(conn: Statements, *, audit_id: UUID, lease: timedelta) -> Claime
     )
 
 
+@dataclass(frozen=True, slots=True)
+class RunProvenance:
+    """What produced a result, stored with it (the audit's `provenance`)."""
+
+    served_model: str | None
+    prompt_version: str
+    schema_sha256: str | None
+    provider_request_id: str | None
+    temperature: float | None
+    seed: int | None
+    auditq_version: str
+
+
 async def succeed(
     conn: Statements,
     *,
@@ -545,8 +635,7 @@ async def succeed(
     result: AuditResult,
     prompt_tokens: int,
     completion_tokens: int,
-    prompt_version: str,
-    provider_request_id: str | None,
+    provenance: RunProvenance,
 ) -> bool:
     """Record the result; False when this attempt no longer owns the audit."""
     status = await conn.fetchval(
@@ -556,8 +645,13 @@ async def succeed(
         result.model_dump_json(),
         prompt_tokens,
         completion_tokens,
-        prompt_version,
-        provider_request_id,
+        provenance.prompt_version,
+        provenance.provider_request_id,
+        provenance.served_model,
+        provenance.schema_sha256,
+        provenance.temperature,
+        provenance.seed,
+        provenance.auditq_version,
     )
     return status is not None
 

@@ -15,6 +15,9 @@ runs in tests with a fake model and clock against a real PostgreSQL.
   back at once, in a write the cancellation cannot interrupt.
 - Whoever runs the attempt may be told of an audit it ended (`on_ended`: the worker's
   metrics), once its terminal write is written; a `RetryIn` says why the job comes back.
+- An audit of n `samples` makes its n model calls at once (shared/audits/samples.py) and
+  keeps their majority (shared/audits/consensus.py); with one sample that is the call's
+  own answer.
 """
 
 import asyncio
@@ -23,6 +26,7 @@ from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import partial
 from typing import Any, Protocol
 from uuid import UUID
 
@@ -30,8 +34,10 @@ import structlog
 
 from shared import tracing
 from shared.audits import repository
+from shared.audits.consensus import Sample, combine
 from shared.audits.findings import audit_findings
-from shared.audits.repository import ClaimedAudit
+from shared.audits.repository import ClaimedAudit, RunProvenance
+from shared.audits.samples import Sampled, ask_samples
 from shared.audits.schemas import AuditResult
 from shared.audits.scoring import build_result
 from shared.audits.status import AuditStatus
@@ -39,6 +45,7 @@ from shared.db import DATABASE_ERRORS, StatementConnection, is_database_unavaila
 from shared.llm.errors import ModelError
 from shared.llm.ratelimit import Reservation
 from shared.llm.schemas import ModelOutcome
+from shared.version import AUDITQ_VERSION
 
 # The name operators and dashboards know the events of an audit's job by.
 log = structlog.get_logger("worker.run_audit")
@@ -131,10 +138,8 @@ class Admission(Protocol):
         """The call's share of its model's limits, or when to come back for it."""
         ...
 
-    async def settle(
-        self, audit: ClaimedAudit, reserved: Reservation, outcome: ModelOutcome
-    ) -> None:
-        """Count what the answered call used beyond its reservation."""
+    async def settle(self, audit: ClaimedAudit, reserved: Reservation, used: Sampled) -> None:
+        """Count what the answered calls used beyond their reservation."""
         ...
 
     async def on_model_error(self, audit: ClaimedAudit, error: ModelError) -> None:
@@ -195,18 +200,21 @@ async def _run_claimed(
 ) -> Succeeded | Failed | RetryIn:
     """The model call of a claimed attempt, and its one fenced finish."""
     audit = attempt.audit
-    try:
-        outcome = await ask_model(audit)
-    except ModelError as error:
+
+    async def on_error(error: ModelError) -> None:
         await _count(admission.on_model_error(audit, error))
+
+    try:
+        sampled = await ask_samples(audit.samples, partial(ask_model, audit), on_error=on_error)
+    except ModelError as error:
         return await attempt.model_failed(error)
     except asyncio.CancelledError:
         await asyncio.shield(attempt.interrupted())
         raise
     # The answer is written before the rate limits hear of it: it is paid for, and a
     # Redis hiccup while counting must not leave the audit running until its lease ends.
-    answered = await attempt.model_answered(outcome)
-    await _count(admission.settle(audit, reserved, outcome))
+    answered = await attempt.model_answered(sampled)
+    await _count(admission.settle(audit, reserved, sampled))
     return answered
 
 
@@ -231,15 +239,10 @@ class _Attempt:
     clock: Clock
     on_ended: Callable[[AuditEnded], None]
 
-    async def model_answered(self, outcome: ModelOutcome) -> Succeeded:
+    async def model_answered(self, sampled: Sampled) -> Succeeded:
         audit = self.audit
-        result = build_result(
-            findings=audit_findings(outcome.findings),
-            criteria=audit.criteria,
-            summary=outcome.summary,
-            pass_threshold=audit.pass_threshold,
-            dropped_quotes=outcome.dropped_quotes,
-        )
+        result = _result(audit, sampled)
+        provenance = _provenance(sampled.answered[0])
 
         async def succeed(conn: StatementConnection) -> AuditStatus | None:
             written = await repository.succeed(
@@ -247,10 +250,9 @@ class _Attempt:
                 audit_id=audit.id,
                 attempt=audit.attempts,
                 result=result,
-                prompt_tokens=outcome.prompt_tokens,
-                completion_tokens=outcome.completion_tokens,
-                prompt_version=outcome.prompt_version,
-                provider_request_id=outcome.request_id,
+                prompt_tokens=sampled.prompt_tokens,
+                completion_tokens=sampled.completion_tokens,
+                provenance=provenance,
             )
             return AuditStatus.SUCCEEDED if written else None
 
@@ -260,10 +262,13 @@ class _Attempt:
             AuditStatus.SUCCEEDED,
             score=result.score,
             verdict=result.verdict,
-            dropped_quotes=outcome.dropped_quotes,
-            prompt_tokens=outcome.prompt_tokens,
-            completion_tokens=outcome.completion_tokens,
-            provider_request_id=outcome.request_id,
+            dropped_quotes=result.dropped_quotes,
+            samples=len(sampled.answered),
+            agreement=result.agreement,
+            invalid_replies=[kind for o in sampled.answered for kind in o.invalid_replies],
+            prompt_tokens=sampled.prompt_tokens,
+            completion_tokens=sampled.completion_tokens,
+            provider_request_id=provenance.provider_request_id,
         )
         return Succeeded(result, written=written)
 
@@ -360,6 +365,35 @@ class _Attempt:
             return await repository.status_left_by(
                 conn, audit_id=self.audit.id, attempt=self.audit.attempts
             )
+
+
+def _result(audit: ClaimedAudit, sampled: Sampled) -> AuditResult:
+    """The audit's result from its answered samples: their majority, scored by auditq."""
+    consensus = combine([Sample(audit_findings(o.findings), o.summary) for o in sampled.answered])
+    return build_result(
+        findings=consensus.findings,
+        criteria=audit.criteria,
+        summary=consensus.summary,
+        pass_threshold=audit.pass_threshold,
+        dropped_quotes=sum(o.dropped_quotes for o in sampled.answered),
+        agreement=consensus.agreement,
+        samples=len(sampled.answered),
+    )
+
+
+def _provenance(first: ModelOutcome) -> RunProvenance:
+    """What produced the result: the first answered sample's call (the samples send one
+    request, so they differ only in the provider's request id, and in the snapshot if the
+    provider switched between them)."""
+    return RunProvenance(
+        served_model=first.served_model,
+        prompt_version=first.prompt_version,
+        schema_sha256=first.schema_sha256,
+        provider_request_id=first.request_id,
+        temperature=first.temperature,
+        seed=first.seed,
+        auditq_version=AUDITQ_VERSION,
+    )
 
 
 def _log_finish(written: bool, event: str, **fields: Any) -> None:

@@ -21,6 +21,7 @@ MAX_METADATA_BYTES = 16 * 1024
 MAX_METADATA_DEPTH = 32
 # `rubric.version` is an `integer` column; a larger number is no version at all.
 MAX_RUBRIC_VERSION = 2**31 - 1
+MAX_SAMPLES = 5
 
 NoNul = AfterValidator(reject_nul)
 
@@ -110,6 +111,13 @@ class AuditCreate(BaseModel):
         description="`interactive` (the default of `POST /audits`) runs before `bulk` (the "
         "default of a batch's audits); see docs/SCHEDULING.md.",
     )
+    # At most MAX_SAMPLES too, the deployment's: shared/audits/limits.py.
+    samples: Annotated[int, Field(ge=1, le=MAX_SAMPLES)] = Field(
+        default=1,
+        description="Independent model calls to judge the content with, at once: each "
+        "finding keeps the majority verdict and reports its `agreement`. Costs n times the "
+        "tokens; takes as long as the slowest call.",
+    )
 
     @model_validator(mode="after")
     def criteria_xor_rubric(self) -> Self:
@@ -121,13 +129,20 @@ class AuditCreate(BaseModel):
 
 
 class Finding(BaseModel):
-    """The model's judgement of the content against one criterion."""
+    """The model's judgement of the content against one criterion (its samples' majority)."""
 
     criterion_id: str
     verdict: Verdict
     score: Annotated[float, Field(ge=0, le=100)]
     rationale: str
     evidence: list[str]
+    agreement: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="Share of the samples that gave this verdict (1: all of them); null for "
+        "audits run before samples.",
+    )
 
 
 class AuditResult(BaseModel):
@@ -143,6 +158,17 @@ class AuditResult(BaseModel):
     dropped_quotes: int = Field(
         default=0, description="Evidence quotes the model gave that are not in the content."
     )
+    agreement: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="Mean of the findings' `agreement`; null for audits run before samples.",
+    )
+    samples: int | None = Field(
+        default=None,
+        description="Samples the findings were combined from: those that answered, a "
+        "majority of those asked for; null for audits run before samples.",
+    )
 
 
 class AuditError(BaseModel):
@@ -151,13 +177,33 @@ class AuditError(BaseModel):
 
 
 class Usage(BaseModel):
-    """Tokens of the model calls of the attempt that ended the audit (a corrective call
-    included): on success, and on a failure the model answered (a refusal, a reply that
-    could not be used). Null when no call was answered."""
+    """Tokens of the model calls of the attempt that ended the audit (every sample's, and
+    corrective calls included): on success, and on a failure the model answered (a refusal,
+    a reply that could not be used). Null when no call was answered."""
 
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+
+
+class Provenance(BaseModel):
+    """What produced a succeeded audit's result, so that it can be traced and replayed."""
+
+    model: str | None = Field(
+        description="The model as the provider named it in its reply (e.g. a dated snapshot)."
+    )
+    model_requested: str = Field(description="The model the call asked for.")
+    prompt_version: str | None = Field(description="Of the instructions and the reply schema.")
+    schema_sha256: str | None = Field(
+        description="SHA-256 of the reply schema sent, as compact JSON with sorted keys."
+    )
+    provider_request_id: str | None = Field(
+        description="The provider's `x-request-id` of the call whose reply was kept (the first "
+        "sample's)."
+    )
+    temperature: float | None = Field(description="As sent; null when not sent.")
+    seed: int | None = Field(description="As sent; null when not sent.")
+    auditq_version: str | None = Field(description="The version of the worker that ran it.")
 
 
 class AuditRead(BaseModel):
@@ -182,6 +228,13 @@ class AuditRead(BaseModel):
     result: AuditResult | None
     error: AuditError | None
     usage: Usage | None
+    samples: int = Field(description="Independent model calls asked for (1-5).")
+    rerun_of: UUID | None = Field(
+        description="The audit this one re-runs (`POST /audits/{id}/rerun`), if any."
+    )
+    provenance: Provenance | None = Field(
+        description="What produced the result; null until the audit succeeded."
+    )
 
 
 class AuditDetail(AuditRead):

@@ -41,7 +41,10 @@ def build_result(
     summary: str,
     pass_threshold: float,
     dropped_quotes: int = 0,
+    agreement: float | None = None,
+    samples: int | None = None,
 ) -> AuditResult:
+    """The result of findings already combined from their samples (shared/audits/consensus.py)."""
     score = weighted_score(findings, criteria)
     return AuditResult.model_validate(
         {
@@ -51,5 +54,7 @@ def build_result(
             "summary": summary,
             "findings": list(findings),
             "dropped_quotes": dropped_quotes,
+            "agreement": agreement,
+            "samples": samples,
         }
     )

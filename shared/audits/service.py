@@ -19,7 +19,7 @@ from shared.audits.schemas import AuditCreate, Criterion
 from shared.audits.status import AuditStatus
 from shared.config import Settings
 from shared.db import Statements
-from shared.idempotency import Created, replay, request_hash
+from shared.idempotency import Created, replay, request_hash, rerun_hash
 from shared.pagination import Cursors, listing, split_page
 from shared.queue import defer_abort, defer_run
 from shared.rubrics import repository as rubrics
@@ -52,6 +52,7 @@ def new_audit(
     trace_context: str | None = None,
     idempotency_key: str | None = None,
     request_hash: str | None = None,
+    rerun_of: UUID | None = None,
 ) -> NewAudit:
     """A new queued audit, for single and batch inserts."""
     return NewAudit(
@@ -75,6 +76,8 @@ def new_audit(
         trace_context=trace_context,
         idempotency_key=idempotency_key,
         request_hash=request_hash,
+        samples=data.samples,
+        rerun_of=rerun_of,
     )
 
 
@@ -88,10 +91,12 @@ async def create(
     request_id: str | None = None,
     trace_context: str | None = None,
     idempotency_key: str | None = None,
+    rerun_of: UUID | None = None,
 ) -> Created[AuditRow]:
     """Record a queued audit of `tenant` in one INSERT; its job is sent after it.
 
     `trace_context`: the request's, which the audit's attempts continue (shared/tracing.py).
+    `rerun_of`: the audit whose inputs `data` repeats (`rerun`).
 
     With an `idempotency_key` the tenant already used, the earlier audit is returned
     instead. The rubric it names, if any, is read first: rubric versions never change,
@@ -99,7 +104,9 @@ async def create(
     (`max_queued`): then `conn` must be a transaction, which its count and insert share.
     """
     limits.check(data, settings)
-    digest = None if idempotency_key is None else request_hash(data)
+    digest = None
+    if idempotency_key is not None:
+        digest = request_hash(data) if rerun_of is None else rerun_hash(rerun_of)
     if max_queued is not None:
         await quotas.lock(conn, tenant=tenant)
     if idempotency_key is not None and (
@@ -119,6 +126,7 @@ async def create(
         trace_context=trace_context,
         idempotency_key=idempotency_key,
         request_hash=digest,
+        rerun_of=rerun_of,
     )
     row = await audits.insert(conn, audit)
     if row is None:  # a concurrent request with the same key won the insert
@@ -128,6 +136,55 @@ async def create(
         return winner
     defer_run(conn, row.run)
     return Created(row)
+
+
+async def rerun(
+    conn: Statements,
+    *,
+    audit_id: UUID,
+    tenant: str | None,
+    settings: Settings,
+    quota: quotas.QuotaOf,
+    request_id: str | None = None,
+    trace_context: str | None = None,
+    idempotency_key: str | None = None,
+) -> Created[AuditRow]:
+    """A new audit of the same inputs as `audit_id`, if `tenant` (None: any) reaches it.
+
+    In a transaction. The new audit belongs to the original's tenant (its rubric is that
+    tenant's) and counts against its quota; it is submitted as `POST /audits` submits, so
+    it is checked against the deployment's limits as they stand now, and it runs as an
+    `interactive` audit of its own, outside any batch.
+    """
+    source = await get_or_raise(conn, audit_id=audit_id, tenant=tenant)
+    return await create(
+        conn,
+        data=inputs_of(source),
+        tenant=source.tenant,
+        settings=settings,
+        max_queued=await quota(source.tenant),
+        request_id=request_id,
+        trace_context=trace_context,
+        idempotency_key=idempotency_key,
+        rerun_of=source.id,
+    )
+
+
+def inputs_of(audit: AuditRow) -> AuditCreate:
+    """What an audit was asked, as the request that would ask it again: its content, its
+    criteria (the rubric version it referenced, or the inline snapshot), model and samples."""
+    by_rubric = audit.rubric_name is not None
+    return AuditCreate(
+        subject=audit.subject,
+        content=audit.content,
+        criteria=None if by_rubric else [Criterion.model_validate(c) for c in audit.criteria],
+        rubric=audit.rubric_name,
+        rubric_version=audit.rubric_version,
+        model=audit.model,
+        metadata=audit.metadata,
+        pass_threshold=audit.pass_threshold,
+        samples=audit.samples,
+    )
 
 
 def model_of(data: AuditCreate, settings: Settings) -> str:

@@ -6,7 +6,8 @@ Built from the typed row the repository returns, validated once into the respons
 from typing import Any
 
 from shared.audits.repository import AuditRow
-from shared.audits.schemas import AuditDetail, AuditError, AuditRead, Usage
+from shared.audits.schemas import AuditDetail, AuditError, AuditRead, Provenance, Usage
+from shared.audits.status import AuditStatus
 
 
 def _usage(audit: AuditRow) -> Usage | None:
@@ -22,6 +23,23 @@ def _error(audit: AuditRow) -> AuditError | None:
     if audit.error_code is None:
         return None
     return AuditError(code=audit.error_code, message=audit.error_message or "")
+
+
+def _provenance(audit: AuditRow) -> Provenance | None:
+    """What produced the result; the columns of audits that succeeded before some of them
+    were recorded are null."""
+    if audit.status != AuditStatus.SUCCEEDED:
+        return None
+    return Provenance(
+        model=audit.served_model,
+        model_requested=audit.model,
+        prompt_version=audit.prompt_version,
+        schema_sha256=audit.schema_sha256,
+        provider_request_id=audit.provider_request_id,
+        temperature=audit.temperature,
+        seed=audit.seed,
+        auditq_version=audit.auditq_version,
+    )
 
 
 def _fields(audit: AuditRow) -> dict[str, Any]:
@@ -45,6 +63,9 @@ def _fields(audit: AuditRow) -> dict[str, Any]:
         "result": audit.result or None,
         "error": _error(audit),
         "usage": _usage(audit),
+        "samples": audit.samples,
+        "rerun_of": audit.rerun_of,
+        "provenance": _provenance(audit),
     }
 
 

@@ -1,4 +1,4 @@
-from shared.errors import InvalidRequest, NotFound
+from shared.errors import Conflict, InvalidRequest, NotFound
 
 
 class BatchNotFound(NotFound):
@@ -11,3 +11,10 @@ class AuditNotInBatch(InvalidRequest):
 
     code = "audit_not_in_batch"
     title = "Audit not in batch"
+
+
+class BatchHasNoAudits(Conflict):
+    """The batch's audits are all gone (`RETENTION_DAYS` deleted them): nothing to re-run."""
+
+    code = "batch_has_no_audits"
+    title = "Batch has no audits"

@@ -40,3 +40,5 @@ class Batch(SQLModel, table=True):
         sa_type=sa.DateTime(timezone=True), sa_column_kwargs={"server_default": sa.func.now()}
     )
     cancelled_at: datetime | None = Field(default=None, sa_type=sa.DateTime(timezone=True))
+    # The batch this one re-runs (`POST /batches/{id}/rerun`); no foreign key, as an audit's.
+    rerun_of: UUID | None = None

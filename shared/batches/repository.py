@@ -27,6 +27,7 @@ class BatchRow:
     request_id: str | None
     created_at: datetime
     cancelled_at: datetime | None
+    rerun_of: UUID | None
 
     @classmethod
     def of(cls, record: Mapping[str, Any]) -> Self:
@@ -38,8 +39,8 @@ _RETURNING = f"RETURNING {', '.join(COLUMNS)}"
 _SELECT = f"SELECT {', '.join(COLUMNS)} FROM batch"
 
 _INSERT = (
-    "INSERT INTO batch (id, tenant, name, metadata, idempotency_key, request_hash, request_id) "
-    "VALUES ($1, $2, $3, $4, $5, $6, $7) "
+    "INSERT INTO batch (id, tenant, name, metadata, idempotency_key, request_hash, request_id, "
+    "rerun_of) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) "
     "ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING "
     f"{_RETURNING}"
 )
@@ -69,6 +70,7 @@ async def insert(
     idempotency_key: str | None,
     request_hash: str,
     request_id: str | None,
+    rerun_of: UUID | None = None,
 ) -> BatchRow | None:
     """Insert a batch; None when its idempotency key is already taken."""
     record = await conn.fetchrow(
@@ -80,6 +82,7 @@ async def insert(
         idempotency_key,
         request_hash,
         request_id,
+        rerun_of,
     )
     return None if record is None else BatchRow.of(record)
 

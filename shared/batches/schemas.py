@@ -50,6 +50,9 @@ class BatchRead(BaseModel):
     usage: Usage
     created_at: datetime
     finished_at: datetime | None = Field(description="When its last audit ended.")
+    rerun_of: UUID | None = Field(
+        default=None, description="The batch this one re-runs (`POST /batches/{id}/rerun`)."
+    )
 
 
 class BatchPage(BaseModel):

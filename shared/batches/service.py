@@ -18,12 +18,12 @@ from shared.audits.repository import BatchTally, ResultLine
 from shared.audits.schemas import AuditCreate
 from shared.audits.status import UNFINISHED, AuditStatus
 from shared.batches import repository as batches
-from shared.batches.exceptions import BatchNotFound
+from shared.batches.exceptions import BatchHasNoAudits, BatchNotFound
 from shared.batches.repository import BatchRow
 from shared.batches.schemas import BatchCounts, BatchCreate, BatchStatus
 from shared.config import Settings
 from shared.db import Statements
-from shared.idempotency import Created, replay, request_hash
+from shared.idempotency import Created, replay, request_hash, rerun_hash
 from shared.pagination import Cursors, listing, split_page
 from shared.queue import defer_abort, defer_run
 from shared.rubrics.exceptions import UnknownRubric
@@ -274,6 +274,66 @@ async def retry(
     if requeued.get(AuditStatus.CANCELLED):
         batch = await batches.unstamp_cancelled(conn, batch.id)
     return await summarize(conn, batch), requeued
+
+
+async def rerun(
+    conn: Statements,
+    *,
+    batch: BatchRow,
+    settings: Settings,
+    quota: quotas.QuotaOf,
+    idempotency_key: str | None = None,
+    request_id: str | None = None,
+    trace_context: str | None = None,
+) -> Created[BatchSummary]:
+    """A new batch re-running every audit of `batch` with the same inputs, whatever became
+    of them; in one transaction, all or nothing, against the batch's tenant's quota.
+
+    The copies keep each audit's index and priority and link back through `rerun_of`, as
+    the new batch does to `batch`. They are checked against `ALLOWED_MODELS`, `MAX_SAMPLES`
+    and `MAX_CONTENT_CHARS` as they stand now (`loc`: `["audits", index, field]`).
+    """
+    digest = rerun_hash(batch.id)
+    max_queued = await quota(batch.tenant)
+    if max_queued is not None:
+        await quotas.lock(conn, tenant=batch.tenant)
+    if idempotency_key is not None and (
+        earlier := await _replay(conn, batch.tenant, idempotency_key, digest)
+    ):
+        return earlier
+    items = await audits.rerun_items(conn, batch.id)
+    if not items:
+        raise BatchHasNoAudits(f"Batch {batch.id} has no audits left to re-run.")
+    limits.check_rerun(items, settings)
+    if max_queued is not None:
+        await quotas.check_room(conn, tenant=batch.tenant, max_queued=max_queued, adding=len(items))
+    copy = await batches.insert(
+        conn,
+        batch_id=uuid4(),
+        tenant=batch.tenant,
+        name=batch.name,
+        metadata=batch.metadata,
+        idempotency_key=idempotency_key,
+        request_hash=digest,
+        request_id=request_id,
+        rerun_of=batch.id,
+    )
+    if copy is None:  # a concurrent rerun with the same key won the insert
+        assert idempotency_key is not None
+        winner = await _replay(conn, batch.tenant, idempotency_key, digest)
+        assert winner is not None
+        return winner
+    runs = await audits.copy_batch(
+        conn,
+        source_id=batch.id,
+        batch_id=copy.id,
+        attempt_limit=settings.max_attempts,
+        request_id=request_id,
+        trace_context=trace_context,
+    )
+    for run in runs:
+        defer_run(conn, run)
+    return Created(await summarize(conn, copy))
 
 
 async def results_after(

@@ -22,5 +22,6 @@ def to_read(summary: BatchSummary) -> BatchRead:
             ),
             "created_at": batch.created_at,
             "finished_at": summary.finished_at,
+            "rerun_of": batch.rerun_of,
         }
     )

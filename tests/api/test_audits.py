@@ -38,6 +38,9 @@ READ_FIELDS = {
     "result",
     "error",
     "usage",
+    "samples",
+    "rerun_of",
+    "provenance",
 }
 TERMINAL = ("succeeded", "failed", "cancelled")
 

@@ -199,6 +199,8 @@ INVALID_BODIES = [
     ),
     case("metadata too deep", audit_request(metadata=nested(33)), "body.metadata", "32 levels"),
     case("model not allowed", audit_request(model="gpt-9"), "body.model", "ALLOWED_MODELS"),
+    case("no samples", audit_request(samples=0), "body.samples", "greater than or equal to 1"),
+    case("six samples", audit_request(samples=6), "body.samples", "less than or equal to 5"),
     # NUL: PostgreSQL cannot store it
     case("NUL in subject", audit_request(subject="a\x00b"), "body.subject", "NUL"),
     case("NUL in content", audit_request(content="a\x00b"), "body.content", "NUL"),
@@ -373,6 +375,23 @@ async def test_allowed_models_are_the_settings(
     assert accepted.json()["model"] == "qwen2.5-7b"
     body = assert_invalid(refused, "body.model", "llama-3.1-8b, qwen2.5-7b")
     assert "ALLOWED_MODELS" in body["detail"]
+    assert (await row_counts(engine))["audit"] == 1
+
+
+async def test_samples_are_bounded_by_max_samples(
+    client_with: ClientFactory, engine: AsyncEngine
+) -> None:
+    async with client_with(max_samples=2) as client:
+        accepted = await client.post("/audits", json=audit_request(samples=2))
+        refused = await client.post("/audits", json=audit_request(samples=3))
+        in_a_batch = await client.post(
+            "/batches", json={"audits": [audit_request(), audit_request(samples=3)]}
+        )
+
+    assert accepted.status_code == 202, accepted.text
+    assert accepted.json()["samples"] == 2
+    assert_invalid(refused, "body.samples", "at most 2 (MAX_SAMPLES), got 3")
+    assert_invalid(in_a_batch, "body.audits.1.samples", "MAX_SAMPLES")
     assert (await row_counts(engine))["audit"] == 1
 
 

@@ -127,6 +127,16 @@ async def retry_another_tenants_audit(t: Tenants) -> None:
     assert (await t.alice.get(f"/audits/{audit_id}")).json()["status"] == "cancelled"
 
 
+async def rerun_another_tenants_audit(t: Tenants) -> None:
+    audit_id = await _alices_audit(t)
+    assert_problem(await t.bob.post(f"/audits/{audit_id}/rerun"), 404, "audit_not_found")
+    assert (await t.alice.get("/audits")).json()["items"][0]["id"] == audit_id
+    # An admin's rerun belongs to the audit's tenant, whose rubric and quota it uses.
+    rerun = await t.admin.post(f"/audits/{audit_id}/rerun")
+    assert rerun.status_code == 202, rerun.text
+    assert (rerun.json()["tenant"], rerun.json()["rerun_of"]) == ("acme", audit_id)
+
+
 async def submit_a_batch_with_the_same_idempotency_key(t: Tenants) -> None:
     headers = {"Idempotency-Key": "nightly-1"}
     mine = await t.alice.post("/batches", json=batch_request(2), headers=headers)
@@ -167,6 +177,12 @@ async def retry_another_tenants_batch(t: Tenants) -> None:
     assert (await t.alice.get(f"/batches/{batch_id}")).json()["counts"]["cancelled"] == 2
 
 
+async def rerun_another_tenants_batch(t: Tenants) -> None:
+    batch_id = await _alices_batch(t)
+    assert_problem(await t.bob.post(f"/batches/{batch_id}/rerun"), 404, "batch_not_found")
+    assert [b["id"] for b in (await t.alice.get("/batches")).json()["items"]] == [batch_id]
+
+
 async def publish_the_same_rubric_name(t: Tenants) -> None:
     mine = await t.alice.post("/rubrics", json=rubric_request("house-rules"))
     theirs = await t.bob.post("/rubrics", json=rubric_request("house-rules"))
@@ -202,12 +218,14 @@ ISOLATION: dict[tuple[str, str], Check] = {
     ("GET", "/audits"): list_audits,
     ("POST", "/audits/{audit_id}/cancel"): cancel_another_tenants_audit,
     ("POST", "/audits/{audit_id}/retry"): retry_another_tenants_audit,
+    ("POST", "/audits/{audit_id}/rerun"): rerun_another_tenants_audit,
     ("POST", "/batches"): submit_a_batch_with_the_same_idempotency_key,
     ("GET", "/batches/{batch_id}"): read_another_tenants_batch,
     ("GET", "/batches"): list_batches,
     ("GET", "/batches/{batch_id}/results"): read_another_tenants_results,
     ("POST", "/batches/{batch_id}/cancel"): cancel_another_tenants_batch,
     ("POST", "/batches/{batch_id}/retry"): retry_another_tenants_batch,
+    ("POST", "/batches/{batch_id}/rerun"): rerun_another_tenants_batch,
     ("POST", "/rubrics"): publish_the_same_rubric_name,
     ("GET", "/rubrics"): list_rubrics,
     ("GET", "/rubrics/{name}"): read_another_tenants_rubric,

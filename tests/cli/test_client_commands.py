@@ -512,6 +512,18 @@ async def test_audit_cancel_then_retry(auditq: Auditq, tmp_path: Path) -> None:
     assert audit_id in listed.stdout
 
 
+async def test_audit_rerun_queues_a_new_audit_of_the_same_inputs(auditq: Auditq) -> None:
+    submitted = await auditq(
+        "submit", EXAMPLES / "product-page.txt", "--criteria", EXAMPLES / "criteria.json", "--json"
+    )
+    original = parsed(submitted)
+
+    rerun = parsed(await auditq("audit", "rerun", original["id"], "--json"))
+
+    assert (rerun["status"], rerun["rerun_of"]) == ("queued", original["id"])
+    assert rerun["criteria"] == original["criteria"]
+
+
 async def test_batch_cancel_cancels_what_has_not_ended(auditq: Auditq, tmp_path: Path) -> None:
     path = audits_file(tmp_path / "audits.jsonl", 2)
     [batch] = parsed(await auditq("batch", "submit", path, "--json"))["batches"]

@@ -26,6 +26,15 @@ pytestmark = pytest.mark.usefixtures("clean")
 
 LEASE = timedelta(seconds=30)
 RESULT = AuditResult(score=80.0, verdict="pass", pass_threshold=70.0, summary="Fine.", findings=[])
+PROVENANCE = repository.RunProvenance(
+    served_model="gpt-4o-mini-2024-07-18",
+    prompt_version="v-test",
+    schema_sha256="ab" * 32,
+    provider_request_id="req-1",
+    temperature=0.0,
+    seed=42,
+    auditq_version="0.1.0",
+)
 
 
 def snapshot(audit: Audit) -> dict[str, Any]:
@@ -52,8 +61,7 @@ async def succeed(engine: AsyncEngine, audit_id: UUID, *, attempt: int) -> bool:
             result=RESULT,
             prompt_tokens=120,
             completion_tokens=30,
-            prompt_version="v-test",
-            provider_request_id="req-1",
+            provenance=PROVENANCE,
         )
 
 
@@ -101,6 +109,7 @@ async def test_claim_starts_the_first_attempt_of_a_queued_audit(
         content=stored.content,
         criteria=[Criterion.model_validate(c) for c in stored.criteria or []],
         pass_threshold=stored.pass_threshold,
+        samples=stored.samples,
         request_id=stored.request_id,
         trace_context=stored.trace_context,
         priority=Priority(stored.priority),
@@ -204,6 +213,8 @@ async def test_succeed_records_the_result_usage_and_provenance(
     assert audit.result == RESULT.model_dump(mode="json")
     assert (audit.prompt_tokens, audit.completion_tokens) == (120, 30)
     assert (audit.prompt_version, audit.provider_request_id) == ("v-test", "req-1")
+    assert (audit.served_model, audit.schema_sha256) == ("gpt-4o-mini-2024-07-18", "ab" * 32)
+    assert (audit.temperature, audit.seed, audit.auditq_version) == (0.0, 42, "0.1.0")
     assert (audit.error_code, audit.error_message, audit.lease_until) == (None, None, None)
     assert audit.finished_at is not None
     assert audit.started_at is not None

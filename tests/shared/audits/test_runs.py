@@ -7,6 +7,7 @@ clock faked; tests/worker runs it end to end through arq, the simulator and Redi
 import asyncio
 from collections.abc import Iterator
 from contextlib import AbstractAsyncContextManager
+from dataclasses import replace
 from datetime import timedelta
 from functools import partial
 from typing import Any
@@ -34,16 +35,17 @@ from shared.audits.runs import (
     Succeeded,
     run_attempt,
 )
+from shared.audits.samples import Sampled
 from shared.audits.status import AuditStatus
 from shared.config import Settings
 from shared.db import SessionFactory, StatementConnection, create_engine
 from shared.db import statement_connection as connect_to
 from shared.llm.errors import ModelError
 from shared.llm.ratelimit import Reservation
-from shared.llm.schemas import ModelOutcome, ReplyFinding
+from shared.llm.schemas import ModelOutcome, ReplyFinding, Verdict
 from shared.logging import configure_logging
 from tests.fixtures.pgproxy import proxy_closing_late
-from tests.rows import expire_lease, insert_audit, load_audit
+from tests.rows import CRITERIA, expire_lease, insert_audit, load_audit
 from tests.worker.conftest import LogEvents, eventually
 
 pytestmark = pytest.mark.usefixtures("clean")
@@ -70,13 +72,17 @@ def answer_to(audit: ClaimedAudit) -> ModelOutcome:
     )
 
 
+Reply = ModelError | ModelOutcome | None
+
+
 class FakeModel:
-    """Answers each call with the next of `replies` (None: a valid answer; else the error).
+    """Answers each call with the next of `replies` (None: a valid answer; an answer of its
+    own; else the error).
 
     With `held`, calls wait until `release()`, as a stalled provider would keep them.
     """
 
-    def __init__(self, *replies: ModelError | None, held: bool = False) -> None:
+    def __init__(self, *replies: Reply, held: bool = False) -> None:
         self.replies = list(replies) or [None]
         self.calls = 0
         self._released = asyncio.Event()
@@ -87,9 +93,9 @@ class FakeModel:
         self.calls += 1
         reply = self.replies.pop(0) if len(self.replies) > 1 else self.replies[0]
         await self._released.wait()
-        if reply is not None:
+        if isinstance(reply, ModelError):
             raise reply
-        return answer_to(audit)
+        return reply or answer_to(audit)
 
     def release(self) -> None:
         self._released.set()
@@ -100,16 +106,14 @@ class FakeAdmission:
 
     def __init__(self, refuse_for: float | None = None) -> None:
         self.refuse_for = refuse_for
-        self.settled: list[tuple[Reservation, ModelOutcome]] = []
+        self.settled: list[tuple[Reservation, Sampled]] = []
         self.errors: list[str] = []
 
     async def reserve(self, audit_id: UUID) -> Reservation | RetryIn:
         return RESERVED if self.refuse_for is None else RetryIn(self.refuse_for, RATE_LIMIT_WAIT)
 
-    async def settle(
-        self, audit: ClaimedAudit, reserved: Reservation, outcome: ModelOutcome
-    ) -> None:
-        self.settled.append((reserved, outcome))
+    async def settle(self, audit: ClaimedAudit, reserved: Reservation, used: Sampled) -> None:
+        self.settled.append((reserved, used))
 
     async def on_model_error(self, audit: ClaimedAudit, error: ModelError) -> None:
         self.errors.append(error.code)
@@ -353,6 +357,128 @@ async def test_a_transient_model_error_on_the_last_attempt_fails_the_audit(
     failed = [e for e in events.events if e["event"] == "audit_failed"]
     assert [e["attempts_exhausted"] for e in failed] == [True]
     assert ends(ended) == [(audit_id, "failed", "model_server_error")]
+
+
+# Samples
+
+
+def judged(*verdicts: tuple[Verdict, float], request_id: str) -> ModelOutcome:
+    """An answer judging the two criteria of `insert_audit`'s audits so."""
+    findings = [
+        ReplyFinding(
+            criterion_id=str(criterion["id"]),
+            verdict=verdict,
+            score=score,
+            rationale=f"{verdict} by {request_id}.",
+            evidence=[f"quote of {request_id}"],
+        )
+        for criterion, (verdict, score) in zip(CRITERIA, verdicts, strict=True)
+    ]
+    return replace(answer_to_nothing(), findings=findings, request_id=request_id)
+
+
+def answer_to_nothing() -> ModelOutcome:
+    return ModelOutcome(
+        findings=[],
+        summary="Judged.",
+        dropped_quotes=1,
+        prompt_tokens=100,
+        completion_tokens=20,
+        request_id="req-1",
+        prompt_version="v-test",
+    )
+
+
+async def test_the_samples_of_an_audit_are_asked_at_once_and_all_counted(
+    run: Any, session_factory: SessionFactory, admission: FakeAdmission
+) -> None:
+    audit_id = await insert_audit(session_factory, samples=3)
+    model = FakeModel(held=True)
+    attempt = asyncio.create_task(run(audit_id, model))
+
+    async def calls() -> int:
+        return model.calls
+
+    await eventually(calls, lambda n: n == 3)  # all three in flight, none answered yet
+    model.release()
+    outcome = await attempt
+
+    assert isinstance(outcome, Succeeded)
+    assert (outcome.result.samples, outcome.result.agreement) == (3, 1.0)
+    assert [f.agreement for f in outcome.result.findings] == [1.0, 1.0]
+    row = await load_audit(session_factory, audit_id)
+    assert (row.prompt_tokens, row.completion_tokens) == (300, 60)
+    [(_, used)] = admission.settled
+    assert used.model_calls == 3
+
+
+async def test_samples_that_disagree_keep_their_majority(
+    run: Any, session_factory: SessionFactory
+) -> None:
+    audit_id = await insert_audit(session_factory, samples=3)
+    model = FakeModel(
+        judged(("fail", 20), ("pass", 80), request_id="a"),
+        judged(("pass", 90), ("pass", 70), request_id="b"),
+        judged(("pass", 60), ("pass", 75), request_id="c"),
+    )
+
+    outcome = await run(audit_id, model)
+
+    assert isinstance(outcome, Succeeded)
+    first, second = outcome.result.findings
+    assert (first.verdict, first.score, first.agreement) == ("pass", 75.0, 0.6667)
+    assert first.rationale == "pass by b."
+    assert first.evidence == ["quote of a", "quote of b", "quote of c"]
+    assert (second.verdict, second.score, second.agreement) == ("pass", 75.0, 1.0)
+    assert outcome.result.agreement == 0.8333
+    assert outcome.result.dropped_quotes == 3
+    row = await load_audit(session_factory, audit_id)
+    assert row.provider_request_id == "a"  # the first sample's
+
+
+async def test_a_minority_of_failed_samples_leaves_the_audit_to_the_others(
+    run: Any, session_factory: SessionFactory, admission: FakeAdmission, events: LogEvents
+) -> None:
+    audit_id = await insert_audit(session_factory, samples=3)
+
+    outcome = await run(audit_id, FakeModel(None, transient(), None))
+
+    assert isinstance(outcome, Succeeded)
+    assert outcome.result.samples == 2
+    assert admission.errors == ["model_server_error"]
+    assert admission.settled[0][1].model_calls == 3
+    failed = [e for e in events.events if e["event"] == "samples_failed"]
+    assert [(e["failed"], e["samples"], e["error_codes"]) for e in failed] == [
+        (1, 3, ["model_server_error"])
+    ]
+
+
+async def test_a_majority_of_failed_samples_retries_the_attempt_if_any_failure_is_transient(
+    run: Any, session_factory: SessionFactory, clock: FakeClock
+) -> None:
+    audit_id = await insert_audit(session_factory, samples=3)
+
+    outcome = await run(audit_id, FakeModel(transient(), permanent(), transient(retry_after=30)))
+
+    # The longest Retry-After of the transient failures.
+    assert outcome == RetryIn(30.0, "model_server_error")
+    row = await load_audit(session_factory, audit_id)
+    assert (row.status, row.attempts) == ("queued", 1)
+
+
+async def test_a_majority_of_permanently_failed_samples_fails_the_audit(
+    run: Any, session_factory: SessionFactory, admission: FakeAdmission
+) -> None:
+    audit_id = await insert_audit(session_factory, samples=3)
+
+    outcome = await run(audit_id, FakeModel(permanent(), None, permanent()))
+
+    assert outcome == Failed("model_refused", written=True)
+    row = await load_audit(session_factory, audit_id)
+    assert row.error_message is not None
+    assert row.error_message.startswith("2 of 3 samples failed; the model refused")
+    assert (row.prompt_tokens, row.completion_tokens) == (180, 30)  # 40 + 100 + 40, 5 + 20 + 5
+    assert admission.errors == ["model_refused", "model_refused"]
 
 
 # Attempts that lost their audit
