@@ -18,6 +18,7 @@ from bench import (
     polling,
     reads,
     revisions,
+    samples,
     submit,
     worker,
 )
@@ -36,6 +37,7 @@ BENCHMARKS: dict[str, Callable[[Run], list[Section]]] = {
     "revisions": revisions.run,  # only with --against REV
     "fairness": fairness.run,
     "capacity": capacity.run,  # only when named: it starts servers of its own
+    "samples": samples.run,
 }
 # Run only when named: not part of `make bench`'s run of them all.
 ON_DEMAND = {"capacity"}

@@ -68,14 +68,14 @@ def redis_commands_to_submit(count: int) -> int:
     return 3 * count + 2 * chunks
 
 
-async def submit(c: Client, count: int, *, start: int = 0) -> list[UUID]:
-    """`count` audits as batches of up to 1,000 (one transaction, one Redis command each)."""
+async def submit(c: Client, count: int, *, start: int = 0, samples: int = 1) -> list[UUID]:
+    """`count` audits as batches of up to 1,000 (one transaction, one Redis command each),
+    each asking for `samples`."""
     ids: list[UUID] = []
     for first in range(start, start + count, CHUNK):
         size = min(CHUNK, start + count - first)
-        data = BatchCreate(
-            audits=[AuditCreate.model_validate(audit_body(first + i)) for i in range(size)]
-        )
+        items = [{**audit_body(first + i), "samples": samples} for i in range(size)]
+        data = BatchCreate(audits=[AuditCreate.model_validate(item) for item in items])
         async with transaction(c.factory, c.redis) as session:
             created = await batches.create(
                 SessionStatements(session), data=data, tenant=DEFAULT_TENANT, settings=c.settings

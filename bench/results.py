@@ -27,6 +27,7 @@ ORDER = [
     "model-call",
     "fairness",
     "capacity",
+    "samples",
 ]
 _SECTION = re.compile(
     r"<!-- section:(?P<key>[\w-]+) -->\n(?P<body>.*?)<!-- /section:(?P=key) -->\n", re.S
