@@ -32,6 +32,7 @@ from shared.queue import create_redis
 from shared.secret import secret_key
 from shared.tenants.directory import Directory
 from shared.tenants.quotas import SubmitRate
+from shared.webhooks.addresses import CallbackPolicy
 
 API_PREFIX = "/api/v1"
 # Probes and scrapers, every few seconds: traces of them would bury the audits'.
@@ -110,6 +111,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.result_streams = StreamSlots(settings.max_result_streams)
     app.state.tenant_gates = {}  # api/deps.py, tenant_gate
     app.state.path_templates = {}  # api.deps.set_location
+    app.state.callback_policy = CallbackPolicy(allow_private=settings.webhook_allow_private)
     # Every route of these authenticates (`CurrentCaller`); without keys the document
     # must not ask clients for a bearer token they don't need.
     guarded = settings.uses_keys

@@ -23,6 +23,8 @@ from shared.queue import statements as queue_statements
 from shared.tenants.caller import TENANT_NAME, Caller
 from shared.tenants.directory import Directory, TenantLimits
 from shared.tenants.quotas import QuotaOf, SubmitRate
+from shared.webhooks import callbacks
+from shared.webhooks.addresses import CallbackPolicy
 
 
 # The dependencies below that do no I/O are `async def` all the same: FastAPI runs a
@@ -183,6 +185,14 @@ async def tenant_limits(request: Request, caller: Caller) -> TenantLimits:
     submit_rate: SubmitRate = request.app.state.submit_rate
     await submit_rate.take(caller.tenant, per_minute=limits.submit_rpm)
     return limits
+
+
+async def check_callback(
+    request: Request, url: str | None, caller: Caller, limits: TenantLimits
+) -> None:
+    """Refuse a `callback_url` the deployment would not call or could not sign for."""
+    policy: CallbackPolicy = request.app.state.callback_policy
+    await callbacks.check(url, policy=policy, can_sign=limits.signs_webhooks, tenant=caller.tenant)
 
 
 def quota_of(request: Request) -> QuotaOf:

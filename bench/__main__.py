@@ -20,6 +20,7 @@ from bench import (
     revisions,
     samples,
     submit,
+    webhooks,
     worker,
 )
 from bench.common import Run, drop_all_queues, find_servers, server_versions
@@ -38,6 +39,7 @@ BENCHMARKS: dict[str, Callable[[Run], list[Section]]] = {
     "fairness": fairness.run,
     "capacity": capacity.run,  # only when named: it starts servers of its own
     "samples": samples.run,
+    "webhooks": webhooks.run,
 }
 # Run only when named: not part of `make bench`'s run of them all.
 ON_DEMAND = {"capacity"}

@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bench.workload import audit_body
 from shared.audits import service as audits
-from shared.audits.schemas import AuditCreate
+from shared.audits.schemas import AuditCreate, AuditFields
 from shared.audits.status import TERMINAL, sql_list
 from shared.batches import service as batches
 from shared.batches.schemas import BatchCreate
@@ -68,14 +68,21 @@ def redis_commands_to_submit(count: int) -> int:
     return 3 * count + 2 * chunks
 
 
-async def submit(c: Client, count: int, *, start: int = 0, samples: int = 1) -> list[UUID]:
+async def submit(
+    c: Client, count: int, *, start: int = 0, samples: int = 1, callback_url: str | None = None
+) -> list[UUID]:
     """`count` audits as batches of up to 1,000 (one transaction, one Redis command each),
-    each asking for `samples`."""
+    each asking for `samples`; with `callback_url`, every audit and every batch sends its
+    end there."""
     ids: list[UUID] = []
     for first in range(start, start + count, CHUNK):
         size = min(CHUNK, start + count - first)
         items = [{**audit_body(first + i), "samples": samples} for i in range(size)]
-        data = BatchCreate(audits=[AuditCreate.model_validate(item) for item in items])
+        data = BatchCreate(
+            audits=[AuditFields.model_validate(item) for item in items],
+            callback_url=callback_url,
+            item_events=callback_url is not None,
+        )
         async with transaction(c.factory, c.redis) as session:
             created = await batches.create(
                 SessionStatements(session), data=data, tenant=DEFAULT_TENANT, settings=c.settings

@@ -28,6 +28,7 @@ ORDER = [
     "fairness",
     "capacity",
     "samples",
+    "webhooks",
 ]
 _SECTION = re.compile(
     r"<!-- section:(?P<key>[\w-]+) -->\n(?P<body>.*?)<!-- /section:(?P=key) -->\n", re.S

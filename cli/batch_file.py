@@ -23,7 +23,8 @@ MAX_BATCH_AUDITS = 1000  # what POST /batches accepts
 # Half the API's default MAX_BODY_BYTES: a batch of long contents is cut short rather than refused.
 MAX_BATCH_BYTES = 8 * 1024 * 1024
 KEY_PREFIX = "auditq-cli:v1"
-# The fields of a POST /audits body, to name a misspelled one.
+# The fields of an audit of a batch (a POST /audits body less `callback_url`), to name a
+# misspelled one.
 AUDIT_FIELDS = (
     "subject",
     "content",

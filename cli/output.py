@@ -249,9 +249,10 @@ def keys_table(rows: Sequence[Any]) -> Table:
 
 
 def tenants_table(rows: Sequence[Any]) -> Table:
-    """Tenants (`TenantRow`s); a quota left to its setting shows as `default`."""
+    """Tenants (`TenantRow`s); a quota left to its setting shows as `default`, and so does a
+    webhook secret (WEBHOOK_SECRET's), an own secret as `own`: never the secret."""
     table = Table(title=f"{len(rows)} tenant(s)", title_justify="left")
-    for column in ("tenant", "max queued", "submit rpm", "weight", "created"):
+    for column in ("tenant", "max queued", "submit rpm", "weight", "webhook secret", "created"):
         table.add_column(column, no_wrap=True)
     for tenant in rows:
         table.add_row(
@@ -259,6 +260,7 @@ def tenants_table(rows: Sequence[Any]) -> Table:
             _quota(tenant.max_queued),
             _quota(tenant.submit_rpm),
             str(tenant.weight),
+            "default" if tenant.webhook_secret is None else "own",
             _day(tenant.created_at),
         )
     return table

@@ -10,6 +10,8 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from shared.webhooks.signing import secret_key
+
 CommaList = Annotated[list[str], NoDecode]
 # The context of today's usual hosted models (gpt-4o, gpt-4o-mini); a smaller
 # self-hosted model is named in MODEL_CONTEXT_TOKENS.
@@ -19,8 +21,13 @@ ModelLimits = Annotated[dict[str, int], NoDecode]
 
 
 class Settings(BaseSettings):
+    # An error names the setting, never its value: several hold secrets.
     model_config = SettingsConfigDict(
-        env_file=".env", env_ignore_empty=True, extra="ignore", frozen=True
+        env_file=".env",
+        env_ignore_empty=True,
+        extra="ignore",
+        frozen=True,
+        hide_input_in_errors=True,
     )
 
     database_url: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/auditq"
@@ -86,6 +93,14 @@ class Settings(BaseSettings):
     tenant_submit_rpm: int | None = Field(default=None, ge=1)
     # Finished audits older than this many days are deleted; unset keeps them forever.
     retention_days: int | None = Field(default=None, ge=1)
+    # Signs webhooks (`whsec_…`, shared/webhooks/signing.py) of the tenants without their
+    # own (`auditq tenant set --webhook-secret`); unset, such tenants cannot use callbacks.
+    webhook_secret: SecretStr | None = None
+    # How long an event is tried before it is given up (`expired`).
+    webhook_max_age_s: float = Field(default=86_400.0, gt=0)
+    # Callbacks to loopback, private and other non-public addresses, and over plain http:
+    # for local development and tests only (shared/webhooks/addresses.py).
+    webhook_allow_private: bool = False
 
     # OpenTelemetry's own variable: traces go there over OTLP/HTTP when set, and are off
     # when unset (shared/tracing.py). The SDK's other OTEL_* variables apply as usual.
@@ -134,6 +149,13 @@ class Settings(BaseSettings):
         for prefix in ("postgresql://", "postgres://"):
             if value.startswith(prefix):
                 return "postgresql+asyncpg://" + value.removeprefix(prefix)
+        return value
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def standard_webhooks_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            secret_key(value.get_secret_value())  # says what is wrong with a malformed one
         return value
 
     @model_validator(mode="after")

@@ -7,8 +7,8 @@ dependency or the worker's `session_scope`. Services never commit.
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from contextlib import asynccontextmanager
-from typing import Any, Protocol, TypeVar, cast
+from contextlib import asynccontextmanager, suppress
+from typing import Any, Protocol, Self, TypeVar, cast
 
 import asyncpg
 import sqlalchemy.exc
@@ -290,6 +290,29 @@ class StatementConnection:
             # be mid-protocol and must not serve another statement.
             await asyncio.shield(self._connection.invalidate(exc))
             raise
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Self]:
+        """The statements of the block in one transaction, committed as the block ends.
+
+        For the unit of work of a hot path that is rarely more than one statement (a
+        worker's finish that writes webhook events with it), without a session's cost.
+        An error rolls the work back; a block cut short (cancelled) closes the connection
+        instead, which the server rolls back, rather than hand it back mid-transaction.
+        """
+        await self.execute("BEGIN")
+        try:
+            yield self
+        except Exception:
+            if self._connection is not None and not self._connection.invalidated:
+                with suppress(Exception):  # a failed ROLLBACK has closed the connection
+                    await self.execute("ROLLBACK")
+            raise
+        except BaseException as exc:
+            if self._connection is not None:
+                await asyncio.shield(self._connection.invalidate(exc))
+            raise
+        await self.execute("COMMIT")
 
     @staticmethod
     def _driver_of(connection: AsyncConnection) -> Any:

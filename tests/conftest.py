@@ -119,7 +119,7 @@ def session_factory(engine: AsyncEngine) -> SessionFactory:
 # Tenant `default` exists from the migration on, as it left it.
 RESET_TENANTS = (
     "DELETE FROM tenant WHERE name <> 'default'",
-    "UPDATE tenant SET max_queued = NULL, submit_rpm = NULL, weight = 1",
+    "UPDATE tenant SET max_queued = NULL, submit_rpm = NULL, weight = 1, webhook_secret = NULL",
 )
 
 
@@ -131,7 +131,9 @@ async def clean(engine: AsyncEngine, redis_url: str) -> None:
     names a fresh audit, so tests cannot see each other's jobs.
     """
     async with engine.begin() as connection:
-        await connection.exec_driver_sql("TRUNCATE audit, batch, rubric, api_key CASCADE")
+        await connection.exec_driver_sql(
+            "TRUNCATE audit, batch, rubric, api_key, webhook_event CASCADE"
+        )
         for statement in RESET_TENANTS:
             await connection.exec_driver_sql(statement)
 

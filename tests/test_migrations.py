@@ -28,6 +28,8 @@ from shared.rubrics.models import Rubric
 from shared.rubrics.repository import RubricRow
 from shared.tenants.models import ApiKey, Tenant
 from shared.tenants.repository import KeyRow, TenantRow
+from shared.webhooks.models import WebhookAttempt, WebhookEvent
+from shared.webhooks.repository import AttemptRow, EventRow
 from tests.conftest import migrate
 
 Schema = dict[str, list[tuple[str, ...]]]
@@ -152,8 +154,10 @@ async def test_the_status_check_allows_exactly_the_statuses_of_the_enum(database
         (RubricRow, Rubric),
         (TenantRow, Tenant),
         (KeyRow, ApiKey),
+        (EventRow, WebhookEvent),
+        (AttemptRow, WebhookAttempt),
     ],
-    ids=["audit", "batch", "rubric", "tenant", "api_key"],
+    ids=["audit", "batch", "rubric", "tenant", "api_key", "webhook_event", "webhook_attempt"],
 )
 def test_each_typed_row_has_every_column_of_its_table(row: type[Any], table: Any) -> None:
     assert {f.name for f in fields(row)} == {column.name for column in table.__table__.columns}

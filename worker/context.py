@@ -24,6 +24,7 @@ from worker import metrics
 from worker.backoff import retry_delay
 from worker.metrics import MetricsServer, WorkerMetrics
 from worker.timing import JobTiming
+from worker.webhooks import start_delivering
 
 
 class JobContext(TypedDict):
@@ -78,9 +79,12 @@ async def startup(ctx: dict[str, Any]) -> None:
     ctx["heartbeat"] = asyncio.create_task(
         workers.beat_forever(ctx["redis"], settings.queue_name, ctx["worker_id"])
     )
+    # Beside the audits, on its own connections: a slow receiver never holds one of theirs.
+    ctx["webhooks"] = start_delivering(settings)
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
+    await ctx["webhooks"].stop()
     for task in (ctx["provider_probe"], ctx["heartbeat"]):
         task.cancel()
         with suppress(asyncio.CancelledError):

@@ -16,6 +16,7 @@ from api.deps import (
     SettingsDep,
     TenantFilter,
     Transaction,
+    check_callback,
     mark_created,
     quota_of,
     set_location,
@@ -40,6 +41,9 @@ from shared.idempotency import IdempotencyKeyMismatch
 from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT, InvalidCursor
 from shared.rubrics.exceptions import UnknownRubric
 from shared.tenants.quotas import QuotaExceeded
+from shared.webhooks import service as webhooks
+from shared.webhooks.callbacks import CallbackUrlNotAllowed, WebhooksNotConfigured
+from shared.webhooks.schemas import DeliveryPage
 
 router = APIRouter(prefix="/audits", tags=["audits"])
 
@@ -71,7 +75,13 @@ Timestamp = Annotated[datetime, BeforeValidator(_not_a_number), AfterValidator(_
 @router.post(
     "",
     status_code=202,
-    responses=problems(UnknownRubric, IdempotencyKeyMismatch, extra=SUBMIT_PROBLEMS),
+    responses=problems(
+        UnknownRubric,
+        IdempotencyKeyMismatch,
+        CallbackUrlNotAllowed,
+        WebhooksNotConfigured,
+        extra=SUBMIT_PROBLEMS,
+    ),
 )
 async def create_audit(
     body: AuditCreate,
@@ -84,9 +94,11 @@ async def create_audit(
 
     With an `Idempotency-Key` the tenant has sent before, the audit it created is
     returned (header `Idempotent-Replayed: true`) and nothing new is queued. Beyond the
-    tenant's quotas: 429 `quota_exceeded` or `rate_limited`, with `Retry-After`.
+    tenant's quotas: 429 `quota_exceeded` or `rate_limited`, with `Retry-After`. With a
+    `callback_url`, its end is sent there, signed (the README's Webhooks section).
     """
     limits = await tenant_limits(request, submitter.caller)
+    await check_callback(request, body.callback_url, submitter.caller, limits)
     async with submission(request, submitter.caller.tenant, limits) as conn:
         created = await audits.create(
             conn,
@@ -143,12 +155,15 @@ async def list_audits(
 
 
 # Cancel and retry take the id, not `CurrentAudit`: each is one conditional UPDATE, and
-# only when it changes nothing is the audit read, to say why.
+# only when it changes nothing is the audit read, to say why. Each runs in a transaction:
+# a cancel may end a batch, whose webhook event is written with it; a retry counts
+# against the quota.
 @router.post("/{audit_id}/cancel", responses=problems(AuditNotFound, AuditNotCancellable))
-async def cancel_audit(audit_id: UUID, caller: CurrentCaller, request: Request) -> AuditRead:
+async def cancel_audit(
+    audit_id: UUID, caller: CurrentCaller, transaction: Transaction
+) -> AuditRead:
     """Cancel a queued or running audit (a running model call is aborted, best effort)."""
-    async with statements(request) as conn:
-        return to_read(await audits.cancel(conn, audit_id=audit_id, tenant=caller.scope))
+    return to_read(await audits.cancel(transaction, audit_id=audit_id, tenant=caller.scope))
 
 
 @router.post(
@@ -210,3 +225,19 @@ async def rerun_audit(
     )
     mark_created(request, response, created, route="get_audit", audit_id=created.resource.id)
     return to_read(created.resource)
+
+
+@router.get("/{audit_id}/deliveries", responses=problems(AuditNotFound, InvalidCursor))
+async def audit_deliveries(
+    audit: CurrentAudit,
+    request: Request,
+    cursor_key: CursorKey,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
+    cursor: Annotated[str | None, Query(max_length=512)] = None,
+) -> DeliveryPage:
+    """The audit's webhook events, newest first, each with its tries and its next one."""
+    async with statements(request) as conn:
+        items, next_cursor = await webhooks.deliveries(
+            conn, audit_id=audit.id, limit=limit, cursor=cursor, cursor_key=cursor_key
+        )
+    return DeliveryPage(items=items, next_cursor=next_cursor)

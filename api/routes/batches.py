@@ -16,6 +16,7 @@ from api.deps import (
     SettingsDep,
     TenantFilter,
     Transaction,
+    check_callback,
     mark_created,
     quota_of,
     statements,
@@ -36,11 +37,15 @@ from shared.batches.schemas import (
     BatchRetried,
     RequeuedCounts,
 )
+from shared.batches.summary import summarize
 from shared.batches.views import to_read
 from shared.idempotency import IdempotencyKeyMismatch
 from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT, InvalidCursor
 from shared.rubrics.exceptions import UnknownRubric
 from shared.tenants.quotas import QuotaExceeded
+from shared.webhooks import service as webhooks
+from shared.webhooks.callbacks import CallbackUrlNotAllowed, WebhooksNotConfigured
+from shared.webhooks.schemas import DeliveryPage
 
 router = APIRouter(prefix="/batches", tags=["batches"])
 
@@ -50,7 +55,13 @@ NDJSON = "application/x-ndjson"
 @router.post(
     "",
     status_code=202,
-    responses=problems(UnknownRubric, IdempotencyKeyMismatch, extra=SUBMIT_PROBLEMS),
+    responses=problems(
+        UnknownRubric,
+        IdempotencyKeyMismatch,
+        CallbackUrlNotAllowed,
+        WebhooksNotConfigured,
+        extra=SUBMIT_PROBLEMS,
+    ),
 )
 async def create_batch(
     body: BatchCreate,
@@ -66,9 +77,12 @@ async def create_batch(
     One invalid item rejects the whole batch; the problem's `errors[].loc` names
     the item's index and field, e.g. `["body", "audits", 517, "content"]`. A batch
     that would take the tenant past its quota is refused whole (429 `quota_exceeded`).
+    With a `callback_url`, the batch's end is sent there, signed, and with `item_events`
+    each audit's too (the README's Webhooks section).
     """
     tenant = submitter.caller.tenant
     limits = await tenant_limits(request, submitter.caller)
+    await check_callback(request, body.callback_url, submitter.caller, limits)
     # The gate opens before the commit (after the route): at most one more waits.
     async with tenant_gate(request, tenant, limits):
         created = await batches.create(
@@ -90,7 +104,7 @@ async def create_batch(
 async def get_batch(batch: CurrentBatch, request: Request) -> BatchRead:
     """A batch with its audits counted by status."""
     async with statements(request) as conn:
-        return to_read(await batches.summarize(conn, batch))
+        return to_read(await summarize(conn, batch))
 
 
 @router.get("", responses=problems(InvalidCursor))
@@ -212,3 +226,20 @@ async def batch_results(
         raise AuditNotInBatch(f"Audit {after} is not an audit of batch {batch.id}.")
     lines = stream_results(request.app.state.engine, batch_id=batch.id, first=first)
     return StreamingResponse(lines, media_type=NDJSON)
+
+
+@router.get("/{batch_id}/deliveries", responses=problems(BatchNotFound, InvalidCursor))
+async def batch_deliveries(
+    batch: CurrentBatch,
+    request: Request,
+    cursor_key: CursorKey,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
+    cursor: Annotated[str | None, Query(max_length=512)] = None,
+) -> DeliveryPage:
+    """The batch's own webhook events (`batch.completed`, `batch.cancelled`), newest first,
+    each with its tries and its next one; its audits' are under each audit."""
+    async with statements(request) as conn:
+        items, next_cursor = await webhooks.deliveries(
+            conn, batch_id=batch.id, limit=limit, cursor=cursor, cursor_key=cursor_key
+        )
+    return DeliveryPage(items=items, next_cursor=next_cursor)

@@ -22,7 +22,7 @@ keys_app = typer.Typer(
     rich_markup_mode=None,
 )
 tenants_app = typer.Typer(
-    help="Tenants: their quotas and scheduling weight.",
+    help="Tenants: their quotas, scheduling weight and webhook secret.",
     no_args_is_help=True,
     rich_markup_mode=None,
 )
@@ -42,6 +42,24 @@ def _limit(value: str | None) -> int | None:
     if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= MAX_INT:
         raise typer.BadParameter(f"a whole number from 1 to {MAX_INT:,}, or `default`")
     return int(value)
+
+
+GENERATE = "generate"
+
+
+def _webhook_secret(value: str) -> str | None:
+    """`whsec_…`, `generate` (a new one) or `default` (WEBHOOK_SECRET): the option's text."""
+    from shared.webhooks.signing import InvalidSecret, new_secret, secret_key
+
+    if value == "default":
+        return None
+    if value == GENERATE:
+        return new_secret()
+    try:
+        secret_key(value)
+    except InvalidSecret as problem:
+        raise typer.BadParameter(f"{problem} (or `generate`, or `default`)") from None
+    return value
 
 
 def _in_database(work: Callable[[Any], Awaitable[T]]) -> T:
@@ -145,25 +163,41 @@ def set_tenant(
         int | None,
         typer.Option("--weight", min=1, max=MAX_INT, help="Share of the workers (default 1)."),
     ] = None,
+    webhook_secret: Annotated[
+        str | None,
+        typer.Option(
+            "--webhook-secret",
+            metavar="whsec_…|generate|default",
+            help="Signs the tenant's webhooks; `generate`: a new one, printed once on the "
+            "last line; `default`: WEBHOOK_SECRET.",
+        ),
+    ] = None,
 ) -> None:
-    """Create a tenant, or change its quotas and weight; options left out stay as they are."""
+    """Create a tenant, or change its quotas, weight and webhook secret; options left out
+    stay as they are."""
     from shared.tenants import service
 
-    changes: dict[str, int | None] = {}
+    changes: dict[str, int | str | None] = {}
     if max_queued is not None:
         changes["max_queued"] = _limit(max_queued)
     if submit_rpm is not None:
         changes["submit_rpm"] = _limit(submit_rpm)
     if weight is not None:
         changes["weight"] = weight
+    if webhook_secret is not None:
+        changes["webhook_secret"] = _webhook_secret(webhook_secret)
     row = _in_database(lambda conn: service.set_tenant(conn, name, changes))
     output.show(output.tenants_table([row]))
+    if webhook_secret == GENERATE:
+        output.say(f"the webhook secret of tenant {row.name}; it is shown this once:")
+        print(row.webhook_secret, flush=True)
 
 
 @tenants_app.command("list")
 @reports_errors
 def list_tenants() -> None:
-    """List tenants, their quotas (`default`: the setting's) and weights."""
+    """List tenants, their quotas (`default`: the setting's), weights and whether they
+    sign webhooks with a secret of their own (never the secret)."""
     from shared.tenants import repository
 
     rows = _in_database(repository.all_tenants)

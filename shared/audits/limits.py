@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from shared.audits.repository import RerunItem
-from shared.audits.schemas import AuditCreate, Criterion
+from shared.audits.schemas import AuditFields, Criterion
 from shared.config import Settings
 from shared.errors import InvalidRequest, summarize_issues
 from shared.llm.ratelimit import estimate_tokens
@@ -57,7 +57,7 @@ def criteria_problems(
 
 
 def problems_of(
-    data: AuditCreate, settings: Settings, *, loc: Loc = ("body",)
+    data: AuditFields, settings: Settings, *, loc: Loc = ("body",)
 ) -> list[dict[str, Any]]:
     """What this audit asks beyond the deployment's limits; empty when nothing."""
     issues = run_problems(
@@ -91,13 +91,13 @@ def run_problems(
     return issues
 
 
-def check(data: AuditCreate, settings: Settings) -> None:
+def check(data: AuditFields, settings: Settings) -> None:
     """Refuse an audit beyond the deployment's limits, as request validation would."""
     if issues := problems_of(data, settings):
         raise SubmissionInvalid(issues)
 
 
-def check_all(items: Sequence[AuditCreate], settings: Settings) -> None:
+def check_all(items: Sequence[AuditFields], settings: Settings) -> None:
     """`check` for a batch's items, every problem named at its item's index."""
     issues = [
         issue
@@ -126,7 +126,7 @@ def check_rerun(items: Sequence[RerunItem], settings: Settings) -> None:
 
 
 def prompt_problems(
-    data: AuditCreate, criteria: Sequence[Criterion], model: str, settings: Settings, *, loc: Loc
+    data: AuditFields, criteria: Sequence[Criterion], model: str, settings: Settings, *, loc: Loc
 ) -> list[dict[str, Any]]:
     """The audit's estimated prompt and reply, if they exceed the model's context."""
     text = len(data.subject) + len(data.content)

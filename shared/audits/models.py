@@ -133,6 +133,8 @@ class Audit(SQLModel, table=True):
     trace_context: str | None = _text()
     idempotency_key: str | None = _text()
     request_hash: str | None = _text()
+    # Where this audit's events go: its own `callback_url`, or its batch's with `item_events`.
+    callback_url: str | None = _text()
     lease_until: datetime | None = _timestamp()
     created_at: datetime = Field(
         sa_type=sa.DateTime(timezone=True), sa_column_kwargs={"server_default": sa.func.now()}

@@ -9,6 +9,7 @@ from shared.audits.status import AuditStatus
 from shared.db import Statements
 from shared.fair_queue import QueuedRun
 from shared.queue import defer_run
+from shared.webhooks import outbox
 
 WORKER_LOST = "worker_lost"
 _WORKER_LOST_MESSAGE = "the worker running the last attempt stopped (crash or timeout)"
@@ -17,7 +18,8 @@ _WORKER_LOST_MESSAGE = "the worker running the last attempt stopped (crash or ti
 async def recover_expired_leases(conn: Statements) -> tuple[list[UUID], list[UUID]]:
     """Audits whose worker vanished: re-queue them, or fail those on their last attempt.
 
-    Returns (requeued, failed) ids; the re-queued ones are enqueued after commit.
+    Returns (requeued, failed) ids; the re-queued ones are enqueued after commit. The
+    failures' webhook events, and their batches', are written in the same transaction.
     """
     recovered = await audits.recover_expired_leases(
         conn, code=WORKER_LOST, message=_WORKER_LOST_MESSAGE
@@ -25,6 +27,7 @@ async def recover_expired_leases(conn: Statements) -> tuple[list[UUID], list[UUI
     for run in recovered[AuditStatus.QUEUED]:
         defer_run(conn, run)
     requeued, failed = recovered[AuditStatus.QUEUED], recovered[AuditStatus.FAILED]
+    await outbox.batches_may_have_ended(conn, [run.batch_id for run in failed])
     return [run.audit_id for run in requeued], [run.audit_id for run in failed]
 
 

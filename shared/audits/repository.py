@@ -12,6 +12,10 @@ The worker's transitions are each one conditional UPDATE:
 - Every later write is fenced by `status = 'running' AND attempts = <attempt>`, so
   the late write of a zombie, a cancelled run or an earlier attempt changes nothing:
   an audit reaches exactly one terminal state, written once.
+
+Every UPDATE that can end an audit (`_ending`: a finish, a cancel, the reconciler's
+failure) writes, in the same statement, the webhook event of each audit it ends with a
+callback: an end never commits without its event (shared/webhooks/repository.py).
 """
 
 import json
@@ -28,6 +32,7 @@ from shared.audits.schemas import AuditResult, Criterion
 from shared.audits.status import RETRYABLE, TERMINAL, UNFINISHED, AuditStatus, sql_list
 from shared.db import Statements
 from shared.fair_queue import QueuedRun
+from shared.webhooks.repository import audit_events_cte
 
 Q, R, S, F, C = (f"'{s}'" for s in AuditStatus)  # queued, running, succeeded, failed, cancelled
 
@@ -61,6 +66,7 @@ class NewAudit:
     # The audit this one re-runs; a plain id, no foreign key: retention may delete the
     # original first, and the link still says where the audit came from.
     rerun_of: UUID | None
+    callback_url: str | None
 
     @property
     def run(self) -> QueuedRun:
@@ -119,9 +125,26 @@ _ROW = ", ".join(f"{_CRITERIA} AS criteria" if c == "criteria" else f"audit.{c}"
 _SELECT = f"SELECT {_ROW} FROM audit"
 
 
-def _returning_row(update: str) -> str:
-    """An UPDATE … RETURNING audit.*, answered as `_SELECT` answers."""
-    return f"WITH audit AS ({update} RETURNING audit.*) SELECT {_ROW} FROM audit"
+# An audit as its webhook event keeps it: every column but the content, as JSON.
+_SNAPSHOT = (
+    "jsonb_build_object("
+    + ", ".join(
+        f"'{c}', {_CRITERIA if c == 'criteria' else f'audit.{c}'}"
+        for c in COLUMNS
+        if c != "content"
+    )
+    + ")"
+)
+
+
+def _ending(update: str, returning: str) -> str:
+    """An UPDATE that may end audits (without its RETURNING), answering `returning` of the
+    rows it changed, that also writes the webhook event of each audit it ends with a
+    callback: in the same statement, so an end never commits without its event."""
+    return (
+        f"WITH audit AS ({update} RETURNING audit.*), {audit_events_cte(_SNAPSHOT)} "
+        f"SELECT {returning} FROM audit"
+    )
 
 
 def _stored(audit: NewAudit) -> list[Any]:
@@ -209,6 +232,9 @@ _BY_ID = _scoped(f"{_SELECT} WHERE audit.id = $1{{owned}}")
 _STATUS = _scoped("SELECT status FROM audit WHERE audit.id = $1{owned}")
 _TENANT = _scoped("SELECT tenant FROM audit WHERE audit.id = $1{owned}")
 _BY_IDEMPOTENCY_KEY = f"{_SELECT} WHERE audit.tenant = $1 AND audit.idempotency_key = $2"
+_BATCH_HAS_UNFINISHED = (
+    f"SELECT EXISTS (SELECT 1 FROM audit WHERE batch_id = $1 AND status IN {sql_list(UNFINISHED)})"
+)
 
 
 async def get(conn: Statements, audit_id: UUID, *, tenant: str | None) -> AuditRow | None:
@@ -220,6 +246,12 @@ async def get(conn: Statements, audit_id: UUID, *, tenant: str | None) -> AuditR
 async def get_by_idempotency_key(conn: Statements, *, tenant: str, key: str) -> AuditRow | None:
     record = await conn.fetchrow(_BY_IDEMPOTENCY_KEY, tenant, key)
     return None if record is None else AuditRow.of(record)
+
+
+async def batch_has_unfinished(conn: Statements, batch_id: UUID) -> bool:
+    """Whether any audit of the batch is still queued or running."""
+    unfinished: bool = await conn.fetchval(_BATCH_HAS_UNFINISHED, batch_id)
+    return unfinished
 
 
 async def tenant_of(conn: Statements, audit_id: UUID, *, tenant: str | None) -> str | None:
@@ -397,7 +429,7 @@ _CANCEL_UNFINISHED = (
     f"UPDATE audit SET status = {C}, finished_at = now(), lease_until = NULL, "
     f"updated_at = now() WHERE status IN {sql_list(UNFINISHED)}"
 )
-_CANCEL = _scoped(_returning_row(f"{_CANCEL_UNFINISHED} AND id = $1{{owned}}"))
+_CANCEL = _scoped(_ending(f"{_CANCEL_UNFINISHED} AND id = $1{{owned}}", _ROW))
 # `attempts` keeps counting (it fences late writes of earlier runs); the budget moves.
 _REQUEUE = (
     f"UPDATE audit SET status = {Q}, attempt_limit = attempts + $2, result = NULL, "
@@ -405,12 +437,13 @@ _REQUEUE = (
     "lease_until = NULL, updated_at = now()"
 )
 _RETRY = _scoped(
-    _returning_row(f"{_REQUEUE} WHERE id = $1 AND status IN {sql_list(RETRYABLE)}{{owned}}"),
+    f"WITH audit AS ({_REQUEUE} WHERE id = $1 AND status IN {sql_list(RETRYABLE)}{{owned}} "
+    f"RETURNING audit.*) SELECT {_ROW} FROM audit",
     parameters=2,
 )
 _RUN = "id, tenant, priority, batch_id"
 _RETRY_BATCH = f"{_REQUEUE} WHERE batch_id = $1 AND status = $3 RETURNING {_RUN}"
-_CANCEL_BATCH = f"{_CANCEL_UNFINISHED} AND batch_id = $1 RETURNING id"
+_CANCEL_BATCH = _ending(f"{_CANCEL_UNFINISHED} AND batch_id = $1", "id")
 
 
 async def cancel(conn: Statements, audit_id: UUID, *, tenant: str | None) -> AuditRow | None:
@@ -529,12 +562,18 @@ def _queued_or_failed(*, code: str, message: str) -> str:
 
 def _finish(assignments: str) -> str:
     """The fenced write of an attempt's outcome ($1 the audit, $2 the attempt)."""
-    return (
+    return _ending(
         f"UPDATE audit SET {assignments}, lease_until = NULL, updated_at = now() "
-        f"WHERE id = $1 AND status = {R} AND attempts = $2 RETURNING status"
+        f"WHERE id = $1 AND status = {R} AND attempts = $2",
+        "status",
     )
 
 
+# Whether the audit's end may send its batch's event: its batch has a callback.
+_BATCH_NOTIFIES = (
+    "(audit.batch_id IS NOT NULL AND EXISTS (SELECT 1 FROM batch "
+    "WHERE batch.id = audit.batch_id AND batch.callback_url IS NOT NULL))"
+)
 # At least the text's length in characters: `octet_length` reads the content's size
 # from its stored header, without fetching it; a rubric's criteria are cast to text.
 _NEXT_CALL = (
@@ -549,7 +588,8 @@ _CLAIM = (
     f"WHERE id = $1 AND {_CLAIMABLE} RETURNING audit.*) "
     f"SELECT audit.id, audit.tenant, audit.attempts, audit.model, audit.subject, audit.content, "
     f"{_CRITERIA} AS criteria, audit.pass_threshold, audit.samples, audit.request_id, "
-    "audit.trace_context, audit.priority, audit.created_at FROM audit"
+    "audit.trace_context, audit.priority, audit.created_at, audit.batch_id, "
+    f"{_BATCH_NOTIFIES} AS batch_notifies FROM audit"
 )
 _SUCCEED = _finish(
     f"status = {S}, result = $3, prompt_tokens = $4, completion_tokens = $5, "
@@ -598,6 +638,10 @@ class ClaimedAudit:
     trace_context: str | None
     priority: Priority
     created_at: datetime
+    batch_id: UUID | None
+    # Its end may end its batch, whose webhook event is then written with it: the finish
+    # runs in a transaction (shared/webhooks/outbox.py).
+    batch_notifies: bool
 
 
 _CLAIMED_CRITERIA = TypeAdapter(list[Criterion])
@@ -816,10 +860,10 @@ async def unfinished_batch_ids(conn: Statements, *, limit: int) -> list[UUID]:
 
 # --- Recovery and retention -------------------------------------------------------------
 
-_RECOVER_EXPIRED_LEASES = (
+_RECOVER_EXPIRED_LEASES = _ending(
     f"UPDATE audit SET {_queued_or_failed(code='$1::text', message='$2::text')}, "
-    f"lease_until = NULL, updated_at = now() WHERE status = {R} AND {_LEASE_EXPIRED} "
-    f"RETURNING status, {_RUN}"
+    f"lease_until = NULL, updated_at = now() WHERE status = {R} AND {_LEASE_EXPIRED}",
+    f"status, {_RUN}",
 )
 _RUNS_OF = f"SELECT {_RUN} FROM audit WHERE id = ANY($1::uuid[]) AND status = {Q}"
 _QUEUED_BEFORE = (

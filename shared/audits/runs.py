@@ -18,6 +18,9 @@ runs in tests with a fake model and clock against a real PostgreSQL.
 - An audit of n `samples` makes its n model calls at once (shared/audits/samples.py) and
   keeps their majority (shared/audits/consensus.py); with one sample that is the call's
   own answer.
+- A finish writes the audit's webhook event itself (shared/audits/repository.py); an
+  audit whose end may end a batch with a callback (`ClaimedAudit.batch_notifies`) is
+  finished in a transaction that writes the batch's event too (shared/webhooks/outbox.py).
 """
 
 import asyncio
@@ -40,12 +43,13 @@ from shared.audits.repository import ClaimedAudit, RunProvenance
 from shared.audits.samples import Sampled, ask_samples
 from shared.audits.schemas import AuditResult
 from shared.audits.scoring import build_result
-from shared.audits.status import AuditStatus
+from shared.audits.status import TERMINAL, AuditStatus
 from shared.db import DATABASE_ERRORS, StatementConnection, is_database_unavailable
 from shared.llm.errors import ModelError
 from shared.llm.ratelimit import Reservation
 from shared.llm.schemas import ModelOutcome
 from shared.version import AUDITQ_VERSION
+from shared.webhooks import outbox
 
 # The name operators and dashboards know the events of an audit's job by.
 log = structlog.get_logger("worker.run_audit")
@@ -359,12 +363,25 @@ class _Attempt:
 
     async def _finish_once(self, write: _FinishWrite, *, retried: bool) -> AuditStatus | None:
         async with self.connect() as conn:
-            status = await write(conn)
+            if self.audit.batch_notifies:
+                status = await self._write_with_batch(conn, write)
+            else:
+                status = await write(conn)
             if status is not None or not retried:
                 return status
             return await repository.status_left_by(
                 conn, audit_id=self.audit.id, attempt=self.audit.attempts
             )
+
+    async def _write_with_batch(
+        self, conn: StatementConnection, write: _FinishWrite
+    ) -> AuditStatus | None:
+        """The write, and the event of the batch it may end, committed together."""
+        async with conn.transaction():
+            status = await write(conn)
+            if status in TERMINAL:
+                await outbox.batches_may_have_ended(conn, [self.audit.batch_id])
+        return status
 
 
 def _result(audit: ClaimedAudit, sampled: Sampled) -> AuditResult:

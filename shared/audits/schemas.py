@@ -12,6 +12,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 from shared.audits.priority import Priority
 from shared.audits.status import AuditStatus
 from shared.text import json_size, reject_nul
+from shared.webhooks.urls import CallbackUrl
 
 Verdict = Literal["pass", "partial", "fail", "not_applicable"]
 
@@ -91,8 +92,8 @@ CriteriaList = Annotated[
 ]
 
 
-class AuditCreate(BaseModel):
-    """What a client sends to start one audit."""
+class AuditFields(BaseModel):
+    """What every audit is sent with, alone (`AuditCreate`) or as an item of a batch."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -126,6 +127,12 @@ class AuditCreate(BaseModel):
         if self.rubric_version is not None and self.rubric is None:
             raise ValueError("`rubric_version` needs `rubric`")
         return self
+
+
+class AuditCreate(AuditFields):
+    """What a client sends to start one audit."""
+
+    callback_url: CallbackUrl | None = None
 
 
 class Finding(BaseModel):
@@ -234,6 +241,10 @@ class AuditRead(BaseModel):
     )
     provenance: Provenance | None = Field(
         description="What produced the result; null until the audit succeeded."
+    )
+    callback_url: str | None = Field(
+        description="Where its events go: its own, or its batch's when the batch asked for "
+        "`item_events`."
     )
 
 

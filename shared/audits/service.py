@@ -3,7 +3,8 @@
 Functions take a `Statements` first (shared/db.py) and never commit: each is one
 statement, or several that need no common snapshot, so the API runs them on a
 statement connection; a batch runs `new_audit` and `resolve_criteria` inside its own
-transaction. Jobs are deferred on the connection and sent after it (shared/queue.py).
+transaction, and a cancel or a retry runs in one. Jobs are deferred on the connection
+and sent after it (shared/queue.py).
 """
 
 from dataclasses import asdict, dataclass
@@ -15,7 +16,7 @@ from shared.audits import repository as audits
 from shared.audits.exceptions import AuditNotCancellable, AuditNotFound, AuditNotRetryable
 from shared.audits.priority import Priority
 from shared.audits.repository import AuditFilters, AuditRow, NewAudit
-from shared.audits.schemas import AuditCreate, Criterion
+from shared.audits.schemas import AuditCreate, AuditFields, Criterion
 from shared.audits.status import AuditStatus
 from shared.config import Settings
 from shared.db import Statements
@@ -25,6 +26,7 @@ from shared.queue import defer_abort, defer_run
 from shared.rubrics import repository as rubrics
 from shared.rubrics.exceptions import UnknownRubric
 from shared.tenants import quotas
+from shared.webhooks import outbox
 
 
 @dataclass(frozen=True)
@@ -40,7 +42,7 @@ RubricCache = dict[tuple[str, int | None], ResolvedCriteria]
 
 
 def new_audit(
-    data: AuditCreate,
+    data: AuditFields,
     *,
     tenant: str,
     settings: Settings,
@@ -53,6 +55,7 @@ def new_audit(
     idempotency_key: str | None = None,
     request_hash: str | None = None,
     rerun_of: UUID | None = None,
+    callback_url: str | None = None,
 ) -> NewAudit:
     """A new queued audit, for single and batch inserts."""
     return NewAudit(
@@ -78,6 +81,7 @@ def new_audit(
         request_hash=request_hash,
         samples=data.samples,
         rerun_of=rerun_of,
+        callback_url=callback_url,
     )
 
 
@@ -127,6 +131,7 @@ async def create(
         idempotency_key=idempotency_key,
         request_hash=digest,
         rerun_of=rerun_of,
+        callback_url=data.callback_url,
     )
     row = await audits.insert(conn, audit)
     if row is None:  # a concurrent request with the same key won the insert
@@ -187,13 +192,13 @@ def inputs_of(audit: AuditRow) -> AuditCreate:
     )
 
 
-def model_of(data: AuditCreate, settings: Settings) -> str:
+def model_of(data: AuditFields, settings: Settings) -> str:
     """The model an audit runs with: the one it asks for, else `OPENAI_MODEL`."""
     return data.model or settings.openai_model
 
 
 def prompt_problems(
-    data: AuditCreate,
+    data: AuditFields,
     criteria: ResolvedCriteria,
     settings: Settings,
     *,
@@ -217,7 +222,7 @@ async def _replay(
 
 
 async def resolve_criteria(
-    conn: Statements, *, tenant: str, data: AuditCreate, cache: RubricCache | None = None
+    conn: Statements, *, tenant: str, data: AuditFields, cache: RubricCache | None = None
 ) -> ResolvedCriteria:
     """The criteria an audit will run with: inline ones, or the tenant's rubric's.
 
@@ -225,7 +230,7 @@ async def resolve_criteria(
     """
     if data.criteria is not None:
         return ResolvedCriteria(criteria=list(data.criteria))
-    assert data.rubric is not None  # AuditCreate demands one of the two
+    assert data.rubric is not None  # AuditFields demands one of the two
     cache = {} if cache is None else cache
     wanted = (data.rubric, data.rubric_version)
     if wanted not in cache:
@@ -281,7 +286,10 @@ def page_cursors(key: bytes, filters: AuditFilters) -> Cursors:
 
 
 async def cancel(conn: Statements, *, audit_id: UUID, tenant: str | None) -> AuditRow:
-    """Cancel a queued or running audit; a running job is aborted after commit."""
+    """Cancel a queued or running audit; a running job is aborted after commit.
+
+    In a transaction: the event of the batch the cancel may end is written with it.
+    """
     audit = await audits.cancel(conn, audit_id, tenant=tenant)
     if audit is None:
         status = await _status_or_raise(conn, audit_id, tenant)
@@ -291,6 +299,7 @@ async def cancel(conn: Statements, *, audit_id: UUID, tenant: str | None) -> Aud
             audit_status=status,
         )
     defer_abort(conn, audit_id)
+    await outbox.batches_may_have_ended(conn, [audit.batch_id])
     return audit
 
 

@@ -66,6 +66,7 @@ def _fields(audit: AuditRow) -> dict[str, Any]:
         "samples": audit.samples,
         "rerun_of": audit.rerun_of,
         "provenance": _provenance(audit),
+        "callback_url": audit.callback_url,
     }
 
 

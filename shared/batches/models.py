@@ -42,3 +42,6 @@ class Batch(SQLModel, table=True):
     cancelled_at: datetime | None = Field(default=None, sa_type=sa.DateTime(timezone=True))
     # The batch this one re-runs (`POST /batches/{id}/rerun`); no foreign key, as an audit's.
     rerun_of: UUID | None = None
+    # Where the batch's events go; its audits' too when `item_events`.
+    callback_url: str | None = Field(default=None, sa_type=sa.Text)
+    item_events: bool = Field(default=False, sa_column_kwargs={"server_default": sa.false()})

@@ -28,6 +28,8 @@ class BatchRow:
     created_at: datetime
     cancelled_at: datetime | None
     rerun_of: UUID | None
+    callback_url: str | None
+    item_events: bool
 
     @classmethod
     def of(cls, record: Mapping[str, Any]) -> Self:
@@ -40,7 +42,7 @@ _SELECT = f"SELECT {', '.join(COLUMNS)} FROM batch"
 
 _INSERT = (
     "INSERT INTO batch (id, tenant, name, metadata, idempotency_key, request_hash, request_id, "
-    "rerun_of) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) "
+    "rerun_of, callback_url, item_events) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) "
     "ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING "
     f"{_RETURNING}"
 )
@@ -52,6 +54,9 @@ _STAMP_CANCELLED = (
     f"UPDATE batch SET cancelled_at = coalesce(cancelled_at, now()) WHERE id = $1 {_RETURNING}"
 )
 _UNSTAMP_CANCELLED = f"UPDATE batch SET cancelled_at = NULL WHERE id = $1 {_RETURNING}"
+# NO KEY UPDATE: the ends of a batch's audits wait for each other, but not for the foreign
+# keys of rows that name the batch (which take KEY SHARE).
+_LOCK_IF_NOTIFYING = f"{_BY_ID} AND callback_url IS NOT NULL FOR NO KEY UPDATE"
 # A batch goes once its audits have gone (retention deletes audits first).
 _DELETE_EMPTY_BEFORE = (
     "WITH gone AS (DELETE FROM batch WHERE created_at < now() - $1::interval "
@@ -71,6 +76,8 @@ async def insert(
     request_hash: str,
     request_id: str | None,
     rerun_of: UUID | None = None,
+    callback_url: str | None = None,
+    item_events: bool = False,
 ) -> BatchRow | None:
     """Insert a batch; None when its idempotency key is already taken."""
     record = await conn.fetchrow(
@@ -83,6 +90,8 @@ async def insert(
         request_hash,
         request_id,
         rerun_of,
+        callback_url,
+        item_events,
     )
     return None if record is None else BatchRow.of(record)
 
@@ -136,6 +145,13 @@ async def unstamp_cancelled(conn: Statements, batch_id: UUID) -> BatchRow:
     record = await conn.fetchrow(_UNSTAMP_CANCELLED, batch_id)
     assert record is not None, f"batch {batch_id} vanished inside its own transaction"
     return BatchRow.of(record)
+
+
+async def lock_if_notifying(conn: Statements, batch_id: UUID) -> BatchRow | None:
+    """The batch, locked until the transaction ends, if it has a `callback_url`; None (and
+    no lock) if not: the ends of its audits then have nothing to agree on."""
+    record = await conn.fetchrow(_LOCK_IF_NOTIFYING, batch_id)
+    return None if record is None else BatchRow.of(record)
 
 
 async def delete_empty_before(conn: Statements, *, age: timedelta) -> int:

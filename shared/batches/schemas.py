@@ -1,13 +1,14 @@
 """Request and response bodies of the batches API."""
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from shared.audits.priority import Priority
-from shared.audits.schemas import AuditCreate, Metadata, NoNul, Usage
+from shared.audits.schemas import AuditFields, Metadata, NoNul, Usage
+from shared.webhooks.urls import CallbackUrl
 
 MAX_BATCH_SIZE = 1000
 
@@ -21,11 +22,23 @@ class BatchCreate(BaseModel):
 
     name: Annotated[str, Field(min_length=1, max_length=200), NoNul] | None = None
     metadata: Metadata = Field(default_factory=dict)
-    audits: Annotated[list[AuditCreate], Field(min_length=1, max_length=MAX_BATCH_SIZE)]
+    audits: Annotated[list[AuditFields], Field(min_length=1, max_length=MAX_BATCH_SIZE)]
     priority: Priority = Field(
         default=Priority.BULK,
         description="The priority of the audits that do not set their own.",
     )
+    callback_url: CallbackUrl | None = None
+    item_events: bool = Field(
+        default=False,
+        description="Send each audit's own event (`audit.succeeded`, …) to `callback_url` "
+        "too, not only the batch's.",
+    )
+
+    @model_validator(mode="after")
+    def item_events_need_a_callback(self) -> Self:
+        if self.item_events and self.callback_url is None:
+            raise ValueError("`item_events` needs `callback_url`")
+        return self
 
 
 class BatchCounts(BaseModel):
@@ -53,6 +66,8 @@ class BatchRead(BaseModel):
     rerun_of: UUID | None = Field(
         default=None, description="The batch this one re-runs (`POST /batches/{id}/rerun`)."
     )
+    callback_url: str | None
+    item_events: bool
 
 
 class BatchPage(BaseModel):

@@ -7,20 +7,19 @@ its audits on every read, so they cannot drift.
 """
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import datetime
 from uuid import UUID, uuid4
 
 from shared.audits import limits
 from shared.audits import repository as audits
 from shared.audits import service as audit_service
-from shared.audits.repository import BatchTally, ResultLine
-from shared.audits.schemas import AuditCreate
-from shared.audits.status import UNFINISHED, AuditStatus
+from shared.audits.repository import ResultLine
+from shared.audits.schemas import AuditFields
+from shared.audits.status import AuditStatus
 from shared.batches import repository as batches
 from shared.batches.exceptions import BatchHasNoAudits, BatchNotFound
 from shared.batches.repository import BatchRow
-from shared.batches.schemas import BatchCounts, BatchCreate, BatchStatus
+from shared.batches.schemas import BatchCreate
+from shared.batches.summary import BatchSummary, summaries, summarize
 from shared.config import Settings
 from shared.db import Statements
 from shared.idempotency import Created, replay, request_hash, rerun_hash
@@ -28,27 +27,7 @@ from shared.pagination import Cursors, listing, split_page
 from shared.queue import defer_abort, defer_run
 from shared.rubrics.exceptions import UnknownRubric
 from shared.tenants import quotas
-
-
-@dataclass(frozen=True)
-class BatchSummary:
-    """A batch with what its audits say about it."""
-
-    batch: BatchRow
-    counts: BatchCounts
-    prompt_tokens: int
-    completion_tokens: int
-    last_finished_at: datetime | None
-
-    @property
-    def status(self) -> BatchStatus:
-        if any(getattr(self.counts, status) for status in UNFINISHED):
-            return "running"
-        return "cancelled" if self.batch.cancelled_at else "completed"
-
-    @property
-    def finished_at(self) -> datetime | None:
-        return None if self.status == "running" else self.last_finished_at
+from shared.webhooks import outbox
 
 
 async def create(
@@ -87,6 +66,8 @@ async def create(
         idempotency_key=idempotency_key,
         request_hash=digest,
         request_id=request_id,
+        callback_url=data.callback_url,
+        item_events=data.item_events,
     )
     if batch is None:  # a concurrent request with the same key won the insert
         assert idempotency_key is not None
@@ -146,6 +127,7 @@ async def _insert_audits(
             priority=data.priority,
             request_id=batch.request_id,
             trace_context=trace_context,
+            callback_url=batch.callback_url if batch.item_events else None,
         )
         for index, (item, criteria) in enumerate(zip(items, resolved, strict=True))
     ]
@@ -156,7 +138,7 @@ async def _insert_audits(
 
 async def _item_criteria(
     conn: Statements,
-    item: AuditCreate,
+    item: AuditFields,
     *,
     batch: BatchRow,
     index: int,
@@ -184,34 +166,10 @@ async def get_or_raise(conn: Statements, *, batch_id: UUID, tenant: str | None) 
     return batch
 
 
-async def summarize(conn: Statements, batch: BatchRow) -> BatchSummary:
-    return (await _summaries(conn, [batch]))[0]
-
-
-async def _summaries(conn: Statements, rows: Sequence[BatchRow]) -> list[BatchSummary]:
-    """Counts, tokens and last finish of several batches, in one grouped query."""
-    tallies: dict[UUID, list[BatchTally]] = {row.id: [] for row in rows}
-    for tally in await audits.tally_batches(conn, list(tallies)):
-        tallies[tally.batch_id].append(tally)
-    return [_summary(row, tallies[row.id]) for row in rows]
-
-
-def _summary(batch: BatchRow, tallies: list[BatchTally]) -> BatchSummary:
-    counts = {str(t.status): t.count for t in tallies}
-    finished = [t.last_finished_at for t in tallies if t.last_finished_at is not None]
-    return BatchSummary(
-        batch=batch,
-        counts=BatchCounts(**counts, total=sum(counts.values())),
-        prompt_tokens=sum(t.prompt_tokens for t in tallies),
-        completion_tokens=sum(t.completion_tokens for t in tallies),
-        last_finished_at=max(finished, default=None),
-    )
-
-
 async def in_progress(conn: Statements, *, limit: int) -> list[BatchSummary]:
     """Up to `limit` batches with audits still queued or running, running longest first."""
     rows = await batches.get_many(conn, await audits.unfinished_batch_ids(conn, limit=limit))
-    return await _summaries(conn, rows) if rows else []
+    return await summaries(conn, rows) if rows else []
 
 
 async def list_page(
@@ -225,7 +183,7 @@ async def list_page(
         limit=limit,
         cursor_of=lambda b: cursors.keyset(b.created_at, b.id),
     )
-    return (await _summaries(conn, rows) if rows else []), next_cursor
+    return (await summaries(conn, rows) if rows else []), next_cursor
 
 
 async def cancel(conn: Statements, *, batch: BatchRow) -> BatchSummary:
@@ -238,6 +196,7 @@ async def cancel(conn: Statements, *, batch: BatchRow) -> BatchSummary:
         defer_abort(conn, audit_id)
     if cancelled:
         batch = await batches.stamp_cancelled(conn, batch.id)
+        await outbox.batches_may_have_ended(conn, [batch.id])
     return await summarize(conn, batch)
 
 

@@ -2,7 +2,7 @@
 
 from shared.audits.schemas import Usage
 from shared.batches.schemas import BatchRead
-from shared.batches.service import BatchSummary
+from shared.batches.summary import BatchSummary
 
 
 def to_read(summary: BatchSummary) -> BatchRead:
@@ -23,5 +23,7 @@ def to_read(summary: BatchSummary) -> BatchRead:
             "created_at": batch.created_at,
             "finished_at": summary.finished_at,
             "rerun_of": batch.rerun_of,
+            "callback_url": batch.callback_url,
+            "item_events": batch.item_events,
         }
     )

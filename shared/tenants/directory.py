@@ -58,18 +58,22 @@ def _fresh(cached: tuple[T, float] | None) -> tuple[T, float] | None:
 
 @dataclass(frozen=True, slots=True)
 class TenantLimits:
-    """A tenant's quotas: its own where `auditq tenant set` gave them, else the settings'."""
+    """A tenant's quotas: its own where `auditq tenant set` gave them, else the settings';
+    and whether it can use callbacks: it has a secret to sign webhooks with."""
 
     max_queued: int | None
     submit_rpm: int | None
+    signs_webhooks: bool = False
 
     @classmethod
     def of(cls, row: TenantRow | None, settings: Settings) -> "TenantLimits":
+        signs = settings.webhook_secret is not None
         if row is None:
-            return cls(settings.tenant_max_queued, settings.tenant_submit_rpm)
+            return cls(settings.tenant_max_queued, settings.tenant_submit_rpm, signs)
         return cls(
             settings.tenant_max_queued if row.max_queued is None else row.max_queued,
             settings.tenant_submit_rpm if row.submit_rpm is None else row.submit_rpm,
+            signs or row.webhook_secret is not None,
         )
 
 

@@ -21,7 +21,8 @@ ROLES = "(" + ", ".join(f"'{role}'" for role in Role) + ")"
 
 
 class Tenant(SQLModel, table=True):
-    """A tenant's overrides of the quota settings (NULL: the setting), and its weight."""
+    """A tenant's overrides of the quota and webhook settings (NULL: the setting), and its
+    weight."""
 
     __tablename__ = "tenant"
     __table_args__ = (
@@ -35,6 +36,8 @@ class Tenant(SQLModel, table=True):
     submit_rpm: int | None = None
     weight: int = Field(default=1, sa_column_kwargs={"server_default": "1"})
     created_at: datetime = _created_at()
+    # Signs the tenant's webhooks (`whsec_…`) instead of WEBHOOK_SECRET; NULL: the setting.
+    webhook_secret: str | None = Field(default=None, sa_type=sa.Text)
 
 
 class ApiKey(SQLModel, table=True):

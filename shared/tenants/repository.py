@@ -6,7 +6,7 @@ so a revoked key is refused from its next request on.
 """
 
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any, Self
 from uuid import UUID, uuid4
@@ -20,13 +20,14 @@ _NOTIFY = f"SELECT pg_notify('{CHANGES_CHANNEL}', '')"
 
 @dataclass(frozen=True, slots=True)
 class TenantRow:
-    """One row of `tenant`: its overrides of the quota settings (None: the setting)."""
+    """One row of `tenant`: its overrides of the settings (None: the setting)."""
 
     name: str
     max_queued: int | None
     submit_rpm: int | None
     weight: int
     created_at: datetime
+    webhook_secret: str | None = field(repr=False)  # a signing key: never in a log line
 
     @classmethod
     def of(cls, record: Mapping[str, Any]) -> Self:
@@ -55,7 +56,7 @@ class KeyRow:
 TENANT_COLUMNS = tuple(f.name for f in fields(TenantRow))
 KEY_COLUMNS = tuple(f.name for f in fields(KeyRow))
 # What `tenant set` may change; the CLI names them.
-SETTABLE = frozenset({"max_queued", "submit_rpm", "weight"})
+SETTABLE = frozenset({"max_queued", "submit_rpm", "weight", "webhook_secret"})
 
 _TENANTS = f"SELECT {', '.join(TENANT_COLUMNS)} FROM tenant"
 _TENANT = f"{_TENANTS} WHERE name = $1"
@@ -95,7 +96,7 @@ async def ensure_tenant(conn: Statements, name: str) -> None:
 
 
 async def update_tenant(
-    conn: Statements, name: str, changes: Mapping[str, int | None]
+    conn: Statements, name: str, changes: Mapping[str, int | str | None]
 ) -> TenantRow:
     """Create the tenant if need be, then set `changes` (a column of `SETTABLE` each)."""
     assert changes.keys() <= SETTABLE, changes

@@ -77,8 +77,11 @@ async def revoke_key(conn: Statements, key_or_prefix: str) -> KeyRow:
     return await tenants.revoke(conn, found[0].id)
 
 
-async def set_tenant(conn: Statements, name: str, changes: Mapping[str, int | None]) -> TenantRow:
-    """Create the tenant if need be and change its quotas or weight (None: the setting)."""
+async def set_tenant(
+    conn: Statements, name: str, changes: Mapping[str, int | str | None]
+) -> TenantRow:
+    """Create the tenant if need be and change its quotas, weight or webhook secret (None:
+    the setting)."""
     return await tenants.update_tenant(conn, check_tenant_name(name), changes)
 
 

@@ -41,6 +41,7 @@ READ_FIELDS = {
     "samples",
     "rerun_of",
     "provenance",
+    "callback_url",
 }
 TERMINAL = ("succeeded", "failed", "cancelled")
 

@@ -20,8 +20,7 @@ from tests.factories import audit_request, batch_request, criterion, rubric_requ
 
 READ_FIELDS = {
     *("id", "tenant", "name", "metadata", "status", "counts", "usage", "created_at"),
-    "finished_at",
-    "rerun_of",
+    *("finished_at", "rerun_of", "callback_url", "item_events"),
 }
 RESULT_FIELDS = {"id", "subject", "metadata", "status", "result", "error", "usage"}
 NO_USAGE = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}

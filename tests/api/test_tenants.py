@@ -137,6 +137,13 @@ async def rerun_another_tenants_audit(t: Tenants) -> None:
     assert (rerun.json()["tenant"], rerun.json()["rerun_of"]) == ("acme", audit_id)
 
 
+async def read_another_tenants_audit_deliveries(t: Tenants) -> None:
+    audit_id = await _alices_audit(t, cancelled=True)
+    deliveries = f"/audits/{audit_id}/deliveries"
+    assert_problem(await t.bob.get(deliveries), 404, "audit_not_found")
+    assert (await t.alice.get(deliveries)).json() == {"items": [], "next_cursor": None}
+
+
 async def submit_a_batch_with_the_same_idempotency_key(t: Tenants) -> None:
     headers = {"Idempotency-Key": "nightly-1"}
     mine = await t.alice.post("/batches", json=batch_request(2), headers=headers)
@@ -161,6 +168,13 @@ async def list_batches(t: Tenants) -> None:
 async def read_another_tenants_results(t: Tenants) -> None:
     batch_id = await _alices_batch(t)
     assert_problem(await t.bob.get(f"/batches/{batch_id}/results"), 404, "batch_not_found")
+
+
+async def read_another_tenants_batch_deliveries(t: Tenants) -> None:
+    batch_id = await _alices_batch(t)
+    deliveries = f"/batches/{batch_id}/deliveries"
+    assert_problem(await t.bob.get(deliveries), 404, "batch_not_found")
+    assert (await t.alice.get(deliveries)).status_code == 200
 
 
 async def cancel_another_tenants_batch(t: Tenants) -> None:
@@ -219,6 +233,7 @@ ISOLATION: dict[tuple[str, str], Check] = {
     ("POST", "/audits/{audit_id}/cancel"): cancel_another_tenants_audit,
     ("POST", "/audits/{audit_id}/retry"): retry_another_tenants_audit,
     ("POST", "/audits/{audit_id}/rerun"): rerun_another_tenants_audit,
+    ("GET", "/audits/{audit_id}/deliveries"): read_another_tenants_audit_deliveries,
     ("POST", "/batches"): submit_a_batch_with_the_same_idempotency_key,
     ("GET", "/batches/{batch_id}"): read_another_tenants_batch,
     ("GET", "/batches"): list_batches,
@@ -226,6 +241,7 @@ ISOLATION: dict[tuple[str, str], Check] = {
     ("POST", "/batches/{batch_id}/cancel"): cancel_another_tenants_batch,
     ("POST", "/batches/{batch_id}/retry"): retry_another_tenants_batch,
     ("POST", "/batches/{batch_id}/rerun"): rerun_another_tenants_batch,
+    ("GET", "/batches/{batch_id}/deliveries"): read_another_tenants_batch_deliveries,
     ("POST", "/rubrics"): publish_the_same_rubric_name,
     ("GET", "/rubrics"): list_rubrics,
     ("GET", "/rubrics/{name}"): read_another_tenants_rubric,

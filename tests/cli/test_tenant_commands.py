@@ -7,6 +7,7 @@ from typer.testing import CliRunner, Result
 
 from cli.main import app
 from shared.tenants.keys import DISPLAY_CHARS, KEY_PREFIX
+from shared.webhooks.signing import new_secret, secret_key
 
 pytestmark = pytest.mark.usefixtures("settings")  # the test database, cleaned
 
@@ -92,3 +93,41 @@ def test_bad_names_and_limits_are_refused(args: list[str], says: str) -> None:
 
     assert refused.exit_code == 2
     assert says in refused.output
+
+
+def test_a_tenant_s_webhook_secret_is_set_generated_or_reset_and_never_listed() -> None:
+    generated = auditq("tenant", "set", "acme", "--webhook-secret", "generate")
+    secret = generated.stdout.splitlines()[-1]
+    given = new_secret()
+    set_ = auditq("tenant", "set", "globex", "--webhook-secret", given)
+    listed = auditq("tenant", "list")
+    reset = auditq("tenant", "set", "acme", "--webhook-secret", "default")
+
+    assert generated.exit_code == 0, generated.output
+    assert secret.startswith("whsec_")
+    assert len(secret_key(secret)) == 32
+    assert set_.exit_code == 0, set_.output
+    assert given not in set_.stdout
+    for shown in (listed.stdout, generated.stdout.rsplit(secret, 1)[0]):
+        assert secret not in shown
+        assert given not in shown
+    assert webhook_secret_of("acme", listed) == "own"
+    assert webhook_secret_of("globex", listed) == "own"
+    assert webhook_secret_of("acme", reset) == "default"
+
+
+def webhook_secret_of(tenant: str, shown: Result) -> str:
+    row = next(line for line in shown.stdout.splitlines() if f" {tenant} " in line)
+    return row.split("│")[5].strip()
+
+
+@pytest.mark.parametrize(
+    ("secret", "says"),
+    [("abc", "starts with 'whsec_'"), ("whsec_c2hvcnQ=", "24 to 64 bytes")],
+)
+def test_a_malformed_webhook_secret_is_refused(secret: str, says: str) -> None:
+    refused = auditq("tenant", "set", "acme", "--webhook-secret", secret)
+
+    assert refused.exit_code == 2
+    assert says in refused.output
+    assert secret not in auditq("tenant", "list").stdout

@@ -114,6 +114,8 @@ async def test_claim_starts_the_first_attempt_of_a_queued_audit(
         trace_context=stored.trace_context,
         priority=Priority(stored.priority),
         created_at=stored.created_at,
+        batch_id=None,
+        batch_notifies=False,
     )
 
 

@@ -17,6 +17,7 @@ from shared.audits.models import Audit
 from shared.batches import service as batches
 from shared.batches.results import stream_results
 from shared.batches.schemas import BatchCounts, BatchCreate
+from shared.batches.summary import BatchSummary
 from shared.config import Settings
 from shared.db import SessionStatements
 from shared.queue import send_pending
@@ -44,7 +45,7 @@ def statements(engine: AsyncEngine) -> Iterator[list[str]]:
         event.remove(engine.sync_engine, "before_cursor_execute", record)
 
 
-async def create(session: AsyncSession, size: int) -> batches.BatchSummary:
+async def create(session: AsyncSession, size: int) -> BatchSummary:
     created = await batches.create(
         SessionStatements(session),
         tenant=DEFAULT_TENANT,
