@@ -25,6 +25,7 @@ from tests.faults.outcome import query
 from tests.faults.scenario import FaultRun, assert_promises_kept, stack_env
 from tests.faults.services import OwnRedis
 from tests.faults.stack import Stack
+from tests.faults.test_infrastructure import in_flight
 from tests.fixtures.processes import simulator_process
 from tests.fixtures.receiver import Answer, Receiver, Try, receiving
 
@@ -139,6 +140,7 @@ async def test_every_end_reaches_a_failing_receiver_signed_with_a_worker_killed_
             doomed.signal(signal.SIGKILL)
             assert await doomed.exit_code(within=10) == -signal.SIGKILL
             run.infrastructure["worker_sigkill"] += 1
+            killed_mid_job = in_flight(doomed)
             replacement = stack.start_worker()
 
             outcome = await run.settle()
@@ -159,7 +161,13 @@ async def test_every_end_reaches_a_failing_receiver_signed_with_a_worker_killed_
                 webhook_tries_cut_short_by_the_kill=cut_short,
                 webhook_delivered_more_than_once=sum(1 for n in ok_tries.values() if n > 1),
             )
-            assert_promises_kept(run, outcome, submitted=AUDITS, min_succeeded_pct=99.0)
+            assert_promises_kept(
+                run,
+                outcome,
+                submitted=AUDITS,
+                min_succeeded_pct=99.0,
+                killed_mid_attempt=killed_mid_job,
+            )
             assert survivor.alive(), survivor.output()
             assert replacement.alive(), replacement.output()
 
