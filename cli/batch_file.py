@@ -35,6 +35,7 @@ AUDIT_FIELDS = (
     "metadata",
     "pass_threshold",
     "priority",
+    "samples",
 )
 _SHOWN_PROBLEMS = 10
 

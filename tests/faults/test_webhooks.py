@@ -21,11 +21,10 @@ import pytest
 
 from shared.webhooks.signing import new_secret
 from tests.faults.load import Submission, plan
-from tests.faults.outcome import query
+from tests.faults.outcome import in_flight, query
 from tests.faults.scenario import FaultRun, assert_promises_kept, stack_env
 from tests.faults.services import OwnRedis
 from tests.faults.stack import Stack
-from tests.faults.test_infrastructure import in_flight
 from tests.fixtures.processes import simulator_process
 from tests.fixtures.receiver import Answer, Receiver, Try, receiving
 
