@@ -13,6 +13,7 @@ from bench import (
     batch,
     capacity,
     fairness,
+    metrics,
     model_call,
     peer,
     polling,
@@ -40,6 +41,7 @@ BENCHMARKS: dict[str, Callable[[Run], list[Section]]] = {
     "capacity": capacity.run,  # only when named: it starts servers of its own
     "samples": samples.run,
     "webhooks": webhooks.run,
+    "metrics": metrics.run,
 }
 # Run only when named: not part of `make bench`'s run of them all.
 ON_DEMAND = {"capacity"}
