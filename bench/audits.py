@@ -101,6 +101,15 @@ async def submit_one_by_one(c: Client, count: int, *, gap_s: tuple[float, float]
         await asyncio.sleep(rng.uniform(*gap_s))
 
 
+async def submit_singles(c: Client, count: int, *, callback_url: str | None = None) -> None:
+    """Single audits as fast as one client sends them, one INSERT and one enqueue each,
+    each with `callback_url` (`POST /audits`' way)."""
+    for index in range(count):
+        data = AuditCreate.model_validate({**audit_body(index), "callback_url": callback_url})
+        async with statements(c.engine, c.redis) as conn:
+            await audits.create(conn, data=data, tenant=DEFAULT_TENANT, settings=c.settings)
+
+
 @dataclass(frozen=True)
 class Timeline:
     """When each audit was created, started and finished (epoch seconds, PostgreSQL's clock)."""
