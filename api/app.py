@@ -1,5 +1,6 @@
 """The FastAPI application: `uvicorn api.app:create_app --factory`."""
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -30,6 +31,7 @@ from shared.errors import AppError
 from shared.logging import configure_logging
 from shared.queue import create_redis
 from shared.secret import secret_key
+from shared.spend.prices import PriceTable
 from shared.tenants.directory import Directory
 from shared.tenants.quotas import SubmitRate
 from shared.webhooks.addresses import CallbackPolicy
@@ -48,6 +50,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.submit_rate = SubmitRate(app.state.redis, key_prefix=f"{settings.queue_name}:tenants")
     app.state.directory = Directory(app.state.engine, settings)
     await app.state.directory.start()
+    # Budgeted batches need their models' prices: the maintained table loads now, in a
+    # second, rather than in the first such request.
+    app.state.prices = PriceTable.of(settings)
+    await asyncio.to_thread(app.state.prices.warm, settings.models)
     freeze_startup_objects()
     try:
         yield

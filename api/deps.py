@@ -20,6 +20,7 @@ from shared.db import SessionStatements, StatementConnection, Statements
 from shared.idempotency import MAX_KEY_LENGTH, Created
 from shared.queue import discard_pending, send_pending, transaction
 from shared.queue import statements as queue_statements
+from shared.spend.prices import PriceTable
 from shared.tenants.caller import TENANT_NAME, Caller
 from shared.tenants.directory import Directory, TenantLimits
 from shared.tenants.quotas import QuotaOf, SubmitRate
@@ -172,6 +173,7 @@ class Submitter:
 
     caller: Caller
     settings: Settings
+    prices: PriceTable
 
 
 async def tenant_limits(request: Request, caller: Caller) -> TenantLimits:
@@ -208,7 +210,8 @@ def quota_of(request: Request) -> QuotaOf:
 # The dependencies below call `authenticate` rather than declare it: each dependency
 # FastAPI resolves costs a submit or a read ~25 µs (bench/RESULTS.md, "Tuning").
 async def get_submitter(request: Request) -> Submitter:
-    return Submitter(await authenticate(request), request.app.state.settings)
+    state = request.app.state
+    return Submitter(await authenticate(request), state.settings, state.prices)
 
 
 # Plain `async def`s, each on a statement connection of its own, closed before the

@@ -20,10 +20,12 @@ BODY_PROBLEMS = {
     413: ["payload_too_large"],
     415: ["unsupported_media_type"],
 }
-# A submission also counts against its tenant's quotas (shared/tenants/quotas.py).
-SUBMIT_PROBLEMS = {**BODY_PROBLEMS, 429: ["quota_exceeded", "rate_limited"]}
+# A submission also counts against its tenant's quotas (shared/tenants/quotas.py) and
+# its monthly budget (shared/spend/budgets.py).
+SUBMIT_LIMITS = ["quota_exceeded", "rate_limited", "budget_exhausted"]
+SUBMIT_PROBLEMS = {**BODY_PROBLEMS, 429: SUBMIT_LIMITS}
 # A rerun has no body, but it is a submission all the same.
-RERUN_PROBLEMS = {429: ["quota_exceeded", "rate_limited"]}
+RERUN_PROBLEMS = {429: SUBMIT_LIMITS}
 
 
 def problems(

@@ -8,6 +8,7 @@ import json
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from rich import box
@@ -16,6 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from shared.audits.status import AuditStatus
+from shared.spend.amounts import shown
 
 stdout = Console(highlight=False)
 stderr = Console(stderr=True, highlight=False)
@@ -263,6 +265,20 @@ def tenants_table(rows: Sequence[Any]) -> Table:
             "default" if tenant.webhook_secret is None else "own",
             _day(tenant.created_at),
         )
+    return table
+
+
+def budgets_table(rows: Sequence[Any], spent: Mapping[str, Decimal], *, resets_on: str) -> Table:
+    """What tenants (`TenantRow`s) with a monthly budget or a spend spent this month."""
+    shown_rows = [t for t in rows if t.monthly_budget_usd is not None or t.name in spent]
+    title = f"spend this month (budgets reset on {resets_on}, 00:00 UTC)"
+    table = Table(title=title, title_justify="left")
+    for column in ("tenant", "monthly budget", "spent", "left"):
+        table.add_column(column, no_wrap=True)
+    for tenant in shown_rows:
+        budget, used = tenant.monthly_budget_usd, spent.get(tenant.name, Decimal(0))
+        left = "-" if budget is None else shown(max(budget - used, Decimal(0)))
+        table.add_row(tenant.name, "none" if budget is None else shown(budget), shown(used), left)
     return table
 
 

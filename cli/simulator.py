@@ -23,12 +23,12 @@ import time
 import uuid
 from collections import Counter, deque
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 import typer
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from cli.simulator_command import DEFAULT_FAULTS, FAULT_KINDS, FaultKind, command
 from shared.llm.prompt import AuditData, find_audit_data
@@ -82,12 +82,16 @@ class SimulatorConfig:
     hang_s: float = 600.0
     record_limit: int = 1000
     seed: int | None = None
+    # The share of each prompt's tokens reported as cached (`prompt_tokens_details`).
+    cached_share: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.latency_min_ms <= self.latency_max_ms:
             raise ValueError("latency must be 0 <= latency_min_ms <= latency_max_ms")
         if not 0 <= self.fault_rate <= 1:
             raise ValueError("fault_rate must be between 0 and 1")
+        if not 0 <= self.cached_share <= 1:
+            raise ValueError("cached_share must be between 0 and 1")
         if self.fault_rate > 0 and not self.faults:
             raise ValueError("a fault_rate above 0 needs at least one fault kind")
         unknown = sorted(set(self.faults) - set(FAULT_KINDS))
@@ -107,6 +111,8 @@ class SimulatorState:
         # When each recorded request arrived (`time.time()`), in the same order.
         self.received_at: deque[float] = deque(maxlen=config.record_limit)
         self.outcomes: Counter[str] = Counter()
+        self.cached_share = config.cached_share
+        self.latency_ms = (config.latency_min_ms, config.latency_max_ms)
         self._random = random.Random(config.seed)
         self._reseeded = 0
 
@@ -129,8 +135,7 @@ class SimulatorState:
         return hashlib.sha256(seed + self._reseeded.to_bytes(8, "big")).digest()
 
     def latency_s(self) -> float:
-        config = self.config
-        return self._random.uniform(config.latency_min_ms, config.latency_max_ms) / 1000
+        return self._random.uniform(*self.latency_ms) / 1000
 
     def reset(self) -> None:
         self.script.clear()
@@ -139,6 +144,31 @@ class SimulatorState:
         self.received_at.clear()
         self.outcomes.clear()
         self._reseeded = 0
+        self.cached_share = self.config.cached_share
+        self.latency_ms = (self.config.latency_min_ms, self.config.latency_max_ms)
+
+
+class Caching(BaseModel):
+    """Body of `POST /_control/caching`: the share of prompt tokens reported as cached."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cached_share: float = Field(ge=0, le=1)
+
+
+class Latency(BaseModel):
+    """Body of `POST /_control/latency`: how long answers take, in milliseconds."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    min_ms: float = Field(ge=0)
+    max_ms: float = Field(ge=0)
+
+    @model_validator(mode="after")
+    def ordered(self) -> Self:
+        if self.min_ms > self.max_ms:
+            raise ValueError("min_ms must not exceed max_ms")
+        return self
 
 
 class Script(BaseModel):
@@ -161,6 +191,8 @@ def create_app(config: SimulatorConfig) -> FastAPI:
     app.add_api_route("/v1/models", list_models, methods=["GET"])
     app.add_api_route("/health", health, methods=["GET"])
     app.add_api_route("/_control/script", set_script, methods=["POST"])
+    app.add_api_route("/_control/caching", set_caching, methods=["POST"], status_code=204)
+    app.add_api_route("/_control/latency", set_latency, methods=["POST"], status_code=204)
     app.add_api_route("/_control/requests", recorded_requests, methods=["GET"])
     app.add_api_route("/_control/stats", stats, methods=["GET"])
     app.add_api_route("/_control/reset", reset, methods=["POST"], status_code=204)
@@ -195,7 +227,7 @@ async def chat_completions(request: Request) -> Response:
         return _error_response(400, "invalid_request_error", message)
     if outcome == "inconsistent":
         audit = replace(audit, seed=state.another_seed(audit.seed))
-    return _completion_response(body, audit, outcome)
+    return _completion_response(body, audit, outcome, cached_share=state.cached_share)
 
 
 async def list_models() -> dict[str, Any]:
@@ -216,6 +248,16 @@ async def set_script(script: Script, request: Request) -> dict[str, int]:
         return {"queued": len(state.script)}
     state.subject_scripts[script.subject] = deque(script.faults)
     return {"queued": len(script.faults)}
+
+
+async def set_caching(caching: Caching, request: Request) -> None:
+    """Report this share of the next prompts' tokens as cached, until the next reset."""
+    _state(request).cached_share = caching.cached_share
+
+
+async def set_latency(latency: Latency, request: Request) -> None:
+    """Answer after this long, until the next reset."""
+    _state(request).latency_ms = (latency.min_ms, latency.max_ms)
 
 
 async def recorded_requests(request: Request) -> dict[str, list[Any]]:
@@ -290,7 +332,9 @@ def _schema_criterion_ids(body: dict[str, Any]) -> list[str] | None:
     return node
 
 
-def _completion_response(body: dict[str, Any], audit: _AuditRequest, outcome: str) -> Response:
+def _completion_response(
+    body: dict[str, Any], audit: _AuditRequest, outcome: str, *, cached_share: float
+) -> Response:
     answer = synthetic_answer(audit.data, audit.criterion_ids, seed=audit.seed)
     message, finish_reason = _reply_message(answer, outcome)
     completion = {
@@ -302,7 +346,7 @@ def _completion_response(body: dict[str, Any], audit: _AuditRequest, outcome: st
         "choices": [
             {"index": 0, "message": message, "finish_reason": finish_reason, "logprobs": None}
         ],
-        "usage": _usage(body, message),
+        "usage": _usage(body, message, cached_share=cached_share),
     }
     return JSONResponse(completion, headers=_request_id_header())
 
@@ -353,14 +397,16 @@ def _contradicting(answer: dict[str, Any]) -> dict[str, Any]:
     return {**answer, "findings": findings}
 
 
-def _usage(body: dict[str, Any], message: dict[str, Any]) -> dict[str, int]:
-    """Tokens estimated at four characters each, as a rule of thumb for English text."""
+def _usage(body: dict[str, Any], message: dict[str, Any], *, cached_share: float) -> dict[str, Any]:
+    """Tokens estimated at four characters each, as a rule of thumb for English text; a
+    share of the prompt's reported as cached, as OpenAI reports its prompt caching."""
     prompt = _estimate_tokens(json.dumps(body.get("messages", []), ensure_ascii=False))
     completion = _estimate_tokens(message["content"] or message["refusal"] or "")
     return {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": int(prompt * cached_share)},
     }
 
 

@@ -85,6 +85,12 @@ def command(
         int, typer.Option(min=0, help="Retry-After (seconds) sent with simulated 429s.")
     ] = 1,
     seed: Annotated[int | None, typer.Option(help="Seed of the fault and latency draws.")] = None,
+    cached_share: Annotated[
+        float,
+        typer.Option(
+            min=0.0, max=1.0, help="Share of each prompt's tokens reported as cached (0 to 1)."
+        ),
+    ] = 0.0,
 ) -> None:
     """Run the bundled OpenAI-compatible model simulator. Its results are synthetic."""
     from cli.simulator import SimulatorConfig, create_app
@@ -97,6 +103,7 @@ def command(
         faults=_parse_option(parse_fault_kinds, faults, "--faults"),
         retry_after_s=retry_after_s,
         seed=seed,
+        cached_share=cached_share,
     )
     _print_banner(host, port, config)
     import uvicorn

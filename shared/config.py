@@ -4,8 +4,9 @@ The variable names are part of the contract: deployments and outside tools rely 
 them, so they are spelled exactly as documented in `.env.example` and the README.
 """
 
+from decimal import Decimal, InvalidOperation
 from functools import lru_cache
-from typing import Annotated, Literal
+from typing import Annotated, Literal, NamedTuple
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -18,6 +19,19 @@ CommaList = Annotated[list[str], NoDecode]
 DEFAULT_CONTEXT_TOKENS = 128_000
 # `gpt-4o-mini=500,gpt-4o=100`: a limit per model; a model not named has none.
 ModelLimits = Annotated[dict[str, int], NoDecode]
+
+
+class TokenPrices(NamedTuple):
+    """A model's prices in USD per million tokens; cached input at the input price unless
+    given."""
+
+    input: Decimal
+    output: Decimal
+    cached_input: Decimal | None = None
+
+
+# `gpt-4o-mini=0.15:0.60,my-llama=0.2:0.2:0.1`: input, output and optionally cached input.
+ModelPrices = Annotated[dict[str, TokenPrices], NoDecode]
 
 
 class Settings(BaseSettings):
@@ -53,6 +67,8 @@ class Settings(BaseSettings):
     # Shared by every worker through Redis (shared/llm/ratelimit.py).
     model_rpm_limits: ModelLimits = Field(default_factory=dict)
     model_tpm_limits: ModelLimits = Field(default_factory=dict)
+    # Prices that override and extend the maintained table (shared/spend/prices.py).
+    model_prices: ModelPrices = Field(default_factory=dict)
 
     max_attempts: int = Field(default=5, ge=1)
     worker_concurrency: int = Field(default=50, ge=1)
@@ -132,6 +148,13 @@ class Settings(BaseSettings):
             return parse_model_limits(value)
         return value
 
+    @field_validator("model_prices", mode="before")
+    @classmethod
+    def split_model_prices(cls, value: object) -> object:
+        if isinstance(value, str):
+            return parse_model_prices(value)
+        return value
+
     @field_validator("model_rpm_limits", "model_tpm_limits", "model_context_tokens")
     @classmethod
     def positive_limits(cls, value: dict[str, int]) -> dict[str, int]:
@@ -201,6 +224,36 @@ def parse_model_limits(value: str) -> dict[str, int]:
             raise ValueError(f"{model!r} is given a limit twice")
         limits[model] = int(limit)
     return limits
+
+
+def parse_model_prices(value: str) -> dict[str, TokenPrices]:
+    """`"gpt-4o-mini=0.15:0.60"` -> `{"gpt-4o-mini": TokenPrices(0.15, 0.60)}`, in USD per
+    million tokens, as exact decimals."""
+    prices: dict[str, TokenPrices] = {}
+    for item in (part.strip() for part in value.split(",")):
+        if not item:
+            continue
+        model, equals, amounts = (part.strip() for part in item.rpartition("="))
+        parts = amounts.split(":")
+        if not equals or not model or len(parts) not in (2, 3):
+            raise ValueError(
+                f"expected `model=input:output` or `model=input:output:cached_input` "
+                f"(USD per million tokens), got {item!r}"
+            )
+        if model in prices:
+            raise ValueError(f"{model!r} is given a price twice")
+        prices[model] = TokenPrices(*(_usd(part, item) for part in parts))
+    return prices
+
+
+def _usd(text: str, item: str) -> Decimal:
+    try:
+        amount = Decimal(text.strip())
+    except InvalidOperation:
+        amount = Decimal("NaN")
+    if not amount.is_finite() or amount < 0:
+        raise ValueError(f"prices are amounts of USD of 0 or more, got {text!r} in {item!r}")
+    return amount
 
 
 @lru_cache

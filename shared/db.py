@@ -12,7 +12,7 @@ from typing import Any, Protocol, Self, TypeVar, cast
 
 import asyncpg
 import sqlalchemy.exc
-from sqlalchemy import CursorResult, MetaData, event
+from sqlalchemy import CursorResult, MetaData, Numeric, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import InvalidatePoolError
 from sqlalchemy.ext.asyncio import (
@@ -36,6 +36,10 @@ NAMING_CONVENTION = {
 
 metadata: MetaData = SQLModel.metadata
 metadata.naming_convention = NAMING_CONVENTION
+
+# Amounts of USD, exact: ten decimal places are a ten-thousandth of a micro-dollar, below
+# what one token costs at any price, and twenty digits leave ten billion dollars.
+USD = Numeric(20, 10)
 
 SessionFactory = async_sessionmaker[AsyncSession]
 T = TypeVar("T")

@@ -15,6 +15,10 @@ clock, the pass of the last pick: it neither banks credit while idle nor waits
 behind the backlog of the others. A class alone takes every slot (work-conserving),
 and the idle one is brought up to its pass, for the same reason.
 
+A tenant can be put on hold (its monthly budget is spent): it leaves the waiting of
+both classes until it is released, and its jobs stay in their flows meanwhile, picked
+by no one and costing nothing.
+
 Every key is built in the scripts from one prefix: arq runs on one Redis, not a cluster.
 """
 
@@ -51,14 +55,9 @@ def wake_channel(queue_name: str) -> str:
     return fair_prefix(queue_name) + "wake"
 
 
-# KEYS: arq's abort marks, then each job's key. ARGV: the fair prefix, the job keys'
-# lifetime (ms), then each job's id, payload, priority, tenant and flow. A job is queued
-# only when its key is new (arq's deduplication by job id, SET NX): a job already queued,
-# running or deferred is left where it is. Workers are told on `<prefix>wake` that work
-# was queued, so an idle one starts it at once rather than at its next poll.
-ENQUEUE_LUA = """
-local prefix, expires = ARGV[1], ARGV[2]
-local clocks = prefix .. 'clock'
+# Puts a flow's tenant among the waiting of its class, at the class's virtual clock (or
+# where it left off, if later), unless it is there already.
+_ACTIVATE = """
 local function activate(zset, member, clock_field, left_field)
   if redis.call('ZSCORE', zset, member) then return end
   local pass = tonumber(redis.call('HGET', clocks, clock_field) or '0')
@@ -68,6 +67,21 @@ local function activate(zset, member, clock_field, left_field)
   end
   redis.call('ZADD', zset, pass, member)
 end
+"""
+
+# KEYS: arq's abort marks, then each job's key. ARGV: the fair prefix, the job keys'
+# lifetime (ms), then each job's id, payload, priority, tenant and flow. A job is queued
+# only when its key is new (arq's deduplication by job id, SET NX): a job already queued,
+# running or deferred is left where it is. Workers are told on `<prefix>wake` that work
+# was queued, so an idle one starts it at once rather than at its next poll. The job of
+# a tenant on hold joins its flow, but the tenant does not join the waiting (`HOLD_LUA`).
+ENQUEUE_LUA = (
+    """
+local prefix, expires = ARGV[1], ARGV[2]
+local clocks = prefix .. 'clock'
+"""
+    + _ACTIVATE
+    + """
 local queued = 0
 for i = 2, #KEYS do
   local a = 5 * (i - 2) + 3
@@ -78,12 +92,54 @@ for i = 2, #KEYS do
     redis.call('RPUSH', prefix .. 'jobs:' .. owner .. ':' .. flow, job_id)
     redis.call('HINCRBY', prefix .. 'depth', owner, 1)
     activate(prefix .. 'flows:' .. owner, flow, owner, nil)
-    activate(prefix .. 'tenants:' .. priority, tenant, priority, owner)
+    if redis.call('SISMEMBER', prefix .. 'held', tenant) == 0 then
+      activate(prefix .. 'tenants:' .. priority, tenant, priority, owner)
+    end
     queued = queued + 1
   end
 end
 if queued > 0 then redis.call('PUBLISH', prefix .. 'wake', queued) end
 """
+)
+
+# ARGV: the fair prefix, a tenant. Puts the tenant on hold: it leaves the waiting of
+# both classes, so no pick chooses it, and its flows and jobs stay as they are. Where
+# it had got to is kept, as when it runs out of work, so it does not jump ahead later.
+HOLD_LUA = """
+local prefix, tenant = ARGV[1], ARGV[2]
+redis.call('SADD', prefix .. 'held', tenant)
+for _, priority in ipairs({'interactive', 'bulk'}) do
+  local tenants = prefix .. 'tenants:' .. priority
+  local pass = redis.call('ZSCORE', tenants, tenant)
+  if pass then
+    redis.call('HSET', prefix .. 'left', priority .. ':' .. tenant, pass)
+    redis.call('ZREM', tenants, tenant)
+  end
+end
+"""
+
+# ARGV: the fair prefix, a tenant. Takes the tenant off hold: it joins the waiting of
+# each class where it has jobs, and idle workers are woken. Returns its jobs waiting.
+RELEASE_LUA = (
+    """
+local prefix, tenant = ARGV[1], ARGV[2]
+local clocks = prefix .. 'clock'
+"""
+    + _ACTIVATE
+    + """
+redis.call('SREM', prefix .. 'held', tenant)
+local waiting = 0
+for _, priority in ipairs({'interactive', 'bulk'}) do
+  local owner = priority .. ':' .. tenant
+  if redis.call('EXISTS', prefix .. 'flows:' .. owner) == 1 then
+    activate(prefix .. 'tenants:' .. priority, tenant, priority, owner)
+    waiting = waiting + tonumber(redis.call('HGET', prefix .. 'depth', owner) or '0')
+  end
+end
+if waiting > 0 then redis.call('PUBLISH', prefix .. 'wake', waiting) end
+return waiting
+"""
+)
 
 # KEYS: arq's queue. ARGV: the in-progress and job key prefixes, now (ms), the in-progress
 # timeout (ms), the most jobs to start, the fair prefix, the bulk share, then the due job
@@ -187,6 +243,23 @@ async def set_weights(redis: ArqRedis, queue_name: str, weights: dict[str, int])
     """Tell the fair queue each tenant's weight (a tenant it does not know weighs 1)."""
     if weights:
         await redis.hset(fair_prefix(queue_name) + "weight", mapping=weights)  # type: ignore[misc]
+
+
+async def hold_tenant(redis: ArqRedis, queue_name: str, tenant: str) -> None:
+    """Stop picking the tenant's jobs; they keep their place (shared/spend/budgets.py)."""
+    await redis.register_script(HOLD_LUA)(args=[fair_prefix(queue_name), tenant])
+
+
+async def release_tenant(redis: ArqRedis, queue_name: str, tenant: str) -> int:
+    """Pick the tenant's jobs again; how many wait."""
+    waiting: int = await redis.register_script(RELEASE_LUA)(args=[fair_prefix(queue_name), tenant])
+    return waiting
+
+
+async def held_tenants(redis: ArqRedis, queue_name: str) -> set[str]:
+    """The tenants on hold."""
+    members = await redis.smembers(fair_prefix(queue_name) + "held")  # type: ignore[misc]
+    return {member.decode() for member in members}
 
 
 async def queue_depths(redis: ArqRedis, queue_name: str) -> dict[tuple[Priority, str], int]:

@@ -3,7 +3,17 @@
 from shared.audits.models import Audit
 from shared.batches.models import Batch
 from shared.rubrics.models import Rubric
+from shared.spend.models import TenantSpend
 from shared.tenants.models import ApiKey, Tenant
 from shared.webhooks.models import WebhookAttempt, WebhookEvent
 
-__all__ = ["ApiKey", "Audit", "Batch", "Rubric", "Tenant", "WebhookAttempt", "WebhookEvent"]
+__all__ = [
+    "ApiKey",
+    "Audit",
+    "Batch",
+    "Rubric",
+    "Tenant",
+    "TenantSpend",
+    "WebhookAttempt",
+    "WebhookEvent",
+]

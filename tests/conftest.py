@@ -119,7 +119,8 @@ def session_factory(engine: AsyncEngine) -> SessionFactory:
 # Tenant `default` exists from the migration on, as it left it.
 RESET_TENANTS = (
     "DELETE FROM tenant WHERE name <> 'default'",
-    "UPDATE tenant SET max_queued = NULL, submit_rpm = NULL, weight = 1, webhook_secret = NULL",
+    "UPDATE tenant SET max_queued = NULL, submit_rpm = NULL, weight = 1, webhook_secret = NULL, "
+    "monthly_budget_usd = NULL",
 )
 
 
@@ -132,7 +133,7 @@ async def clean(engine: AsyncEngine, redis_url: str) -> None:
     """
     async with engine.begin() as connection:
         await connection.exec_driver_sql(
-            "TRUNCATE audit, batch, rubric, api_key, webhook_event CASCADE"
+            "TRUNCATE audit, batch, rubric, api_key, webhook_event, tenant_spend CASCADE"
         )
         for statement in RESET_TENANTS:
             await connection.exec_driver_sql(statement)

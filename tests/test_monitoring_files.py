@@ -10,6 +10,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import fields
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +22,10 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from shared.audits.repository import ClaimedAudit
-from shared.audits.runs import AuditEnded
+from shared.audits.runs import AuditEnded, Charged
 from shared.audits.status import AuditStatus
 from shared.llm.client import ModelRequest
+from shared.spend.charges import Charge
 from tests.factories import audit_request
 from worker.metrics import PrometheusMetrics
 
@@ -99,13 +101,14 @@ def worker_series() -> dict[str, set[str]]:
     metrics = PrometheusMetrics()
     metrics.model_requested(ModelRequest("gpt-4o-mini", "ok", 0.5, 100, 20))
     # The metrics read an audit's model, priority and age; the rest may stay empty.
-    read: dict[str, Any] = {"model": "gpt-4o-mini", "priority": "bulk"}
+    read: dict[str, Any] = {"model": "gpt-4o-mini", "priority": "bulk", "tenant": "acme"}
     read["created_at"] = datetime.now(UTC)
     empty: dict[str, Any] = dict.fromkeys(field.name for field in fields(ClaimedAudit))
     audit = ClaimedAudit(**empty | read)
     metrics.audit_ended(AuditEnded(audit, AuditStatus.FAILED, "model_timeout"))
     metrics.job_retried("model_timeout")
     metrics.rate_limit_waited("gpt-4o-mini")
+    metrics.cost_charged(Charged(audit, Charge(100, 20, Decimal("0.000027"))))
     return exposed_series(generate_latest(metrics.registry).decode())
 
 

@@ -20,6 +20,7 @@ from shared.llm.probe import probe_provider
 from shared.llm.ratelimit import ModelRateLimiter, create_rate_limiter
 from shared.llm.sampling import Sampling
 from shared.logging import configure_logging
+from shared.spend.prices import PriceTable
 from worker import metrics
 from worker.backoff import retry_delay
 from worker.metrics import MetricsServer, WorkerMetrics
@@ -36,6 +37,7 @@ class JobContext(TypedDict):
     llm: AsyncOpenAI
     sampling: Sampling
     rate_limiter: ModelRateLimiter
+    prices: PriceTable
     timing: JobTiming
     clock: Clock
     redis: ArqRedis
@@ -67,6 +69,9 @@ async def startup(ctx: dict[str, Any]) -> None:
     ctx["sampling"] = Sampling.from_settings(settings)
     # Over arq's Redis pool (set in `ctx` before startup): closed with it, nothing of its own.
     ctx["rate_limiter"] = create_rate_limiter(settings, ctx["redis"])
+    ctx["prices"] = PriceTable.of(settings)
+    # Now, not on the first reply: loading the maintained table takes a second.
+    await asyncio.to_thread(ctx["prices"].warm, settings.models)
     ctx["timing"] = JobTiming.from_settings(settings)
     # Given in `ctx` by tests whose retries should come back at once.
     ctx.setdefault("clock", Clock(retry_delay=retry_delay, sleep=asyncio.sleep))

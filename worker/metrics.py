@@ -20,6 +20,11 @@ What the worker's seams tell, in a registry of the process's own:
 - `auditq_model_replies_invalid_total{kind}`: replies rejected as invalid output, by what
   was wrong (`empty`, `not_json`, `shape`, `criterion_ids`, `bounds`, `contradiction`:
   shared/llm/errors.py), the corrected ones and those an audit failed with alike.
+- `auditq_model_cost_usd_total{model,tenant}`: USD of the answered calls this worker
+  charged to audits (shared/spend/prices.py), counted once their finish write, which
+  adds them to the audit's `usage.cost_usd` and its tenant's spend, is written: the
+  counter agrees with what the audits say they cost. A model without a price adds
+  nothing. The tenant label is bounded by the tenants a deployment has.
 
 Several workers on one host: **one port per process**. A worker binds `METRICS_PORT`,
 or the next port up when another process holds it, and so on up to `PORTS_TRIED` ports;
@@ -45,7 +50,7 @@ from wsgiref.simple_server import WSGIServer
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 
-from shared.audits.runs import AuditEnded
+from shared.audits.runs import AuditEnded, Charged
 from shared.llm.client import ModelRequest
 
 log = structlog.get_logger("worker.metrics")
@@ -70,6 +75,8 @@ class WorkerMetrics(Protocol):
 
     def reply_invalid(self, kind: str) -> None: ...
 
+    def cost_charged(self, charged: Charged) -> None: ...
+
 
 class Unrecorded:
     """`METRICS_PORT` unset: nothing is recorded."""
@@ -87,6 +94,9 @@ class Unrecorded:
         pass
 
     def reply_invalid(self, kind: str) -> None:
+        pass
+
+    def cost_charged(self, charged: Charged) -> None:
         pass
 
 
@@ -139,6 +149,12 @@ class PrometheusMetrics:
             ["kind"],
             registry=self.registry,
         )
+        self._cost = Counter(
+            "auditq_model_cost_usd",
+            "USD of the model's answered calls charged to audits, by model and tenant.",
+            ["model", "tenant"],
+            registry=self.registry,
+        )
 
     def model_requested(self, request: ModelRequest) -> None:
         self._request_duration.labels(request.model, request.outcome).observe(request.seconds)
@@ -161,6 +177,11 @@ class PrometheusMetrics:
 
     def reply_invalid(self, kind: str) -> None:
         self._invalid_replies.labels(kind).inc()
+
+    def cost_charged(self, charged: Charged) -> None:
+        cost = charged.charge.cost_usd
+        if cost is not None:
+            self._cost.labels(charged.audit.model, charged.audit.tenant).inc(float(cost))
 
 
 class MetricsPortsTaken(Exception):

@@ -7,7 +7,8 @@ PostgreSQL is the source of truth. Every run, under arq's `unique` cron lock:
    The age leaves the API time to enqueue after its commit. Each run checks
    `SCAN_LIMIT` of them and the next run carries on after the last one (the
    position is kept in the worker's `ctx`), so however long the backlog, every
-   queued audit is checked within a few runs.
+   queued audit is checked within a few runs;
+3. tenants on hold whose monthly budget allows again are released (worker/budget_holds.py).
 """
 
 from datetime import timedelta
@@ -21,6 +22,7 @@ from shared.db import SessionStatements, statement_connection
 from shared.fair_queue import set_weights
 from shared.queue import enqueue_runs, missing_jobs, transaction
 from shared.tenants import service as tenants
+from worker import budget_holds
 from worker.context import JobContext
 
 log = structlog.get_logger("worker.reconciler")
@@ -55,10 +57,12 @@ async def reconcile(ctx: JobContext) -> dict[str, Any]:
     async with transaction(ctx["session_factory"], ctx["redis"]) as session:
         requeued, failed = await recovery.recover_expired_leases(SessionStatements(session))
     orphans = await _enqueue_orphans(ctx)
+    released = await budget_holds.release_affordable(ctx)
     counts = {
         "leases_requeued": len(requeued),
         "leases_failed": len(failed),
         "orphans": len(orphans),
+        "tenants_released": len(released),
     }
     if any(counts.values()):
         log.warning(

@@ -9,11 +9,12 @@ from openai import AsyncOpenAI
 
 from shared.audits.findings import asked_criteria
 from shared.audits.repository import ClaimedAudit
-from shared.audits.runs import RetryIn, run_attempt
+from shared.audits.runs import OnHold, RetryIn, run_attempt
 from shared.db import statement_connection
 from shared.llm.client import audit_content
 from shared.llm.sampling import Sampling
 from shared.llm.schemas import ModelOutcome
+from worker import budget_holds
 from worker.admission import RateLimitAdmission
 from worker.context import JobContext
 from worker.metrics import WorkerMetrics
@@ -35,7 +36,11 @@ async def run_audit(ctx: JobContext, audit_id: str) -> None:
         ask_model=partial(ask_model, ctx["llm"], ctx["sampling"], metrics),
         clock=ctx["clock"],
         on_ended=metrics.audit_ended,
+        on_charged=metrics.cost_charged,
+        prices=ctx["prices"],
     )
+    if isinstance(outcome, OnHold):
+        await budget_holds.hold(ctx, outcome.tenant)
     if isinstance(outcome, RetryIn):
         metrics.job_retried(outcome.reason)
         raise Retry(defer=outcome.seconds)

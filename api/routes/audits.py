@@ -94,8 +94,9 @@ async def create_audit(
 
     With an `Idempotency-Key` the tenant has sent before, the audit it created is
     returned (header `Idempotent-Replayed: true`) and nothing new is queued. Beyond the
-    tenant's quotas: 429 `quota_exceeded` or `rate_limited`, with `Retry-After`. With a
-    `callback_url`, its end is sent there, signed (the README's Webhooks section).
+    tenant's quotas: 429 `quota_exceeded` or `rate_limited`, with `Retry-After`; beyond
+    its monthly budget, 429 `budget_exhausted`, until the budget resets or is raised. With
+    a `callback_url`, its end is sent there, signed (the README's Webhooks section).
     """
     limits = await tenant_limits(request, submitter.caller)
     await check_callback(request, body.callback_url, submitter.caller, limits)
@@ -106,6 +107,7 @@ async def create_audit(
             tenant=submitter.caller.tenant,
             settings=submitter.settings,
             max_queued=limits.max_queued,
+            monthly_budget=limits.monthly_budget_usd,
             request_id=request.state.request_id,
             trace_context=tracing.current_context(),
             idempotency_key=idempotency_key,

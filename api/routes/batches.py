@@ -42,6 +42,7 @@ from shared.batches.views import to_read
 from shared.idempotency import IdempotencyKeyMismatch
 from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT, InvalidCursor
 from shared.rubrics.exceptions import UnknownRubric
+from shared.spend.budgets import ModelPriceUnknown
 from shared.tenants.quotas import QuotaExceeded
 from shared.webhooks import service as webhooks
 from shared.webhooks.callbacks import CallbackUrlNotAllowed, WebhooksNotConfigured
@@ -60,6 +61,7 @@ NDJSON = "application/x-ndjson"
         IdempotencyKeyMismatch,
         CallbackUrlNotAllowed,
         WebhooksNotConfigured,
+        ModelPriceUnknown,
         extra=SUBMIT_PROBLEMS,
     ),
 )
@@ -79,6 +81,9 @@ async def create_batch(
     that would take the tenant past its quota is refused whole (429 `quota_exceeded`).
     With a `callback_url`, the batch's end is sent there, signed, and with `item_events`
     each audit's too (the README's Webhooks section).
+    With `max_cost_usd` the batch stops once its audits have spent it (see
+    `budget_exhausted_at`); its audits' models must have a price (422
+    `model_price_unknown` otherwise).
     """
     tenant = submitter.caller.tenant
     limits = await tenant_limits(request, submitter.caller)
@@ -90,7 +95,9 @@ async def create_batch(
             data=body,
             tenant=tenant,
             settings=submitter.settings,
+            prices=submitter.prices,
             max_queued=limits.max_queued,
+            monthly_budget=limits.monthly_budget_usd,
             idempotency_key=idempotency_key,
             request_id=request_id,
             trace_context=tracing.current_context(),

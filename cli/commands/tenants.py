@@ -7,6 +7,7 @@ made. Every change reaches the running API processes as it commits.
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -22,7 +23,7 @@ keys_app = typer.Typer(
     rich_markup_mode=None,
 )
 tenants_app = typer.Typer(
-    help="Tenants: their quotas, scheduling weight and webhook secret.",
+    help="Tenants: their quotas, scheduling weight, webhook secret and monthly budget.",
     no_args_is_help=True,
     rich_markup_mode=None,
 )
@@ -60,6 +61,30 @@ def _webhook_secret(value: str) -> str | None:
     except InvalidSecret as problem:
         raise typer.BadParameter(f"{problem} (or `generate`, or `default`)") from None
     return value
+
+
+# The column keeps ten digits before the point.
+MAX_BUDGET_USD = Decimal(1_000_000_000)
+
+
+def _budget(value: str) -> Decimal | None:
+    """`X` (USD, 0 or more) or `none`: a budget option's text."""
+    if value == "none":
+        return None
+    try:
+        budget = Decimal(value)
+    except InvalidOperation:
+        budget = Decimal("NaN")
+    if not budget.is_finite() or not 0 <= budget <= MAX_BUDGET_USD or _places(budget) > 10:
+        raise typer.BadParameter(
+            f"an amount of USD from 0 to {MAX_BUDGET_USD:,}, to 10 decimal places, or `none`"
+        )
+    return budget
+
+
+def _places(amount: Decimal) -> int:
+    exponent = amount.as_tuple().exponent
+    return -exponent if isinstance(exponent, int) and exponent < 0 else 0
 
 
 def _in_database(work: Callable[[Any], Awaitable[T]]) -> T:
@@ -172,12 +197,19 @@ def set_tenant(
             "last line; `default`: WEBHOOK_SECRET.",
         ),
     ] = None,
+    monthly_budget_usd: Annotated[
+        str | None,
+        typer.Option(
+            "--monthly-budget-usd",
+            metavar="USD|none",
+            help="USD its audits may spend per calendar month (UTC); beyond it, submissions "
+            "get 429 and queued audits wait until the first of next month. `none`: no budget.",
+        ),
+    ] = None,
 ) -> None:
-    """Create a tenant, or change its quotas, weight and webhook secret; options left out
-    stay as they are."""
-    from shared.tenants import service
-
-    changes: dict[str, int | str | None] = {}
+    """Create a tenant, or change its quotas, weight, webhook secret and monthly budget;
+    options left out stay as they are."""
+    changes: dict[str, int | str | Decimal | None] = {}
     if max_queued is not None:
         changes["max_queued"] = _limit(max_queued)
     if submit_rpm is not None:
@@ -186,19 +218,48 @@ def set_tenant(
         changes["weight"] = weight
     if webhook_secret is not None:
         changes["webhook_secret"] = _webhook_secret(webhook_secret)
-    row = _in_database(lambda conn: service.set_tenant(conn, name, changes))
-    output.show(output.tenants_table([row]))
+    if monthly_budget_usd is not None:
+        changes["monthly_budget_usd"] = _budget(monthly_budget_usd)
+    rows, spent = _in_database(lambda conn: _set_and_show(conn, name, changes))
+    _show(rows, spent)
     if webhook_secret == GENERATE:
-        output.say(f"the webhook secret of tenant {row.name}; it is shown this once:")
-        print(row.webhook_secret, flush=True)
+        output.say(f"the webhook secret of tenant {rows[0].name}; it is shown this once:")
+        print(rows[0].webhook_secret, flush=True)
+
+
+async def _set_and_show(
+    conn: Any, name: str, changes: dict[str, int | str | Decimal | None]
+) -> tuple[list[Any], dict[str, Decimal]]:
+    from shared.spend import repository as spend
+    from shared.tenants import service
+
+    row = await service.set_tenant(conn, name, changes)
+    return [row], await spend.spent_this_month_by_tenant(conn)
+
+
+async def _all_and_spend(conn: Any) -> tuple[list[Any], dict[str, Decimal]]:
+    from shared.spend import repository as spend
+    from shared.tenants import repository
+
+    return await repository.all_tenants(conn), await spend.spent_this_month_by_tenant(conn)
 
 
 @tenants_app.command("list")
 @reports_errors
 def list_tenants() -> None:
-    """List tenants, their quotas (`default`: the setting's), weights and whether they
-    sign webhooks with a secret of their own (never the secret)."""
-    from shared.tenants import repository
+    """List tenants, their quotas (`default`: the setting's), weights, whether they sign
+    webhooks with a secret of their own (never the secret), budgets and what they spent
+    this month."""
+    _show(*_in_database(_all_and_spend))
 
-    rows = _in_database(repository.all_tenants)
+
+def _show(rows: list[Any], spent: dict[str, Decimal]) -> None:
+    """The tenants, then the spend of those with a budget or a spend this month."""
+    from datetime import UTC, datetime
+
+    from shared.spend.budgets import month_resets_at
+
     output.show(output.tenants_table(rows))
+    if any(row.monthly_budget_usd is not None or row.name in spent for row in rows):
+        resets_on = f"{month_resets_at(datetime.now(UTC)):%Y-%m-%d}"
+        output.show(output.budgets_table(rows, spent, resets_on=resets_on))

@@ -1,6 +1,7 @@
 """The `audit` table: its schema, for alembic and the repository's column list."""
 
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -11,7 +12,7 @@ from sqlmodel import Field, SQLModel
 from shared.audits.priority import PRIORITY_CHECK, Priority
 from shared.audits.schemas import MAX_SAMPLES
 from shared.audits.status import TERMINAL, UNFINISHED, AuditStatus, sql_list
-from shared.db import metadata  # noqa: F401  (naming convention must be set first)
+from shared.db import USD, metadata  # noqa: F401  (naming convention must be set first)
 
 
 def _timestamp(*, nullable: bool = True) -> Any:
@@ -117,6 +118,8 @@ class Audit(SQLModel, table=True):
     error_message: str | None = _text()
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    # USD of every billed reply; NULL while none was, or when the model has no price.
+    cost_usd: Decimal | None = Field(default=None, sa_type=USD)
     prompt_version: str | None = _text()
     provider_request_id: str | None = _text()
     # The rest of the provenance of a succeeded audit (shared/audits/runs.py).

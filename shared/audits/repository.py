@@ -8,10 +8,16 @@ and its audits, a batch's cancel, the reconciler's recovery, retention).
 
 The worker's transitions are each one conditional UPDATE:
 - `claim` takes a queued audit, or a running one whose lease expired, and counts the
-  attempt. Nothing claimed means the job is a duplicate.
+  attempt, unless its batch or its tenant has spent its budget. Nothing claimed means
+  the job is a duplicate, or the audit is held by a budget (`held_by` says which).
 - Every later write is fenced by `status = 'running' AND attempts = <attempt>`, so
   the late write of a zombie, a cancelled run or an earlier attempt changes nothing:
   an audit reaches exactly one terminal state, written once.
+- Each of those writes adds the attempt's charge (tokens and USD of its answered calls)
+  to the audit's usage, to its batch's spend if the batch has a budget, and to its
+  tenant's month, in the same statement, fenced with it: a usage is the sum over every
+  attempt, and a retried write cannot count twice. A reply that comes back to an
+  attempt that had lost the audit (cancelled meanwhile, or a zombie) is not counted.
 
 Every UPDATE that can end an audit (`_ending`: a finish, a cancel, the reconciler's
 failure) writes, in the same statement, the webhook event of each audit it ends with a
@@ -22,7 +28,8 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
-from typing import Any, Self
+from decimal import Decimal
+from typing import Any, Literal, Self
 from uuid import UUID
 
 from pydantic import TypeAdapter
@@ -30,8 +37,11 @@ from pydantic import TypeAdapter
 from shared.audits.priority import Priority
 from shared.audits.schemas import AuditResult, Criterion
 from shared.audits.status import RETRYABLE, TERMINAL, UNFINISHED, AuditStatus, sql_list
+from shared.batches import repository as batches
 from shared.db import Statements
 from shared.fair_queue import QueuedRun
+from shared.spend import repository as spend
+from shared.spend.charges import Charge
 from shared.webhooks.repository import audit_events_cte
 
 Q, R, S, F, C = (f"'{s}'" for s in AuditStatus)  # queued, running, succeeded, failed, cancelled
@@ -84,6 +94,7 @@ class AuditRow(NewAudit):
     error_message: str | None
     prompt_tokens: int | None
     completion_tokens: int | None
+    cost_usd: Decimal | None
     prompt_version: str | None
     provider_request_id: str | None
     served_model: str | None
@@ -137,12 +148,14 @@ _SNAPSHOT = (
 )
 
 
-def _ending(update: str, returning: str) -> str:
+def _ending(update: str, returning: str, *, also: str = "") -> str:
     """An UPDATE that may end audits (without its RETURNING), answering `returning` of the
     rows it changed, that also writes the webhook event of each audit it ends with a
-    callback: in the same statement, so an end never commits without its event."""
+    callback: in the same statement, so an end never commits without its event. `also`:
+    more CTEs run with it, reading the changed rows as `audit`."""
+    more = f", {also}" if also else ""
     return (
-        f"WITH audit AS ({update} RETURNING audit.*), {audit_events_cte(_SNAPSHOT)} "
+        f"WITH audit AS ({update} RETURNING audit.*), {audit_events_cte(_SNAPSHOT)}{more} "
         f"SELECT {returning} FROM audit"
     )
 
@@ -331,13 +344,18 @@ async def page(
 
 @dataclass(frozen=True, slots=True)
 class BatchTally:
-    """A batch's audits of one status: how many, their tokens, their last finish."""
+    """A batch's audits of one status: how many, their tokens and cost, their last finish.
+
+    `cost_usd` is None when an audit that used tokens has no cost (its model has no
+    price): the total is not known.
+    """
 
     batch_id: UUID
     status: AuditStatus
     count: int
     prompt_tokens: int
     completion_tokens: int
+    cost_usd: Decimal | None
     last_finished_at: datetime | None
 
 
@@ -345,6 +363,8 @@ _TALLY = (
     "SELECT batch_id, status, count(*) AS count, "
     "coalesce(sum(prompt_tokens), 0) AS prompt_tokens, "
     "coalesce(sum(completion_tokens), 0) AS completion_tokens, "
+    "CASE WHEN bool_or(prompt_tokens IS NOT NULL AND cost_usd IS NULL) THEN NULL "
+    "ELSE coalesce(sum(cost_usd), 0) END AS cost_usd, "
     "max(finished_at) AS last_finished_at "
     "FROM audit WHERE batch_id = ANY($1::uuid[]) GROUP BY batch_id, status"
 )
@@ -373,7 +393,8 @@ _RESULT_LINE = (
     "json_build_object('code', error_code, 'message', error_message) END, "
     "'usage', CASE WHEN prompt_tokens IS NOT NULL AND completion_tokens IS NOT NULL THEN "
     "json_build_object('prompt_tokens', prompt_tokens, 'completion_tokens', "
-    "completion_tokens, 'total_tokens', prompt_tokens + completion_tokens) END)::text"
+    "completion_tokens, 'total_tokens', prompt_tokens + completion_tokens, "
+    "'cost_usd', cost_usd) END)::text"
 )
 _RESULTS = (
     f"SELECT id, {_RESULT_LINE} AS line FROM audit WHERE batch_id = $1 AND batch_index > "
@@ -547,6 +568,10 @@ async def copy_batch(
 
 _LEASE_EXPIRED = "lease_until < now()"
 _CLAIMABLE = f"(status = {Q} OR (status = {R} AND {_LEASE_EXPIRED})) AND attempts < attempt_limit"
+# No audit of a batch or tenant that spent its budget calls the model (shared/spend/budgets.py).
+_BATCH_OVER_BUDGET = batches.over_budget("audit.batch_id")
+_TENANT_OVER_BUDGET = spend.over_budget("audit.tenant")
+_RUNNABLE = f"{_CLAIMABLE} AND NOT {_BATCH_OVER_BUDGET} AND NOT {_TENANT_OVER_BUDGET}"
 _EXHAUSTED = "attempts >= attempt_limit"
 
 
@@ -560,13 +585,37 @@ def _queued_or_failed(*, code: str, message: str) -> str:
     )
 
 
+# What an attempt's answered calls add ($3 prompt and $4 completion tokens, $5 USD): a
+# NULL adds nothing, and leaves a NULL (no call answered yet, or no price) as it was.
+_CHARGED = (
+    "prompt_tokens = coalesce(prompt_tokens + $3, prompt_tokens, $3), "
+    "completion_tokens = coalesce(completion_tokens + $4, completion_tokens, $4), "
+    "cost_usd = coalesce(cost_usd + $5, cost_usd, $5)"
+)
+_COST = "$5::numeric"
+
+
 def _finish(assignments: str) -> str:
-    """The fenced write of an attempt's outcome ($1 the audit, $2 the attempt)."""
+    """The fenced write of an attempt's outcome ($1 the audit, $2 the attempt), with its
+    charge ($3-$5, and $6 the row of the tenant's month), added to the audit, to the spend
+    of its batch if it has a budget, and to its tenant's month, in one statement."""
+    charges = (
+        f"charged_batch AS ({batches.charge_budget(rows='audit', cost=_COST)}), "
+        f"charged_month AS ({spend.charge_month(rows='audit', cost=_COST, shard='$6::smallint')})"
+    )
     return _ending(
-        f"UPDATE audit SET {assignments}, lease_until = NULL, updated_at = now() "
+        f"UPDATE audit SET {assignments}, {_CHARGED}, lease_until = NULL, updated_at = now() "
         f"WHERE id = $1 AND status = {R} AND attempts = $2",
         "status",
+        also=charges,
     )
+
+
+def _charged(charge: Charge | None) -> tuple[Any, ...]:
+    """The arguments $3-$6 of a finish."""
+    if charge is None:
+        return (None, None, None, spend.any_shard())
+    return (charge.prompt_tokens, charge.completion_tokens, charge.cost_usd, spend.any_shard())
 
 
 # Whether the audit's end may send its batch's event: its batch has a callback.
@@ -580,28 +629,35 @@ _NEXT_CALL = (
     "SELECT model, samples, octet_length(subject) + octet_length(content) "
     f"+ octet_length({_CRITERIA}::text) AS text_chars, "
     f"jsonb_array_length({_CRITERIA}) AS criteria "
-    f"FROM audit WHERE audit.id = $1 AND {_CLAIMABLE}"
+    f"FROM audit WHERE audit.id = $1 AND {_RUNNABLE}"
 )
 _CLAIM = (
     f"WITH audit AS (UPDATE audit SET status = {R}, attempts = attempts + 1, "
     "lease_until = now() + $2, started_at = coalesce(started_at, now()), updated_at = now() "
-    f"WHERE id = $1 AND {_CLAIMABLE} RETURNING audit.*) "
+    f"WHERE id = $1 AND {_RUNNABLE} RETURNING audit.*) "
     f"SELECT audit.id, audit.tenant, audit.attempts, audit.model, audit.subject, audit.content, "
     f"{_CRITERIA} AS criteria, audit.pass_threshold, audit.samples, audit.request_id, "
     "audit.trace_context, audit.priority, audit.created_at, audit.batch_id, "
     f"{_BATCH_NOTIFIES} AS batch_notifies FROM audit"
 )
 _SUCCEED = _finish(
-    f"status = {S}, result = $3, prompt_tokens = $4, completion_tokens = $5, "
-    "prompt_version = $6, provider_request_id = $7, served_model = $8, schema_sha256 = $9, "
-    "temperature = $10, seed = $11, auditq_version = $12, error_code = NULL, "
-    "error_message = NULL, finished_at = now()"
+    f"status = {S}, result = $7, prompt_version = $8, provider_request_id = $9, "
+    "served_model = $10, schema_sha256 = $11, temperature = $12, seed = $13, "
+    "auditq_version = $14, error_code = NULL, error_message = NULL, finished_at = now()"
 )
-_FAIL = _finish(
-    f"status = {F}, error_code = $3, error_message = $4, prompt_tokens = $5, "
-    "completion_tokens = $6, finished_at = now()"
+_FAIL = _finish(f"status = {F}, error_code = $7, error_message = $8, finished_at = now()")
+_REQUEUE_OR_FAIL = _finish(_queued_or_failed(code="$7::text", message="$8::text"))
+# Why a claim found nothing to take although the audit waits to run: a budget.
+_HELD_BY = (
+    f"SELECT CASE WHEN {_BATCH_OVER_BUDGET} THEN 'batch' WHEN {_TENANT_OVER_BUDGET} "
+    f"THEN 'tenant' END AS budget, audit.tenant, audit.batch_id FROM audit "
+    f"WHERE audit.id = $1 AND {_CLAIMABLE}"
 )
-_REQUEUE_OR_FAIL = _finish(_queued_or_failed(code="$3::text", message="$4::text"))
+_CANCEL_QUEUED_OF_BATCH = _ending(
+    f"UPDATE audit SET status = {C}, error_code = $2, error_message = $3, finished_at = now(), "
+    f"lease_until = NULL, updated_at = now() WHERE batch_id = $1 AND status = {Q}",
+    "id",
+)
 _STATUS_LEFT_BY = f"SELECT status FROM audit WHERE id = $1 AND attempts = $2 AND status <> {R}"
 
 
@@ -677,18 +733,17 @@ async def succeed(
     audit_id: UUID,
     attempt: int,
     result: AuditResult,
-    prompt_tokens: int,
-    completion_tokens: int,
+    charge: Charge | None,
     provenance: RunProvenance,
 ) -> bool:
-    """Record the result; False when this attempt no longer owns the audit."""
+    """Record the result and the attempt's charge; False when this attempt no longer owns
+    the audit (and nothing is charged)."""
     status = await conn.fetchval(
         _SUCCEED,
         audit_id,
         attempt,
+        *_charged(charge),
         result.model_dump_json(),
-        prompt_tokens,
-        completion_tokens,
         provenance.prompt_version,
         provenance.provider_request_id,
         provenance.served_model,
@@ -707,30 +762,63 @@ async def fail(
     attempt: int,
     code: str,
     message: str,
-    usage: tuple[int, int] | None = None,
+    charge: Charge | None = None,
 ) -> bool:
     """End the audit as failed with a stable error code; False when fenced out.
 
-    `usage`: the tokens of the attempt's answered calls (a refusal, an invalid reply),
-    paid for all the same; None when no call was answered.
+    `charge`: the attempt's answered calls (a refusal, an invalid reply), paid for all
+    the same; None when no call was answered.
     """
-    prompt_tokens, completion_tokens = usage or (None, None)
-    status = await conn.fetchval(
-        _FAIL, audit_id, attempt, code, message, prompt_tokens, completion_tokens
-    )
+    status = await conn.fetchval(_FAIL, audit_id, attempt, *_charged(charge), code, message)
     return status is not None
 
 
 async def requeue_or_fail(
-    conn: Statements, *, audit_id: UUID, attempt: int, code: str, message: str
+    conn: Statements,
+    *,
+    audit_id: UUID,
+    attempt: int,
+    code: str,
+    message: str,
+    charge: Charge | None = None,
 ) -> AuditStatus | None:
     """After a transient error: back to `queued`, or `failed` once attempts are used up.
 
     Returns the new status, or None when this attempt no longer owns the audit.
-    The last error is kept on the audit only when it ends it.
+    The last error is kept on the audit only when it ends it. `charge`: calls answered
+    before the error (a corrective call that failed after an invalid reply).
     """
-    status = await conn.fetchval(_REQUEUE_OR_FAIL, audit_id, attempt, code, message)
+    status = await conn.fetchval(
+        _REQUEUE_OR_FAIL, audit_id, attempt, *_charged(charge), code, message
+    )
     return None if status is None else AuditStatus(status)
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """An audit waiting to run that no attempt may claim: its batch's budget, or its
+    tenant's, is spent."""
+
+    budget: Literal["batch", "tenant"]
+    tenant: str
+    batch_id: UUID | None
+
+
+async def held_by(conn: Statements, *, audit_id: UUID) -> Held | None:
+    """Why a claim of this audit found nothing although it waits to run; None when it
+    does not wait (finished, cancelled, running, or a budget was raised meanwhile)."""
+    record = await conn.fetchrow(_HELD_BY, audit_id)
+    if record is None or record["budget"] is None:
+        return None
+    return Held(**record)
+
+
+async def cancel_queued_of_batch(
+    conn: Statements, batch_id: UUID, *, code: str, message: str
+) -> list[UUID]:
+    """End the batch's queued audits as cancelled with this error; their ids."""
+    records = await conn.fetch(_CANCEL_QUEUED_OF_BATCH, batch_id, code, message)
+    return [record["id"] for record in records]
 
 
 async def status_left_by(conn: Statements, *, audit_id: UUID, attempt: int) -> AuditStatus | None:

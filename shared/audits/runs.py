@@ -21,6 +21,11 @@ runs in tests with a fake model and clock against a real PostgreSQL.
 - A finish writes the audit's webhook event itself (shared/audits/repository.py); an
   audit whose end may end a batch with a callback (`ClaimedAudit.batch_notifies`) is
   finished in a transaction that writes the batch's event too (shared/webhooks/outbox.py).
+- Every answered call is charged, in the attempt's finish write, whatever the outcome: a
+  transient error after a reply keeps that reply's tokens and cost (`Charge`).
+- An audit whose batch or tenant spent its budget is not claimed: the attempt stops its
+  batch (the audits left are cancelled) or says that its tenant is on hold (`OnHold`),
+  and calls no model (shared/spend/budgets.py).
 """
 
 import asyncio
@@ -48,6 +53,10 @@ from shared.db import DATABASE_ERRORS, StatementConnection, is_database_unavaila
 from shared.llm.errors import ModelError
 from shared.llm.ratelimit import Reservation
 from shared.llm.schemas import ModelOutcome
+from shared.llm.usage import TokenUsage
+from shared.spend import budgets
+from shared.spend.charges import Charge
+from shared.spend.prices import PriceTable
 from shared.version import AUDITQ_VERSION
 from shared.webhooks import outbox
 
@@ -94,12 +103,20 @@ class RetryIn:
 
 @dataclass(frozen=True)
 class Skipped:
-    """Nothing to run: a duplicate job, or an audit finished or cancelled meanwhile."""
+    """Nothing to run: a duplicate job, an audit finished or cancelled meanwhile, or one
+    cancelled because its batch spent its budget."""
 
     reason: str
 
 
-AttemptOutcome = Succeeded | Failed | RetryIn | Skipped
+@dataclass(frozen=True)
+class OnHold:
+    """Not run: the audit's tenant spent its monthly budget; the audit stays queued."""
+
+    tenant: str
+
+
+AttemptOutcome = Succeeded | Failed | RetryIn | Skipped | OnHold
 
 
 @dataclass(frozen=True)
@@ -112,6 +129,18 @@ class AuditEnded:
 
 
 def _not_told(ended: AuditEnded) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class Charged:
+    """An attempt's finish write, with the charge of its answered calls, was written."""
+
+    audit: ClaimedAudit
+    charge: Charge
+
+
+def _not_charged(charged: Charged) -> None:
     pass
 
 
@@ -159,12 +188,15 @@ async def run_attempt(
     admission: Admission,
     ask_model: AskModel,
     clock: Clock,
+    prices: PriceTable,
     on_ended: Callable[[AuditEnded], None] = _not_told,
+    on_charged: Callable[[Charged], None] = _not_charged,
 ) -> AttemptOutcome:
     """Run one attempt of the audit, unless it is not there to claim or must wait.
 
     Re-raises `CancelledError` once the audit is handed back. `on_ended` is told when
-    the attempt ends the audit, whichever way (a cancelled last attempt included).
+    the attempt ends the audit, whichever way (a cancelled last attempt included);
+    `on_charged`, when it wrote the charge of answered calls (the worker's metrics).
     """
     started_ns = time.time_ns()  # the attempt's span starts here, once the claim names its trace
     try:
@@ -173,6 +205,8 @@ async def run_attempt(
             return reserved
         async with connect() as conn:
             audit = await repository.claim(conn, audit_id=audit_id, lease=lease)
+            if audit is None:
+                return await _not_claimed(conn, audit_id)
     except DATABASE_ERRORS as exc:
         if not is_database_unavailable(exc):
             raise
@@ -180,14 +214,11 @@ async def run_attempt(
         # reconciler, as every job picked up during a restart would be.
         log.warning("database_unavailable", retry_in_s=DATABASE_DOWN_DEFER_S)
         return RetryIn(DATABASE_DOWN_DEFER_S, DATABASE_UNAVAILABLE)
-    if audit is None:
-        log.info("job_skipped", reason=_NOT_CLAIMABLE)
-        return Skipped(_NOT_CLAIMABLE)
     structlog.contextvars.bind_contextvars(
         tenant=audit.tenant, request_id=audit.request_id, attempt=audit.attempts
     )
     log.info("audit_started", model=audit.model, criteria=len(audit.criteria))
-    attempt = _Attempt(audit, connect, clock, on_ended)
+    attempt = _Attempt(audit, connect, clock, prices, on_ended, on_charged)
     with tracing.attempt_span(
         audit.trace_context, audit_id=audit.id, attempt=audit.attempts, started_ns=started_ns
     ) as span:
@@ -197,6 +228,22 @@ async def run_attempt(
 
 
 _OUTCOME_NAMES = {Succeeded: "succeeded", Failed: "failed", RetryIn: "retry"}
+
+
+async def _not_claimed(conn: StatementConnection, audit_id: UUID) -> Skipped | OnHold:
+    """Why the claim took nothing: a duplicate job or an audit gone, or a budget."""
+    held = await repository.held_by(conn, audit_id=audit_id)
+    if held is None:
+        log.info("job_skipped", reason=_NOT_CLAIMABLE)
+        return Skipped(_NOT_CLAIMABLE)
+    if held.budget == "tenant":
+        log.info("audit_held", tenant=held.tenant, reason="tenant_budget_exhausted")
+        return OnHold(held.tenant)
+    assert held.batch_id is not None, "only an audit of a batch is held by a batch's budget"
+    async with conn.transaction():  # the cancels, and the events they may send
+        cancelled = await budgets.stop_batch(conn, batch_id=held.batch_id)
+    log.info("batch_budget_exhausted", batch_id=str(held.batch_id), cancelled=len(cancelled))
+    return Skipped(budgets.BATCH_BUDGET_SPENT)
 
 
 async def _run_claimed(
@@ -241,10 +288,16 @@ class _Attempt:
     audit: ClaimedAudit
     connect: Connect
     clock: Clock
+    prices: PriceTable
     on_ended: Callable[[AuditEnded], None]
+    on_charged: Callable[[Charged], None]
+
+    def _charge(self, usage: TokenUsage | None) -> Charge | None:
+        return Charge.of(usage, model=self.audit.model, prices=self.prices)
 
     async def model_answered(self, sampled: Sampled) -> Succeeded:
         audit = self.audit
+        charge = self._charge(sampled.usage)
         result = _result(audit, sampled)
         provenance = _provenance(sampled.answered[0])
 
@@ -254,13 +307,12 @@ class _Attempt:
                 audit_id=audit.id,
                 attempt=audit.attempts,
                 result=result,
-                prompt_tokens=sampled.prompt_tokens,
-                completion_tokens=sampled.completion_tokens,
+                charge=charge,
                 provenance=provenance,
             )
             return AuditStatus.SUCCEEDED if written else None
 
-        written = await self._finish(succeed) == AuditStatus.SUCCEEDED
+        written = await self._finish(succeed, charge=charge) == AuditStatus.SUCCEEDED
         self._ended(
             written,
             AuditStatus.SUCCEEDED,
@@ -272,6 +324,7 @@ class _Attempt:
             invalid_replies=[kind for o in sampled.answered for kind in o.invalid_replies],
             prompt_tokens=sampled.prompt_tokens,
             completion_tokens=sampled.completion_tokens,
+            cost_usd=_usd(charge),
             provider_request_id=provenance.provider_request_id,
         )
         return Succeeded(result, written=written)
@@ -279,7 +332,9 @@ class _Attempt:
     async def model_failed(self, error: ModelError) -> Failed | RetryIn:
         if not error.transient:
             return await self._fail(error)
-        status = await self._requeue_or_fail(code=error.code, message=error.message)
+        status = await self._requeue_or_fail(
+            code=error.code, message=error.message, charge=self._charge(error.usage)
+        )
         if status == AuditStatus.QUEUED:
             delay = self.clock.retry_delay(self.audit.attempts, retry_after=error.retry_after)
             log.warning("audit_retry_scheduled", error_code=error.code, retry_in_s=round(delay, 2))
@@ -301,6 +356,7 @@ class _Attempt:
 
     async def _fail(self, error: ModelError) -> Failed:
         audit = self.audit
+        charge = self._charge(error.usage)
 
         async def fail(conn: StatementConnection) -> AuditStatus | None:
             written = await repository.fail(
@@ -309,11 +365,11 @@ class _Attempt:
                 attempt=audit.attempts,
                 code=error.code,
                 message=error.message,
-                usage=error.usage,
+                charge=charge,
             )
             return AuditStatus.FAILED if written else None
 
-        written = await self._finish(fail) == AuditStatus.FAILED
+        written = await self._finish(fail, charge=charge) == AuditStatus.FAILED
         self._ended(written, AuditStatus.FAILED, error_code=error.code, permanent=True)
         return Failed(error.code, written=written)
 
@@ -323,32 +379,43 @@ class _Attempt:
         if written:
             self.on_ended(AuditEnded(self.audit, status, fields.get("error_code")))
 
-    async def _requeue_or_fail(self, *, code: str, message: str) -> AuditStatus | None:
+    async def _requeue_or_fail(
+        self, *, code: str, message: str, charge: Charge | None = None
+    ) -> AuditStatus | None:
         """`queued` or `failed` as attempts remain; None when the attempt had lost the audit."""
         audit = self.audit
 
         async def requeue_or_fail(conn: StatementConnection) -> AuditStatus | None:
             return await repository.requeue_or_fail(
-                conn, audit_id=audit.id, attempt=audit.attempts, code=code, message=message
+                conn,
+                audit_id=audit.id,
+                attempt=audit.attempts,
+                code=code,
+                message=message,
+                charge=charge,
             )
 
-        status = await self._finish(requeue_or_fail)
+        status = await self._finish(requeue_or_fail, charge=charge)
         return status if status in (AuditStatus.QUEUED, AuditStatus.FAILED) else None
 
-    async def _finish(self, write: _FinishWrite) -> AuditStatus | None:
+    async def _finish(
+        self, write: _FinishWrite, *, charge: Charge | None = None
+    ) -> AuditStatus | None:
         """One fenced write of the attempt's outcome, tried again while PostgreSQL restarts.
 
         The model's answer is paid for: a restart must not throw it away and leave the audit
         `running` until its lease runs out. The fence makes a second try harmless: a write
         that committed before its connection broke finds the audit no longer running, and
         the status the attempt left is read instead, so that write still counts, and is
-        logged, as written.
+        logged, as written. `charge`, written with it, is told to `on_charged` once written.
         """
         with tracing.finish_span() as span:
             status = await self._finish_retrying(write)
             # `discarded`: the attempt had lost the audit (a zombie's, a cancelled one's).
             span.set_attribute("auditq.status", status or "discarded")
-            return status
+        if status is not None and charge is not None:
+            self.on_charged(Charged(self.audit, charge))
+        return status
 
     async def _finish_retrying(self, write: _FinishWrite) -> AuditStatus | None:
         for tries, delay in enumerate(FINISH_RETRY_DELAYS_S):
@@ -411,6 +478,11 @@ def _provenance(first: ModelOutcome) -> RunProvenance:
         seed=first.seed,
         auditq_version=AUDITQ_VERSION,
     )
+
+
+def _usd(charge: Charge | None) -> float | None:
+    """A charge's USD for a log line."""
+    return None if charge is None or charge.cost_usd is None else float(charge.cost_usd)
 
 
 def _log_finish(written: bool, event: str, **fields: Any) -> None:

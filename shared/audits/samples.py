@@ -30,6 +30,7 @@ import structlog
 
 from shared.llm.errors import ModelError
 from shared.llm.schemas import ModelOutcome
+from shared.llm.usage import NO_USAGE, TokenUsage
 
 log = structlog.get_logger("worker.run_audit")
 
@@ -45,14 +46,18 @@ class Sampled:
     failed: list[ModelError]
 
     @property
+    def usage(self) -> TokenUsage:
+        """Every answered call of every sample, a failed sample's that were answered too."""
+        usages = [o.usage for o in self.answered] + [e.usage or NO_USAGE for e in self.failed]
+        return sum(usages, NO_USAGE)
+
+    @property
     def prompt_tokens(self) -> int:
-        failed = sum((e.usage or (0, 0))[0] for e in self.failed)
-        return sum(o.prompt_tokens for o in self.answered) + failed
+        return self.usage.prompt_tokens
 
     @property
     def completion_tokens(self) -> int:
-        failed = sum((e.usage or (0, 0))[1] for e in self.failed)
-        return sum(o.completion_tokens for o in self.answered) + failed
+        return self.usage.completion_tokens
 
     @property
     def model_calls(self) -> int:
@@ -76,8 +81,8 @@ class Sampled:
             transient=error.transient,
             retry_after=error.retry_after,
         )
-        if self.answered or any(e.usage is not None for e in self.failed):
-            combined.charged(self.prompt_tokens, self.completion_tokens)
+        if self.usage.replies:
+            combined.charged(self.usage)
         return combined
 
 

@@ -184,13 +184,18 @@ class AuditError(BaseModel):
 
 
 class Usage(BaseModel):
-    """Tokens of the model calls of the attempt that ended the audit (every sample's, and
-    corrective calls included): on success, and on a failure the model answered (a refusal,
-    a reply that could not be used). Null when no call was answered."""
+    """Tokens and cost of every model call that was answered, and so billed: every
+    attempt's, every sample's, and the corrective call of an invalid reply; on success, and
+    on a failure the model answered (a refusal, a reply that could not be used). Null when
+    no call was answered."""
 
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    cost_usd: float | None = Field(
+        description="USD, from `MODEL_PRICES` or the maintained price table; null when the "
+        "model has no price."
+    )
 
 
 class Provenance(BaseModel):

@@ -8,6 +8,7 @@ and sent after it (shared/queue.py).
 """
 
 from dataclasses import asdict, dataclass
+from decimal import Decimal
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -25,6 +26,7 @@ from shared.pagination import Cursors, listing, split_page
 from shared.queue import defer_abort, defer_run
 from shared.rubrics import repository as rubrics
 from shared.rubrics.exceptions import UnknownRubric
+from shared.spend import budgets
 from shared.tenants import quotas
 from shared.webhooks import outbox
 
@@ -92,6 +94,7 @@ async def create(
     tenant: str,
     settings: Settings,
     max_queued: int | None = None,
+    monthly_budget: Decimal | None = None,
     request_id: str | None = None,
     trace_context: str | None = None,
     idempotency_key: str | None = None,
@@ -106,6 +109,7 @@ async def create(
     instead. The rubric it names, if any, is read first: rubric versions never change,
     so the statements need no common transaction, unless the tenant has a quota
     (`max_queued`): then `conn` must be a transaction, which its count and insert share.
+    A tenant that has spent its `monthly_budget` is refused (shared/spend/budgets.py).
     """
     limits.check(data, settings)
     digest = None
@@ -119,6 +123,7 @@ async def create(
         return earlier
     if max_queued is not None:
         await quotas.check_room(conn, tenant=tenant, max_queued=max_queued, adding=1)
+    await budgets.check_tenant(conn, tenant=tenant, monthly_budget=monthly_budget)
     criteria = await resolve_criteria(conn, tenant=tenant, data=data)
     limits.check_prompts(prompt_problems(data, criteria, settings))
     audit = new_audit(
@@ -157,11 +162,12 @@ async def rerun(
     """A new audit of the same inputs as `audit_id`, if `tenant` (None: any) reaches it.
 
     In a transaction. The new audit belongs to the original's tenant (its rubric is that
-    tenant's) and counts against its quota; it is submitted as `POST /audits` submits, so
-    it is checked against the deployment's limits as they stand now, and it runs as an
-    `interactive` audit of its own, outside any batch.
+    tenant's) and counts against its quota and monthly budget; it is submitted as
+    `POST /audits` submits, so it is checked against the deployment's limits as they stand
+    now, and it runs as an `interactive` audit of its own, outside any batch.
     """
     source = await get_or_raise(conn, audit_id=audit_id, tenant=tenant)
+    await budgets.check_tenant_now(conn, tenant=source.tenant)
     return await create(
         conn,
         data=inputs_of(source),

@@ -8,6 +8,7 @@ from typing import Any
 from shared.audits.repository import AuditRow
 from shared.audits.schemas import AuditDetail, AuditError, AuditRead, Provenance, Usage
 from shared.audits.status import AuditStatus
+from shared.spend.amounts import usd
 
 
 def _usage(audit: AuditRow) -> Usage | None:
@@ -15,7 +16,10 @@ def _usage(audit: AuditRow) -> Usage | None:
     if prompt is None or completion is None:
         return None
     return Usage(
-        prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        total_tokens=prompt + completion,
+        cost_usd=usd(audit.cost_usd),
     )
 
 

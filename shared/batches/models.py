@@ -1,6 +1,7 @@
 """The `batch` table. Its counts, status and finish time are derived from its audits."""
 
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -8,7 +9,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field, SQLModel
 
-from shared.db import metadata  # noqa: F401  (naming convention must be set first)
+from shared.db import USD, metadata  # noqa: F401  (naming convention must be set first)
 
 
 class Batch(SQLModel, table=True):
@@ -25,6 +26,9 @@ class Batch(SQLModel, table=True):
             unique=True,
             postgresql_where=sa.text("idempotency_key IS NOT NULL"),
         ),
+        # A batch with a budget keeps count of its spend; one without has neither.
+        sa.CheckConstraint("(max_cost_usd IS NULL) = (spent_usd IS NULL)", name="budget"),
+        sa.CheckConstraint("max_cost_usd > 0", name="max_cost_usd"),
     )
 
     id: UUID = Field(default_factory=uuid4, primary_key=True)
@@ -45,3 +49,8 @@ class Batch(SQLModel, table=True):
     # Where the batch's events go; its audits' too when `item_events`.
     callback_url: str | None = Field(default=None, sa_type=sa.Text)
     item_events: bool = Field(default=False, sa_column_kwargs={"server_default": sa.false()})
+    # The budget, and the spend of the audits counted against it (shared/spend/budgets.py).
+    max_cost_usd: Decimal | None = Field(default=None, sa_type=USD)
+    spent_usd: Decimal | None = Field(default=None, sa_type=USD)
+    # When the spend was first seen at the budget and the audits left were cancelled.
+    budget_exhausted_at: datetime | None = Field(default=None, sa_type=sa.DateTime(timezone=True))

@@ -1,6 +1,7 @@
 """Request and response bodies of the batches API."""
 
 from datetime import datetime
+from decimal import Decimal
 from typing import Annotated, Any, Literal, Self
 from uuid import UUID
 
@@ -11,6 +12,11 @@ from shared.audits.schemas import AuditFields, Metadata, NoNul, Usage
 from shared.webhooks.urls import CallbackUrl
 
 MAX_BATCH_SIZE = 1000
+# What the column keeps (shared/db.py, USD): ten digits before the point, ten after.
+MAX_BUDGET_USD = 1_000_000_000
+UsdAmount = Annotated[
+    Decimal, Field(gt=0, le=MAX_BUDGET_USD, decimal_places=10, allow_inf_nan=False)
+]
 
 BatchStatus = Literal["running", "completed", "cancelled"]
 
@@ -26,6 +32,13 @@ class BatchCreate(BaseModel):
     priority: Priority = Field(
         default=Priority.BULK,
         description="The priority of the audits that do not set their own.",
+    )
+    max_cost_usd: UsdAmount | None = Field(
+        default=None,
+        description="A budget in USD: once the batch's audits have spent it, those not "
+        "started are cancelled (`budget_exhausted`) and call no model; those running "
+        "finish, so the spend may pass it by what they cost. Its audits' models must "
+        "have a price.",
     )
     callback_url: CallbackUrl | None = None
     item_events: bool = Field(
@@ -57,10 +70,16 @@ class BatchRead(BaseModel):
     metadata: dict[str, Any]
     status: BatchStatus = Field(
         description="`running` while any audit is queued or running; then `cancelled` if the "
-        "batch was cancelled, else `completed`."
+        "batch was cancelled or stopped on its budget (`budget_exhausted_at`), else "
+        "`completed`."
     )
     counts: BatchCounts
-    usage: Usage
+    usage: Usage = Field(description="Its audits' usage, added up.")
+    max_cost_usd: float | None = Field(description="Its budget in USD, if it has one.")
+    budget_exhausted_at: datetime | None = Field(
+        description="When its spend was found at its budget: it stopped there, and its "
+        "audits not started were cancelled (`budget_exhausted`)."
+    )
     created_at: datetime
     finished_at: datetime | None = Field(description="When its last audit ended.")
     rerun_of: UUID | None = Field(

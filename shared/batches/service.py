@@ -7,6 +7,7 @@ its audits on every read, so they cannot drift.
 """
 
 from collections.abc import Sequence
+from decimal import Decimal
 from uuid import UUID, uuid4
 
 from shared.audits import limits
@@ -26,6 +27,8 @@ from shared.idempotency import Created, replay, request_hash, rerun_hash
 from shared.pagination import Cursors, listing, split_page
 from shared.queue import defer_abort, defer_run
 from shared.rubrics.exceptions import UnknownRubric
+from shared.spend import budgets
+from shared.spend.prices import PriceTable
 from shared.tenants import quotas
 from shared.webhooks import outbox
 
@@ -36,17 +39,24 @@ async def create(
     data: BatchCreate,
     tenant: str,
     settings: Settings,
+    prices: PriceTable | None = None,
     max_queued: int | None = None,
+    monthly_budget: Decimal | None = None,
     idempotency_key: str | None = None,
     request_id: str | None = None,
     trace_context: str | None = None,
 ) -> Created[BatchSummary]:
     """Record the batch of `tenant` and all its audits in one statement each; jobs go after
-    commit. With a quota (`max_queued`) the batch fits whole or is refused whole.
+    commit. With a quota (`max_queued`) the batch fits whole or is refused whole; a tenant
+    that has spent its `monthly_budget` is refused. A batch with a budget
+    (`max_cost_usd`) must run models that have a price in `prices` (needed then only).
 
     Every audit stores the request's `trace_context`: a batch is one trace
     (shared/tracing.py)."""
     limits.check_all(data.audits, settings)
+    if data.max_cost_usd is not None:
+        assert prices is not None, "a batch with a budget is checked against the prices"
+        budgets.check_priced([audit_service.model_of(a, settings) for a in data.audits], prices)
     digest = request_hash(data)
     if max_queued is not None:
         await quotas.lock(conn, tenant=tenant)
@@ -57,6 +67,7 @@ async def create(
     if max_queued is not None:
         adding = len(data.audits)
         await quotas.check_room(conn, tenant=tenant, max_queued=max_queued, adding=adding)
+    await budgets.check_tenant(conn, tenant=tenant, monthly_budget=monthly_budget)
     batch = await batches.insert(
         conn,
         batch_id=uuid4(),
@@ -68,6 +79,7 @@ async def create(
         request_id=request_id,
         callback_url=data.callback_url,
         item_events=data.item_events,
+        max_cost_usd=data.max_cost_usd,
     )
     if batch is None:  # a concurrent request with the same key won the insert
         assert idempotency_key is not None
@@ -249,8 +261,10 @@ async def rerun(
     of them; in one transaction, all or nothing, against the batch's tenant's quota.
 
     The copies keep each audit's index and priority and link back through `rerun_of`, as
-    the new batch does to `batch`. They are checked against `ALLOWED_MODELS`, `MAX_SAMPLES`
-    and `MAX_CONTENT_CHARS` as they stand now (`loc`: `["audits", index, field]`).
+    the new batch does to `batch`, which keeps its budget (`max_cost_usd`, nothing spent
+    yet); a tenant that spent its monthly budget is refused. They are checked against
+    `ALLOWED_MODELS`, `MAX_SAMPLES` and `MAX_CONTENT_CHARS` as they stand now (`loc`:
+    `["audits", index, field]`).
     """
     digest = rerun_hash(batch.id)
     max_queued = await quota(batch.tenant)
@@ -260,6 +274,7 @@ async def rerun(
         earlier := await _replay(conn, batch.tenant, idempotency_key, digest)
     ):
         return earlier
+    await budgets.check_tenant_now(conn, tenant=batch.tenant)
     items = await audits.rerun_items(conn, batch.id)
     if not items:
         raise BatchHasNoAudits(f"Batch {batch.id} has no audits left to re-run.")
@@ -276,6 +291,7 @@ async def rerun(
         request_hash=digest,
         request_id=request_id,
         rerun_of=batch.id,
+        max_cost_usd=batch.max_cost_usd,
     )
     if copy is None:  # a concurrent rerun with the same key won the insert
         assert idempotency_key is not None

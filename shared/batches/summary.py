@@ -1,4 +1,4 @@
-"""What a batch's audits say about it: counts by status, tokens, status, finish time.
+"""What a batch's audits say about it: counts by status, usage, status, finish time.
 
 Derived on every read, never stored, so they cannot drift. Apart from the service so
 that what reads a batch's state (its views, the webhook outbox) needs nothing else of it.
@@ -7,6 +7,7 @@ that what reads a batch's state (its views, the webhook outbox) needs nothing el
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from uuid import UUID
 
 from shared.audits import repository as audits
@@ -25,6 +26,8 @@ class BatchSummary:
     counts: BatchCounts
     prompt_tokens: int
     completion_tokens: int
+    # None when an audit that used tokens has no price: the total is not known.
+    cost_usd: Decimal | None
     last_finished_at: datetime | None
 
     @property
@@ -43,7 +46,7 @@ async def summarize(conn: Statements, batch: BatchRow) -> BatchSummary:
 
 
 async def summaries(conn: Statements, rows: Sequence[BatchRow]) -> list[BatchSummary]:
-    """Counts, tokens and last finish of several batches, in one grouped query."""
+    """Counts, usage and last finish of several batches, in one grouped query."""
     tallies: dict[UUID, list[BatchTally]] = {row.id: [] for row in rows}
     for tally in await audits.tally_batches(conn, list(tallies)):
         tallies[tally.batch_id].append(tally)
@@ -58,5 +61,11 @@ def _summary(batch: BatchRow, tallies: list[BatchTally]) -> BatchSummary:
         counts=BatchCounts(**counts, total=sum(counts.values())),
         prompt_tokens=sum(t.prompt_tokens for t in tallies),
         completion_tokens=sum(t.completion_tokens for t in tallies),
+        cost_usd=_total_cost(tallies),
         last_finished_at=max(finished, default=None),
     )
+
+
+def _total_cost(tallies: list[BatchTally]) -> Decimal | None:
+    costs = [tally.cost_usd for tally in tallies]
+    return None if None in costs else sum((c for c in costs if c is not None), Decimal(0))

@@ -3,6 +3,7 @@
 from shared.audits.schemas import Usage
 from shared.batches.schemas import BatchRead
 from shared.batches.summary import BatchSummary
+from shared.spend.amounts import usd
 
 
 def to_read(summary: BatchSummary) -> BatchRead:
@@ -19,7 +20,10 @@ def to_read(summary: BatchSummary) -> BatchRead:
                 prompt_tokens=summary.prompt_tokens,
                 completion_tokens=summary.completion_tokens,
                 total_tokens=summary.prompt_tokens + summary.completion_tokens,
+                cost_usd=usd(summary.cost_usd),
             ),
+            "max_cost_usd": usd(batch.max_cost_usd),
+            "budget_exhausted_at": batch.budget_exhausted_at,
             "created_at": batch.created_at,
             "finished_at": summary.finished_at,
             "rerun_of": batch.rerun_of,

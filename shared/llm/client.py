@@ -66,6 +66,7 @@ from shared.llm.prompt import (
 )
 from shared.llm.sampling import Sampling
 from shared.llm.schemas import CriterionText, ModelOutcome, validate_reply
+from shared.llm.usage import NO_USAGE, ReplyTokens, TokenUsage
 
 log = structlog.get_logger(__name__)
 
@@ -115,24 +116,24 @@ def create_client(settings: Settings) -> AsyncOpenAI:
 @dataclass(frozen=True)
 class _Reply:
     text: str | None
-    prompt_tokens: int
-    completion_tokens: int
+    usage: TokenUsage
     request_id: str | None
     served_model: str | None
     sampled: Mapping[str, float | int]  # the sampling parameters the call was sent with
-    calls: int = 1
     rejected: tuple[InvalidKind, ...] = ()
+
+    @property
+    def prompt_tokens(self) -> int:
+        return self.usage.prompt_tokens
+
+    @property
+    def completion_tokens(self) -> int:
+        return self.usage.completion_tokens
 
     def after(self, rejected: "_Reply", kind: InvalidKind) -> "_Reply":
         """This reply, also counting the call and the tokens spent on a rejected one before it
         (of `kind`)."""
-        return replace(
-            self,
-            prompt_tokens=rejected.prompt_tokens + self.prompt_tokens,
-            completion_tokens=rejected.completion_tokens + self.completion_tokens,
-            calls=rejected.calls + self.calls,
-            rejected=(*rejected.rejected, kind),
-        )
+        return replace(self, usage=rejected.usage + self.usage, rejected=(*rejected.rejected, kind))
 
 
 async def audit_content(
@@ -170,7 +171,7 @@ async def audit_content(
                 observe=observe,
             )
         except ModelError as error:
-            raise error.charged(first.prompt_tokens, first.completion_tokens) from None
+            raise error.charged(first.usage) from None
         corrected = second.after(first, invalid.kind)
         try:
             return _outcome(corrected, schema=schema, criteria=criteria, content=content)
@@ -228,12 +229,17 @@ async def _ask(
         )
     except ModelError as error:
         # The error's usage is this request's alone: an earlier request's is added later.
-        tokens = error.usage or (0, 0)
-        observe(ModelRequest(model, error.code, time.perf_counter() - started, *tokens))
+        _observe(observe, model, error.code, started, error.usage or NO_USAGE)
         raise
-    tokens = (reply.prompt_tokens, reply.completion_tokens)
-    observe(ModelRequest(model, REQUEST_OK, time.perf_counter() - started, *tokens))
+    _observe(observe, model, REQUEST_OK, started, reply.usage)
     return reply
+
+
+def _observe(
+    observe: RequestObserver, model: str, outcome: str, started: float, usage: TokenUsage
+) -> None:
+    seconds = time.perf_counter() - started
+    observe(ModelRequest(model, outcome, seconds, usage.prompt_tokens, usage.completion_tokens))
 
 
 async def _traced_call(
@@ -281,9 +287,20 @@ class _Choice(BaseModel):
     message: _Message
 
 
+class _PromptTokensDetails(BaseModel):
+    cached_tokens: NonNegativeInt | None = 0
+
+
 class _Usage(BaseModel):
     prompt_tokens: NonNegativeInt = 0
     completion_tokens: NonNegativeInt = 0
+    # Where the provider reports prompt caching; the cached tokens are part of the prompt's.
+    prompt_tokens_details: _PromptTokensDetails | None = None
+
+    def tokens(self) -> TokenUsage:
+        details = self.prompt_tokens_details
+        cached = min(details.cached_tokens or 0, self.prompt_tokens) if details else 0
+        return TokenUsage((ReplyTokens(self.prompt_tokens, self.completion_tokens, cached),))
 
 
 class _Completion(BaseModel):
@@ -331,15 +348,14 @@ def _reply_of(
 ) -> _Reply:
     """The reply, or the permanent error a refusal or an unfinished reply stands for."""
     choice = completion.choices[0] if completion.choices else None
-    usage = completion.usage or _Usage()
+    usage = (completion.usage or _Usage()).tokens()
     if choice is not None:
         error = reply_error(finish_reason=choice.finish_reason, refusal=choice.message.refusal)
         if error is not None:
-            raise error.charged(usage.prompt_tokens, usage.completion_tokens)
+            raise error.charged(usage)
     return _Reply(
         text=choice.message.content if choice else None,
-        prompt_tokens=usage.prompt_tokens,
-        completion_tokens=usage.completion_tokens,
+        usage=usage,
         request_id=request_id,
         served_model=completion.model,
         sampled=sampled,
@@ -359,17 +375,15 @@ def _outcome(
         findings, summary, dropped = validate_reply(reply.text, criteria=criteria, content=content)
     except InvalidModelOutput as invalid:
         invalid.rejected = (*reply.rejected, invalid.kind)
-        raise invalid.charged(reply.prompt_tokens, reply.completion_tokens) from None
+        raise invalid.charged(reply.usage) from None
     temperature, seed = reply.sampled.get("temperature"), reply.sampled.get("seed")
     return ModelOutcome(
         findings=findings,
         summary=summary,
         dropped_quotes=dropped,
-        prompt_tokens=reply.prompt_tokens,
-        completion_tokens=reply.completion_tokens,
+        usage=reply.usage,
         request_id=reply.request_id,
         prompt_version=PROMPT_VERSION,
-        model_calls=reply.calls,
         served_model=reply.served_model,
         schema_sha256=schema_sha256(schema),
         temperature=None if temperature is None else float(temperature),

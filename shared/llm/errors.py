@@ -20,6 +20,8 @@ from typing import Literal, Self, get_args
 import aiohttp
 import openai
 
+from shared.llm.usage import TokenUsage
+
 __all__ = [
     "INVALID_KINDS",
     "InvalidKind",
@@ -43,13 +45,12 @@ class ModelError(Exception):
         self.message = message
         self.transient = transient
         self.retry_after = retry_after
-        # (prompt, completion) tokens of the attempt's calls that were answered; None: none was.
-        self.usage: tuple[int, int] | None = None
+        # The tokens of the attempt's calls that were answered; None: none was.
+        self.usage: TokenUsage | None = None
 
-    def charged(self, prompt_tokens: int, completion_tokens: int) -> Self:
-        """This error, counting the tokens of an answered call of its attempt."""
-        prompt, completion = self.usage or (0, 0)
-        self.usage = (prompt + prompt_tokens, completion + completion_tokens)
+    def charged(self, usage: TokenUsage) -> Self:
+        """This error, counting the answered calls of its attempt (paid for all the same)."""
+        self.usage = usage if self.usage is None else self.usage + usage
         return self
 
 

@@ -54,6 +54,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shared.llm.errors import InvalidKind, InvalidModelOutput
 from shared.llm.quotes import QuoteFinder
+from shared.llm.usage import TokenUsage
 
 Verdict = Literal["pass", "partial", "fail", "not_applicable"]
 VERDICTS: tuple[str, ...] = get_args(Verdict)
@@ -160,12 +161,10 @@ class ModelOutcome:
     findings: list[ReplyFinding]
     summary: str
     dropped_quotes: int
-    prompt_tokens: int
-    completion_tokens: int
+    # Every answered call: two when an invalid reply was asked again, both paid for.
+    usage: TokenUsage
     request_id: str | None
     prompt_version: str
-    # Two when an invalid reply was asked again: both requests count against rate limits.
-    model_calls: int = 1
     # Where the answer came from (the audit's provenance): the model as the provider named
     # it in its reply (a dated snapshot, say), the SHA-256 of the reply schema sent, and the
     # sampling parameters as sent (None: not sent).
@@ -175,6 +174,19 @@ class ModelOutcome:
     seed: int | None = None
     # The kinds of the replies rejected before this one (a corrective call followed each).
     invalid_replies: tuple[InvalidKind, ...] = ()
+
+    @property
+    def prompt_tokens(self) -> int:
+        return self.usage.prompt_tokens
+
+    @property
+    def completion_tokens(self) -> int:
+        return self.usage.completion_tokens
+
+    @property
+    def model_calls(self) -> int:
+        """Requests made: each counts against the rate limits."""
+        return self.usage.calls
 
 
 def validate_reply(

@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import time
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any, TypeVar
 from uuid import UUID
 
@@ -59,11 +60,13 @@ def _fresh(cached: tuple[T, float] | None) -> tuple[T, float] | None:
 @dataclass(frozen=True, slots=True)
 class TenantLimits:
     """A tenant's quotas: its own where `auditq tenant set` gave them, else the settings';
-    and whether it can use callbacks: it has a secret to sign webhooks with."""
+    whether it can use callbacks (it has a secret to sign webhooks with), and its monthly
+    budget in USD, if it has one."""
 
     max_queued: int | None
     submit_rpm: int | None
     signs_webhooks: bool = False
+    monthly_budget_usd: Decimal | None = None
 
     @classmethod
     def of(cls, row: TenantRow | None, settings: Settings) -> "TenantLimits":
@@ -74,6 +77,7 @@ class TenantLimits:
             settings.tenant_max_queued if row.max_queued is None else row.max_queued,
             settings.tenant_submit_rpm if row.submit_rpm is None else row.submit_rpm,
             signs or row.webhook_secret is not None,
+            row.monthly_budget_usd,
         )
 
 

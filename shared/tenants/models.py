@@ -1,13 +1,14 @@
 """The `tenant` and `api_key` tables: who owns what, and the keys that act for them."""
 
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 from uuid import UUID, uuid4
 
 import sqlalchemy as sa
 from sqlmodel import Field, SQLModel
 
-from shared.db import metadata  # noqa: F401  (naming convention must be set first)
+from shared.db import USD, metadata  # noqa: F401  (naming convention must be set first)
 from shared.tenants.caller import Role
 
 
@@ -21,20 +22,23 @@ ROLES = "(" + ", ".join(f"'{role}'" for role in Role) + ")"
 
 
 class Tenant(SQLModel, table=True):
-    """A tenant's overrides of the quota and webhook settings (NULL: the setting), and its
-    weight."""
+    """A tenant's overrides of the quota and webhook settings (NULL: the setting), its
+    weight and its monthly budget."""
 
     __tablename__ = "tenant"
     __table_args__ = (
         sa.CheckConstraint("max_queued IS NULL OR max_queued >= 1", name="max_queued"),
         sa.CheckConstraint("submit_rpm IS NULL OR submit_rpm >= 1", name="submit_rpm"),
         sa.CheckConstraint("weight >= 1", name="weight"),
+        sa.CheckConstraint("monthly_budget_usd >= 0", name="monthly_budget_usd"),
     )
 
     name: str = Field(primary_key=True, sa_type=sa.Text)
     max_queued: int | None = None
     submit_rpm: int | None = None
     weight: int = Field(default=1, sa_column_kwargs={"server_default": "1"})
+    # USD its audits may spend in a calendar month (UTC); NULL: no budget.
+    monthly_budget_usd: Decimal | None = Field(default=None, sa_type=USD)
     created_at: datetime = _created_at()
     # Signs the tenant's webhooks (`whsec_…`) instead of WEBHOOK_SECRET; NULL: the setting.
     webhook_secret: str | None = Field(default=None, sa_type=sa.Text)

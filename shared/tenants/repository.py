@@ -8,6 +8,7 @@ so a revoked key is refused from its next request on.
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from datetime import datetime
+from decimal import Decimal
 from typing import Any, Self
 from uuid import UUID, uuid4
 
@@ -28,6 +29,7 @@ class TenantRow:
     weight: int
     created_at: datetime
     webhook_secret: str | None = field(repr=False)  # a signing key: never in a log line
+    monthly_budget_usd: Decimal | None
 
     @classmethod
     def of(cls, record: Mapping[str, Any]) -> Self:
@@ -56,7 +58,7 @@ class KeyRow:
 TENANT_COLUMNS = tuple(f.name for f in fields(TenantRow))
 KEY_COLUMNS = tuple(f.name for f in fields(KeyRow))
 # What `tenant set` may change; the CLI names them.
-SETTABLE = frozenset({"max_queued", "submit_rpm", "weight", "webhook_secret"})
+SETTABLE = frozenset({"max_queued", "submit_rpm", "weight", "webhook_secret", "monthly_budget_usd"})
 
 _TENANTS = f"SELECT {', '.join(TENANT_COLUMNS)} FROM tenant"
 _TENANT = f"{_TENANTS} WHERE name = $1"
@@ -96,7 +98,7 @@ async def ensure_tenant(conn: Statements, name: str) -> None:
 
 
 async def update_tenant(
-    conn: Statements, name: str, changes: Mapping[str, int | str | None]
+    conn: Statements, name: str, changes: Mapping[str, int | str | Decimal | None]
 ) -> TenantRow:
     """Create the tenant if need be, then set `changes` (a column of `SETTABLE` each)."""
     assert changes.keys() <= SETTABLE, changes

@@ -6,6 +6,7 @@ notifies the API processes as it commits (shared/tenants/repository.py).
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 
 from shared.db import Statements
 from shared.errors import AppError, NotFound
@@ -78,10 +79,10 @@ async def revoke_key(conn: Statements, key_or_prefix: str) -> KeyRow:
 
 
 async def set_tenant(
-    conn: Statements, name: str, changes: Mapping[str, int | str | None]
+    conn: Statements, name: str, changes: Mapping[str, int | str | Decimal | None]
 ) -> TenantRow:
     """Create the tenant if need be and change its quotas, weight or webhook secret (None:
-    the setting)."""
+    the setting), or its monthly budget (None: no budget)."""
     return await tenants.update_tenant(conn, check_tenant_name(name), changes)
 
 

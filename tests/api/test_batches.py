@@ -2,6 +2,7 @@
 
 import json
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 from uuid import uuid4
 
@@ -21,9 +22,10 @@ from tests.factories import audit_request, batch_request, criterion, rubric_requ
 READ_FIELDS = {
     *("id", "tenant", "name", "metadata", "status", "counts", "usage", "created_at"),
     *("finished_at", "rerun_of", "callback_url", "item_events"),
+    *("max_cost_usd", "budget_exhausted_at"),
 }
 RESULT_FIELDS = {"id", "subject", "metadata", "status", "result", "error", "usage"}
-NO_USAGE = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+NO_USAGE = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0, "cost_usd": 0}
 T0 = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)  # well before any test runs
 
 
@@ -254,6 +256,7 @@ async def test_status_is_running_until_every_audit_ends_then_completed(
         finished_at=T0 + timedelta(minutes=5),
         prompt_tokens=100,
         completion_tokens=20,
+        cost_usd=Decimal("0.000027"),
     )
     await finish(engine, second, "running", started_at=T0)
 
@@ -275,6 +278,7 @@ async def test_status_is_running_until_every_audit_ends_then_completed(
         "prompt_tokens": 100,
         "completion_tokens": 20,
         "total_tokens": 120,
+        "cost_usd": 0.000027,
     }
     assert (completed["id"], completed["created_at"]) == (batch["id"], batch["created_at"])
 
@@ -423,6 +427,7 @@ async def test_results_stream_one_line_per_audit_in_submission_order(
         result=json.dumps(result),
         prompt_tokens=100,
         completion_tokens=20,
+        cost_usd=Decimal("0.000027"),
     )
     await finish(
         engine, failed, "failed", error_code="invalid_model_output", error_message="bad JSON"
@@ -447,7 +452,7 @@ async def test_results_stream_one_line_per_audit_in_submission_order(
         None,
     ]
     assert [line["usage"] for line in lines] == [
-        {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120},
+        {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120, "cost_usd": 0.000027},
         None,
         None,
         None,

@@ -84,6 +84,39 @@ async def test_usage_is_about_four_characters_a_token(client: httpx.AsyncClient)
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
 
 
+async def test_a_share_of_the_prompt_is_reported_as_cached_as_configured() -> None:
+    async with await client_for(SimulatorConfig(cached_share=0.25)) as client:
+        usage = (await complete(client)).json()["usage"]
+
+        assert usage["prompt_tokens_details"]["cached_tokens"] == usage["prompt_tokens"] // 4
+        await client.post("/_control/caching", json={"cached_share": 0.5})
+        halved = (await complete(client)).json()["usage"]
+        assert halved["prompt_tokens_details"]["cached_tokens"] == halved["prompt_tokens"] // 2
+        await client.post("/_control/reset")
+        again = (await complete(client)).json()["usage"]
+        assert again["prompt_tokens_details"]["cached_tokens"] == again["prompt_tokens"] // 4
+
+
+async def test_no_tokens_are_cached_by_default(client: httpx.AsyncClient) -> None:
+    usage = (await complete(client)).json()["usage"]
+
+    assert usage["prompt_tokens_details"] == {"cached_tokens": 0}
+
+
+async def test_answers_take_the_latency_set_until_a_reset(client: httpx.AsyncClient) -> None:
+    await client.post("/_control/latency", json={"min_ms": 200, "max_ms": 200})
+    started = time.monotonic()
+    await complete(client)
+    slow = time.monotonic() - started
+
+    await client.post("/_control/reset")
+    started = time.monotonic()
+    await complete(client)
+
+    assert slow >= 0.2
+    assert time.monotonic() - started < 0.2
+
+
 async def test_the_same_request_gets_the_same_answer(client: httpx.AsyncClient) -> None:
     first, second = await complete(client), await complete(client)
     other = await complete(client, audit_body(content=CONTENT + " One more sentence."))

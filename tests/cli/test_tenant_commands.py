@@ -1,13 +1,18 @@
 """`auditq key …` and `auditq tenant …` on the test database, as ops run them."""
 
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from decimal import Decimal
 
 import pytest
 from typer.testing import CliRunner, Result
 
 from cli.main import app
+from shared.db import SessionFactory
+from shared.spend.budgets import month_resets_at
 from shared.tenants.keys import DISPLAY_CHARS, KEY_PREFIX
 from shared.webhooks.signing import new_secret, secret_key
+from tests.rows import spend_this_month
 
 pytestmark = pytest.mark.usefixtures("settings")  # the test database, cleaned
 
@@ -131,3 +136,42 @@ def test_a_malformed_webhook_secret_is_refused(secret: str, says: str) -> None:
     assert refused.exit_code == 2
     assert says in refused.output
     assert secret not in auditq("tenant", "list").stdout
+
+
+def budget_cells(tenant: str, shown: Result) -> list[str]:
+    """The monthly budget, spent and left cells of the tenant's row of the spend table."""
+    spend = shown.stdout.split("spend this month")[1]
+    row = next(line for line in spend.splitlines() if f" {tenant} " in line)
+    return [cell.strip() for cell in row.split("│")[2:5]]
+
+
+def test_tenant_set_gives_and_takes_a_monthly_budget() -> None:
+    given = auditq("tenant", "set", "acme", "--monthly-budget-usd", "250")
+    small = auditq("tenant", "set", "acme", "--monthly-budget-usd", "0.0005")
+    taken = auditq("tenant", "set", "acme", "--monthly-budget-usd", "none")
+
+    assert given.exit_code == 0, given.output
+    assert budget_cells("acme", given) == ["250.00 USD", "0.00 USD", "250.00 USD"]
+    assert budget_cells("acme", small) == ["0.0005 USD", "0.00 USD", "0.0005 USD"]
+    assert "spend this month" not in taken.stdout  # no budget, nothing spent
+    assert quotas_of("acme", taken) == ["default", "default", "1"]  # nothing else changed
+
+
+@pytest.mark.parametrize("budget", ["-1", "ten", "NaN", "1e12", "0.00000000001", "default"])
+def test_a_budget_that_is_no_amount_is_refused(budget: str) -> None:
+    refused = auditq("tenant", "set", "acme", "--monthly-budget-usd", budget)
+
+    assert refused.exit_code == 2
+    assert "amount of USD" in refused.output
+
+
+async def test_tenant_list_shows_what_each_tenant_spent_this_month(
+    session_factory: SessionFactory,
+) -> None:
+    auditq("tenant", "set", "acme", "--monthly-budget-usd", "50")
+    await spend_this_month(session_factory, "acme", Decimal("12.3456"))
+
+    listed = auditq("tenant", "list")
+
+    assert budget_cells("acme", listed) == ["50.00 USD", "12.35 USD", "37.65 USD"]
+    assert f"budgets reset on {month_resets_at(datetime.now(UTC)):%Y-%m-%d}" in listed.stdout

@@ -22,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from cli.dev import free_port
 from shared.audits.runs import Clock
 from shared.config import Settings
+from shared.tenants.caller import DEFAULT_TENANT
 from tests.fixtures.processes import Process
 from tests.fixtures.simulator import SimulatorHandle
 from tests.worker.conftest import build_worker, close_worker, eventually, fetch, submit
@@ -55,6 +56,7 @@ WORKER_FAMILIES = {
     "auditq_job_retries",
     "auditq_rate_limit_waits",
     "auditq_model_replies_invalid",
+    "auditq_model_cost_usd",
 }
 
 
@@ -127,6 +129,11 @@ async def test_a_scrape_shows_what_the_finished_audits_recorded(
         recorded = sum(a["usage"][f"{kind}_tokens"] for a in audits)
         assert recorded > 0
         assert value(samples, "auditq_model_tokens_total", model=MODEL, kind=kind) == recorded
+    # And every dollar: the counter agrees with what the audits say they cost.
+    spent = sum(a["usage"]["cost_usd"] for a in audits)
+    assert spent > 0
+    cost = value(samples, "auditq_model_cost_usd_total", model=MODEL, tenant=DEFAULT_TENANT)
+    assert cost == pytest.approx(spent, rel=1e-9)
     requests = "auditq_model_request_duration_seconds_count"
     assert value(samples, requests, model=MODEL, outcome="ok") == 4
     assert value(samples, requests, model=MODEL, outcome="model_server_error") == 1

@@ -48,7 +48,7 @@ async def test_audits_whose_jobs_redis_lost_are_enqueued_and_run(
 
     counts = await reconcile(worker_ctx)
 
-    assert counts == {"leases_requeued": 0, "leases_failed": 0, "orphans": 3}
+    assert counts == {"leases_requeued": 0, "leases_failed": 0, "orphans": 3, "tenants_released": 0}
     assert await queued_jobs(redis, worker_settings) == job_ids(*(a["id"] for a in submitted))
     await run_worker()
     for audit in submitted:
@@ -100,7 +100,7 @@ async def test_expired_leases_are_requeued_or_failed_on_their_last_attempt(
 
     counts = await reconcile(worker_ctx)
 
-    assert counts == {"leases_requeued": 1, "leases_failed": 1, "orphans": 0}
+    assert counts == {"leases_requeued": 1, "leases_failed": 1, "orphans": 0, "tenants_released": 0}
     assert await queued_jobs(redis, worker_settings) == job_ids(abandoned)
     lost = await load_audit(session_factory, last)
     assert (lost.status, lost.error_code, lost.attempts) == ("failed", WORKER_LOST, 3)

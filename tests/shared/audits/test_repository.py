@@ -1,6 +1,7 @@
 """The audit repository's transitions: claim, fenced finishes, lease recovery."""
 
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -18,6 +19,7 @@ from shared.audits.schemas import AuditResult, Criterion
 from shared.config import Settings
 from shared.db import SessionFactory, SessionStatements, session_scope, statement_connection
 from shared.queue import audit_job_id, transaction
+from shared.spend.charges import Charge
 from shared.tenants.caller import DEFAULT_TENANT
 from tests.fixtures.jobs import queued_job_ids
 from tests.rows import ago, expire_lease, insert_audit, load_audit, running_audit
@@ -59,8 +61,7 @@ async def succeed(engine: AsyncEngine, audit_id: UUID, *, attempt: int) -> bool:
             audit_id=audit_id,
             attempt=attempt,
             result=RESULT,
-            prompt_tokens=120,
-            completion_tokens=30,
+            charge=Charge(prompt_tokens=120, completion_tokens=30, cost_usd=Decimal("0.000036")),
             provenance=PROVENANCE,
         )
 
@@ -214,6 +215,7 @@ async def test_succeed_records_the_result_usage_and_provenance(
     assert audit.status == "succeeded"
     assert audit.result == RESULT.model_dump(mode="json")
     assert (audit.prompt_tokens, audit.completion_tokens) == (120, 30)
+    assert audit.cost_usd == Decimal("0.000036")
     assert (audit.prompt_version, audit.provider_request_id) == ("v-test", "req-1")
     assert (audit.served_model, audit.schema_sha256) == ("gpt-4o-mini-2024-07-18", "ab" * 32)
     assert (audit.temperature, audit.seed, audit.auditq_version) == (0.0, 42, "0.1.0")

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from contextlib import AbstractAsyncContextManager
 from dataclasses import replace
 from datetime import timedelta
+from decimal import Decimal
 from functools import partial
 from typing import Any
 from uuid import UUID
@@ -30,6 +31,7 @@ from shared.audits.runs import (
     Clock,
     Connect,
     Failed,
+    OnHold,
     RetryIn,
     Skipped,
     Succeeded,
@@ -37,15 +39,30 @@ from shared.audits.runs import (
 )
 from shared.audits.samples import Sampled
 from shared.audits.status import AuditStatus
-from shared.config import Settings
+from shared.config import Settings, TokenPrices
 from shared.db import SessionFactory, StatementConnection, create_engine
 from shared.db import statement_connection as connect_to
 from shared.llm.errors import ModelError
 from shared.llm.ratelimit import Reservation
 from shared.llm.schemas import ModelOutcome, ReplyFinding, Verdict
+from shared.llm.usage import ReplyTokens, TokenUsage
 from shared.logging import configure_logging
+from shared.spend import budgets
+from shared.spend.prices import PriceTable
+from shared.tenants.caller import DEFAULT_TENANT
 from tests.fixtures.pgproxy import proxy_closing_late
-from tests.rows import CRITERIA, expire_lease, insert_audit, load_audit
+from tests.rows import (
+    CRITERIA,
+    expire_lease,
+    insert_audit,
+    insert_batch,
+    load_audit,
+    load_batch,
+    running_audit,
+    set_monthly_budget,
+    spend_this_month,
+    spent_this_month,
+)
 from tests.worker.conftest import LogEvents, eventually
 
 pytestmark = pytest.mark.usefixtures("clean")
@@ -53,6 +70,13 @@ pytestmark = pytest.mark.usefixtures("clean")
 LEASE = timedelta(seconds=60)
 RETRY_DELAY_S = 7.0
 RESERVED = Reservation(requests=1, tokens=500)
+# The audits' model at MODEL_PRICES's example: USD 0.15 and 0.60 per million tokens.
+PRICES = PriceTable({"gpt-4o-mini": TokenPrices(Decimal("0.15"), Decimal("0.60"))})
+
+
+def tokens(prompt: int, completion: int, cached: int = 0) -> TokenUsage:
+    """The usage of one answered call."""
+    return TokenUsage((ReplyTokens(prompt, completion, cached),))
 
 
 def answer_to(audit: ClaimedAudit) -> ModelOutcome:
@@ -65,8 +89,7 @@ def answer_to(audit: ClaimedAudit) -> ModelOutcome:
         findings=findings,
         summary="All good.",
         dropped_quotes=0,
-        prompt_tokens=100,
-        completion_tokens=20,
+        usage=tokens(100, 20),
         request_id="req-1",
         prompt_version="v-test",
     )
@@ -158,7 +181,7 @@ def transient(retry_after: float | None = None) -> ModelError:
 
 
 def permanent() -> ModelError:
-    return ModelError("model_refused", "the model refused", transient=False).charged(40, 5)
+    return ModelError("model_refused", "the model refused", transient=False).charged(tokens(40, 5))
 
 
 @pytest.fixture
@@ -207,6 +230,7 @@ def run(
             admission=admission,
             ask_model=model,
             clock=clock.clock(),
+            prices=PRICES,
             on_ended=ended.append,
         )
 
@@ -239,6 +263,7 @@ async def test_an_answered_attempt_succeeds_and_records_the_result(
     assert row.result is not None
     assert row.result["summary"] == "All good."
     assert (row.prompt_tokens, row.completion_tokens) == (100, 20)
+    assert row.cost_usd == Decimal("0.000027")  # 100 * 0.15 + 20 * 0.60 micro-dollars
     assert (row.prompt_version, row.provider_request_id) == ("v-test", "req-1")
     assert [reserved for reserved, _ in admission.settled] == [RESERVED]
     assert names(events) == ["audit_started", "audit_succeeded"]
@@ -309,6 +334,7 @@ async def test_a_permanent_model_error_fails_the_audit_at_once(
     row = await load_audit(session_factory, audit_id)
     assert (row.status, row.attempts, row.error_code) == ("failed", 1, "model_refused")
     assert (row.prompt_tokens, row.completion_tokens) == (40, 5)  # the refusal was paid for
+    assert row.cost_usd == Decimal("0.000009")  # 40 * 0.15 + 5 * 0.60 micro-dollars
     assert admission.errors == ["model_refused"]
     assert clock.asked == []
     failed = [e for e in events.events if e["event"] == "audit_failed"]
@@ -382,8 +408,7 @@ def answer_to_nothing() -> ModelOutcome:
         findings=[],
         summary="Judged.",
         dropped_quotes=1,
-        prompt_tokens=100,
-        completion_tokens=20,
+        usage=tokens(100, 20),
         request_id="req-1",
         prompt_version="v-test",
     )
@@ -479,6 +504,125 @@ async def test_a_majority_of_permanently_failed_samples_fails_the_audit(
     assert row.error_message.startswith("2 of 3 samples failed; the model refused")
     assert (row.prompt_tokens, row.completion_tokens) == (180, 30)  # 40 + 100 + 40, 5 + 20 + 5
     assert admission.errors == ["model_refused", "model_refused"]
+
+
+# What attempts cost
+
+
+async def test_a_reply_before_a_transient_error_is_charged_and_added_to_the_next_attempts(
+    run: Any, session_factory: SessionFactory
+) -> None:
+    """A corrective call that failed with a 500 after an invalid reply: the invalid reply
+    was paid for, and the audit's usage is every attempt's."""
+    audit_id = await insert_audit(session_factory)
+    model = FakeModel(transient().charged(tokens(300, 50)), None)
+
+    assert isinstance(await run(audit_id, model), RetryIn)
+    retried = await load_audit(session_factory, audit_id)
+    assert (retried.status, retried.prompt_tokens, retried.completion_tokens) == ("queued", 300, 50)
+    assert retried.cost_usd == Decimal("0.000075")
+
+    assert isinstance(await run(audit_id, model), Succeeded)
+    row = await load_audit(session_factory, audit_id)
+    assert (row.prompt_tokens, row.completion_tokens) == (300 + 100, 50 + 20)
+    assert row.cost_usd == Decimal("0.000075") + Decimal("0.000027")
+    assert await spent_this_month(session_factory, DEFAULT_TENANT) == row.cost_usd
+
+
+async def test_every_sample_is_charged_a_failed_one_too(
+    run: Any, session_factory: SessionFactory
+) -> None:
+    audit_id = await insert_audit(session_factory, samples=3)
+    refused = ModelError("model_refused", "refused", transient=False).charged(tokens(40, 5))
+
+    assert isinstance(await run(audit_id, FakeModel(None, refused, None)), Succeeded)
+
+    row = await load_audit(session_factory, audit_id)
+    assert (row.prompt_tokens, row.completion_tokens) == (100 + 40 + 100, 20 + 5 + 20)
+    assert row.cost_usd == 2 * Decimal("0.000027") + Decimal("0.000009")
+
+
+async def test_an_attempt_whose_call_was_never_answered_charges_nothing(
+    run: Any, session_factory: SessionFactory
+) -> None:
+    audit_id = await insert_audit(session_factory)
+
+    assert isinstance(await run(audit_id, FakeModel(transient())), RetryIn)
+
+    row = await load_audit(session_factory, audit_id)
+    assert (row.prompt_tokens, row.completion_tokens, row.cost_usd) == (None, None, None)
+    assert await spent_this_month(session_factory, DEFAULT_TENANT) == 0
+
+
+async def test_a_model_without_a_price_has_tokens_and_no_cost(
+    run: Any, session_factory: SessionFactory
+) -> None:
+    audit_id = await insert_audit(session_factory, model="my-own-llama")
+
+    assert isinstance(await run(audit_id, FakeModel()), Succeeded)
+
+    row = await load_audit(session_factory, audit_id)
+    assert (row.prompt_tokens, row.completion_tokens, row.cost_usd) == (100, 20, None)
+    assert await spent_this_month(session_factory, DEFAULT_TENANT) == 0
+
+
+async def test_a_finish_adds_its_cost_to_its_batchs_budget(
+    run: Any, session_factory: SessionFactory
+) -> None:
+    batch_id = await insert_batch(session_factory, max_cost_usd=Decimal(1))
+    first = await insert_audit(session_factory, batch_id=batch_id, batch_index=0)
+    second = await insert_audit(session_factory, batch_id=batch_id, batch_index=1)
+
+    for audit_id in (first, second):
+        assert isinstance(await run(audit_id, FakeModel()), Succeeded)
+
+    assert (await load_batch(session_factory, batch_id)).spent_usd == 2 * Decimal("0.000027")
+
+
+async def test_the_audits_of_a_batch_that_spent_its_budget_are_cancelled_without_a_call(
+    run: Any, session_factory: SessionFactory, events: LogEvents
+) -> None:
+    batch_id = await insert_batch(
+        session_factory, max_cost_usd=Decimal("0.00005"), spent_usd=Decimal("0.000054")
+    )
+    waiting = [
+        await insert_audit(session_factory, batch_id=batch_id, batch_index=index)
+        for index in range(3)
+    ]
+    running = await running_audit(session_factory, batch_id=batch_id, batch_index=3)
+    model = FakeModel()
+
+    outcome = await run(waiting[0], model)
+
+    assert outcome == Skipped(budgets.BATCH_BUDGET_SPENT)
+    assert model.calls == 0
+    for audit_id in waiting:
+        row = await load_audit(session_factory, audit_id)
+        assert (row.status, row.error_code, row.attempts) == ("cancelled", "budget_exhausted", 0)
+    assert (await load_audit(session_factory, running)).status == "running"  # it finishes
+    batch = await load_batch(session_factory, batch_id)
+    assert batch.budget_exhausted_at is not None
+    assert batch.cancelled_at is not None
+    assert names(events)[-1] == "batch_budget_exhausted"
+
+
+async def test_an_audit_of_a_tenant_that_spent_its_budget_waits_without_a_call(
+    run: Any, session_factory: SessionFactory, events: LogEvents
+) -> None:
+    await set_monthly_budget(session_factory, DEFAULT_TENANT, Decimal("0.0001"))
+    await spend_this_month(session_factory, DEFAULT_TENANT, Decimal("0.0001"))
+    audit_id = await insert_audit(session_factory)
+    model = FakeModel()
+
+    assert await run(audit_id, model) == OnHold(DEFAULT_TENANT)
+
+    assert model.calls == 0
+    row = await load_audit(session_factory, audit_id)
+    assert (row.status, row.attempts) == ("queued", 0)
+    assert names(events) == ["audit_held"]
+
+    await set_monthly_budget(session_factory, DEFAULT_TENANT, Decimal("0.0002"))
+    assert isinstance(await run(audit_id, model), Succeeded)
 
 
 # Attempts that lost their audit

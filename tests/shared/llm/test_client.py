@@ -16,6 +16,7 @@ from shared.llm.client import PLACEHOLDER_API_KEY, ModelRequest, _ask, _ask_samp
 from shared.llm.prompt import SYSTEM_PROMPT, response_format
 from shared.llm.sampling import Sampling
 from shared.llm.schemas import CriterionText
+from shared.llm.usage import ReplyTokens, TokenUsage
 from tests.fixtures.simulator import RETRY_AFTER_S, SimulatorHandle
 
 CRITERIA = [
@@ -200,7 +201,8 @@ async def test_a_hostile_reply_twice_fails_as_invalid_output(
 
     assert isinstance(error, InvalidModelOutput)
     assert error.usage is not None
-    assert error.usage[1] > 1_000_000 // 4, "both replies' tokens are counted"
+    assert error.usage.calls == 2, "both replies' tokens are counted"
+    assert error.usage.completion_tokens > 1_000_000 // 4
 
 
 async def test_output_invalid_twice_fails_the_audit(
@@ -260,7 +262,8 @@ async def test_each_request_is_told_as_it_ends(
             observe=told.append,
         )
     except ModelError as error:
-        prompt, completion = error.usage or (0, 0)
+        usage = error.usage or TokenUsage()
+        prompt, completion = usage.prompt_tokens, usage.completion_tokens
     else:
         prompt, completion = outcome.prompt_tokens, outcome.completion_tokens
 
@@ -474,3 +477,21 @@ async def test_a_reply_contradicting_itself_twice_fails_as_invalid_output(
 
     assert isinstance(error, InvalidModelOutput)
     assert error.rejected == ("contradiction", "bounds")
+
+
+async def test_cached_prompt_tokens_are_read_from_the_usage_details() -> None:
+    details = {"prompt_tokens_details": {"cached_tokens": 8, "audio_tokens": 0}}
+    usage = {"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15, **details}
+
+    reply = await ask(provider_answering(reply_body(usage=usage)))
+
+    assert reply.usage.replies == (ReplyTokens(12, 3, 8),)
+
+
+@pytest.mark.parametrize("details", [None, {}, {"cached_tokens": None}])
+async def test_a_usage_without_cached_tokens_counts_none_cached(details: object) -> None:
+    usage = {"prompt_tokens": 12, "completion_tokens": 3, "prompt_tokens_details": details}
+
+    reply = await ask(provider_answering(reply_body(usage=usage)))
+
+    assert reply.usage.replies == (ReplyTokens(12, 3, 0),)

@@ -23,7 +23,14 @@ from shared.webhooks.payloads import audit_body
 from shared.webhooks.repository import EventRow
 from shared.webhooks.vocabulary import EventType
 from tests.rows import expire_lease, update_audit
-from tests.shared.audits.test_runs import LEASE, FakeAdmission, FakeClock, FakeModel, permanent
+from tests.shared.audits.test_runs import (
+    LEASE,
+    PRICES,
+    FakeAdmission,
+    FakeClock,
+    FakeModel,
+    permanent,
+)
 from tests.shared.webhooks.support import (
     audit_with_callback,
     batch_with_callback,
@@ -49,6 +56,7 @@ def run(engine: AsyncEngine) -> Any:
             admission=FakeAdmission(),
             ask_model=model or FakeModel(),
             clock=FakeClock().clock(),
+            prices=PRICES,
         )
 
     return run
@@ -244,6 +252,29 @@ async def test_cancelling_a_batch_sends_batch_cancelled_and_with_item_events_its
     ]
     (event,) = await events_of(engine, batch_id=batch.batch.id)
     assert payload(event)["data"]["status"] == "cancelled"
+
+
+async def test_a_batch_stopped_on_its_budget_sends_batch_cancelled_and_its_audits_theirs(
+    engine: AsyncEngine, session_factory: SessionFactory, run: Any
+) -> None:
+    batch = await batch_with_callback(session_factory, 2, URL, item_events=True)
+    ids = await audit_ids(engine, batch.batch.id)
+    async with engine.begin() as connection:  # a budget already spent
+        await connection.exec_driver_sql(
+            "UPDATE batch SET max_cost_usd = 1, spent_usd = 1 WHERE id = $1", (batch.batch.id,)
+        )
+
+    await run(ids[0])
+
+    assert [kinds(await events_of(engine, audit_id=i)) for i in ids] == [["audit.cancelled"]] * 2
+    (event,) = await events_of(engine, batch_id=batch.batch.id)
+    data = payload(event)["data"]
+    assert (event.type, data["status"]) == ("batch.cancelled", "cancelled")
+    assert data["budget_exhausted_at"] is not None
+    assert payload((await events_of(engine, audit_id=ids[0]))[0])["data"]["error"] == {
+        "code": "budget_exhausted",
+        "message": "not run: its batch spent its budget (max_cost_usd) before it started",
+    }
 
 
 async def test_a_batch_retried_after_it_ended_sends_its_end_again(
