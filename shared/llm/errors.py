@@ -257,11 +257,20 @@ def refused_parameter(exc: openai.APIStatusError, sent: Iterable[str]) -> str | 
     """The sampling parameter a 400 refuses, if it names one of those `sent`.
 
     OpenAI names it in `param` (`temperature` for its reasoning models); servers that do
-    not fill `param` (vLLM, llama.cpp) name it in the message.
+    not fill `param` (vLLM, llama.cpp) name it in a message that says it is refused. A
+    message that merely mentions it, as one quoting the request does, is not a refusal.
     """
     if exc.status_code not in (400, 422):
         return None
     names = list(sent)
     if exc.param in names:
         return str(exc.param)
+    if not _REFUSAL_WORDS.search(exc.message):
+        return None
     return next((name for name in names if re.search(rf"\b{name}\b", exc.message, re.I)), None)
+
+
+_REFUSAL_WORDS = re.compile(
+    r"unsupported|not supported|does not support|doesn't support|not allowed|invalid|unknown",
+    re.I,
+)

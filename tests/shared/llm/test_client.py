@@ -452,6 +452,32 @@ async def test_another_400_is_not_taken_for_a_refused_parameter(sim: SimulatorHa
     assert sampling.parameters("gpt-4o-mini") == {"temperature": 0.0}
 
 
+async def test_a_400_quoting_the_request_is_not_taken_for_a_refused_parameter() -> None:
+    """Some providers quote the request in their errors: `temperature` is in the message."""
+    received: list[dict[str, Any]] = []
+
+    def answer(request: httpx2.Request) -> httpx2.Response:
+        received.append(json.loads(request.content))
+        message = f"Bad request: {request.content.decode()}"
+        return httpx2.Response(400, json={"error": {"message": message, "param": None}})
+
+    transport = httpx2.MockTransport(answer)
+    client = AsyncOpenAI(
+        api_key="k",
+        base_url="http://provider/v1",
+        max_retries=0,
+        http_client=httpx2.AsyncClient(transport=transport),
+    )
+    sampling = Sampling(temperature=0.0)
+
+    async with client:
+        error = await failure(client, sampling=sampling)
+
+    assert error.code == "model_bad_request"
+    assert len(received) == 1, "asked once, not again without temperature"
+    assert sampling.parameters("gpt-4o-mini") == {"temperature": 0.0}
+
+
 # Replies that contradict themselves
 
 
