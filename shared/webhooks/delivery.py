@@ -238,6 +238,8 @@ def _log_try(
         log.debug("webhook_delivered", **fields)
     elif state is DeliveryStatus.PENDING:
         assert next_try is not None
-        log.info("webhook_retry_scheduled", **fields, error=outcome.error, next_try=next_try)
+        log.info(
+            "webhook_retry_scheduled", **fields, error=outcome.error, next_try=next_try.isoformat()
+        )
     else:
         log.warning(f"webhook_{state}", **fields, error=outcome.error)
