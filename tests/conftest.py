@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # One database per test run, so that runs side by side do not empty each other's tables.
 TEST_DATABASE = f"auditq_test_{os.getpid()}"
 
-pytest_plugins = ["tests.fixtures.simulator"]
+pytest_plugins = ["tests.fixtures.simulator", "tests.fixtures.spans"]
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,6 @@ from uuid import uuid4
 import pytest
 from opentelemetry import context
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import (
     NonRecordingSpan,
@@ -73,17 +72,6 @@ def untraced() -> Iterator[None]:
     tracing.install(None)
     if provider is not None:
         cast(TracerProvider, provider).shutdown()
-
-
-@pytest.fixture
-def memory() -> Iterator[InMemorySpanExporter]:
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    tracing.install(provider)
-    yield exporter
-    tracing.install(None)
-    provider.shutdown()
 
 
 def test_off_without_an_endpoint_the_sdk_and_the_exporter_are_never_imported() -> None:
@@ -161,7 +149,7 @@ def test_otel_sdk_disabled_keeps_it_off(untraced: None, monkeypatch: pytest.Monk
 
 
 def test_an_attempt_continues_the_stored_context_tracestate_and_all(
-    memory: InMemorySpanExporter,
+    spans: InMemorySpanExporter,
 ) -> None:
     parent = SpanContext(
         trace_id=0x4BF92F3577B34DA6A3CE929D0E0E4736,
@@ -180,7 +168,7 @@ def test_an_attempt_continues_the_stored_context_tracestate_and_all(
     with tracing.attempt_span(stored, audit_id=uuid4(), attempt=1, started_ns=1):
         pass
 
-    attempt = memory.get_finished_spans()[-1]
+    attempt = spans.get_finished_spans()[-1]
     assert attempt.parent is not None
     assert (attempt.parent.trace_id, attempt.parent.span_id) == (parent.trace_id, parent.span_id)
     assert attempt.context is not None
@@ -189,7 +177,7 @@ def test_an_attempt_continues_the_stored_context_tracestate_and_all(
 
 
 def test_an_attempt_without_a_stored_context_starts_a_trace(
-    memory: InMemorySpanExporter,
+    spans: InMemorySpanExporter,
 ) -> None:
     with (
         tracing.enqueue_span(queue="q", jobs=1),
@@ -197,5 +185,5 @@ def test_an_attempt_without_a_stored_context_starts_a_trace(
     ):
         pass
 
-    attempt = next(s for s in memory.get_finished_spans() if s.name == "auditq.run_audit")
+    attempt = next(s for s in spans.get_finished_spans() if s.name == "auditq.run_audit")
     assert attempt.parent is None
