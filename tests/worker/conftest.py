@@ -31,6 +31,7 @@ from worker.settings import worker_options
 # Generous for a simulator that answers in milliseconds; a hang test sets a short one.
 MODEL_TIMEOUT_S = 5.0
 WORKER_DEADLINE_S = 30.0
+IN_FLIGHT_GRACE_S = 5.0  # how long a stopped test worker's running jobs get to end
 
 T = TypeVar("T")
 RunWorker = Callable[..., Coroutine[Any, Any, Worker]]
@@ -66,6 +67,15 @@ def build_worker(
 
 
 async def close_worker(worker: Worker) -> None:
+    # arq's close cancels the jobs still running and then gathers them, raising their
+    # CancelledError: a job whose audit is already written may still be doing arq's
+    # bookkeeping when a test stops its worker, so it is given a moment to end first.
+    in_flight = [task for task in worker.tasks.values() if not task.done()]
+    if in_flight:
+        _, pending = await asyncio.wait(in_flight, timeout=IN_FLIGHT_GRACE_S)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
     # arq 0.28 closes its pool with redis-py's deprecated `close()`.
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "Call to deprecated close", DeprecationWarning)
