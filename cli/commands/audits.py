@@ -17,6 +17,7 @@ from cli.commands.options import (
 )
 from cli.errors import EXIT_OK, EXIT_VERDICT_FAIL, exit_code, reports_errors
 from cli.input_files import read_criteria, read_text
+from shared.audits.priority import Priority
 from shared.audits.status import RETRYABLE
 
 app = typer.Typer(
@@ -40,6 +41,21 @@ RubricVersion = Annotated[
 ]
 Subject = Annotated[str | None, typer.Option(help="What the content is; default: FILE's name.")]
 Model = Annotated[str | None, typer.Option(help="A model of the API's ALLOWED_MODELS.")]
+PriorityOption = Annotated[
+    Priority | None,
+    typer.Option(
+        "--priority", help="interactive (the API's default for one audit) runs before bulk."
+    ),
+]
+Samples = Annotated[
+    int | None,
+    typer.Option(
+        "--samples",
+        min=1,
+        help="Model calls to judge with, at once, keeping each finding's majority verdict "
+        "(default 1; at most the API's MAX_SAMPLES).",
+    ),
+]
 AuditId = Annotated[UUID, typer.Argument(help="The audit's id.")]
 Statuses = Annotated[
     list[str] | None,
@@ -62,6 +78,8 @@ def submit(
     rubric_version: RubricVersion = None,
     subject: Subject = None,
     model: Model = None,
+    priority: PriorityOption = None,
+    samples: Samples = None,
     wait: Wait = False,
     fail_on_verdict: FailOnVerdict = False,
     poll_interval: PollInterval = DEFAULT_POLL_INTERVAL,
@@ -77,7 +95,16 @@ def submit(
     if fail_on_verdict and not wait:
         raise typer.BadParameter("needs --wait", param_hint="'--fail-on-verdict'")
     _submit(
-        _request(file, criteria, rubric, rubric_version, subject=subject, model=model),
+        _request(
+            file,
+            criteria,
+            rubric,
+            rubric_version,
+            subject=subject,
+            model=model,
+            priority=priority,
+            samples=samples,
+        ),
         wait=wait,
         fail_on_verdict=fail_on_verdict,
         poll_interval=poll_interval,
@@ -106,6 +133,8 @@ def _request(
     *,
     subject: str | None,
     model: str | None,
+    priority: Priority | None,
+    samples: int | None,
 ) -> dict[str, Any]:
     """The POST /audits body; `None` options are left to the API's defaults."""
     body: dict[str, Any] = {
@@ -115,6 +144,8 @@ def _request(
         "rubric": rubric,
         "rubric_version": rubric_version,
         "model": model,
+        "priority": priority,
+        "samples": samples,
     }
     return {key: value for key, value in body.items() if value is not None}
 

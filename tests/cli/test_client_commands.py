@@ -162,6 +162,20 @@ async def test_submit_with_a_rubric_uses_the_version_asked_for(
     assert audit["subject"] == "Sneakers"
 
 
+async def test_submit_passes_priority_and_samples_on(auditq: Auditq) -> None:
+    criteria = ("--criteria", EXAMPLES / "criteria.json")
+    page = EXAMPLES / "product-page.txt"
+
+    audit = parsed(
+        await auditq("submit", page, *criteria, "--priority", "bulk", "--samples", "3", "--json")
+    )
+    refused = await auditq("submit", page, *criteria, "--samples", "6")
+
+    assert (audit["priority"], audit["samples"]) == ("bulk", 3)
+    assert refused.exit_code == 2
+    assert "samples" in refused.stdout + refused.stderr
+
+
 @pytest.mark.parametrize(
     "options", [(), ("--criteria", EXAMPLES / "criteria.json", "--rubric", "green-claims")]
 )
