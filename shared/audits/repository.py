@@ -529,6 +529,9 @@ _COPIED = {
     "idempotency_key": "NULL",
     "request_hash": "NULL",
     "rerun_of": "id",
+    # An audit of a batch with `item_events` holds its batch's URL: a rerun, like its new
+    # batch, has no callback (README, "Reruns").
+    "callback_url": "NULL",
 }
 _COPY_BATCH = (
     f"INSERT INTO audit ({', '.join(_NEW_COLUMNS)}) "

@@ -169,6 +169,21 @@ async def test_a_public_callback_is_kept_and_shown(api: Api) -> None:
     assert {item["callback_url"] for item in plain_items["items"]} == {None}
 
 
+async def test_a_rerun_sends_no_event_where_its_original_did(api: Api) -> None:
+    async with api() as client:
+        audit = (await client.post("/audits", json=audit_request(callback_url=PUBLIC))).json()
+        batch = await client.post(
+            "/batches", json=batch_request(2, callback_url=PUBLIC, item_events=True)
+        )
+        rerun = (await client.post(f"/audits/{audit['id']}/rerun")).json()
+        batch_rerun = (await client.post(f"/batches/{batch.json()['id']}/rerun")).json()
+        items = (await client.get(f"/audits?batch_id={batch_rerun['id']}")).json()["items"]
+
+    assert rerun["callback_url"] is None
+    assert (batch_rerun["callback_url"], batch_rerun["item_events"]) == (None, False)
+    assert [item["callback_url"] for item in items] == [None, None]
+
+
 async def test_without_a_secret_to_sign_with_a_callback_is_refused(
     api: Api, session_factory: SessionFactory, nothing_written: NothingWritten
 ) -> None:
