@@ -3,7 +3,8 @@
 Per process, from the request gate (api/middleware.py):
 `auditq_http_requests_total{method,route,status}` and
 `auditq_http_request_duration_seconds{method,route}`, a route by its template
-(`/api/v1/audits/{audit_id}`), never a raw id; a path no route matched is `unmatched`.
+(`/api/v1/audits/{audit_id}`), never a raw id; a path no route matched is `unmatched`,
+a method beyond the usual seven `other`.
 
 Fleet-wide, read from PostgreSQL at scrape time through indexes on the queued and
 running audits, and kept `FLEET_TTL_S` so that a scrape storm costs one read every few
@@ -11,13 +12,14 @@ seconds: `auditq_queue_depth{priority,tenant}`, `auditq_queue_oldest_age_seconds
 `auditq_audits_running`, `auditq_batches_running`; and `auditq_workers_alive`, from the
 workers' heartbeats in Redis (shared/workers.py). With PostgreSQL or Redis away the page
 still answers: what they would tell is left out, and `auditq_scrape_errors_total{source}`
-counts it.
+counts it; so does a source that does not answer within `SOURCE_TIMEOUT_S`.
 
 Several API processes on one port (`WEB_CONCURRENCY`, api/__main__.py) count in
 prometheus-client's multiprocess mode: the page adds up the counts of them all, so a
 scrape sees the same totals whichever process answers it.
 """
 
+import asyncio
 import os
 import time
 from collections.abc import Iterator
@@ -45,6 +47,11 @@ from shared.config import Settings
 from shared.db import DATABASE_ERRORS, statement_connection
 
 FLEET_TTL_S = 5.0
+# Each source's read, well inside Prometheus's 10 s scrape timeout: a source that hangs
+# (a partition, a pool with no free connection) is left out like one that refuses.
+SOURCE_TIMEOUT_S = 2.0
+# A request's method as a label; HTTP allows any token, and a label's values must stay few.
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 # Request latencies: a read takes milliseconds, a batch of 1,000 a second or more.
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -96,8 +103,9 @@ class ApiMetrics:
 
     def observe(self, scope: Scope, status: int, seconds: float) -> None:
         route = self._template(scope)
-        self._requests.labels(scope["method"], route, str(status)).inc()
-        self._duration.labels(scope["method"], route).observe(seconds)
+        method = scope["method"] if scope["method"] in _METHODS else "other"
+        self._requests.labels(method, route, str(status)).inc()
+        self._duration.labels(method, route).observe(seconds)
 
     def _template(self, scope: Scope) -> str:
         route = scope.get("route")
@@ -120,16 +128,22 @@ class ApiMetrics:
             return
         self._fleet_read_at = time.monotonic()
         try:
-            async with statement_connection(engine) as conn:
-                self._fleet = await audits.fleet(conn)
-        except DATABASE_ERRORS:
+            self._fleet = await asyncio.wait_for(_read_fleet(engine), SOURCE_TIMEOUT_S)
+        except (*DATABASE_ERRORS, TimeoutError):
             self._fleet = None
             self._scrape_errors.labels("postgresql").inc()
         try:
-            self._workers_alive = await workers.alive(redis, queue_name)
-        except (RedisError, OSError):
+            self._workers_alive = await asyncio.wait_for(
+                workers.alive(redis, queue_name), SOURCE_TIMEOUT_S
+            )
+        except (RedisError, OSError, TimeoutError):
             self._workers_alive = None
             self._scrape_errors.labels("redis").inc()
+
+
+async def _read_fleet(engine: AsyncEngine) -> Fleet:
+    async with statement_connection(engine) as conn:
+        return await audits.fleet(conn)
 
 
 class _FleetCollector(Collector):

@@ -1,9 +1,15 @@
 """`GET /metrics`: Prometheus text, per-process request metrics and the fleet's figures."""
 
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from arq.connections import ArqRedis
 from httpx import AsyncClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from api.metrics import SOURCE_TIMEOUT_S
 from shared import workers
 from shared.config import Settings
 from tests.api.conftest import ClientFactory
@@ -103,3 +109,46 @@ async def test_workers_alive_come_from_their_heartbeats(
 
     assert scraped["auditq_workers_alive", ()] == 1
     assert ready["workers_alive"] == 1
+
+
+@asynccontextmanager
+async def silent_server() -> AsyncIterator[int]:
+    """A port that accepts connections and never answers: a source behind a partition."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def hold(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        for writer in held:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_metrics_answer_in_time_with_redis_silent(client_with: ClientFactory) -> None:
+    async with (
+        silent_server() as port,
+        client_with(redis_url=f"redis://127.0.0.1:{port}/0") as client,
+    ):
+        began = time.monotonic()
+        scraped = await scrape(client)
+        took = time.monotonic() - began
+
+    assert took < SOURCE_TIMEOUT_S + 3.0  # within a scrape timeout, not hung on Redis
+    assert scraped["auditq_scrape_errors_total", (("source", "redis"),)] == 1
+    assert not [key for key in scraped if key[0] == "auditq_workers_alive"]
+    assert scraped["auditq_audits_running", ()] == 0  # PostgreSQL's figures are still there
+
+
+async def test_an_unusual_method_is_labelled_other(client_with: ClientFactory) -> None:
+    async with client_with() as client:
+        await client.request("PROPFIND", "/audits")
+        scraped = await scrape(client)
+
+    methods = {dict(key[1]).get("method") for key in scraped if key[0].startswith("auditq_http")}
+    assert "other" in methods
+    assert "PROPFIND" not in methods
