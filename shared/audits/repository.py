@@ -136,15 +136,15 @@ _ROW = ", ".join(f"{_CRITERIA} AS criteria" if c == "criteria" else f"audit.{c}"
 _SELECT = f"SELECT {_ROW} FROM audit"
 
 
+# A function takes at most 100 arguments: 25 columns (50) to each `jsonb_build_object`.
+_SNAPSHOT_PART = 25
+_SNAPSHOT_PAIRS = [
+    f"'{c}', {_CRITERIA if c == 'criteria' else f'audit.{c}'}" for c in COLUMNS if c != "content"
+]
 # An audit as its webhook event keeps it: every column but the content, as JSON.
-_SNAPSHOT = (
-    "jsonb_build_object("
-    + ", ".join(
-        f"'{c}', {_CRITERIA if c == 'criteria' else f'audit.{c}'}"
-        for c in COLUMNS
-        if c != "content"
-    )
-    + ")"
+_SNAPSHOT = " || ".join(
+    f"jsonb_build_object({', '.join(_SNAPSHOT_PAIRS[at : at + _SNAPSHOT_PART])})"
+    for at in range(0, len(_SNAPSHOT_PAIRS), _SNAPSHOT_PART)
 )
 
 

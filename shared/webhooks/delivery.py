@@ -52,6 +52,7 @@ FIRST_RETRY_S = 2.0
 MAX_RETRY_S = 3600.0
 KEY_TTL_S = 5.0
 GONE = 410
+UNRENDERABLE = "the event's body could not be rendered from its row (the worker's log says why)"
 
 
 def retry_delay(tries: int, *, draw: Callable[[], float] = random.random) -> float:
@@ -183,8 +184,11 @@ class Deliverer:
 
     async def _try_and_record(self, event: ClaimedEvent) -> None:
         started_at = datetime.now(UTC)
-        payload = body_of(event)
-        outcome = await self._send(event, payload)
+        payload = _body_or_none(event)
+        if payload is None:
+            outcome = TryOutcome(None, UNRENDERABLE, 0)
+        else:
+            outcome = await self._send(event, payload)
         state, next_try = next_state(
             event,
             outcome,
@@ -223,6 +227,17 @@ def body_of(event: ClaimedEvent) -> str:
         return event.payload
     assert event.snapshot is not None, "an event has a body or a row to render it from"
     return audit_body(event.type, timestamp=event.created_at, snapshot=event.snapshot)
+
+
+def _body_or_none(event: ClaimedEvent) -> str | None:
+    """`body_of`, or None for a row this version cannot render: that is a failed try, so
+    that backoff and WEBHOOK_MAX_AGE_S apply, rather than an event its lease brings back
+    forever."""
+    try:
+        return body_of(event)
+    except Exception:
+        log.exception("webhook_body_unrenderable", event_id=str(event.id))
+        return None
 
 
 def _log_try(

@@ -155,7 +155,7 @@ async def record_attempt(
     *,
     status: DeliveryStatus,
     next_attempt_at: datetime | None,
-    payload: str,
+    payload: str | None,
 ) -> None:
     """Keep the try and the body it sent (the next tries send the same); the event now
     stands at `status`, unless a later try owns it."""

@@ -14,7 +14,7 @@ from shared.tenants import repository as tenants
 from shared.webhooks import callbacks
 from shared.webhooks import repository as events
 from shared.webhooks.addresses import CallbackPolicy, IPAddress
-from shared.webhooks.delivery import next_state, retry_delay
+from shared.webhooks.delivery import UNRENDERABLE, next_state, retry_delay
 from shared.webhooks.repository import ClaimedEvent
 from shared.webhooks.sending import TryOutcome
 from shared.webhooks.signing import new_secret
@@ -120,6 +120,47 @@ async def test_an_event_without_a_2xx_within_the_maximum_age_expires(engine: Asy
     assert 2 <= len(receiver.tries) <= 7
     (event,) = await events_of(engine, audit_id=audit_id)
     assert len(await attempts_of(engine, event.id)) == len(receiver.tries)
+
+
+async def rewrite_snapshot(engine: AsyncEngine, audit_id: UUID, change: str) -> None:
+    """Change the row the audit's event keeps, as another version of auditq might have
+    written it: `change` is SQL of `snapshot`."""
+    async with statement_connection(engine) as conn:
+        await conn.execute(
+            f"UPDATE webhook_event SET snapshot = {change} WHERE audit_id = $1", audit_id
+        )
+
+
+async def test_a_row_from_another_version_is_sent_with_the_columns_this_one_knows(
+    engine: AsyncEngine,
+) -> None:
+    async with receiving() as receiver:
+        audit_id = await cancelled_with_callback(engine, receiver.url())
+        # A column added since, and a nullable one not yet there.
+        changed = "(snapshot - 'rerun_of') || '{\"added_later\": 1}'"
+        await rewrite_snapshot(engine, audit_id, changed)
+        async with delivering(engine):
+            (delivered,) = (await receiver.until_delivered(1)).values()
+
+    data = delivered.verified(SECRET)["data"]
+    assert (data["id"], data["status"], data["rerun_of"]) == (str(audit_id), "cancelled", None)
+    assert "added_later" not in data
+
+
+async def test_a_row_that_cannot_be_rendered_is_a_failed_try_and_expires(
+    engine: AsyncEngine,
+) -> None:
+    async with receiving() as receiver:
+        audit_id = await cancelled_with_callback(engine, receiver.url())
+        await rewrite_snapshot(engine, audit_id, 'snapshot || \'{"status": "unheard-of"}\'')
+        async with delivering(engine, backoff=0.1, max_age=timedelta(seconds=0.5)):
+            assert await settled(engine, audit_id) is DeliveryStatus.EXPIRED
+
+    assert receiver.tries == []
+    (event,) = await events_of(engine, audit_id=audit_id)
+    attempts = await attempts_of(engine, event.id)
+    assert attempts
+    assert {(a.status_code, a.error) for a in attempts} == {(None, UNRENDERABLE)}
 
 
 async def test_a_redirect_is_not_followed(engine: AsyncEngine) -> None:
