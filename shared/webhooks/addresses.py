@@ -16,7 +16,9 @@ import asyncio
 import re
 import socket
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from ipaddress import IPv4Address, IPv6Address, IPv6Network, ip_address
 
 IPAddress = IPv4Address | IPv6Address
@@ -42,9 +44,17 @@ class CallbackRefused(OSError):
     aiohttp expects of a resolver)."""
 
 
+# `getaddrinfo` blocks a thread for as long as the name servers take (often 10-30 s for
+# one that never answers), and a timeout gives up the wait, not the thread. Callback
+# hosts are strangers' names: their lookups get threads of their own, so that a run of
+# them cannot fill the loop's default executor, where the model client's lookups wait.
+_LOOKUPS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="auditq-callback-dns")
+
+
 async def system_resolve(host: str, port: int) -> list[IPAddress]:
     """The host's addresses by the system's resolver, as a connection would find them."""
-    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    lookup = partial(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
+    infos = await asyncio.get_running_loop().run_in_executor(_LOOKUPS, lookup)
     return [ip_address(info[4][0]) for info in infos]
 
 

@@ -5,6 +5,9 @@ Literal addresses in every spelling resolvers accept, names that resolve private
 `WEBHOOK_ALLOW_PRIVATE` lifting it all.
 """
 
+import asyncio
+import os
+import threading
 from ipaddress import ip_address
 
 import pytest
@@ -14,9 +17,12 @@ from shared.webhooks.addresses import (
     CallbackRefused,
     IPAddress,
     literal_address,
+    system_resolve,
     why_not_public,
 )
 
+# asyncio's default executor: `ThreadPoolExecutor`'s default size.
+DEFAULT_EXECUTOR_THREADS = min(32, (os.cpu_count() or 1) + 4)
 PUBLIC_V4 = "93.184.216.34"
 PUBLIC_V6 = "2606:2800:220:1:248:1893:25c8:1946"
 
@@ -128,6 +134,21 @@ async def test_localhost_is_refused_as_the_system_resolves_it() -> None:
     with pytest.raises(CallbackRefused, match=r"localhost \(.*\) is a loopback address"):
         await system.addresses("localhost", 443)
     assert all(a.is_loopback for a in await CallbackPolicy(True).addresses("localhost", 443))
+
+
+async def test_callback_lookups_have_threads_of_their_own() -> None:
+    # Every thread of the loop's default executor busy (as with lookups that hang): a
+    # callback host still resolves, so the reverse holds too.
+    loop = asyncio.get_running_loop()
+    release = threading.Event()
+    busy = [loop.run_in_executor(None, release.wait) for _ in range(DEFAULT_EXECUTOR_THREADS)]
+    try:
+        found = await asyncio.wait_for(system_resolve("localhost", 443), 5)
+    finally:
+        release.set()
+        await asyncio.gather(*busy)
+
+    assert all(address.is_loopback for address in found)
 
 
 async def test_allowing_private_hosts_still_needs_them_to_resolve() -> None:
