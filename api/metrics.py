@@ -8,11 +8,14 @@ a method beyond the usual seven `other`.
 
 Fleet-wide, read from PostgreSQL at scrape time through indexes on the queued and
 running audits, and kept `FLEET_TTL_S` so that a scrape storm costs one read every few
-seconds: `auditq_queue_depth{priority,tenant}`, `auditq_queue_oldest_age_seconds{priority}`,
-`auditq_audits_running`, `auditq_batches_running`; and `auditq_workers_alive`, from the
-workers' heartbeats in Redis (shared/workers.py). With PostgreSQL or Redis away the page
-still answers: what they would tell is left out, and `auditq_scrape_errors_total{source}`
-counts it; so does a source that does not answer within `SOURCE_TIMEOUT_S`.
+seconds: `auditq_queue_depth{priority,tenant}` and, of those,
+`auditq_queue_held{priority,tenant}` (waiting for their tenant's monthly budget);
+`auditq_queue_oldest_age_seconds{priority}`, of the audits a worker could start (not
+held ones); `auditq_audits_running`, `auditq_batches_running`; and
+`auditq_workers_alive`, from the workers' heartbeats in Redis (shared/workers.py).
+With PostgreSQL or Redis away the page still answers: what they would tell is left out,
+and `auditq_scrape_errors_total{source}` counts it; so does a source that does not
+answer within `SOURCE_TIMEOUT_S`.
 
 Several API processes on one port (`WEB_CONCURRENCY`, api/__main__.py) count in
 prometheus-client's multiprocess mode: the page adds up the counts of them all, so a
@@ -163,12 +166,20 @@ class _FleetCollector(Collector):
             "Audits queued, as PostgreSQL has them.",
             labels=["priority", "tenant"],
         )
+        held = GaugeMetricFamily(
+            "auditq_queue_held",
+            "Of those, audits waiting for their tenant's monthly budget to reset or be raised.",
+            labels=["priority", "tenant"],
+        )
         for (priority, tenant), queued in sorted(fleet.queued.items()):
             depth.add_metric([priority, tenant], queued)
+            held.add_metric([priority, tenant], queued if tenant in fleet.held_tenants else 0)
         yield depth
+        yield held
         oldest = GaugeMetricFamily(
             "auditq_queue_oldest_age_seconds",
-            "Age of the oldest queued audit of a priority (0 with none queued).",
+            "Age of the oldest queued audit of a priority that a worker could start: not "
+            "one held by its tenant's budget (0 with none).",
             labels=["priority"],
         )
         for priority in Priority:

@@ -838,13 +838,11 @@ async def status_left_by(conn: Statements, *, audit_id: UUID, attempt: int) -> A
 # --- Fleet figures (GET /metrics) -------------------------------------------------------
 
 # Each served by an index on `status` (and `tenant`): they read the queued and running
-# audits, never the whole table.
+# audits, never the whole table. A tenant's budget is looked at once per tenant.
 _QUEUED = (
-    f"SELECT priority, tenant, count(*) AS queued FROM audit WHERE status = {Q} "
-    "GROUP BY priority, tenant"
-)
-_OLDEST_QUEUED = (
-    f"SELECT priority, min(created_at) AS oldest FROM audit WHERE status = {Q} GROUP BY priority"
+    f"SELECT priority, tenant, queued, oldest, {spend.over_budget('queue.tenant')} AS held "
+    "FROM (SELECT priority, tenant, count(*) AS queued, min(created_at) AS oldest "
+    f"FROM audit WHERE status = {Q} GROUP BY priority, tenant) AS queue"
 )
 _RUNNING = f"SELECT count(*) FROM audit WHERE status = {R}"
 _BATCHES_RUNNING = (
@@ -855,22 +853,32 @@ _BATCHES_RUNNING = (
 
 @dataclass(frozen=True, slots=True)
 class Fleet:
-    """What the whole deployment's audits look like now."""
+    """What the whole deployment's audits look like now.
+
+    `held_tenants` have spent their monthly budget: their queued audits wait for it to
+    reset or be raised. They are in `queued` (they are queued), not in `oldest_queued_at`,
+    the oldest audit a worker could start: a held one would age for the rest of the month
+    and keep asking for workers that could do nothing with it.
+    """
 
     queued: dict[tuple[Priority, str], int]  # by (priority, tenant)
     oldest_queued_at: dict[Priority, datetime]
+    held_tenants: frozenset[str]
     running: int
     batches_running: int
 
 
 async def fleet(conn: Statements) -> Fleet:
-    queued = {
-        (Priority(r["priority"]), r["tenant"]): r["queued"] for r in await conn.fetch(_QUEUED)
-    }
-    oldest = {Priority(r["priority"]): r["oldest"] for r in await conn.fetch(_OLDEST_QUEUED)}
+    queues = await conn.fetch(_QUEUED)
+    oldest: dict[Priority, datetime] = {}
+    for queue in queues:
+        priority = Priority(queue["priority"])
+        if not queue["held"] and (priority not in oldest or queue["oldest"] < oldest[priority]):
+            oldest[priority] = queue["oldest"]
     return Fleet(
-        queued=queued,
+        queued={(Priority(q["priority"]), q["tenant"]): q["queued"] for q in queues},
         oldest_queued_at=oldest,
+        held_tenants=frozenset(q["tenant"] for q in queues if q["held"]),
         running=await conn.fetchval(_RUNNING),
         batches_running=await conn.fetchval(_BATCHES_RUNNING),
     )

@@ -4,16 +4,22 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from decimal import Decimal
 
+import sqlalchemy as sa
 from arq.connections import ArqRedis
 from httpx import AsyncClient
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.metrics import SOURCE_TIMEOUT_S
 from shared import workers
 from shared.config import Settings
+from shared.db import SessionFactory
+from shared.tenants.caller import DEFAULT_TENANT
 from tests.api.conftest import ClientFactory
 from tests.factories import audit_request
+from tests.rows import set_monthly_budget, spend_this_month
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -43,6 +49,25 @@ async def test_queue_depth_is_what_postgresql_holds(client_with: ClientFactory) 
     assert scraped["auditq_queue_oldest_age_seconds", (("priority", "bulk"),)] == 0
     assert scraped["auditq_audits_running", ()] == 0
     assert scraped["auditq_batches_running", ()] == 0
+
+
+async def test_a_tenant_past_its_budget_is_held_and_ages_no_queue(
+    client_with: ClientFactory, engine: AsyncEngine, session_factory: SessionFactory
+) -> None:
+    async with client_with() as client:
+        await client.post("/audits", json=audit_request())
+        async with engine.begin() as connection:  # queued for an hour, as a held audit gets
+            await connection.execute(
+                sa.text("UPDATE audit SET created_at = now() - interval '1 hour'")
+            )
+        await set_monthly_budget(session_factory, DEFAULT_TENANT, Decimal(10))
+        await spend_this_month(session_factory, DEFAULT_TENANT, Decimal(10))
+
+        scraped = await scrape(client)
+
+    queue = (("priority", "interactive"), ("tenant", DEFAULT_TENANT))
+    assert scraped["auditq_queue_depth", queue] == scraped["auditq_queue_held", queue] == 1
+    assert scraped["auditq_queue_oldest_age_seconds", (("priority", "interactive"),)] == 0
 
 
 async def test_requests_are_counted_by_route_template(client_with: ClientFactory) -> None:
