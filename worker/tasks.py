@@ -47,17 +47,21 @@ async def run_audit(ctx: JobContext, audit_id: str) -> None:
 
 
 async def ask_model(
-    client: AsyncOpenAI, sampling: Sampling, metrics: WorkerMetrics, audit: ClaimedAudit
+    client: AsyncOpenAI,
+    sampling: Sampling,
+    metrics: WorkerMetrics,
+    audit: ClaimedAudit,
+    sample: int,
 ) -> ModelOutcome:
-    """One sample of the model's findings on the claimed audit; each request, and each reply
-    rejected, is told to `metrics`."""
+    """Sample `sample` of the model's findings on the claimed audit; each request, and each
+    reply rejected, is told to `metrics`."""
     return await audit_content(
         client,
         model=audit.model,
         subject=audit.subject,
         content=audit.content,
         criteria=asked_criteria(audit.criteria),
-        sampling=sampling,
+        sampling=sampling.for_sample(sample),
         observe=metrics.model_requested,
         on_invalid=metrics.reply_invalid,
     )

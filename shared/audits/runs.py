@@ -145,7 +145,8 @@ def _not_charged(charged: Charged) -> None:
 
 
 Connect = Callable[[], AbstractAsyncContextManager[StatementConnection]]
-AskModel = Callable[[ClaimedAudit], Awaitable[ModelOutcome]]
+# One sample of the model's findings on the audit: (the audit, the sample's index).
+AskModel = Callable[[ClaimedAudit, int], Awaitable[ModelOutcome]]
 # The new status an attempt's finish left the audit in; None when it was fenced out.
 _FinishWrite = Callable[[StatementConnection], Awaitable[AuditStatus | None]]
 

@@ -34,7 +34,8 @@ from shared.llm.usage import NO_USAGE, TokenUsage
 
 log = structlog.get_logger("worker.run_audit")
 
-AskSample = Callable[[], Awaitable[ModelOutcome]]
+# Sample `index` (0 to n - 1) of the attempt: its sampling differs by it (the seed).
+AskSample = Callable[[int], Awaitable[ModelOutcome]]
 OnError = Callable[[ModelError], Awaitable[None]]
 
 
@@ -96,7 +97,7 @@ async def ask_samples(count: int, ask: AskSample, *, on_error: OnError) -> Sampl
     `on_error` hears of each failed sample (a provider's 429 pauses the model for every
     worker). Cancelled, it cancels the samples still waiting.
     """
-    results = await asyncio.gather(*(ask() for _ in range(count)), return_exceptions=True)
+    results = await asyncio.gather(*(ask(index) for index in range(count)), return_exceptions=True)
     answered: list[ModelOutcome] = []
     failed: list[ModelError] = []
     for result in results:

@@ -2,7 +2,8 @@
 
 `OPENAI_TEMPERATURE` (default 0: the judge's most likely answer, the same content judged
 alike as far as the provider allows) and `OPENAI_SEED` (unset: none sent) go with every
-call, and each audit's provenance records them as sent.
+call, and each audit's provenance records them as sent. Sample i of an audit of several
+`samples` is sent the seed plus i (`for_sample`).
 
 Some models refuse one: OpenAI's reasoning models take no temperature but their default,
 and answer 400 naming it (`param: "temperature"`); a self-hosted server may refuse a seed
@@ -46,6 +47,13 @@ class Sampling:
             for name, value in values.items()
             if value is not None and name not in refused
         }
+
+    def for_sample(self, index: int) -> "Sampling":
+        """What sample `index` of an audit sends: the seed plus `index`, so that n samples
+        of one request, with a seed set, are n draws rather than the same one n times,
+        and each stays reproducible. Refusals are shared with this one."""
+        seed = None if self.seed is None else self.seed + index
+        return Sampling(temperature=self.temperature, seed=seed, _refused=self._refused)
 
     def refuse(self, model: str, name: str) -> None:
         """`model` refused `name`: send it no more from this process."""

@@ -65,6 +65,19 @@ async def test_a_succeeded_audit_shows_its_provenance(
     )
 
 
+async def test_each_sample_is_sent_a_seed_of_its_own(
+    client: AsyncClient, sim: SimulatorHandle, run_worker: RunWorker, worker_settings: Settings
+) -> None:
+    submitted = await submit(client, samples=3)
+
+    await run_worker(worker_settings.model_copy(update={"openai_seed": 1234}))
+
+    audit = await fetch(client, submitted["id"])
+    assert audit["status"] == "succeeded", audit["error"]
+    assert sorted(request["seed"] for request in sim.requests()) == [1234, 1235, 1236]
+    assert audit["provenance"]["seed"] == 1234  # that of the first sample, whose reply it shows
+
+
 async def test_the_samples_of_an_inconsistent_judge_disagree(
     client: AsyncClient, sim: SimulatorHandle, run_worker: RunWorker
 ) -> None:

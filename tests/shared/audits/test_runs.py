@@ -112,7 +112,7 @@ class FakeModel:
         if not held:
             self._released.set()
 
-    async def __call__(self, audit: ClaimedAudit) -> ModelOutcome:
+    async def __call__(self, audit: ClaimedAudit, sample: int = 0) -> ModelOutcome:
         self.calls += 1
         reply = self.replies.pop(0) if len(self.replies) > 1 else self.replies[0]
         await self._released.wait()
