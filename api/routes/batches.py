@@ -28,7 +28,12 @@ from api.streams import StreamSlot, TooManyStreams
 from shared import tracing
 from shared.audits.status import AuditStatus
 from shared.batches import service as batches
-from shared.batches.exceptions import AuditNotInBatch, BatchHasNoAudits, BatchNotFound
+from shared.batches.exceptions import (
+    AuditNotInBatch,
+    BatchBudgetSpent,
+    BatchHasNoAudits,
+    BatchNotFound,
+)
 from shared.batches.results import CHUNK, stream_results
 from shared.batches.schemas import (
     BatchCreate,
@@ -141,7 +146,11 @@ async def cancel_batch(batch: CurrentBatch, transaction: Transaction) -> BatchRe
     return to_read(await batches.cancel(transaction, batch=batch))
 
 
-@router.post("/{batch_id}/retry", status_code=202, responses=problems(BatchNotFound, QuotaExceeded))
+@router.post(
+    "/{batch_id}/retry",
+    status_code=202,
+    responses=problems(BatchNotFound, BatchBudgetSpent, QuotaExceeded),
+)
 async def retry_batch(
     batch: CurrentBatch,
     transaction: Transaction,

@@ -13,6 +13,15 @@ class AuditNotInBatch(InvalidRequest):
     title = "Audit not in batch"
 
 
+class BatchBudgetSpent(Conflict):
+    """The batch spent its `max_cost_usd`: an audit queued again would be cancelled before
+    calling the model. `POST /batches/{id}/rerun` runs them as a new batch, whose budget
+    is the same with nothing spent."""
+
+    code = "batch_budget_spent"
+    title = "Batch budget spent"
+
+
 class BatchHasNoAudits(Conflict):
     """The batch's audits are all gone (`RETENTION_DAYS` deleted them): nothing to re-run."""
 

@@ -17,7 +17,7 @@ from shared.audits.repository import ResultLine
 from shared.audits.schemas import AuditFields
 from shared.audits.status import AuditStatus
 from shared.batches import repository as batches
-from shared.batches.exceptions import BatchHasNoAudits, BatchNotFound
+from shared.batches.exceptions import BatchBudgetSpent, BatchHasNoAudits, BatchNotFound
 from shared.batches.repository import BatchRow
 from shared.batches.schemas import BatchCreate
 from shared.batches.summary import BatchSummary, summaries, summarize
@@ -224,8 +224,10 @@ async def retry(
 
     One UPDATE per status, so that each count is exact, in the caller's transaction.
     Queuing cancelled audits again takes the batch's cancellation back. Where the
-    batch's tenant has a quota, a retry that would take it past is refused whole.
+    batch's tenant has a quota, a retry that would take it past is refused whole, as is
+    a retry of a batch that spent its budget (`BatchBudgetSpent`).
     """
+    _check_budget_left(batch)
     max_queued = await quota(batch.tenant)
     if max_queued is not None:
         await quotas.lock(conn, tenant=batch.tenant)
@@ -245,6 +247,16 @@ async def retry(
     if requeued.get(AuditStatus.CANCELLED):
         batch = await batches.unstamp_cancelled(conn, batch.id)
     return await summarize(conn, batch), requeued
+
+
+def _check_budget_left(batch: BatchRow) -> None:
+    spent, budget = batch.spent_usd, batch.max_cost_usd
+    if budget is not None and spent is not None and spent >= budget:
+        raise BatchBudgetSpent(
+            f"Batch {batch.id} spent its max_cost_usd of {budget} USD ({spent} USD): its "
+            "audits queued again would be cancelled before calling the model. Re-run them as "
+            f"a new batch with the same budget: POST /api/v1/batches/{batch.id}/rerun."
+        )
 
 
 async def rerun(

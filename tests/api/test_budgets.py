@@ -6,6 +6,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from fastapi import FastAPI
 from httpx import AsyncClient
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -41,6 +42,30 @@ async def test_a_batch_without_a_budget_has_none(client: AsyncClient) -> None:
     batch = (await client.post("/batches", json=batch_request(1))).json()
 
     assert (batch["max_cost_usd"], batch["budget_exhausted_at"]) == (None, None)
+
+
+async def test_a_batch_that_spent_its_budget_is_not_retried_but_can_be_rerun(
+    client: AsyncClient, engine: AsyncEngine
+) -> None:
+    batch = (await client.post("/batches", json=batch_request(2, max_cost_usd=1))).json()
+    async with engine.begin() as connection:  # spent, its audits cancelled, as a claim does
+        await connection.execute(
+            sa.text(
+                "UPDATE batch SET spent_usd = 1.02, budget_exhausted_at = now() WHERE id = :id"
+            ),
+            {"id": batch["id"]},
+        )
+    await client.post(f"/batches/{batch['id']}/cancel")
+
+    refused = await client.post(f"/batches/{batch['id']}/retry?include=cancelled")
+    rerun = await client.post(f"/batches/{batch['id']}/rerun")
+
+    problem = assert_problem(refused, 409, "batch_budget_spent")
+    assert "max_cost_usd of 1" in problem["detail"]
+    assert f"/batches/{batch['id']}/rerun" in problem["detail"]
+    assert (await client.get(f"/batches/{batch['id']}")).json()["counts"]["cancelled"] == 2
+    assert rerun.status_code == 202
+    assert (rerun.json()["max_cost_usd"], rerun.json()["usage"]["cost_usd"]) == (1, 0)
 
 
 @pytest.mark.parametrize("budget", [0, -1, "ten", 1e12, 1e-11, None])
