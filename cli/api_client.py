@@ -180,6 +180,7 @@ _HINTS = {
     "finish, or ask ops to raise it (auditq tenant set NAME --max-queued N)",
     "rate_limited": "wait the seconds the detail names, or ask ops to raise the tenant's "
     "rate (auditq tenant set NAME --submit-rpm N)",
+    "batch_budget_spent": "run its audits again as a new batch: auditq batch rerun BATCH_ID",
 }
 
 

@@ -203,6 +203,23 @@ def retry(
     output.say(f"follow it with: auditq batch status {batch_id}", "dim")
 
 
+@app.command("rerun")
+@reports_errors
+def rerun(
+    batch_id: BatchId, api_url: ApiUrl = DEFAULT_API_URL, json_output: JsonOutput = False
+) -> None:
+    """Run every audit of the batch again as a new batch, with the same inputs and budget."""
+    from cli.api_client import ApiClient
+
+    with ApiClient(api_url) as api:
+        batch = api.post(f"/batches/{batch_id}/rerun", None).body
+    if json_output:
+        output.print_json(batch)
+        return
+    output.show(output.batches_table([batch], title="Batch"))
+    output.say(f"follow it with: auditq batch status {batch['id']}", "dim")
+
+
 def _result_lines(api: "ApiClient", batch_id: UUID) -> Iterator[bytes]:
     """The batch's result lines; a stream the API cut short is resumed where it stopped.
 
