@@ -17,6 +17,7 @@ CommaList = Annotated[list[str], NoDecode]
 # The context of today's usual hosted models (gpt-4o, gpt-4o-mini); a smaller
 # self-hosted model is named in MODEL_CONTEXT_TOKENS.
 DEFAULT_CONTEXT_TOKENS = 128_000
+DAY_S = 86_400
 # `gpt-4o-mini=500,gpt-4o=100`: a limit per model; a model not named has none.
 ModelLimits = Annotated[dict[str, int], NoDecode]
 
@@ -187,6 +188,18 @@ class Settings(BaseSettings):
             raise ValueError(
                 "MAX_INFLIGHT_BODY_BYTES must be at least MAX_BODY_BYTES, "
                 "or a body of the largest size allowed could never be read"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def events_outlive_their_tries(self) -> "Settings":
+        # An event goes with its audit (ON DELETE CASCADE): one still being tried when
+        # retention deletes the audit would be lost without a word.
+        if self.retention_days is not None and self.webhook_max_age_s > self.retention_days * DAY_S:
+            raise ValueError(
+                f"WEBHOOK_MAX_AGE_S ({self.webhook_max_age_s:g}) must be at most RETENTION_DAYS "
+                f"({self.retention_days}) in seconds, or retention would delete audits whose "
+                "events are still being tried"
             )
         return self
 

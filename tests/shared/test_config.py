@@ -51,6 +51,13 @@ def test_a_body_budget_smaller_than_one_body_is_refused_at_startup() -> None:
         Settings(max_body_bytes=2 * 1024 * 1024, max_inflight_body_bytes=1024 * 1024)
 
 
+def test_events_tried_longer_than_audits_are_kept_are_refused_at_startup() -> None:
+    with pytest.raises(ValidationError, match="WEBHOOK_MAX_AGE_S"):
+        Settings(retention_days=1, webhook_max_age_s=2 * 86_400)
+    assert Settings(retention_days=1, webhook_max_age_s=86_400).retention_days == 1
+    assert Settings(webhook_max_age_s=30 * 86_400).retention_days is None
+
+
 def test_a_short_secret_key_is_refused_at_startup() -> None:
     with pytest.raises(ValidationError, match="secret_key"):
         Settings(secret_key="short")
