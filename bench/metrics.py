@@ -447,7 +447,7 @@ def _scrape_part(
         f"`GET /metrics` with {cfg.rows:,} audits in the table ({queued:,} of them queued, "
         f"the rest ended), {SCRAPE_CONNECTIONS} connections, {cfg.runs} alternated runs of "
         "each API process, medians. *Cached*: the API as it ships, the fleet-wide figures "
-        "read at most every 5 s; *uncached*: read on every scrape (four statements through "
+        "read at most every 5 s; *uncached*: read on every scrape (three statements through "
         "the indexes on queued and running audits, and one Redis round trip), what the first "
         "scrape in five seconds costs. *PostgreSQL CPU*: the database's backends, from /proc.",
         "",
@@ -477,14 +477,14 @@ def _scrape_part(
         rows,
     )
     section.add(
-        f"One read of the fleet-wide figures alone (`repository.fleet`, its four statements "
+        f"One read of the fleet-wide figures alone (`repository.fleet`, its three statements "
         f"on one connection, nothing else running): **{fleet_ms:.1f} ms** (median of "
-        f"{FLEET_READS}). Its cost follows the queued backlog, not the table: the depth by "
-        "priority and tenant and the oldest age by priority each read every queued audit "
-        "through `ix_audit_unfinished` and visit its row, a page apiece when the queued "
-        "audits are scattered through the table as they are here (`EXPLAIN (ANALYZE, "
-        "BUFFERS)` of either shows it); the running count and the batches read the index "
-        "alone.",
+        f"{FLEET_READS}). Its cost follows the queued backlog, not the table: the depth and "
+        "the oldest age by priority and tenant (one statement, the tenants' budgets looked "
+        "at once per tenant) read every queued audit through `ix_audit_unfinished` and "
+        "visit its row, a page apiece when the queued audits are scattered through the "
+        "table as they are here (`EXPLAIN (ANALYZE, BUFFERS)` shows it); the running count "
+        "and the batches read the index alone.",
         "",
     )
 
