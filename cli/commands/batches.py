@@ -171,11 +171,7 @@ def cancel(
     batch_id: BatchId, api_url: ApiUrl = DEFAULT_API_URL, json_output: JsonOutput = False
 ) -> None:
     """Cancel every audit of the batch that is still queued or running."""
-    from cli.api_client import ApiClient
-
-    with ApiClient(api_url) as api:
-        batch = api.post(f"/batches/{batch_id}/cancel", None).body
-        _print_batches(api, [batch], json_output=json_output, title="Cancelled")
+    _act(f"/batches/{batch_id}/cancel", title="Cancelled", api_url=api_url, json_output=json_output)
 
 
 @app.command("retry")
@@ -209,15 +205,16 @@ def rerun(
     batch_id: BatchId, api_url: ApiUrl = DEFAULT_API_URL, json_output: JsonOutput = False
 ) -> None:
     """Run every audit of the batch again as a new batch, with the same inputs and budget."""
+    _act(f"/batches/{batch_id}/rerun", title="Rerun", api_url=api_url, json_output=json_output)
+
+
+def _act(path: str, *, title: str, api_url: str, json_output: bool) -> None:
+    """POST to `path`, which answers with a batch, and show that batch."""
     from cli.api_client import ApiClient
 
     with ApiClient(api_url) as api:
-        batch = api.post(f"/batches/{batch_id}/rerun", None).body
-    if json_output:
-        output.print_json(batch)
-        return
-    output.show(output.batches_table([batch], title="Batch"))
-    output.say(f"follow it with: auditq batch status {batch['id']}", "dim")
+        batch = api.post(path, None).body
+        _print_batches(api, [batch], json_output=json_output, title=title)
 
 
 def _result_lines(api: "ApiClient", batch_id: UUID) -> Iterator[bytes]:
