@@ -26,6 +26,7 @@ from shared.audits.runs import AuditEnded, Charged
 from shared.audits.status import AuditStatus
 from shared.llm.client import ModelRequest
 from shared.spend.charges import Charge
+from shared.webhooks.vocabulary import DeliveryStatus
 from tests.factories import audit_request
 from worker.metrics import PrometheusMetrics
 
@@ -109,6 +110,7 @@ def worker_series() -> dict[str, set[str]]:
     metrics.job_retried("model_timeout")
     metrics.rate_limit_waited("gpt-4o-mini")
     metrics.cost_charged(Charged(audit, Charge(100, 20, Decimal("0.000027"))))
+    metrics.webhook_tried(DeliveryStatus.PENDING)
     return exposed_series(generate_latest(metrics.registry).decode())
 
 

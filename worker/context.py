@@ -85,7 +85,7 @@ async def startup(ctx: dict[str, Any]) -> None:
         workers.beat_forever(ctx["redis"], settings.queue_name, ctx["worker_id"])
     )
     # Beside the audits, on its own connections: a slow receiver never holds one of theirs.
-    ctx["webhooks"] = start_delivering(settings)
+    ctx["webhooks"] = start_delivering(settings, ctx["metrics"])
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:

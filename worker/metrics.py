@@ -25,6 +25,9 @@ What the worker's seams tell, in a registry of the process's own:
   adds them to the audit's `usage.cost_usd` and its tenant's spend, is written: the
   counter agrees with what the audits say they cost. A model without a price adds
   nothing. The tenant label is bounded by the tenants a deployment has.
+- `auditq_webhook_tries_total{status}`: webhook tries this worker's deliverer made and
+  recorded, by where their event stands after the try: `delivered`, `pending` (a failed
+  try, another to come), `gone` (410) or `expired` (`WEBHOOK_MAX_AGE_S` reached).
 
 Several workers on one host: **one port per process**. A worker binds `METRICS_PORT`,
 or the next port up when another process holds it, and so on up to `PORTS_TRIED` ports;
@@ -52,6 +55,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 
 from shared.audits.runs import AuditEnded, Charged
 from shared.llm.client import ModelRequest
+from shared.webhooks.vocabulary import DeliveryStatus
 
 log = structlog.get_logger("worker.metrics")
 
@@ -77,6 +81,8 @@ class WorkerMetrics(Protocol):
 
     def cost_charged(self, charged: Charged) -> None: ...
 
+    def webhook_tried(self, status: DeliveryStatus) -> None: ...
+
 
 class Unrecorded:
     """`METRICS_PORT` unset: nothing is recorded."""
@@ -97,6 +103,9 @@ class Unrecorded:
         pass
 
     def cost_charged(self, charged: Charged) -> None:
+        pass
+
+    def webhook_tried(self, status: DeliveryStatus) -> None:
         pass
 
 
@@ -155,6 +164,12 @@ class PrometheusMetrics:
             ["model", "tenant"],
             registry=self.registry,
         )
+        self._webhook_tries = Counter(
+            "auditq_webhook_tries",
+            "Webhook tries this worker made, by where their event stands after it.",
+            ["status"],
+            registry=self.registry,
+        )
 
     def model_requested(self, request: ModelRequest) -> None:
         self._request_duration.labels(request.model, request.outcome).observe(request.seconds)
@@ -182,6 +197,9 @@ class PrometheusMetrics:
         cost = charged.charge.cost_usd
         if cost is not None:
             self._cost.labels(charged.audit.model, charged.audit.tenant).inc(float(cost))
+
+    def webhook_tried(self, status: DeliveryStatus) -> None:
+        self._webhook_tries.labels(status).inc()
 
 
 class MetricsPortsTaken(Exception):

@@ -15,6 +15,7 @@ from shared.db import create_engine
 from shared.webhooks.addresses import CallbackPolicy
 from shared.webhooks.delivery import CONCURRENCY, Deliverer, SigningKeys
 from shared.webhooks.sending import Sender
+from worker.metrics import WorkerMetrics
 
 # A claim, and a try's key lookup and outcome, each hold one for a moment.
 POOL_SIZE = 2
@@ -34,7 +35,7 @@ class RunningDeliverer:
         await self.engine.dispose()
 
 
-def start_delivering(settings: Settings) -> RunningDeliverer:
+def start_delivering(settings: Settings, metrics: WorkerMetrics) -> RunningDeliverer:
     engine = create_engine(settings, pool_size=POOL_SIZE)
     sender = Sender(CallbackPolicy(settings.webhook_allow_private), concurrency=CONCURRENCY)
     deliverer = Deliverer(
@@ -42,6 +43,7 @@ def start_delivering(settings: Settings) -> RunningDeliverer:
         sender,
         SigningKeys(engine, settings.webhook_secret),
         max_age=timedelta(seconds=settings.webhook_max_age_s),
+        on_tried=metrics.webhook_tried,
     )
     task = asyncio.create_task(deliverer.run(), name="webhooks-deliverer")
     return RunningDeliverer(task, sender, engine)

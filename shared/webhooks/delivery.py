@@ -55,6 +55,10 @@ GONE = 410
 UNRENDERABLE = "the event's body could not be rendered from its row (the worker's log says why)"
 
 
+def _not_told(status: DeliveryStatus) -> None:
+    pass
+
+
 def retry_delay(tries: int, *, draw: Callable[[], float] = random.random) -> float:
     """Seconds to wait after the `tries`-th failed try: 2, 4, 8… up to 3,600, jittered."""
     # The exponent stops growing once past the cap: a float's power would overflow.
@@ -109,7 +113,8 @@ class Deliverer:
     """Claims due events and tries each, `concurrency` at once, until cancelled.
 
     `lease` and `backoff` (the wait after the n-th failed try) are the module's; tests
-    shorten them.
+    shorten them. `on_tried` hears where each recorded try left its event (the worker's
+    metrics).
     """
 
     def __init__(
@@ -122,6 +127,7 @@ class Deliverer:
         concurrency: int = CONCURRENCY,
         lease: timedelta = LEASE,
         backoff: Callable[[int], float] = retry_delay,
+        on_tried: Callable[[DeliveryStatus], None] = _not_told,
     ) -> None:
         self._engine = engine
         self._sender = sender
@@ -130,6 +136,7 @@ class Deliverer:
         self._concurrency = concurrency
         self._lease = lease
         self._backoff = backoff
+        self._on_tried = on_tried
         self._tries: set[asyncio.Task[None]] = set()
         self._slot_freed = asyncio.Event()
 
@@ -209,6 +216,7 @@ class Deliverer:
                 conn, attempt, status=state, next_attempt_at=next_try, payload=payload
             )
         _log_try(event, outcome, state, next_try)
+        self._on_tried(state)
 
     async def _send(self, event: ClaimedEvent, payload: str) -> TryOutcome:
         key = await self._keys.of(event.tenant)

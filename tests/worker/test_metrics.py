@@ -57,6 +57,7 @@ WORKER_FAMILIES = {
     "auditq_rate_limit_waits",
     "auditq_model_replies_invalid",
     "auditq_model_cost_usd",
+    "auditq_webhook_tries",
 }
 
 

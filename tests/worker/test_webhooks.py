@@ -15,11 +15,14 @@ from httpx import ASGITransport, AsyncClient
 from pydantic import SecretStr
 
 from api.app import API_PREFIX, create_app
+from cli.dev import free_port
 from shared.audits.runs import Clock
 from shared.config import Settings
 from shared.webhooks.signing import new_secret
 from tests.factories import audit_request, batch_request
-from tests.fixtures.receiver import Receiver, receiving
+from tests.fixtures.receiver import Receiver, always, receiving
+from tests.worker.conftest import eventually
+from tests.worker.test_metrics import Samples, scrape, value
 from worker.context import JobContext, shutdown, startup
 from worker.tasks import run_audit
 
@@ -122,3 +125,36 @@ async def test_a_receiver_that_hangs_slows_no_audit(
     assert receiver.most_at_once >= 1  # the receiver was holding tries meanwhile
     assert states == ["succeeded"] * len(audit_ids)
     assert took < 3.0, f"{len(audit_ids) - 2} audits took {took:.1f} s"
+
+
+def settled(samples: Samples) -> tuple[float, float]:
+    """The tries counted as delivered, and as gone."""
+    tried = "auditq_webhook_tries_total"
+    return value(samples, tried, status="delivered"), value(samples, tried, status="gone")
+
+
+async def test_a_workers_tries_are_counted_by_where_they_left_their_event(
+    hook_settings: Settings, redis: ArqRedis, job_clock: Clock
+) -> None:
+    metered = hook_settings.model_copy(update={"metrics_port": free_port()})
+    async with (
+        receiving() as taking,
+        receiving(always(410)) as gone,
+        api_client(metered) as client,
+        worker_process(metered, redis, job_clock) as ctx,
+    ):
+        ids = [
+            (await client.post("/audits", json=audit_request(callback_url=url))).json()["id"]
+            for url in (taking.url(), gone.url())
+        ]
+        await asyncio.gather(*(run_audit(ctx, audit_id) for audit_id in ids))
+        server = ctx["metrics_server"]
+        assert server is not None
+
+        async def tries() -> Samples:
+            return await scrape(server.port)
+
+        samples = await eventually(tries, lambda s: sum(settled(s)) == 2)
+
+    assert settled(samples) == (1, 1)
+    assert [t.status for t in gone.tries] == [410]
