@@ -253,9 +253,10 @@ def _check_budget_left(batch: BatchRow) -> None:
     spent, budget = batch.spent_usd, batch.max_cost_usd
     if budget is not None and spent is not None and spent >= budget:
         raise BatchBudgetSpent(
-            f"Batch {batch.id} spent its max_cost_usd of {budget} USD ({spent} USD): its "
-            "audits queued again would be cancelled before calling the model. Re-run them as "
-            f"a new batch with the same budget: POST /api/v1/batches/{batch.id}/rerun."
+            f"Batch {batch.id} spent its max_cost_usd of {budget.normalize():f} USD "
+            f"({spent.normalize():f} USD): its audits queued again would be cancelled "
+            "before calling the model. Re-run them as a new batch with the same budget: "
+            f"POST /api/v1/batches/{batch.id}/rerun."
         )
 
 
