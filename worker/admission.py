@@ -75,7 +75,7 @@ class RateLimitAdmission:
             audit.model,
             reserved,
             requests=used.model_calls,
-            tokens=used.prompt_tokens + used.completion_tokens,
+            tokens=used.usage.prompt_tokens + used.usage.completion_tokens,
         )
 
     async def on_model_error(self, audit: ClaimedAudit, error: ModelError) -> None:

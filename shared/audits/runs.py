@@ -323,8 +323,8 @@ class _Attempt:
             samples=len(sampled.answered),
             agreement=result.agreement,
             invalid_replies=[kind for o in sampled.answered for kind in o.invalid_replies],
-            prompt_tokens=sampled.prompt_tokens,
-            completion_tokens=sampled.completion_tokens,
+            prompt_tokens=sampled.usage.prompt_tokens,
+            completion_tokens=sampled.usage.completion_tokens,
             cost_usd=_usd(charge),
             provider_request_id=provenance.provider_request_id,
         )

@@ -25,6 +25,7 @@ write of the attempt that got it.
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import cached_property
 
 import structlog
 
@@ -46,19 +47,11 @@ class Sampled:
     answered: list[ModelOutcome]
     failed: list[ModelError]
 
-    @property
+    @cached_property
     def usage(self) -> TokenUsage:
         """Every answered call of every sample, a failed sample's that were answered too."""
         usages = [o.usage for o in self.answered] + [e.usage or NO_USAGE for e in self.failed]
         return sum(usages, NO_USAGE)
-
-    @property
-    def prompt_tokens(self) -> int:
-        return self.usage.prompt_tokens
-
-    @property
-    def completion_tokens(self) -> int:
-        return self.usage.completion_tokens
 
     @property
     def model_calls(self) -> int:

@@ -122,14 +122,6 @@ class _Reply:
     sampled: Mapping[str, float | int]  # the sampling parameters the call was sent with
     rejected: tuple[InvalidKind, ...] = ()
 
-    @property
-    def prompt_tokens(self) -> int:
-        return self.usage.prompt_tokens
-
-    @property
-    def completion_tokens(self) -> int:
-        return self.usage.completion_tokens
-
     def after(self, rejected: "_Reply", kind: InvalidKind) -> "_Reply":
         """This reply, also counting the call and the tokens spent on a rejected one before it
         (of `kind`)."""

@@ -176,14 +176,6 @@ class ModelOutcome:
     invalid_replies: tuple[InvalidKind, ...] = ()
 
     @property
-    def prompt_tokens(self) -> int:
-        return self.usage.prompt_tokens
-
-    @property
-    def completion_tokens(self) -> int:
-        return self.usage.completion_tokens
-
-    @property
     def model_calls(self) -> int:
         """Requests made: each counts against the rate limits."""
         return self.usage.calls

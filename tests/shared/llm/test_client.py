@@ -78,8 +78,8 @@ async def test_an_audit_returns_findings_that_quote_the_content(
     assert any(f.evidence for f in outcome.findings)
     assert outcome.summary
     assert outcome.dropped_quotes == 0
-    assert outcome.prompt_tokens > len(CONTENT) // 4
-    assert outcome.completion_tokens > 0
+    assert outcome.usage.prompt_tokens > len(CONTENT) // 4
+    assert outcome.usage.completion_tokens > 0
     assert outcome.request_id is not None
     assert outcome.request_id.startswith("sim-")
     assert outcome.prompt_version == PROMPT_VERSION
@@ -162,7 +162,7 @@ async def test_malformed_output_is_asked_again_and_tokens_are_summed(
     assert "not JSON" in second["messages"][2]["content"]
     assert [f.criterion_id for f in outcome.findings] == ["claims", "shipping", "returns"]
     # The first call's prompt was the same as a single call's, the second a little longer.
-    assert outcome.prompt_tokens >= 2 * single.prompt_tokens
+    assert outcome.usage.prompt_tokens >= 2 * single.usage.prompt_tokens
     assert sim.stats()["outcomes"] == {"malformed": 1, "ok": 1}
 
 
@@ -265,7 +265,7 @@ async def test_each_request_is_told_as_it_ends(
         usage = error.usage or TokenUsage()
         prompt, completion = usage.prompt_tokens, usage.completion_tokens
     else:
-        prompt, completion = outcome.prompt_tokens, outcome.completion_tokens
+        prompt, completion = outcome.usage.prompt_tokens, outcome.usage.completion_tokens
 
     assert [request.outcome for request in told] == outcomes
     assert {request.model for request in told} == {"gpt-4o-mini"}
@@ -333,14 +333,14 @@ async def ask(client: AsyncOpenAI) -> Any:
 async def test_a_reply_is_read_from_the_fields_auditq_uses() -> None:
     reply = await ask(provider_answering(reply_body(system_fingerprint=None, extra_field=[1])))
 
-    assert (reply.text, reply.prompt_tokens, reply.completion_tokens) == ("{}", 12, 3)
+    assert (reply.text, reply.usage.prompt_tokens, reply.usage.completion_tokens) == ("{}", 12, 3)
     assert reply.request_id == "req-1"
 
 
 async def test_a_reply_without_usage_counts_no_tokens() -> None:
     reply = await ask(provider_answering(reply_body(usage=None)))
 
-    assert (reply.text, reply.prompt_tokens, reply.completion_tokens) == ("{}", 0, 0)
+    assert (reply.text, reply.usage.prompt_tokens, reply.usage.completion_tokens) == ("{}", 0, 0)
 
 
 @pytest.mark.parametrize(
