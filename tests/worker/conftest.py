@@ -6,10 +6,9 @@ from the fair queue) built from `worker_options`, in burst mode, or by calling
 """
 
 import asyncio
-import time
 import warnings
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
-from typing import Any, TypeVar, cast
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from typing import Any, cast
 
 import pytest
 import structlog
@@ -22,6 +21,7 @@ from structlog.typing import EventDict
 from shared.audits.runs import Clock
 from shared.config import Settings
 from tests.factories import audit_request
+from tests.fixtures.polling import eventually
 from tests.fixtures.simulator import SimulatorHandle
 from worker.backoff import retry_delay
 from worker.context import JobContext, shutdown, startup
@@ -33,7 +33,6 @@ MODEL_TIMEOUT_S = 5.0
 WORKER_DEADLINE_S = 30.0
 IN_FLIGHT_GRACE_S = 5.0  # how long a stopped test worker's running jobs get to end
 
-T = TypeVar("T")
 RunWorker = Callable[..., Coroutine[Any, Any, Worker]]
 
 
@@ -168,24 +167,6 @@ async def fetch(client: AsyncClient, audit_id: str) -> dict[str, Any]:
     assert response.status_code == 200, response.text
     body: dict[str, Any] = response.json()
     return body
-
-
-async def eventually(
-    probe: Callable[[], Awaitable[T]],
-    until: Callable[[T], bool],
-    *,
-    timeout: float = 10.0,  # noqa: ASYNC109 (a deadline for the whole polling, not one call)
-    interval: float = 0.02,
-) -> T:
-    """Poll `probe` until `until(value)` holds, and return that value; fail at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await probe()
-        if until(value):
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"still not there after {timeout}s: {value!r}")
-        await asyncio.sleep(interval)
 
 
 async def model_called(sim: SimulatorHandle, times: int = 1, *, within: float = 10.0) -> None:

@@ -23,9 +23,10 @@ from cli.dev import free_port
 from shared.audits.runs import Clock
 from shared.config import Settings
 from shared.tenants.caller import DEFAULT_TENANT
+from tests.fixtures.polling import eventually
 from tests.fixtures.processes import Process
 from tests.fixtures.simulator import SimulatorHandle
-from tests.worker.conftest import build_worker, close_worker, eventually, fetch, submit
+from tests.worker.conftest import build_worker, close_worker, fetch, submit
 from worker import metrics as worker_metrics
 from worker.context import JobContext, shutdown, startup
 from worker.tasks import run_audit

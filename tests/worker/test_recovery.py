@@ -25,6 +25,7 @@ from shared.audits.status import TERMINAL
 from shared.config import Settings
 from shared.db import SessionFactory, session_scope
 from shared.queue import audit_job_id
+from tests.fixtures.polling import eventually
 from tests.fixtures.processes import Process, simulator_process
 from tests.fixtures.simulator import SimulatorHandle
 from tests.rows import load_audit
@@ -32,7 +33,6 @@ from tests.worker.conftest import (
     RunWorker,
     build_worker,
     close_worker,
-    eventually,
     model_called,
     submit,
 )

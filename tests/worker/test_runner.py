@@ -16,13 +16,13 @@ from shared.config import Settings
 from shared.fair_queue import wake_channel
 from shared.queue import audit_job_id
 from tests.fixtures.jobs import forget_job
+from tests.fixtures.polling import eventually
 from tests.fixtures.simulator import SimulatorHandle
 from tests.worker.conftest import (
     WORKER_DEADLINE_S,
     RunWorker,
     build_worker,
     close_worker,
-    eventually,
     fetch,
     submit,
 )

@@ -20,8 +20,8 @@ from shared.audits.runs import Clock
 from shared.config import Settings
 from shared.webhooks.signing import new_secret
 from tests.factories import audit_request, batch_request
+from tests.fixtures.polling import eventually
 from tests.fixtures.receiver import Receiver, always, receiving
-from tests.worker.conftest import eventually
 from tests.worker.test_metrics import Samples, scrape, value
 from worker.context import JobContext, shutdown, startup
 from worker.tasks import run_audit

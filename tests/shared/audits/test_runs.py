@@ -51,6 +51,7 @@ from shared.spend import budgets
 from shared.spend.prices import PriceTable
 from shared.tenants.caller import DEFAULT_TENANT
 from tests.fixtures.pgproxy import proxy_closing_late
+from tests.fixtures.polling import eventually
 from tests.rows import (
     CRITERIA,
     expire_lease,
@@ -63,7 +64,7 @@ from tests.rows import (
     spend_this_month,
     spent_this_month,
 )
-from tests.worker.conftest import LogEvents, eventually
+from tests.worker.conftest import LogEvents
 
 pytestmark = pytest.mark.usefixtures("clean")
 

@@ -1,11 +1,10 @@
 """Audits and batches that end with events, and a deliverer running in the test's loop."""
 
 import asyncio
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any
 from uuid import UUID
 
 from pydantic import SecretStr
@@ -29,7 +28,6 @@ from shared.webhooks.sending import Sender
 from shared.webhooks.signing import new_secret
 from tests.factories import audit_request, batch_request
 
-T = TypeVar("T")
 SECRET = new_secret()
 SETTINGS = Settings()
 
@@ -77,17 +75,6 @@ async def events_of(
 async def attempts_of(engine: AsyncEngine, event_id: UUID) -> list[AttemptRow]:
     async with statement_connection(engine) as conn:
         return await events.attempts_of(conn, [event_id])
-
-
-async def eventually(
-    probe: Callable[[], Awaitable[T]], until: Callable[[T], bool], *, within: float = 10.0
-) -> T:
-    deadline = time.monotonic() + within
-    while not until(value := await probe()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"still not there after {within}s: {value!r}")
-        await asyncio.sleep(0.02)
-    return value
 
 
 @asynccontextmanager

@@ -19,6 +19,7 @@ from shared.webhooks.repository import ClaimedEvent
 from shared.webhooks.sending import TryOutcome
 from shared.webhooks.signing import new_secret
 from shared.webhooks.vocabulary import DeliveryStatus, EventType
+from tests.fixtures.polling import eventually
 from tests.fixtures.receiver import always, receiving
 from tests.shared.webhooks.support import (
     SECRET,
@@ -27,7 +28,6 @@ from tests.shared.webhooks.support import (
     cancel,
     delivering,
     events_of,
-    eventually,
 )
 
 pytestmark = pytest.mark.usefixtures("clean")

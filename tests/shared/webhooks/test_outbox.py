@@ -22,6 +22,7 @@ from shared.webhooks import outbox
 from shared.webhooks.payloads import audit_body
 from shared.webhooks.repository import EventRow
 from shared.webhooks.vocabulary import EventType
+from tests.fixtures.polling import eventually
 from tests.rows import expire_lease, update_audit
 from tests.shared.audits.test_runs import (
     LEASE,
@@ -36,7 +37,6 @@ from tests.shared.webhooks.support import (
     batch_with_callback,
     cancel,
     events_of,
-    eventually,
 )
 
 pytestmark = pytest.mark.usefixtures("clean")
