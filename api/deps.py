@@ -18,6 +18,7 @@ from shared.batches.repository import BatchRow
 from shared.config import Settings
 from shared.db import SessionStatements, StatementConnection, Statements
 from shared.idempotency import MAX_KEY_LENGTH, Created
+from shared.pagination import MAX_LIMIT
 from shared.queue import discard_pending, send_pending, transaction
 from shared.queue import statements as queue_statements
 from shared.spend.prices import PriceTable
@@ -88,6 +89,9 @@ TenantFilter = Annotated[
 Transaction = Annotated[SessionStatements, Depends(get_transaction, scope="function")]
 RequestId = Annotated[str | None, Depends(get_request_id)]
 CursorKey = Annotated[bytes, Depends(get_cursor_key)]
+# A list's page: how many items, and the `next_cursor` of the page before.
+PageLimit = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
+PageCursor = Annotated[str | None, Query(max_length=512)]
 IdempotencyKey = Annotated[
     str | None,
     Header(

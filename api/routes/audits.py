@@ -13,6 +13,8 @@ from api.deps import (
     CurrentSubmitter,
     CursorKey,
     IdempotencyKey,
+    PageCursor,
+    PageLimit,
     SettingsDep,
     TenantFilter,
     Transaction,
@@ -38,7 +40,7 @@ from shared.audits.schemas import AuditCreate, AuditDetail, AuditPage, AuditRead
 from shared.audits.status import AuditStatus
 from shared.audits.views import to_detail, to_read
 from shared.idempotency import IdempotencyKeyMismatch
-from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT, InvalidCursor
+from shared.pagination import DEFAULT_LIMIT, InvalidCursor
 from shared.rubrics.exceptions import UnknownRubric
 from shared.tenants.quotas import QuotaExceeded
 from shared.webhooks import service as webhooks
@@ -136,8 +138,8 @@ async def list_audits(
     priority: Priority | None = None,
     created_after: Timestamp | None = None,
     created_before: Timestamp | None = None,
-    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
-    cursor: Annotated[str | None, Query(max_length=512)] = None,
+    limit: PageLimit = DEFAULT_LIMIT,
+    cursor: PageCursor = None,
 ) -> AuditPage:
     """Audits, newest first; follow `next_cursor` for the next page."""
     filters = AuditFilters(
@@ -234,8 +236,8 @@ async def audit_deliveries(
     audit: CurrentAudit,
     request: Request,
     cursor_key: CursorKey,
-    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
-    cursor: Annotated[str | None, Query(max_length=512)] = None,
+    limit: PageLimit = DEFAULT_LIMIT,
+    cursor: PageCursor = None,
 ) -> DeliveryPage:
     """The audit's webhook events, newest first, each with its tries and its next one."""
     async with statements(request) as conn:

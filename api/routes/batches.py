@@ -12,6 +12,8 @@ from api.deps import (
     CurrentSubmitter,
     CursorKey,
     IdempotencyKey,
+    PageCursor,
+    PageLimit,
     RequestId,
     SettingsDep,
     TenantFilter,
@@ -45,7 +47,7 @@ from shared.batches.schemas import (
 from shared.batches.summary import summarize
 from shared.batches.views import to_read
 from shared.idempotency import IdempotencyKeyMismatch
-from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT, InvalidCursor
+from shared.pagination import DEFAULT_LIMIT, InvalidCursor
 from shared.rubrics.exceptions import UnknownRubric
 from shared.spend.budgets import ModelPriceUnknown
 from shared.tenants.quotas import QuotaExceeded
@@ -125,8 +127,8 @@ async def list_batches(
     caller: CurrentCaller,
     cursor_key: CursorKey,
     tenant: TenantFilter = None,
-    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
-    cursor: Annotated[str | None, Query(max_length=512)] = None,
+    limit: PageLimit = DEFAULT_LIMIT,
+    cursor: PageCursor = None,
 ) -> BatchPage:
     """Batches, newest first; follow `next_cursor` for the next page."""
     async with statements(request) as conn:
@@ -249,8 +251,8 @@ async def batch_deliveries(
     batch: CurrentBatch,
     request: Request,
     cursor_key: CursorKey,
-    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
-    cursor: Annotated[str | None, Query(max_length=512)] = None,
+    limit: PageLimit = DEFAULT_LIMIT,
+    cursor: PageCursor = None,
 ) -> DeliveryPage:
     """The batch's own webhook events (`batch.completed`, `batch.cancelled`), newest first,
     each with its tries and its next one; its audits' are under each audit."""

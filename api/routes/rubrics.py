@@ -5,10 +5,19 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response
 
 from api.auth import CurrentCaller
-from api.deps import CursorKey, SettingsDep, TenantFilter, Transaction, set_location, statements
+from api.deps import (
+    CursorKey,
+    PageCursor,
+    PageLimit,
+    SettingsDep,
+    TenantFilter,
+    Transaction,
+    set_location,
+    statements,
+)
 from api.openapi import BODY_PROBLEMS, problems
 from shared.audits.schemas import MAX_RUBRIC_VERSION
-from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT, InvalidCursor
+from shared.pagination import DEFAULT_LIMIT, InvalidCursor
 from shared.rubrics import service as rubrics
 from shared.rubrics.exceptions import RubricNotFound
 from shared.rubrics.repository import RubricRow
@@ -43,8 +52,8 @@ async def list_rubrics(
     caller: CurrentCaller,
     cursor_key: CursorKey,
     tenant: TenantFilter = None,
-    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
-    cursor: Annotated[str | None, Query(max_length=512)] = None,
+    limit: PageLimit = DEFAULT_LIMIT,
+    cursor: PageCursor = None,
 ) -> RubricPage:
     """The latest version of each of the tenant's rubrics, by name (names are per tenant)."""
     async with statements(request) as conn:
