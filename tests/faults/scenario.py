@@ -6,6 +6,7 @@ checks every run makes are in `assert_promises_kept`; the figures go to `.auditq
 """
 
 import asyncio
+import signal
 import time
 from collections import Counter
 from collections.abc import Mapping
@@ -18,10 +19,12 @@ from tests.faults.outcome import (
     counts_by_status,
     examine,
     faults_injected,
+    in_flight,
     wait_until_settled,
     write_figures,
 )
 from tests.faults.stack import Api, Stack
+from tests.fixtures.processes import Process
 from tests.fixtures.simulator import SimulatorHandle
 
 # Small T keeps the job timeout (2T + 10 s) and the lease (+5 s) short: worker/timing.py.
@@ -86,6 +89,14 @@ class FaultRun:
                 )
             )
         )
+
+    async def kill_worker(self, doomed: Process) -> tuple[dict[str, int], Process]:
+        """SIGKILL `doomed`, count it, and start a worker in its place: what it was running
+        when it died (audit id -> attempt), and its replacement."""
+        doomed.signal(signal.SIGKILL)
+        assert await doomed.exit_code(within=10) == -signal.SIGKILL
+        self.infrastructure["worker_sigkill"] += 1
+        return in_flight(doomed), self.stack.start_worker()
 
     async def accepted(self, count: int, *, within: float = 240.0) -> None:
         """Wait until the API has accepted `count` audits."""

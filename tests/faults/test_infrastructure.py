@@ -6,13 +6,11 @@ with SIGKILL, Redis restarted empty, PostgreSQL restarted. The bar: every audit
 terminal, at least 97% succeeded, none twice.
 """
 
-import signal
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.faults.outcome import in_flight
 from tests.faults.scenario import FaultRun, assert_promises_kept, stack_env
 from tests.faults.services import OwnPostgres, OwnRedis
 from tests.faults.stack import Stack
@@ -58,11 +56,7 @@ async def test_a_worker_killed_and_redis_restarted_empty_mid_run_lose_nothing(
 
         await run.accepted(AUDITS // 4)
         await run.running(5)
-        doomed.signal(signal.SIGKILL)
-        assert await doomed.exit_code(within=10) == -signal.SIGKILL
-        run.infrastructure["worker_sigkill"] += 1
-        killed_mid_job = in_flight(doomed)
-        replacement = stack.start_worker()
+        killed_mid_job, replacement = await run.kill_worker(doomed)
 
         await run.accepted(AUDITS * 6 // 10)
         await own_redis.restart(down_for=OUTAGE_S)

@@ -11,7 +11,6 @@ killed with SIGKILL; then a batch's results are streamed, and a revoked key refu
 
 import asyncio
 import json
-import signal
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -142,11 +141,7 @@ async def test_the_stack_through_pgbouncer_keeps_every_promise(
         run.submit_plan([big_batch(), *plan(AUDITS, seed=3)], clients=CLIENTS)
 
         await mid_job(doomed)
-        doomed.signal(signal.SIGKILL)
-        assert await doomed.exit_code(within=10) == -signal.SIGKILL
-        run.infrastructure["worker_sigkill"] += 1
-        killed_mid_job = in_flight(doomed)
-        replacement = stack.start_worker()
+        killed_mid_job, replacement = await run.kill_worker(doomed)
 
         outcome = await run.settle()
         run.record(

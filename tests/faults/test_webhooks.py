@@ -10,7 +10,6 @@ event keeps its `webhook-id`; the audits themselves keep every promise of the ot
 
 import asyncio
 import random
-import signal
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ import pytest
 
 from shared.webhooks.signing import new_secret
 from tests.faults.load import Submission, plan
-from tests.faults.outcome import in_flight, query
+from tests.faults.outcome import query
 from tests.faults.scenario import FaultRun, assert_promises_kept, stack_env
 from tests.faults.services import OwnRedis
 from tests.faults.stack import Stack
@@ -136,11 +135,7 @@ async def test_every_end_reaches_a_failing_receiver_signed_with_a_worker_killed_
 
             await run.accepted(AUDITS // 4)
             await until_tried(receiver, 30)  # deliveries under way on both workers
-            doomed.signal(signal.SIGKILL)
-            assert await doomed.exit_code(within=10) == -signal.SIGKILL
-            run.infrastructure["worker_sigkill"] += 1
-            killed_mid_job = in_flight(doomed)
-            replacement = stack.start_worker()
+            killed_mid_job, replacement = await run.kill_worker(doomed)
 
             outcome = await run.settle()
             expected = await expected_events(scratch_db)
