@@ -57,3 +57,11 @@ def replay(resource: T, *, stored_hash: str | None, new_hash: str, key: str) -> 
             "body to get its result again, or use a new key for a new request."
         )
     return Created(resource, replayed=True)
+
+
+def winner(replayed: Created[T] | None) -> Created[T]:
+    """What a request whose insert lost to a concurrent one with the same key answers: the
+    winner's resource. An insert loses only on a key, and the winner has committed by the
+    time it does, so the replay finds it."""
+    assert replayed is not None, "an insert that did nothing lost to a committed key"
+    return replayed

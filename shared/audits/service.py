@@ -21,7 +21,7 @@ from shared.audits.schemas import AuditCreate, AuditFields, Criterion
 from shared.audits.status import AuditStatus
 from shared.config import Settings
 from shared.db import Statements
-from shared.idempotency import Created, replay, request_hash, rerun_hash
+from shared.idempotency import Created, replay, request_hash, rerun_hash, winner
 from shared.pagination import Cursors, listing, split_page
 from shared.queue import defer_abort, defer_run
 from shared.rubrics import repository as rubrics
@@ -117,9 +117,7 @@ async def create(
         digest = request_hash(data) if rerun_of is None else rerun_hash(rerun_of)
     if max_queued is not None:
         await quotas.lock(conn, tenant=tenant)
-    if idempotency_key is not None and (
-        earlier := await _replay(conn, tenant, idempotency_key, digest)
-    ):
+    if earlier := await _replay(conn, tenant, idempotency_key, digest):
         return earlier
     if max_queued is not None:
         await quotas.check_room(conn, tenant=tenant, max_queued=max_queued, adding=1)
@@ -140,10 +138,7 @@ async def create(
     )
     row = await audits.insert(conn, audit)
     if row is None:  # a concurrent request with the same key won the insert
-        assert idempotency_key is not None
-        winner = await _replay(conn, tenant, idempotency_key, digest)
-        assert winner is not None
-        return winner
+        return winner(await _replay(conn, tenant, idempotency_key, digest))
     defer_run(conn, row.run)
     return Created(row)
 
@@ -216,14 +211,16 @@ def prompt_problems(
 
 
 async def _replay(
-    conn: Statements, tenant: str, key: str, digest: str | None
+    conn: Statements, tenant: str, key: str | None, digest: str | None
 ) -> Created[AuditRow] | None:
     """The audit an earlier request of the tenant with this key created, if any (same body
-    or 422)."""
+    or 422); None without a key."""
+    if key is None:
+        return None
     earlier = await audits.get_by_idempotency_key(conn, tenant=tenant, key=key)
     if earlier is None:
         return None
-    assert digest is not None
+    assert digest is not None, "a keyed request has its digest"
     return replay(earlier, stored_hash=earlier.request_hash, new_hash=digest, key=key)
 
 

@@ -23,7 +23,7 @@ from shared.batches.schemas import BatchCreate
 from shared.batches.summary import BatchSummary, summaries, summarize
 from shared.config import Settings
 from shared.db import Statements
-from shared.idempotency import Created, replay, request_hash, rerun_hash
+from shared.idempotency import Created, replay, request_hash, rerun_hash, winner
 from shared.pagination import Cursors, listing, split_page
 from shared.queue import defer_abort, defer_run
 from shared.rubrics.exceptions import UnknownRubric
@@ -60,9 +60,7 @@ async def create(
     digest = request_hash(data)
     if max_queued is not None:
         await quotas.lock(conn, tenant=tenant)
-    if idempotency_key is not None and (
-        earlier := await _replay(conn, tenant, idempotency_key, digest)
-    ):
+    if earlier := await _replay(conn, tenant, idempotency_key, digest):
         return earlier
     if max_queued is not None:
         adding = len(data.audits)
@@ -82,10 +80,7 @@ async def create(
         max_cost_usd=data.max_cost_usd,
     )
     if batch is None:  # a concurrent request with the same key won the insert
-        assert idempotency_key is not None
-        winner = await _replay(conn, tenant, idempotency_key, digest)
-        assert winner is not None
-        return winner
+        return winner(await _replay(conn, tenant, idempotency_key, digest))
     await _insert_audits(
         conn, batch=batch, data=data, settings=settings, trace_context=trace_context
     )
@@ -93,10 +88,12 @@ async def create(
 
 
 async def _replay(
-    conn: Statements, tenant: str, key: str, digest: str
+    conn: Statements, tenant: str, key: str | None, digest: str
 ) -> Created[BatchSummary] | None:
     """The batch an earlier request of the tenant with this key created, if any (same
-    body or 422)."""
+    body or 422); None without a key."""
+    if key is None:
+        return None
     earlier = await batches.get_by_idempotency_key(conn, tenant=tenant, key=key)
     if earlier is None:
         return None
@@ -283,9 +280,7 @@ async def rerun(
     max_queued = await quota(batch.tenant)
     if max_queued is not None:
         await quotas.lock(conn, tenant=batch.tenant)
-    if idempotency_key is not None and (
-        earlier := await _replay(conn, batch.tenant, idempotency_key, digest)
-    ):
+    if earlier := await _replay(conn, batch.tenant, idempotency_key, digest):
         return earlier
     await budgets.check_tenant_now(conn, tenant=batch.tenant)
     items = await audits.rerun_items(conn, batch.id)
@@ -307,10 +302,7 @@ async def rerun(
         max_cost_usd=batch.max_cost_usd,
     )
     if copy is None:  # a concurrent rerun with the same key won the insert
-        assert idempotency_key is not None
-        winner = await _replay(conn, batch.tenant, idempotency_key, digest)
-        assert winner is not None
-        return winner
+        return winner(await _replay(conn, batch.tenant, idempotency_key, digest))
     runs = await audits.copy_batch(
         conn,
         source_id=batch.id,
