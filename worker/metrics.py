@@ -3,8 +3,9 @@
 What the worker's seams tell, in a registry of the process's own:
 - `auditq_audits_finished_total{status,error_code,model}`: audits this worker ended,
   `succeeded` (error code empty) or `failed`, counted once their fenced write is written
-  (shared/audits/runs.py). Cancellations are the API's; audits the reconciler fails
-  (`worker_lost`) are not counted here.
+  (shared/audits/runs.py), and those its reconciler failed because the worker running
+  their last attempt stopped (`failed`, `worker_lost`), once that is committed.
+  Cancellations are not counted: the API and the batch budgets end those, not a run.
 - `auditq_model_request_duration_seconds{model,outcome}` and
   `auditq_model_tokens_total{model,kind}` (`prompt`, `completion`): each request to the
   model as it ends (shared/llm/client.py); `outcome` is `ok` when the provider answered
@@ -12,7 +13,8 @@ What the worker's seams tell, in a registry of the process's own:
   `model_rate_limited`, `model_refused`, …). Tokens are those the provider reported and
   charged, whatever became of the attempt.
 - `auditq_audit_duration_seconds{priority}`: submit → terminal, from the audit's
-  `created_at` (PostgreSQL's clock) to the worker's clock as its end is written.
+  `created_at` (PostgreSQL's clock) to the worker's clock as its end is written; the
+  audits counted above, `worker_lost` included.
 - `auditq_job_retries_total{reason}`: jobs sent back to the queue to run later: the
   transient error's code, `rate_limit_wait` (no room in `MODEL_*_LIMITS`, before any
   attempt) or `database_unavailable`.
@@ -53,7 +55,10 @@ from wsgiref.simple_server import WSGIServer
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 
+from shared.audits.recovery import WORKER_LOST
+from shared.audits.repository import LostAudit
 from shared.audits.runs import AuditEnded, Charged
+from shared.audits.status import AuditStatus
 from shared.llm.client import ModelRequest
 from shared.webhooks.vocabulary import DeliveryStatus
 
@@ -73,6 +78,8 @@ class WorkerMetrics(Protocol):
 
     def audit_ended(self, ended: AuditEnded) -> None: ...
 
+    def audit_lost(self, lost: LostAudit) -> None: ...
+
     def job_retried(self, reason: str) -> None: ...
 
     def rate_limit_waited(self, model: str) -> None: ...
@@ -91,6 +98,9 @@ class Unrecorded:
         pass
 
     def audit_ended(self, ended: AuditEnded) -> None:
+        pass
+
+    def audit_lost(self, lost: LostAudit) -> None:
         pass
 
     def job_retried(self, reason: str) -> None:
@@ -180,9 +190,21 @@ class PrometheusMetrics:
 
     def audit_ended(self, ended: AuditEnded) -> None:
         audit = ended.audit
-        self._finished.labels(ended.status, ended.error_code or "", audit.model).inc()
-        took = (datetime.now(UTC) - audit.created_at).total_seconds()
-        self._audit_duration.labels(audit.priority).observe(max(0.0, took))
+        self._count_end(
+            ended.status, ended.error_code, audit.model, audit.priority, audit.created_at
+        )
+
+    def audit_lost(self, lost: LostAudit) -> None:
+        self._count_end(
+            AuditStatus.FAILED, WORKER_LOST, lost.model, lost.run.priority, lost.created_at
+        )
+
+    def _count_end(
+        self, status: str, error_code: str | None, model: str, priority: str, created_at: datetime
+    ) -> None:
+        self._finished.labels(status, error_code or "", model).inc()
+        took = (datetime.now(UTC) - created_at).total_seconds()
+        self._audit_duration.labels(priority).observe(max(0.0, took))
 
     def job_retried(self, reason: str) -> None:
         self._retries.labels(reason).inc()

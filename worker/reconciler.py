@@ -55,7 +55,10 @@ async def _share_weights(ctx: JobContext) -> None:
 async def reconcile(ctx: JobContext) -> dict[str, Any]:
     await _share_weights(ctx)
     async with transaction(ctx["session_factory"], ctx["redis"]) as session:
-        requeued, failed = await recovery.recover_expired_leases(SessionStatements(session))
+        requeued, lost = await recovery.recover_expired_leases(SessionStatements(session))
+    for audit in lost:  # counted once their failure is committed
+        ctx["metrics"].audit_lost(audit)
+    failed = [audit.run.audit_id for audit in lost]
     orphans = await _enqueue_orphans(ctx)
     released = await budget_holds.release_affordable(ctx)
     counts = {

@@ -4,8 +4,7 @@ from datetime import timedelta
 from uuid import UUID
 
 from shared.audits import repository as audits
-from shared.audits.repository import Keyset
-from shared.audits.status import AuditStatus
+from shared.audits.repository import Keyset, LostAudit
 from shared.db import Statements
 from shared.fair_queue import QueuedRun
 from shared.queue import defer_run
@@ -15,20 +14,19 @@ WORKER_LOST = "worker_lost"
 _WORKER_LOST_MESSAGE = "the worker running the last attempt stopped (crash or timeout)"
 
 
-async def recover_expired_leases(conn: Statements) -> tuple[list[UUID], list[UUID]]:
+async def recover_expired_leases(conn: Statements) -> tuple[list[UUID], list[LostAudit]]:
     """Audits whose worker vanished: re-queue them, or fail those on their last attempt.
 
-    Returns (requeued, failed) ids; the re-queued ones are enqueued after commit. The
-    failures' webhook events, and their batches', are written in the same transaction.
+    Returns the re-queued ids, enqueued after commit, and the audits failed `worker_lost`.
+    The failures' webhook events, and their batches', are written in the same transaction.
     """
     recovered = await audits.recover_expired_leases(
         conn, code=WORKER_LOST, message=_WORKER_LOST_MESSAGE
     )
-    for run in recovered[AuditStatus.QUEUED]:
+    for run in recovered.requeued:
         defer_run(conn, run)
-    requeued, failed = recovered[AuditStatus.QUEUED], recovered[AuditStatus.FAILED]
-    await outbox.batches_may_have_ended(conn, [run.batch_id for run in failed])
-    return [run.audit_id for run in requeued], [run.audit_id for run in failed]
+    await outbox.batches_may_have_ended(conn, [lost.run.batch_id for lost in recovered.failed])
+    return [run.audit_id for run in recovered.requeued], recovered.failed
 
 
 async def queued_before(

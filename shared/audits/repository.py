@@ -962,7 +962,7 @@ async def unfinished_batch_ids(conn: Statements, *, limit: int) -> list[UUID]:
 _RECOVER_EXPIRED_LEASES = _ending(
     f"UPDATE audit SET {_queued_or_failed(code='$1::text', message='$2::text')}, "
     f"lease_until = NULL, updated_at = now() WHERE status = {R} AND {_LEASE_EXPIRED}",
-    f"status, {_RUN}",
+    f"status, {_RUN}, model, created_at",
 )
 _RUNS_OF = f"SELECT {_RUN} FROM audit WHERE id = ANY($1::uuid[]) AND status = {Q}"
 _QUEUED_BEFORE = (
@@ -979,13 +979,30 @@ _DELETE_FINISHED_BEFORE = (
 )
 
 
-async def recover_expired_leases(
-    conn: Statements, *, code: str, message: str
-) -> dict[AuditStatus, list[QueuedRun]]:
+@dataclass(frozen=True, slots=True)
+class LostAudit:
+    """An audit failed because the worker running its last attempt stopped."""
+
+    run: QueuedRun
+    model: str
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class RecoveredLeases:
+    requeued: list[QueuedRun]
+    failed: list[LostAudit]
+
+
+async def recover_expired_leases(conn: Statements, *, code: str, message: str) -> RecoveredLeases:
     """Running audits whose lease ran out: back to queued, or failed on their last attempt."""
-    recovered: dict[AuditStatus, list[QueuedRun]] = {AuditStatus.QUEUED: [], AuditStatus.FAILED: []}
+    recovered = RecoveredLeases(requeued=[], failed=[])
     for record in await conn.fetch(_RECOVER_EXPIRED_LEASES, code, message):
-        recovered[AuditStatus(record["status"])].append(_queued_run(record))
+        run = _queued_run(record)
+        if record["status"] == AuditStatus.QUEUED:
+            recovered.requeued.append(run)
+        else:
+            recovered.failed.append(LostAudit(run, record["model"], record["created_at"]))
     return recovered
 
 

@@ -22,13 +22,16 @@ from prometheus_client.parser import text_string_to_metric_families
 from cli.dev import free_port
 from shared.audits.runs import Clock
 from shared.config import Settings
+from shared.db import SessionFactory
 from shared.tenants.caller import DEFAULT_TENANT
 from tests.fixtures.polling import eventually
 from tests.fixtures.processes import Process
 from tests.fixtures.simulator import SimulatorHandle
+from tests.rows import expire_lease, update_audit
 from tests.worker.conftest import build_worker, close_worker, fetch, submit
 from worker import metrics as worker_metrics
 from worker.context import JobContext, shutdown, startup
+from worker.reconciler import reconcile
 from worker.tasks import run_audit
 
 MODEL = "gpt-4o-mini"
@@ -197,6 +200,37 @@ async def test_invalid_replies_are_counted_by_kind(
     invalid = "auditq_model_replies_invalid_total"
     assert value(samples, invalid, kind="contradiction") == 2
     assert value(samples, invalid, kind="not_json") == 1
+
+
+async def test_an_audit_the_reconciler_fails_is_counted_as_worker_lost(
+    client: AsyncClient,
+    session_factory: SessionFactory,
+    metered: Settings,
+    redis: Any,
+    job_clock: Clock,
+) -> None:
+    audit = await submit(client)
+    await update_audit(session_factory, audit["id"], status="running", attempts=3, attempt_limit=3)
+    await expire_lease(session_factory, audit["id"])
+    ctx: dict[str, Any] = {"settings": metered, "redis": redis, "job_try": 1, "clock": job_clock}
+    await startup(ctx)
+    try:
+        counts = await reconcile(ctx)  # type: ignore[arg-type]
+        samples = await scrape(ctx["metrics_server"].port)
+    finally:
+        await shutdown(ctx)
+
+    assert counts["leases_failed"] == 1
+    assert (await fetch(client, audit["id"]))["error"]["code"] == "worker_lost"
+    finished = value(
+        samples,
+        "auditq_audits_finished_total",
+        status="failed",
+        error_code="worker_lost",
+        model=MODEL,
+    )
+    assert finished == 1
+    assert value(samples, "auditq_audit_duration_seconds_count", priority="interactive") == 1
 
 
 async def test_without_metrics_port_nothing_is_served(worker_ctx: JobContext) -> None:

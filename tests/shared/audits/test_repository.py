@@ -334,7 +334,9 @@ async def test_expired_leases_are_requeued_and_enqueued_or_failed_on_the_last_at
     session_factory: SessionFactory, redis: ArqRedis, settings: Settings
 ) -> None:
     retryable = await running_audit(session_factory, attempts=1, attempt_limit=3, lease_s=-1)
-    last = await running_audit(session_factory, attempts=3, attempt_limit=3, lease_s=-1)
+    last = await running_audit(
+        session_factory, attempts=3, attempt_limit=3, lease_s=-1, model="judge-1"
+    )
     live = await running_audit(session_factory, attempts=1, lease_s=60)
     queued = await insert_audit(session_factory)
     live_before = await load_audit(session_factory, live)
@@ -342,7 +344,8 @@ async def test_expired_leases_are_requeued_and_enqueued_or_failed_on_the_last_at
     async with transaction(session_factory, redis) as session:
         requeued, failed = await recovery.recover_expired_leases(SessionStatements(session))
 
-    assert (requeued, failed) == ([retryable], [last])
+    assert requeued == [retryable]
+    assert [(lost.run.audit_id, lost.model) for lost in failed] == [(last, "judge-1")]
     audit = await load_audit(session_factory, retryable)
     assert (audit.status, audit.attempts, audit.lease_until) == ("queued", 1, None)
     assert audit.error_code is None

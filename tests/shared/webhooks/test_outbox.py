@@ -161,7 +161,7 @@ async def test_the_reconciler_failing_an_abandoned_audit_sends_audit_failed(
     async with session_scope(session_factory) as session:
         _, failed = await recovery.recover_expired_leases(SessionStatements(session))
 
-    assert failed == [audit.id]
+    assert [lost.run.audit_id for lost in failed] == [audit.id]
     (event,) = await events_of(engine, audit_id=audit.id)
     assert payload(event)["data"]["error"]["code"] == "worker_lost"
 
