@@ -25,7 +25,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import structlog
 from pydantic import SecretStr
@@ -190,7 +190,9 @@ class Deliverer:
             log.exception("webhook_try_failed", event_id=str(event.id))
 
     async def _try_and_record(self, event: ClaimedEvent) -> None:
-        started_at = datetime.now(UTC)
+        # Times on PostgreSQL's clock, which the claim reads due events by: the claim's,
+        # plus what has passed since on this process's monotonic clock.
+        claimed = time.monotonic()
         payload = _body_or_none(event)
         if payload is None:
             outcome = TryOutcome(None, UNRENDERABLE, 0)
@@ -199,14 +201,14 @@ class Deliverer:
         state, next_try = next_state(
             event,
             outcome,
-            now=datetime.now(UTC),
+            now=event.claimed_at + timedelta(seconds=time.monotonic() - claimed),
             max_age=self._max_age,
             delay=self._backoff(event.attempts),
         )
         attempt = AttemptRow(
             event_id=event.id,
             number=event.attempts,
-            started_at=started_at,
+            started_at=event.claimed_at,
             duration_ms=outcome.duration_ms,
             status_code=outcome.status_code,
             error=outcome.error,

@@ -15,7 +15,6 @@ was rolled back. Deliverers send it later, from the table (shared/webhooks/deliv
 """
 
 from collections.abc import Iterable
-from datetime import UTC, datetime
 from uuid import UUID, uuid4
 
 from shared.audits import repository as audits
@@ -43,7 +42,8 @@ async def _batch_may_have_ended(conn: Statements, batch_id: UUID) -> None:
     assert batch.callback_url is not None  # `lock_if_notifying` returns no other
     summary = await summarize(conn, batch)
     kind = EventType.BATCH_CANCELLED if summary.status == "cancelled" else EventType.BATCH_COMPLETED
-    now = datetime.now(UTC)
+    # PostgreSQL's clock, as for audits' events: the deliverer reads due events by it.
+    now = await audits.clock(conn)
     payload = EventPayload(type=kind, timestamp=now, data=to_read(summary))
     event = NewEvent(
         id=uuid4(),

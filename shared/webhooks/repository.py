@@ -83,6 +83,9 @@ class ClaimedEvent:
     snapshot: dict[str, Any] | None
     attempts: int
     created_at: datetime
+    # PostgreSQL's clock as it claimed the event: a try's times are measured on it, as
+    # `created_at` and `next_attempt_at` are, whatever the worker's host clock says.
+    claimed_at: datetime
 
     @classmethod
     def of(cls, record: Mapping[str, Any]) -> Self:
@@ -92,7 +95,9 @@ class ClaimedEvent:
 _NEW_COLUMNS = tuple(f.name for f in fields(NewEvent))
 COLUMNS = tuple(f.name for f in fields(EventRow))
 ATTEMPT_COLUMNS = tuple(f.name for f in fields(AttemptRow))
-_CLAIMED = ", ".join(f"e.{f.name}" for f in fields(ClaimedEvent))
+_CLAIMED = ", ".join(
+    "now() AS claimed_at" if f.name == "claimed_at" else f"e.{f.name}" for f in fields(ClaimedEvent)
+)
 _TYPES = {"id": "uuid", "audit_id": "uuid", "batch_id": "uuid", "created_at": "timestamptz"}
 
 # One statement for any number of events: each column travels as one array. Due at once.

@@ -2,7 +2,7 @@
 every retry, 410 and expiry honoured, no redirect followed, no private host reached."""
 
 import asyncio
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from ipaddress import ip_address
 from uuid import UUID, uuid4
 
@@ -11,11 +11,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.db import statement_connection
 from shared.tenants import repository as tenants
-from shared.webhooks import callbacks
+from shared.webhooks import callbacks, delivery
 from shared.webhooks import repository as events
 from shared.webhooks.addresses import CallbackPolicy, IPAddress
 from shared.webhooks.delivery import UNRENDERABLE, next_state, retry_delay
-from shared.webhooks.repository import ClaimedEvent
+from shared.webhooks.repository import AttemptRow, ClaimedEvent
 from shared.webhooks.sending import TryOutcome
 from shared.webhooks.signing import new_secret
 from shared.webhooks.vocabulary import DeliveryStatus, EventType
@@ -120,6 +120,39 @@ async def test_an_event_without_a_2xx_within_the_maximum_age_expires(engine: Asy
     assert 2 <= len(receiver.tries) <= 7
     (event,) = await events_of(engine, audit_id=audit_id)
     assert len(await attempts_of(engine, event.id)) == len(receiver.tries)
+
+
+class DayAhead(datetime):
+    """The wall clock of a worker whose host is a day ahead of PostgreSQL's."""
+
+    @classmethod
+    def now(cls, tz: tzinfo | None = None) -> "DayAhead":
+        ahead = datetime.now(tz) + timedelta(days=1)
+        return cls.fromtimestamp(ahead.timestamp(), tz)
+
+
+async def test_a_worker_whose_clock_is_off_times_its_tries_on_postgresql_clock(
+    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(delivery, "datetime", DayAhead)
+    async with receiving(always(500)) as receiver:
+        audit_id = await cancelled_with_callback(engine, receiver.url())
+        (event,) = await events_of(engine, audit_id=audit_id)
+
+        async def tries() -> list[AttemptRow]:
+            return await attempts_of(engine, event.id)
+
+        async with delivering(engine, backoff=60):
+            (attempt,) = await eventually(tries, lambda found: len(found) > 0)
+    (event,) = await events_of(engine, audit_id=audit_id)
+
+    # On PostgreSQL's clock, as the event's creation and the claim of due events are: the
+    # next try comes a minute after this one, not a day and a minute.
+    assert timedelta(0) <= attempt.started_at - event.created_at < timedelta(seconds=30)
+    assert event.next_attempt_at is not None
+    assert (
+        timedelta(seconds=60) <= event.next_attempt_at - attempt.started_at < timedelta(seconds=70)
+    )
 
 
 async def rewrite_snapshot(engine: AsyncEngine, audit_id: UUID, change: str) -> None:
@@ -306,7 +339,7 @@ def test_where_an_event_stands_after_a_try(
 ) -> None:
     now = datetime.now(UTC)
     event = ClaimedEvent(
-        uuid4(), "default", EventType.AUDIT_FAILED, "https://h/", "{}", None, 1, now
+        uuid4(), "default", EventType.AUDIT_FAILED, "https://h/", "{}", None, 1, now, now
     )
     outcome = TryOutcome(status_code, None, 5)
 
