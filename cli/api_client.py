@@ -28,12 +28,21 @@ class Issue:
 class ApiProblem(CliError):
     """The API refused a request; shown as `code: detail`, from its problem details."""
 
-    def __init__(self, *, status: int, code: str, detail: str, errors: list[Issue]) -> None:
+    def __init__(
+        self,
+        *,
+        status: int,
+        code: str,
+        detail: str,
+        errors: list[Issue],
+        retry_after_s: float | None = None,
+    ) -> None:
         super().__init__(f"{code}: {detail}", details=[_describe(issue) for issue in errors])
         self.status = status
         self.code = code
         self.detail = detail
         self.errors = errors
+        self.retry_after_s = retry_after_s  # the response's Retry-After, in seconds
 
     @property
     def transient(self) -> bool:
@@ -145,6 +154,11 @@ class ApiClient:
         return Reply(body=body, replayed=replayed)
 
 
+def _seconds(retry_after: str | None) -> float | None:
+    """A Retry-After in seconds (the API sends no HTTP dates)."""
+    return float(retry_after) if retry_after and retry_after.isdigit() else None
+
+
 def problem_of(response: httpx.Response) -> ApiProblem:
     """The problem details of an error response, or what can be said without them."""
     try:
@@ -157,6 +171,7 @@ def problem_of(response: httpx.Response) -> ApiProblem:
             code=body["code"],
             detail=str(body.get("detail", "")),
             errors=_issues(body.get("errors")),
+            retry_after_s=_seconds(response.headers.get("retry-after")),
         )
     else:
         problem = ApiProblem(

@@ -2,7 +2,7 @@
 
 import functools
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, BinaryIO, TypeVar
 
@@ -55,6 +55,33 @@ class Patience:
             return None
         self._failing_since = None
         return value
+
+
+# How long `batch results` waits its turn while the API serves MAX_RESULT_STREAMS streams.
+STREAM_TURN_S = 300.0
+TOO_MANY_STREAMS = "too_many_streams"
+
+
+def stream_in_turn(api: ApiClient, path: str, **params: Any) -> Generator[bytes, None, None]:
+    """The body of a GET of `path`, as it arrives. While the API answers 429
+    `too_many_streams` (it serves as many result streams as it will), ask again after its
+    Retry-After, for up to STREAM_TURN_S: a scheduler's download waits rather than fails."""
+    gives_up_at = time.monotonic() + STREAM_TURN_S
+    refused = False
+    while True:
+        try:
+            with api.stream(path, **params) as chunks:
+                yield from chunks
+                return
+        except ApiProblem as exc:
+            if exc.code != TOO_MANY_STREAMS or time.monotonic() > gives_up_at:
+                raise
+            if not refused:
+                output.say(
+                    f"{exc.message} (waiting for a turn, up to {STREAM_TURN_S:.0f}s)", "yellow"
+                )
+                refused = True
+            time.sleep(exc.retry_after_s or 1.0)
 
 
 @contextmanager

@@ -4,7 +4,7 @@ import json
 import os
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, BinaryIO
 from uuid import UUID
@@ -223,9 +223,11 @@ def _result_lines(api: "ApiClient", batch_id: UUID) -> Iterator[bytes]:
     A stream cut short ends with a line without `id`, `{"code": "results_interrupted", …}`,
     naming the audit to resume after; every result line starts with its `id`.
     """
+    from cli.progress import stream_in_turn
+
     after: str | None = None
     while True:
-        with api.stream(f"/batches/{batch_id}/results", after=after) as chunks:
+        with closing(stream_in_turn(api, f"/batches/{batch_id}/results", after=after)) as chunks:
             for line in _lines(chunks):
                 if not line.startswith(b'{"code":'):
                     yield line

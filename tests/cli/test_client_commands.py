@@ -25,6 +25,8 @@ from arq import Worker
 from sqlalchemy.ext.asyncio import AsyncEngine
 from typer.testing import CliRunner, Result
 
+from api.streams import StreamSlots, TooManyStreams
+from cli import progress
 from cli.batch_file import MAX_BATCH_AUDITS
 from cli.main import app
 from shared.batches import results
@@ -310,6 +312,54 @@ async def test_batch_results_resumes_a_stream_the_api_cut_short(
     assert "250 audit result(s) written to" in done.stderr
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert [line["subject"] for line in lines] == [f"Page {n}" for n in range(1, 251)]
+
+
+def refusing(times: int) -> Any:
+    """`StreamSlots.take`, refusing its first `times` calls as a process serving its
+    `MAX_RESULT_STREAMS` streams does (429 `too_many_streams`, Retry-After 1 s)."""
+    real = StreamSlots.take
+    made = 0
+
+    def take(slots: StreamSlots) -> None:
+        nonlocal made
+        made += 1
+        if made <= times:
+            raise TooManyStreams("All result streams are taken.", headers={"Retry-After": "1"})
+        real(slots)
+
+    return take
+
+
+async def test_batch_results_waits_its_turn_while_the_api_serves_its_streams(
+    auditq: Auditq, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = audits_file(tmp_path / "audits.jsonl", 3)
+    batch_id = parsed(await auditq("batch", "submit", path, "--json"))["batches"][0]["id"]
+    out = tmp_path / "out.jsonl"
+    monkeypatch.setattr(StreamSlots, "take", refusing(times=2))
+
+    done = await auditq("batch", "results", batch_id, "-o", out)
+
+    assert done.exit_code == 0, done.stderr
+    assert done.stderr.count("too_many_streams") == 1  # said once, not at every refusal
+    assert "3 audit result(s) written to" in done.stderr
+    assert len(out.read_text().splitlines()) == 3
+
+
+async def test_batch_results_gives_up_its_turn_after_stream_turn_s(
+    auditq: Auditq, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = audits_file(tmp_path / "audits.jsonl", 3)
+    batch_id = parsed(await auditq("batch", "submit", path, "--json"))["batches"][0]["id"]
+    out = tmp_path / "out.jsonl"
+    monkeypatch.setattr(StreamSlots, "take", refusing(times=100))
+    monkeypatch.setattr(progress, "STREAM_TURN_S", 0.5)
+
+    done = await auditq("batch", "results", batch_id, "-o", out)
+
+    assert done.exit_code == 2
+    assert "too_many_streams" in done.stderr
+    assert not out.exists()
 
 
 async def test_batch_status_and_results(auditq: Auditq, tmp_path: Path) -> None:
