@@ -92,8 +92,8 @@ class Settings(BaseSettings):
     # Seconds a client may take to send a request's headers, and then its body.
     request_read_timeout_s: float = Field(default=30.0, gt=0)
     # `GET /batches/{id}/results` streams one API process serves at once. A stream is
-    # bound by PostgreSQL's CPU and the event loop's, not by waiting: on 2 cores, 4 read
-    # 90% of the lines 8 did, and submits meanwhile took half as long (docs/RELIABILITY.md).
+    # bound by PostgreSQL's CPU and the event loop's, not by waiting: more streams per
+    # process read little more and slow every other request (docs/RELIABILITY.md).
     max_result_streams: int = Field(default=4, ge=1)
 
     cors_origins: CommaList = Field(default_factory=lambda: ["*"])

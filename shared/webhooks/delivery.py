@@ -168,8 +168,9 @@ class Deliverer:
             log.warning("webhooks_database_unavailable", error=type(exc).__name__)
             await asyncio.sleep(DATABASE_PAUSE_S)
             return
+        claimed_at = time.monotonic()  # PostgreSQL's `claimed_at`, on this process's clock
         for event in claimed:
-            task = asyncio.create_task(self._try(event))
+            task = asyncio.create_task(self._try(event, claimed_at))
             self._tries.add(task)
             task.add_done_callback(self._try_ended)
         if len(claimed) < free:  # nothing more is due: look again in a while
@@ -179,20 +180,25 @@ class Deliverer:
         self._tries.discard(task)
         self._slot_freed.set()
 
-    async def _try(self, event: ClaimedEvent) -> None:
+    async def _try(self, event: ClaimedEvent, claimed_at: float) -> None:
         """One try and its record; whatever goes wrong, the lease brings the event back."""
         try:
-            await self._try_and_record(event)
+            await self._try_and_record(event, claimed_at)
         except DATABASE_ERRORS as exc:
             # Tried again once its lease ends: at least once, maybe twice.
             log.warning("webhook_try_not_recorded", event_id=str(event.id), error=str(exc))
         except Exception:
             log.exception("webhook_try_failed", event_id=str(event.id))
 
-    async def _try_and_record(self, event: ClaimedEvent) -> None:
-        # Times on PostgreSQL's clock, which the claim reads due events by: the claim's,
-        # plus what has passed since on this process's monotonic clock.
-        claimed = time.monotonic()
+    async def _try_and_record(self, event: ClaimedEvent, claimed_at: float) -> None:
+        """Send the event once and record the try. Its times are on PostgreSQL's clock,
+        which the claim reads due events by: the claim's `now()`, plus what has passed
+        since the claim (`claimed_at`) on this process's monotonic clock."""
+
+        def now() -> datetime:
+            return event.claimed_at + timedelta(seconds=time.monotonic() - claimed_at)
+
+        started_at = now()
         payload = _body_or_none(event)
         if payload is None:
             outcome = TryOutcome(None, UNRENDERABLE, 0)
@@ -201,14 +207,14 @@ class Deliverer:
         state, next_try = next_state(
             event,
             outcome,
-            now=event.claimed_at + timedelta(seconds=time.monotonic() - claimed),
+            now=now(),
             max_age=self._max_age,
             delay=self._backoff(event.attempts),
         )
         attempt = AttemptRow(
             event_id=event.id,
             number=event.attempts,
-            started_at=event.claimed_at,
+            started_at=started_at,
             duration_ms=outcome.duration_ms,
             status_code=outcome.status_code,
             error=outcome.error,

@@ -83,8 +83,8 @@ class ClaimedEvent:
     snapshot: dict[str, Any] | None
     attempts: int
     created_at: datetime
-    # PostgreSQL's clock as it claimed the event: a try's times are measured on it, as
-    # `created_at` and `next_attempt_at` are, whatever the worker's host clock says.
+    # PostgreSQL's `now()` as it claimed the event: a try's times are measured from it, on
+    # the clock of `created_at` and `next_attempt_at`, whatever the worker host's says.
     claimed_at: datetime
 
     @classmethod

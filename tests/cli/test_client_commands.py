@@ -19,6 +19,7 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import sqlalchemy as sa
 from arq import Worker
@@ -27,6 +28,7 @@ from typer.testing import CliRunner, Result
 
 from api.streams import StreamSlots, TooManyStreams
 from cli import progress
+from cli.api_client import problem_of
 from cli.batch_file import MAX_BATCH_AUDITS
 from cli.main import app
 from shared.batches import results
@@ -358,8 +360,18 @@ async def test_batch_results_gives_up_its_turn_after_stream_turn_s(
     done = await auditq("batch", "results", batch_id, "-o", out)
 
     assert done.exit_code == 2
+    assert "waiting for a turn, up to 0s" in done.stderr  # it waited, then gave up
     assert "too_many_streams" in done.stderr
     assert not out.exists()
+
+
+def test_a_problem_keeps_the_retry_after_it_came_with() -> None:
+    body = {"code": "too_many_streams", "detail": "All result streams are taken."}
+
+    told = problem_of(httpx.Response(429, json=body, headers={"retry-after": "3"}))
+    untold = problem_of(httpx.Response(429, json=body))
+
+    assert (told.retry_after_s, untold.retry_after_s) == (3.0, None)
 
 
 async def test_batch_status_and_results(auditq: Auditq, tmp_path: Path) -> None:
