@@ -97,6 +97,13 @@ def parsed(result: Result) -> Any:
     return json.loads(result.stdout)
 
 
+async def submitted_batch(auditq: Auditq, tmp_path: Path, count: int) -> str:
+    """The id of a batch of `count` audits (`Page 1`…) submitted with `auditq batch submit`."""
+    path = audits_file(tmp_path / "audits.jsonl", count)
+    batch: str = parsed(await auditq("batch", "submit", path, "--json"))["batches"][0]["id"]
+    return batch
+
+
 # rubric push
 
 
@@ -303,8 +310,7 @@ async def test_rubric_fills_the_lines_that_name_no_criteria(
 async def test_batch_results_resumes_a_stream_the_api_cut_short(
     auditq: Auditq, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    path = audits_file(tmp_path / "audits.jsonl", 250)
-    batch_id = parsed(await auditq("batch", "submit", path, "--json"))["batches"][0]["id"]
+    batch_id = await submitted_batch(auditq, tmp_path, 250)
     out = tmp_path / "out.jsonl"
     monkeypatch.setattr(results, "results_after", fail_after(calls=1))  # cut after 200
 
@@ -335,8 +341,7 @@ def refusing(times: int) -> Any:
 async def test_batch_results_waits_its_turn_while_the_api_serves_its_streams(
     auditq: Auditq, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    path = audits_file(tmp_path / "audits.jsonl", 3)
-    batch_id = parsed(await auditq("batch", "submit", path, "--json"))["batches"][0]["id"]
+    batch_id = await submitted_batch(auditq, tmp_path, 3)
     out = tmp_path / "out.jsonl"
     monkeypatch.setattr(StreamSlots, "take", refusing(times=2))
 
@@ -351,8 +356,7 @@ async def test_batch_results_waits_its_turn_while_the_api_serves_its_streams(
 async def test_batch_results_gives_up_its_turn_after_stream_turn_s(
     auditq: Auditq, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    path = audits_file(tmp_path / "audits.jsonl", 3)
-    batch_id = parsed(await auditq("batch", "submit", path, "--json"))["batches"][0]["id"]
+    batch_id = await submitted_batch(auditq, tmp_path, 3)
     out = tmp_path / "out.jsonl"
     monkeypatch.setattr(StreamSlots, "take", refusing(times=100))
     monkeypatch.setattr(progress, "STREAM_TURN_S", 0.5)
@@ -375,8 +379,7 @@ def test_a_problem_keeps_the_retry_after_it_came_with() -> None:
 
 
 async def test_batch_status_and_results(auditq: Auditq, tmp_path: Path) -> None:
-    path = audits_file(tmp_path / "audits.jsonl", 3)
-    batch_id = parsed(await auditq("batch", "submit", path, "--json"))["batches"][0]["id"]
+    batch_id = await submitted_batch(auditq, tmp_path, 3)
     out = tmp_path / "out.jsonl"
 
     status = parsed(await auditq("batch", "status", batch_id, "--json"))["batches"][0]
